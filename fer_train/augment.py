@@ -1,0 +1,114 @@
+"""Augmentation on whole batches in memory (no per-image decode on the hot path).
+
+Geometric jitter (crop-like shift and scale, flip, small rotation) is one
+``affine_grid`` + ``grid_sample`` per batch. RandAugment/AutoAugment, when
+chosen, run per image on uint8 tensors. Mixup and CutMix return soft targets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    shift: float = 0.1  # max translation, fraction of the side (a random crop of the padded image)
+    scale: tuple[float, float] = (0.9, 1.1)
+    rotation: float = 10.0  # degrees
+    hflip: bool = True
+    erasing: float = 0.0  # probability of RandomErasing per image
+    policy: str = "none"  # none | randaugment | autoaugment
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 disables
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix is on
+
+
+def normalize(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    x = images_u8.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def apply_policy(images_u8: torch.Tensor, policy: str) -> torch.Tensor:
+    """Per-image RandAugment/AutoAugment on a uint8 batch (CPU)."""
+    if policy == "none":
+        return images_u8
+    from torchvision.transforms import v2
+
+    op = {"randaugment": v2.RandAugment(num_ops=2, magnitude=9), "autoaugment": v2.AutoAugment()}.get(policy)
+    if op is None:
+        raise ValueError(f"unknown augmentation policy {policy!r}")
+    return torch.stack([op(img) for img in images_u8])
+
+
+def geometric(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Random shift/scale/rotation/flip of a float batch, edges replicated."""
+    b = x.shape[0]
+    dev = x.device
+    angle = (torch.rand(b, device=dev) * 2 - 1) * math.radians(cfg.rotation)
+    scale = torch.empty(b, device=dev).uniform_(*cfg.scale)
+    flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b, device=dev)
+    tx = (torch.rand(b, device=dev) * 2 - 1) * cfg.shift * 2  # grid units span [-1, 1]
+    ty = (torch.rand(b, device=dev) * 2 - 1) * cfg.shift * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_erasing(x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.2)) -> torch.Tensor:
+    """Erase one random rectangle per chosen image with noise (RandomErasing)."""
+    if p <= 0:
+        return x
+    b, _, h, w = x.shape
+    out = x.clone()
+    chosen = (torch.rand(b) < p).nonzero().flatten().tolist()
+    for i in chosen:
+        frac = torch.empty(1).uniform_(*area).item()
+        aspect = math.exp(torch.empty(1).uniform_(math.log(0.3), math.log(3.3)).item())
+        eh = min(h, max(1, int(round(math.sqrt(frac * h * w * aspect)))))
+        ew = min(w, max(1, int(round(math.sqrt(frac * h * w / aspect)))))
+        top = int(torch.randint(0, h - eh + 1, (1,)))
+        left = int(torch.randint(0, w - ew + 1, (1,)))
+        out[i, :, top : top + eh, left : left + ew] = torch.randn_like(out[i, :, top : top + eh, left : left + ew])
+    return out
+
+
+def mix_batch(x: torch.Tensor, target: torch.Tensor, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix (one chosen at random when both are on) with soft targets."""
+    modes = [m for m, a in (("mixup", cfg.mixup), ("cutmix", cfg.cutmix)) if a > 0]
+    if not modes or torch.rand(1).item() >= cfg.mix_prob:
+        return x, target
+    mode = modes[int(torch.randint(len(modes), (1,)))]
+    alpha = cfg.mixup if mode == "mixup" else cfg.cutmix
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if mode == "mixup":
+        x = lam * x + (1 - lam) * x[perm]
+    else:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
+    return x, lam * target + (1 - lam) * target[perm]
+
+
+def train_transform(
+    images_u8: torch.Tensor, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    images_u8 = apply_policy(images_u8, cfg.policy)
+    x = normalize(images_u8, mean, std)
+    x = geometric(x, cfg)
+    return random_erasing(x, cfg.erasing)

@@ -1,0 +1,81 @@
+"""Checkpoints: one dict with everything needed to rebuild, resume or export a run.
+
+Written atomically (temporary file, then rename) and read with ``weights_only``
+so a foreign pickle is never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fer_runtime.contract import ContractError, ModelContract
+from fer_train.models import create_model
+
+FORMAT = "fer-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable fer-train checkpoint."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a fer-train checkpoint (not a PyTorch file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a fer-train checkpoint ({type(exc).__name__} while reading)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a fer-train checkpoint (no '{FORMAT}' marker)")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this fer-train reads version {FORMAT_VERSION}"
+        )
+    for key in ("model", "state_dict", "contract"):
+        if key not in state:
+            raise CheckpointError(f"{path} is missing '{key}'")
+    return state
+
+
+def contract_of(state: dict[str, Any]) -> ModelContract:
+    try:
+        return ModelContract.from_dict(state["contract"])
+    except (ContractError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint contract is invalid: {exc}") from None
+
+
+def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> tuple[nn.Module, ModelContract]:
+    """Rebuild exactly the architecture saved in the checkpoint and load its weights."""
+    contract = contract_of(state)
+    spec = state["model"]
+    model = create_model(spec["name"], num_classes=contract.num_classes, in_chans=contract.channels, **spec.get("kwargs", {}))
+    weights = state.get("ema_state_dict") if prefer_ema and state.get("ema_state_dict") else state["state_dict"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit model {spec['name']}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return model, contract

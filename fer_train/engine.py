@@ -1,0 +1,216 @@
+"""``train_one_epoch`` and ``evaluate``: the one training loop, reused by distillation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_runtime.contract import ModelContract
+from fer_train.augment import AugmentConfig, mix_batch, normalize, train_transform
+from fer_train.losses import distillation_loss, one_hot_smoothed
+from fer_train.metrics import classification_metrics
+
+
+class ModelEma:
+    """Exponential moving average of weights; integer buffers (BatchNorm counters) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        self.module = copy.deepcopy(_unwrap(model)).eval()
+        self.decay = decay
+        self.updates = 0
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        # Ramp the decay up so early averages are not dominated by the random initialisation.
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        current = _unwrap(model).state_dict()
+        for name, ema_value in self.module.state_dict().items():
+            value = current[name].detach()
+            if ema_value.dtype.is_floating_point:
+                ema_value.mul_(decay).add_(value.to(ema_value.dtype), alpha=1.0 - decay)
+            else:
+                ema_value.copy_(value)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def epoch_indices(
+    n: int,
+    epoch: int,
+    seed: int,
+    weights: torch.Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.Tensor:
+    """This rank's sample order for an epoch: a seeded permutation, or weighted draws with replacement."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if weights is None:
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.multinomial(weights, n, replacement=True, generator=g)
+    per_rank = -(-n // world_size)
+    order = torch.cat([order, order[: per_rank * world_size - n]])  # pad so ranks get equal shares
+    return order[rank::world_size]
+
+
+Teacher = Callable[[torch.Tensor], torch.Tensor]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    *,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    contract: ModelContract,
+    aug: AugmentConfig,
+    device: torch.device,
+    amp: str = "off",
+    scaler: torch.amp.GradScaler | None = None,
+    accum_steps: int = 1,
+    clip_grad: float = 0.0,
+    label_smoothing: float = 0.0,
+    ema: ModelEma | None = None,
+    teacher: Teacher | None = None,
+    kd_alpha: float = 0.0,
+    kd_temperature: float = 4.0,
+    progress: Callable[[Iterator], Iterator] | None = None,
+) -> dict:
+    """One pass over ``order``; images are uint8 N x C x H x W in memory."""
+    model.train()
+    num_classes = contract.num_classes
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+    iterator = progress(iter(batches)) if progress else iter(batches)
+    total_loss, seen, load_time, start = 0.0, 0, 0.0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for step, idx in enumerate(iterator):
+        t0 = time.perf_counter()
+        x = train_transform(images[idx], aug, contract.mean, contract.std).to(device, non_blocking=True)
+        y = labels[idx].to(device)
+        target = one_hot_smoothed(y, num_classes, label_smoothing)
+        x, target = mix_batch(x, target, aug)
+        load_time += time.perf_counter() - t0
+        with autocast_context(device, amp):
+            logits = model(x)
+            loss = loss_fn(logits, target)
+            if teacher is not None and kd_alpha > 0:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = (1 - kd_alpha) * loss + kd_alpha * distillation_loss(logits, teacher_logits, kd_temperature)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
+        scaled = loss / accum_steps
+        if scaler is not None:
+            scaler.scale(scaled).backward()
+        else:
+            scaled.backward()
+        last = step == len(batches) - 1
+        if (step + 1) % accum_steps == 0 or last:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
+        total_loss += loss.item() * len(idx)
+        seen += len(idx)
+        if hasattr(iterator, "set_postfix"):
+            iterator.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_samples": seen,
+        "train_seconds": elapsed,
+        "samples_per_second": seen / max(elapsed, 1e-9),
+        "loader_samples_per_second": seen / max(load_time, 1e-9),
+    }
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    contract: ModelContract,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: str = "off",
+    tta: str = "none",
+) -> torch.Tensor:
+    """Logits (float32) for a uint8 batch; ``tta`` is none, flip or tencrop (softmax-averaged)."""
+    model.eval()
+    outs = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size], contract.mean, contract.std).to(device)
+        views = _tta_views(x, tta)
+        with autocast_context(device, amp):
+            if len(views) == 1:
+                outs.append(model(views[0]).float().cpu())
+            else:
+                probs = torch.stack([torch.softmax(model(v).float(), 1) for v in views]).mean(0)
+                outs.append(probs.clamp_min(1e-12).log().cpu())
+    return torch.cat(outs)
+
+
+def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    if tta == "none":
+        return [x]
+    if tta == "flip":
+        return [x, x.flip(-1)]
+    if tta == "tencrop":
+        h, w = x.shape[-2:]
+        big = torch.nn.functional.interpolate(x, scale_factor=1.125, mode="bilinear", align_corners=False)
+        bh, bw = big.shape[-2:]
+        offsets = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), ((bh - h) // 2, (bw - w) // 2)]
+        crops = [big[..., t : t + h, l : l + w] for t, l in offsets]
+        return crops + [c.flip(-1) for c in crops]
+    raise ValueError(f"unknown test-time augmentation {tta!r}")
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    contract: ModelContract,
+    device: torch.device,
+    amp: str = "off",
+    tta: str = "none",
+) -> tuple[dict, np.ndarray]:
+    """Metrics (loss, accuracy, macro-F1, per class, confusion matrix) and the predicted labels."""
+    logits = predict_logits(model, images, contract, device, amp=amp, tta=tta)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    pred = logits.argmax(1).numpy()
+    metrics = classification_metrics(labels.numpy(), pred, list(contract.classes))
+    metrics["loss"] = loss
+    return metrics, pred

@@ -1,0 +1,272 @@
+"""One registry of classifiers by name: ``create_model(name, num_classes=, in_chans=, **kw)``.
+
+Own compact CNNs for 48x48 faces, plus any timm model as ``timm:<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class ModelError(ValueError):
+    """Unknown model name or unusable weights."""
+
+
+def register(name: str) -> Callable:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY) + ["timm:<name>"]
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _scaled(channels: int, width: float, divisor: int = 8) -> int:
+    return max(divisor, int(channels * width + divisor / 2) // divisor * divisor)
+
+
+class SimpleCNN(nn.Module):
+    """The seed baseline: three conv blocks and a dense head (about 1.5M parameters)."""
+
+    def __init__(self, num_classes: int = 7, in_chans: int = 1, dropout: float = 0.4):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, 32), _conv_bn(32, 32), nn.MaxPool2d(2),
+            _conv_bn(32, 64), _conv_bn(64, 64), nn.MaxPool2d(2),
+            _conv_bn(64, 128), _conv_bn(128, 128), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(128 * 16, 512), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(512, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class VGGNet(nn.Module):
+    """VGG-style net for 48x48 faces: 4 stages of ``depth`` 3x3 convs with BN, max-pool between.
+
+    width=1.0 gives 64/128/256/512 channels (about 4.7M parameters at depth 2): strong enough
+    to be a teacher. A smaller width makes a plain-conv student that quantizes well.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 7,
+        in_chans: int = 1,
+        width: float = 1.0,
+        depth: int = 2,
+        dropout: float = 0.3,
+        hidden: int = 0,
+    ):
+        super().__init__()
+        chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        layers: list[nn.Module] = []
+        cin = in_chans
+        for i, c in enumerate(chans):
+            for _ in range(depth):
+                layers.append(_conv_bn(cin, c))
+                cin = c
+            if i < len(chans) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout)]
+        if hidden:
+            head += [nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            cin = hidden
+        head.append(nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(cin, mid, k=1))
+        layers += [_conv_bn(mid, mid, stride=stride, groups=mid), _conv_bn(mid, cout, k=1, act=False)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class MobileFER(nn.Module):
+    """MobileNetV2-style student for 48x48 faces with a width multiplier.
+
+    Stages at 48, 24, 12, 6 and 3 pixels; depthwise convs keep FLOPs low for INT8 edge use.
+    """
+
+    # (expansion, channels, repeats, stride)
+    CONFIG = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 3, 2), (4, 64, 3, 2), (4, 96, 2, 1), (4, 160, 2, 2))
+
+    def __init__(
+        self,
+        num_classes: int = 7,
+        in_chans: int = 1,
+        width: float = 1.0,
+        dropout: float = 0.2,
+        last_channels: int = 512,
+    ):
+        super().__init__()
+        cin = _scaled(32, width)
+        layers: list[nn.Module] = [_conv_bn(in_chans, cin)]
+        for expand, c, repeats, stride in self.CONFIG:
+            cout = _scaled(c, width)
+            for i in range(repeats):
+                layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+                cin = cout
+        last = _scaled(last_channels, max(width, 1.0))
+        layers.append(_conv_bn(cin, last, k=1))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(last, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ResNetFER(nn.Module):
+    """Small pre-pooled residual net for 48x48 faces (basic blocks, plain convs)."""
+
+    def __init__(self, num_classes: int = 7, in_chans: int = 1, width: float = 1.0, blocks: int = 2, dropout: float = 0.2):
+        super().__init__()
+        chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        self.stem = _conv_bn(in_chans, chans[0])
+        stages: list[nn.Module] = []
+        cin = chans[0]
+        for i, c in enumerate(chans):
+            for j in range(blocks):
+                stages.append(_BasicBlock(cin, c, 2 if (j == 0 and i > 0) else 1))
+                cin = c
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(cin, cout, stride=stride), _conv_bn(cout, cout, act=False))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else _conv_bn(cin, cout, k=1, stride=stride, act=False)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+@register("simple_cnn")
+def simple_cnn(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
+    return SimpleCNN(num_classes, in_chans, **kw)
+
+
+@register("vgg")
+def vgg(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
+    return VGGNet(num_classes, in_chans, **kw)
+
+
+@register("mobile")
+def mobile(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
+    return MobileFER(num_classes, in_chans, **kw)
+
+
+@register("resnet")
+def resnet(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
+    return ResNetFER(num_classes, in_chans, **kw)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 1,
+    pretrained: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, or ``timm:<name>``; ``pretrained`` is a local weights file."""
+    if name.startswith("timm:"):
+        return _create_timm(name[5:], num_classes, in_chans, pretrained, **kwargs)
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    try:
+        model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
+    if pretrained:
+        load_matching_weights(model, pretrained)
+    return model
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, pretrained: str | None, **kwargs) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need timm: pip install 'fer-toolchain[train]'") from None
+    if not timm.is_model(name):
+        raise ModelError(f"unknown timm model {name!r} (see timm.list_models())")
+    if pretrained and Path(pretrained).is_file():
+        # timm adapts the stem to in_chans and drops a classifier of another size.
+        overlay = {"file": str(Path(pretrained).resolve())}
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=num_classes, in_chans=in_chans, **kwargs
+        )
+    if pretrained and pretrained != "hub":
+        raise ModelError(f"pretrained weights file not found: {pretrained}")
+    if pretrained == "hub":
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except Exception as exc:
+            raise ModelError(
+                f"could not download pretrained weights for timm:{name} ({type(exc).__name__}); "
+                "this machine may be offline: download the weights elsewhere and pass the file with --pretrained PATH"
+            ) from None
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def load_matching_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load tensors whose names and shapes match; return the names that were skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"pretrained weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"cannot read weights from {path}: {type(exc).__name__}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ModelError(f"no tensor in {path} matches the model's layers")
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

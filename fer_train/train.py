@@ -1,0 +1,455 @@
+"""fer-train: train an expression classifier on image folders.
+
+Read top to bottom: arguments -> data -> model -> optimizer/schedule -> epochs
+(train_one_epoch, evaluate, checkpoint) -> final metrics and plots.
+Distributed with ``torchrun --nproc_per_node N -m fer_train ...`` (DDP; rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_runtime.contract import ModelContract
+from fer_train.augment import AugmentConfig
+from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
+from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split, write_skipped_log
+from fer_train.engine import ModelEma, epoch_indices, evaluate, train_one_epoch
+from fer_train.losses import SoftTargetLoss, class_weights_from_counts
+from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
+from fer_train.models import ModelError, count_parameters, create_model
+
+DEFAULTS = {
+    "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
+    "model": "vgg", "model_arg": [], "pretrained": None, "input_size": 48, "channels": 1,
+    "mean": None, "std": None, "crop_margin": 0.1,
+    "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
+    "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
+    "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
+    "shift": 0.1, "scale_min": 0.9, "scale_max": 1.1, "rotation": 10.0, "no_hflip": False, "erasing": 0.0,
+    "policy": "none", "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0,
+    "amp": "auto", "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
+    "seed": 0, "deterministic": False, "out_dir": "runs", "name": None, "device": "auto", "threads": 0,
+    "no_progress": False, "teacher": None, "kd_alpha": 0.7, "kd_temperature": 4.0,
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
+    S = argparse.SUPPRESS  # unset options fall back to the checkpoint (on --resume) or DEFAULTS
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", default=S, help="image folders (see README for layouts); env FER_DATA_ROOT")
+    g.add_argument("--protocol", default=S, choices=["fer2013"], help="FER2013: val=PublicTest_*, test=PrivateTest_*")
+    g.add_argument("--val-split", type=float, default=S, help="fraction carved (stratified, seeded) for validation")
+    g.add_argument("--test-split", type=float, default=S, help="fraction carved for test (class-folder layout)")
+    g.add_argument("--strict", action="store_true", default=S, help="unreadable images are fatal")
+    g.add_argument("--cache-dir", default=S, help="decoded-image cache (default ~/.cache/fer-toolchain)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help="registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
+    g.add_argument("--model-arg", action="append", default=S, metavar="KEY=VALUE", help="model option, e.g. width=0.5")
+    g.add_argument("--pretrained", default=S, help="local weights file ('hub' tries a timm download)")
+    g.add_argument("--input-size", type=int, default=S)
+    g.add_argument("--channels", type=int, choices=[1, 3], default=S)
+    g.add_argument("--mean", type=float, nargs="+", default=S)
+    g.add_argument("--std", type=float, nargs="+", default=S)
+    g.add_argument("--crop-margin", type=float, default=S, help="face-box margin recorded in the contract")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=S)
+    g.add_argument("--batch-size", type=int, default=S)
+    g.add_argument("--opt", choices=["adamw", "sgd"], default=S, help="AdamW, or SGD with Nesterov momentum")
+    g.add_argument("--lr", type=float, default=S, help="peak learning rate (default 1e-3 adamw, 0.05 sgd)")
+    g.add_argument("--weight-decay", type=float, default=S, help="default 0.05 adamw, 5e-4 sgd")
+    g.add_argument("--momentum", type=float, default=S)
+    g.add_argument("--warmup-epochs", type=float, default=S)
+    g.add_argument("--min-lr-ratio", type=float, default=S, help="cosine floor as a fraction of --lr")
+    g.add_argument("--accum-steps", type=int, default=S, help="gradient accumulation steps")
+    g.add_argument("--clip-grad", type=float, default=S)
+    g.add_argument("--loss", choices=["ce", "weighted_ce", "focal"], default=S)
+    g.add_argument("--focal-gamma", type=float, default=S)
+    g.add_argument("--label-smoothing", type=float, default=S)
+    g.add_argument("--sampler", choices=["random", "balanced", "sqrt"], default=S, help="class-balanced sampling")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--shift", type=float, default=S, help="random translation, fraction of side")
+    g.add_argument("--scale-min", type=float, default=S)
+    g.add_argument("--scale-max", type=float, default=S)
+    g.add_argument("--rotation", type=float, default=S, help="max degrees")
+    g.add_argument("--no-hflip", action="store_true", default=S)
+    g.add_argument("--erasing", type=float, default=S, help="RandomErasing probability")
+    g.add_argument("--policy", choices=["none", "randaugment", "autoaugment"], default=S)
+    g.add_argument("--mixup", type=float, default=S, help="mixup alpha (0 off)")
+    g.add_argument("--cutmix", type=float, default=S, help="cutmix alpha (0 off)")
+    g.add_argument("--mix-prob", type=float, default=S)
+    g = p.add_argument_group("run")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=S, help="auto: fp16 on CUDA, bf16 on CPU")
+    g.add_argument("--grad-checkpointing", action="store_true", default=S, help="timm models that support it")
+    g.add_argument("--ema", type=float, default=S, help="EMA decay of weights, e.g. 0.999 (0 off)")
+    g.add_argument("--monitor", choices=["macro_f1", "accuracy"], default=S, help="validation metric for best.pt")
+    g.add_argument("--patience", type=int, default=S, help="early stop after N epochs without improvement (0 off)")
+    g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--deterministic", action="store_true", default=S)
+    g.add_argument("--out-dir", default=S)
+    g.add_argument("--name", default=S, help="run folder name (default: model-time)")
+    g.add_argument("--resume", default=None, help="continue from RUN/last.pt; with --epochs 0 only evaluates")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=S)
+    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch default)")
+    g.add_argument("--no-progress", action="store_true", default=S)
+    g = p.add_argument_group("distillation (used by fer-export)")
+    g.add_argument("--teacher", default=S, help="teacher checkpoint for knowledge distillation")
+    g.add_argument("--kd-alpha", type=float, default=S, help="weight of the KD term")
+    g.add_argument("--kd-temperature", type=float, default=S)
+    return p
+
+
+def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
+    ns = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(ns).items() if k != "resume"}
+    resume_state = None
+    if ns.resume:
+        resume_state = load_checkpoint(ns.resume)
+        merged = {**DEFAULTS, **resume_state.get("train_args", {}), **given}
+    else:
+        merged = {**DEFAULTS, **given}
+    merged["resume"] = ns.resume
+    if merged["data_root"] is None:
+        merged["data_root"] = os.environ.get("FER_DATA_ROOT")
+    if merged["data_root"] is None:
+        raise DataError("no data: pass --data-root ROOT (or set FER_DATA_ROOT)")
+    if merged["lr"] is None:
+        merged["lr"] = 1e-3 if merged["opt"] == "adamw" else 0.05
+    if merged["weight_decay"] is None:
+        merged["weight_decay"] = 0.05 if merged["opt"] == "adamw" else 5e-4
+    if merged["mean"] is None:
+        merged["mean"] = [0.5] * merged["channels"]
+    if merged["std"] is None:
+        merged["std"] = [0.5] * merged["channels"]
+    if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
+        raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
+    return argparse.Namespace(**merged), resume_state
+
+
+def parse_model_args(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ModelError(f"--model-arg needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_arg != "cpu"
+    if device_arg == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda but no CUDA device is available")
+    if world > 1:
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_teacher(path: str, contract: ModelContract, device: torch.device):
+    from fer_train.checkpoint import model_from_checkpoint
+
+    state = load_checkpoint(path)
+    teacher, tc = model_from_checkpoint(state)
+    if list(tc.classes) != list(contract.classes):
+        raise DataError(f"teacher classes {list(tc.classes)} differ from the data's {list(contract.classes)}")
+    if tc.channels != contract.channels or tc.input_size != contract.input_size:
+        raise DataError("teacher and student need the same input size and channels")
+    teacher = teacher.to(device).eval()
+    # The student's batch is normalised with the student's mean/std; renormalise for the teacher.
+    ms, ss = torch.tensor(contract.mean).view(1, -1, 1, 1), torch.tensor(contract.std).view(1, -1, 1, 1)
+    mt, st = torch.tensor(tc.mean).view(1, -1, 1, 1), torch.tensor(tc.std).view(1, -1, 1, 1)
+    scale, shift = (ss / st).to(device), ((ms - mt) / st).to(device)
+    return lambda x: teacher(x * scale + shift)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except (DataError, ModelError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"fer-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-train: interrupted; last.pt holds the last finished epoch", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, resume_state = resolve_args(argv)
+    rank, world, device = setup_distributed(args.device)
+    is_main = rank == 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    amp = args.amp if args.amp != "auto" else ("fp16" if device.type == "cuda" else "bf16")
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    model_kwargs = parse_model_args(args.model_arg)
+
+    # ---- data
+    if resume_state is not None and "manifest" in resume_state:
+        manifest = SplitManifest.from_dict(resume_state["manifest"])
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed)
+        if is_main:
+            for w in caught:
+                print(f"fer-train: warning: {w.message}", file=sys.stderr)
+    contract = ModelContract(
+        classes=manifest.classes, input_size=(args.input_size, args.input_size), channels=args.channels,
+        mean=args.mean, std=args.std, crop_margin=args.crop_margin,
+        provenance={"data_root": manifest.root, "layout": manifest.layout},
+    )  # fmt: skip
+    if resume_state is not None and list(contract_of(resume_state).classes) != manifest.classes:
+        raise CheckpointError("the checkpoint's classes differ from the data's class folders")
+    decoded = {}
+    for split in manifest.splits:
+        if args.epochs == 0 and split == "train":
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decoded[split] = load_split(
+                manifest, split, contract.channels, contract.input_size, root=args.data_root,
+                cache_dir=args.cache_dir, strict=args.strict, progress=is_main and not args.no_progress,
+            )  # fmt: skip
+        if is_main:
+            for w in caught:
+                print(f"fer-train: warning: {w.message}", file=sys.stderr)
+    tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
+
+    # ---- run folder
+    if resume_state is not None:
+        run_dir = Path(args.resume).resolve().parent
+    else:
+        name = args.name or f"{args.model.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.out_dir) / name
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest.save(run_dir / "split_manifest.json")
+        n_skipped = write_skipped_log(run_dir / "skipped_files.txt", decoded)
+        if n_skipped:
+            print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
+        config = {k: v for k, v in vars(args).items()}
+        config.update(amp_resolved=amp, device=str(device), world_size=world, contract=contract.to_dict())
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+
+    # ---- model
+    model = create_model(args.model, contract.num_classes, contract.channels, pretrained=None if resume_state else args.pretrained, **model_kwargs)
+    if args.grad_checkpointing:
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        elif is_main:
+            print("fer-train: warning: this model has no gradient checkpointing; flag ignored", file=sys.stderr)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["state_dict"])
+    model.to(device)
+    ema = ModelEma(model, args.ema) if args.ema > 0 else None
+    if ema is not None and resume_state is not None and resume_state.get("ema_state_dict"):
+        ema.module.load_state_dict(resume_state["ema_state_dict"])
+        ema.updates = int(resume_state.get("ema_updates", 0))
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if is_main:
+        print(f"fer-train: {args.model} {model_kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | "
+              f"classes {manifest.classes} | splits {manifest.counts()} | device {device} x{world} amp {amp}")  # fmt: skip
+
+    # ---- optimisation
+    train_images, train_labels = tensors.get("train", (None, None))
+    steps_per_epoch = 0
+    if train_labels is not None:
+        per_rank = -(-len(train_labels) // world)
+        steps_per_epoch = max(1, -(-per_rank // args.batch_size) // args.accum_steps)
+    decay, no_decay = [], []
+    for n_, p_ in model.named_parameters():
+        (no_decay if p_.ndim <= 1 else decay).append(p_)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.opt == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    scheduler = cosine_with_warmup(
+        optimizer, int(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch, args.min_lr_ratio
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    counts = torch.bincount(train_labels, minlength=contract.num_classes) if train_labels is not None else None
+    loss_fn = SoftTargetLoss(
+        args.loss, class_weights_from_counts(counts) if args.loss == "weighted_ce" and counts is not None else None,
+        gamma=args.focal_gamma,
+    ).to(device)
+    sample_weights = None
+    if args.sampler != "random" and train_labels is not None:
+        power = 1.0 if args.sampler == "balanced" else 0.5
+        sample_weights = class_weights_from_counts(counts, power)[train_labels].double()
+    aug = AugmentConfig(
+        shift=args.shift, scale=(args.scale_min, args.scale_max), rotation=args.rotation, hflip=not args.no_hflip,
+        erasing=args.erasing, policy=args.policy, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
+    )  # fmt: skip
+    teacher = make_teacher(args.teacher, contract, device) if args.teacher else None
+
+    start_epoch, history, best = 0, [], {"metric": args.monitor, "value": -1.0, "epoch": -1}
+    if resume_state is not None:
+        start_epoch = int(resume_state.get("epoch", 0))
+        history = list(resume_state.get("history", []))
+        best = dict(resume_state.get("best", best))
+        for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if obj is not None and resume_state.get(key) is not None and args.epochs > 0:
+                obj.load_state_dict(resume_state[key])
+        if resume_state.get("rng_state") is not None:
+            torch.set_rng_state(resume_state["rng_state"])
+
+    def checkpoint_state(epoch: int, val_metrics: dict) -> dict:
+        return {
+            "model": {"name": args.model, "kwargs": model_kwargs},
+            "state_dict": model.state_dict(),
+            "ema_state_dict": ema.module.state_dict() if ema is not None else None,
+            "ema_updates": ema.updates if ema is not None else 0,
+            "contract": contract.to_dict(),
+            "train_args": {k: v for k, v in vars(args).items() if k in DEFAULTS},
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng_state": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+            "manifest": manifest.to_dict(),
+            "val_metrics": val_metrics,
+        }
+
+    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
+    val_images, val_labels = tensors["val"]
+    stale = 0
+    for epoch in range(start_epoch, args.epochs):
+        order = epoch_indices(len(train_labels), epoch, args.seed, sample_weights, rank, world)
+        progress = None
+        if is_main and not args.no_progress:
+            from tqdm import tqdm
+
+            progress = lambda it: tqdm(it, total=-(-len(order) // args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}",  # noqa: E731
+                                       unit="batch", leave=False, mininterval=1.0)  # fmt: skip
+        train_stats = train_one_epoch(
+            train_model, train_images, train_labels, order, batch_size=args.batch_size, optimizer=optimizer,
+            scheduler=scheduler, loss_fn=loss_fn, contract=contract, aug=aug, device=device, amp=amp, scaler=scaler,
+            accum_steps=args.accum_steps, clip_grad=args.clip_grad, label_smoothing=args.label_smoothing, ema=ema,
+            teacher=teacher, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, progress=progress,
+        )  # fmt: skip
+        val_metrics, _ = evaluate(eval_model(), val_images, val_labels, contract, device, amp=amp)
+        record = {
+            "epoch": epoch + 1, **train_stats, "lr": optimizer.param_groups[0]["lr"],
+            "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"],
+        }  # fmt: skip
+        history.append(record)
+        improved = val_metrics[args.monitor] > best["value"]
+        if improved:
+            best = {"metric": args.monitor, "value": val_metrics[args.monitor], "epoch": epoch + 1}
+            stale = 0
+        else:
+            stale += 1
+        if is_main:
+            state = checkpoint_state(epoch + 1, val_metrics)
+            if improved:
+                save_checkpoint(state, run_dir / "best.pt")
+            save_checkpoint(state, run_dir / "last.pt")
+            atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
+            print(
+                f"epoch {epoch + 1:3d}/{args.epochs} | loss {train_stats['train_loss']:.4f} | "
+                f"val loss {val_metrics['loss']:.4f} acc {val_metrics['accuracy']:.4f} F1 {val_metrics['macro_f1']:.4f}"
+                f"{' *' if improved else ''} | {train_stats['samples_per_second']:.0f} img/s "
+                f"(loader {train_stats['loader_samples_per_second']:.0f} img/s) | {train_stats['train_seconds']:.0f}s",
+                flush=True,
+            )
+            _tensorboard(run_dir, record)
+        if args.patience and stale >= args.patience:
+            if is_main:
+                print(f"fer-train: early stop, no {args.monitor} gain for {args.patience} epochs")
+            break
+
+    # ---- final evaluation of best.pt on val and test (selection never looks at test)
+    if is_main:
+        final_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else None
+        if final_path is not None:
+            from fer_train.checkpoint import model_from_checkpoint
+
+            best_model, _ = model_from_checkpoint(load_checkpoint(final_path))
+        else:
+            best_model = eval_model()
+        best_model.to(device)
+        results = {"checkpoint": str(final_path) if final_path else None, "best": best, "notes": manifest.notes}
+        for split in ("val", "test"):
+            if split in tensors:
+                m, _ = evaluate(best_model, *tensors[split], contract, device, amp=amp)
+                results[split] = m
+        write_reports(run_dir, results, history)
+        for split in ("val", "test"):
+            if split in results:
+                print(f"{split}: accuracy {results[split]['accuracy']:.4f} macro-F1 {results[split]['macro_f1']:.4f} "
+                      f"({results[split]['num_samples']} images)")  # fmt: skip
+        print(f"fer-train: results in {run_dir}")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def write_reports(run_dir: Path, results: dict, history: list[dict]) -> None:
+    atomic_write_text(run_dir / "metrics.json", json.dumps(results, indent=2))
+    lines = [f"# Run {run_dir.name}", ""]
+    for split in ("val", "test"):
+        if split in results:
+            lines += [f"## {split}", "", metrics_table(results[split]), ""]
+    atomic_write_text(run_dir / "metrics.md", "\n".join(lines))
+    split = "test" if "test" in results else "val"
+    plot_confusion_matrix(results[split], run_dir / "confusion_matrix.png", title=f"{split}: accuracy "
+                          f"{results[split]['accuracy']:.4f}, macro-F1 {results[split]['macro_f1']:.4f}")  # fmt: skip
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+
+
+def _tensorboard(run_dir: Path, record: dict) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(run_dir / "tb")) as writer:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, record["epoch"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
