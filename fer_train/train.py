@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", default=S)
     g.add_argument("--name", default=S, help="run folder name (default: model-time)")
     g.add_argument("--resume", default=None, help="continue from RUN/last.pt; with --epochs 0 only evaluates")
+    g.add_argument("--stop-after", type=int, default=None, help="end this sitting after N more epochs (resume later)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=S)
     g.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch default)")
     g.add_argument("--no-progress", action="store_true", default=S)
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
     ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if k != "resume"}
+    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after")}
     resume_state = None
     if ns.resume:
         resume_state = load_checkpoint(ns.resume)
@@ -121,6 +122,7 @@ def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | Non
     else:
         merged = {**DEFAULTS, **given}
     merged["resume"] = ns.resume
+    merged["stop_after"] = ns.stop_after
     if merged["data_root"] is None:
         merged["data_root"] = os.environ.get("FER_DATA_ROOT")
     if merged["data_root"] is None:
@@ -353,8 +355,9 @@ def run(argv: list[str] | None = None) -> int:
 
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
     val_images, val_labels = tensors["val"]
-    stale = 0
-    for epoch in range(start_epoch, args.epochs):
+    stale = max(0, start_epoch - best["epoch"]) if best["epoch"] > 0 else 0
+    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         order = epoch_indices(len(train_labels), epoch, args.seed, sample_weights, rank, world)
         progress = None
         if is_main and not args.no_progress:

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FER2013 = Path(os.environ.get("FER_DATA_ROOT", SHARED / "data" / "fer2013"))
+YUNET = SHARED / "models" / "face_detection_yunet.onnx"
+
+CLASSES = ("angry", "happy", "sad")
+
+
+def make_image(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A learnable synthetic 'face': class decides where a bright bar sits."""
+    img = rng.normal(90, 20, (size, size)).clip(0, 255)
+    band = size // len(CLASSES)
+    img[label * band : (label + 1) * band, size // 4 : 3 * size // 4] += 120
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_class_tree(folder: Path, per_class: int, rng: np.random.Generator, prefix: str = "img", classes=CLASSES) -> None:
+    from PIL import Image
+
+    for label, name in enumerate(classes):
+        d = folder / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(make_image(label % len(CLASSES), rng)).save(d / f"{prefix}_{i:04d}.png")
+
+
+@pytest.fixture(scope="session")
+def tree_factory(tmp_path_factory):
+    """Build small image trees in each supported layout."""
+
+    def build(layout: str, per_class: int = 12, seed: int = 0) -> Path:
+        root = tmp_path_factory.mktemp(layout)
+        rng = np.random.default_rng(seed)
+        if layout == "train-val-test":
+            for split in ("train", "val", "test"):
+                write_class_tree(root / split, per_class, rng, prefix=split)
+        elif layout == "train-test":
+            write_class_tree(root / "train", per_class, rng, prefix="train")
+            write_class_tree(root / "test", per_class, rng, prefix="test")
+        elif layout == "class-folders":
+            write_class_tree(root, per_class, rng)
+        elif layout == "fer2013":
+            write_class_tree(root / "train", per_class, rng, prefix="Training")
+            write_class_tree(root / "test", per_class // 2, rng, prefix="PublicTest")
+            write_class_tree(root / "test", per_class // 2, rng, prefix="PrivateTest")
+        else:
+            raise ValueError(layout)
+        return root
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))

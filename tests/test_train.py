@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from fer_train.engine import ModelEma
+from fer_train.evaluate import main as eval_main
+from fer_train.models import VGGNet, create_model
+from fer_train.train import main as train_main
+
+TINY = ["--model", "vgg", "--model-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1",
+        "--amp", "off", "--lr", "3e-3"]  # fmt: skip
+
+
+def _train(root, out, name, *extra):
+    args = ["--data-root", str(root), "--out-dir", str(out), "--name", name, *TINY, *extra]
+    assert train_main(args) == 0
+    return out / name
+
+
+def test_train_writes_run_folder_and_learns(tree_factory, tmp_path):
+    run = _train(tree_factory("train-val-test", per_class=32), tmp_path, "r", "--epochs", "6", "--ema", "0.9")
+    for f in ("best.pt", "last.pt", "config.json", "split_manifest.json", "history.json", "metrics.json",
+              "metrics.md", "confusion_matrix.png", "curves.png", "skipped_files.txt"):  # fmt: skip
+        assert (run / f).is_file(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.6  # 3 classes, chance is 1/3
+    assert len(json.loads((run / "history.json").read_text())) == 6
+    state = load_checkpoint(run / "best.pt")
+    assert state["contract"]["classes"] == ["angry", "happy", "sad"]
+    assert state["model"] == {"name": "vgg", "kwargs": {"width": 0.125}}
+
+
+def test_resume_is_exact(tree_factory, tmp_path):
+    root = tree_factory("train-val-test", per_class=12)
+    recipe = ["--epochs", "3", "--ema", "0.9", "--sampler", "sqrt", "--mixup", "0.4", "--erasing", "0.5"]
+    a = load_checkpoint(_train(root, tmp_path, "straight", *recipe) / "last.pt")
+    part = _train(root, tmp_path, "part", *recipe, "--stop-after", "2")  # a sitting that ends early
+    assert load_checkpoint(part / "last.pt")["epoch"] == 2
+    assert train_main(["--resume", str(part / "last.pt")]) == 0
+    b = load_checkpoint(part / "last.pt")
+    assert b["epoch"] == 3
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for key in a["ema_state_dict"]:
+        assert torch.equal(a["ema_state_dict"][key], b["ema_state_dict"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
+    root = tree_factory("train-val-test", per_class=12)
+    run = _train(root, tmp_path, "r", "--epochs", "2", "--model-arg", "depth=1")
+    state = load_checkpoint(run / "best.pt")
+    model, contract = model_from_checkpoint(state)
+    assert isinstance(model, VGGNet)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 4  # depth=1, not the default 2
+    assert train_main(["--resume", str(run / "last.pt"), "--epochs", "0"]) == 0
+    assert eval_main(["--ckpt", str(run / "best.pt"), "--split", "test", "--tta", "tencrop"]) == 0
+    out = json.loads((run / "eval_test_tencrop.json").read_text())
+    assert out["classes"] == list(contract.classes) and out["num_samples"] == 36
+
+
+def test_fer2013_protocol_training_selects_on_public(tree_factory, tmp_path):
+    root = tree_factory("fer2013", per_class=12)
+    run = _train(root, tmp_path, "f", "--epochs", "1", "--protocol", "fer2013")
+    manifest = json.loads((run / "split_manifest.json").read_text())
+    assert all("PublicTest_" in p for p, _ in manifest["splits"]["val"])
+    assert all("PrivateTest_" in p for p, _ in manifest["splits"]["test"])
+
+
+def test_test_set_never_used_for_selection_without_val(tree_factory, tmp_path, capsys):
+    root = tree_factory("train-test", per_class=12)
+    run = _train(root, tmp_path, "t", "--epochs", "1")
+    assert "doubles as validation" in capsys.readouterr().err
+    assert any("doubles as validation" in n for n in json.loads((run / "metrics.json").read_text())["notes"])
+
+
+def test_ema_handles_integer_buffers():
+    model = create_model("vgg", 3, 1, width=0.125)
+    ema = ModelEma(model, 0.5)
+    model.train()
+    model(torch.randn(4, 1, 48, 48))
+    ema.update(model)
+    bn = [m for m in ema.module.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert bn.num_batches_tracked.dtype == torch.int64 and int(bn.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data-root", "/nonexistent/x"], "data root not found"),
+        (["--model", "nope"], "unknown model"),
+        (["--model", "timm:not_a_model"], "unknown timm model"),
+        (["--val-split", "1.5"], "[0, 1)"),
+        (["--pretrained", "/nonexistent/w.pt"], "not found"),
+    ],
+)
+def test_bad_input_one_line_nonzero(tree_factory, tmp_path, capsys, args, message):
+    root = tree_factory("class-folders")
+    full = ["--data-root", str(root), "--out-dir", str(tmp_path / "o"), "--epochs", "1", "--no-progress", *args]
+    assert train_main(full) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.pt"))
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "x.pt"
+    bogus.write_text("{}")
+    with pytest.raises(CheckpointError, match="not a fer-train checkpoint"):
+        load_checkpoint(bogus)
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    with pytest.raises(CheckpointError, match="no 'fer-checkpoint' marker"):
+        load_checkpoint(bogus)
+    assert eval_main(["--ckpt", str(bogus)]) == 2
+    assert "not a fer-train checkpoint" in capsys.readouterr().err
+
+
+def test_timm_model_by_name():
+    timm = pytest.importorskip("timm")
+    assert timm
+    model = create_model("timm:resnet10t", num_classes=7, in_chans=1)
+    assert model(torch.randn(2, 1, 48, 48)).shape == (2, 7)
+
+
+def test_ddp_two_processes_gloo(tree_factory, tmp_path):
+    root = tree_factory("train-val-test", per_class=8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "fer_train", "--data-root", str(root), "--out-dir", str(tmp_path), "--name", "ddp", "--epochs", "2",
+           *TINY]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert state["train_args"]["data_root"] == str(root)
+    history = state["history"]
+    # each rank sees half of the 24 training images per epoch
+    assert len(history) == 2 and history[0]["train_samples"] == 12
+    assert (tmp_path / "ddp" / "metrics.json").exists()
