@@ -111,12 +111,17 @@ class ModelContract:
         batch = np.empty((len(crops), self.channels, height, width), dtype=np.float32)
         for i, crop in enumerate(crops):
             batch[i] = _to_model_layout(crop, self.channels, height, width)
+        return self.normalize(batch)
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """Pixel values (0..255, N x C x H x W, model colour order) -> the model's input."""
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        batch /= 255.0
-        batch -= mean
-        batch /= std
-        return batch
+        out = batch.astype(np.float32, copy=batch.dtype != np.float32)
+        out /= 255.0
+        out -= mean
+        out /= std
+        return out
 
 
 def _to_model_layout(crop: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:

@@ -73,9 +73,41 @@ def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> tup
     spec = state["model"]
     model = create_model(spec["name"], num_classes=contract.num_classes, in_chans=contract.channels, **spec.get("kwargs", {}))
     weights = state.get("ema_state_dict") if prefer_ema and state.get("ema_state_dict") else state["state_dict"]
+    if state.get("pruned"):
+        fit_modules_to_state_dict(model, weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit model {spec['name']}: {str(exc).splitlines()[0]}") from None
     model.eval()
     return model, contract
+
+
+def fit_modules_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Resize Conv2d/BatchNorm2d/Linear layers to the shapes in ``state_dict``.
+
+    Structured pruning removes channels, so a pruned checkpoint rebuilds its
+    registry architecture and then narrows each layer to the saved widths.
+    """
+    for name, module in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if key not in state_dict:
+            continue
+        shape = state_dict[key].shape
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.out_channels = shape[0]
+            module.in_channels = shape[0] if depthwise else shape[1] * module.groups
+            if depthwise:
+                module.groups = shape[0]
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = shape[0]
+            for buf in ("running_mean", "running_var"):
+                setattr(module, buf, torch.zeros(shape[0]))
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = shape[0], shape[1]
+        else:
+            continue
+        module.weight = nn.Parameter(torch.empty(shape))
+        if getattr(module, "bias", None) is not None:
+            module.bias = nn.Parameter(torch.empty(state_dict[f"{key[:-6]}bias"].shape))

@@ -32,7 +32,7 @@ from fer_train.models import ModelError, count_parameters, create_model
 
 DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
-    "model": "vgg", "model_arg": [], "pretrained": None, "input_size": 48, "channels": 1,
+    "model": "vgg", "model_arg": [], "pretrained": None, "init": None, "input_size": 48, "channels": 1,
     "mean": None, "std": None, "crop_margin": 0.1,
     "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
     "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=S, help="registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
     g.add_argument("--model-arg", action="append", default=S, metavar="KEY=VALUE", help="model option, e.g. width=0.5")
     g.add_argument("--pretrained", default=S, help="local weights file ('hub' tries a timm download)")
+    g.add_argument("--init", default=S, help="start from a checkpoint's architecture and weights (e.g. a pruned model)")
     g.add_argument("--input-size", type=int, default=S)
     g.add_argument("--channels", type=int, choices=[1, 3], default=S)
     g.add_argument("--mean", type=float, nargs="+", default=S)
@@ -270,7 +271,22 @@ def run(argv: list[str] | None = None) -> int:
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
 
     # ---- model
-    model = create_model(args.model, contract.num_classes, contract.channels, pretrained=None if resume_state else args.pretrained, **model_kwargs)
+    init_state = load_checkpoint(args.init) if args.init else None
+    pruned = bool((resume_state or init_state or {}).get("pruned"))
+    if init_state is not None:
+        from fer_train.checkpoint import model_from_checkpoint
+
+        model, init_contract = model_from_checkpoint(init_state)
+        if list(init_contract.classes) != manifest.classes:
+            raise CheckpointError(f"--init checkpoint classes {list(init_contract.classes)} differ from the data's {manifest.classes}")
+        args.model, model_kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
+        contract = init_contract.replace(provenance=contract.provenance)
+    else:
+        model = create_model(args.model, contract.num_classes, contract.channels, pretrained=None if resume_state else args.pretrained, **model_kwargs)
+    if resume_state is not None and pruned:
+        from fer_train.checkpoint import fit_modules_to_state_dict
+
+        fit_modules_to_state_dict(model, resume_state["state_dict"])
     if args.grad_checkpointing:
         if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
@@ -337,6 +353,7 @@ def run(argv: list[str] | None = None) -> int:
     def checkpoint_state(epoch: int, val_metrics: dict) -> dict:
         return {
             "model": {"name": args.model, "kwargs": model_kwargs},
+            "pruned": pruned,
             "state_dict": model.state_dict(),
             "ema_state_dict": ema.module.state_dict() if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0,

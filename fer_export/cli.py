@@ -1,0 +1,317 @@
+"""fer-export: checkpoint -> [distil] -> [prune + fine-tune] -> ONNX -> [INT8], each stage checked and reported.
+
+    fer-export RUN/best.pt --int8                      # everyday path
+    fer-export --distill-from TEACHER.pt --student mobile --data-root ROOT --epochs 30 --int8
+    fer-export RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
+    fer-export model.onnx --int8 --data-root ROOT      # quantize an exported model
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fer_export.onnx_export import ExportError, export_onnx, parity_check
+from fer_export.prune import PruneError, count_flops_params, prune_channels
+from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
+from fer_export.report import onnx_latency_ms, write_report
+from fer_runtime.contract import ContractError, read_onnx_contract
+from fer_runtime.session import OnnxModel
+from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_train.data import DataError, SplitManifest, discover, load_split
+from fer_train.evaluate import resolve_manifest
+from fer_train.metrics import classification_metrics
+from fer_train.models import ModelError
+from fer_train.train import run as train_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", nargs="?", help="fer-train checkpoint (.pt) or exported ONNX model")
+    p.add_argument("--out-dir", default="exports", help="parent folder; one subfolder per export")
+    p.add_argument("--name", default=None, help="export folder name (default: source name + time)")
+    p.add_argument("--data-root", default=None, help="data for calibration and scoring (default: the run's)")
+    p.add_argument("--protocol", default=None, choices=["fer2013"], help="for an ONNX source without a run manifest")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill-from", default=None, metavar="TEACHER.pt", help="train a student from this teacher")
+    g.add_argument("--student", default=None, help="student model name (registry or timm:<name>)")
+    g.add_argument("--student-arg", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--kd-alpha", type=float, default=0.7)
+    g.add_argument("--kd-temperature", type=float, default=4.0)
+    g.add_argument("--compare-baseline", action="store_true", help="also train the student alone, same recipe")
+    g.add_argument("--epochs", type=int, default=30, help="student training epochs")
+    g.add_argument("--train-arg", action="append", default=[], metavar="--FLAG=VALUE",
+                   help="extra fer-train option for student/fine-tune runs, e.g. --train-arg=--lr=2e-3")  # fmt: skip
+    g = p.add_argument_group("pruning")
+    g.add_argument("--prune", type=float, default=None, metavar="RATIO", help="fraction of channels to remove")
+    g.add_argument("--prune-flops", type=float, default=None, metavar="X", help="prune until FLOPs drop X-fold")
+    g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps")
+    g.add_argument("--finetune-epochs", type=int, default=10)
+    g.add_argument("--finetune-lr", type=float, default=5e-4)
+    g = p.add_argument_group("ONNX and INT8")
+    g.add_argument("--opset", type=int, default=17)
+    g.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model")
+    g.add_argument("--calib-size", type=int, default=512, help="stratified training images for calibration")
+    g.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    g.add_argument("--keep-float", default="", help="comma list kept in float: first_conv, classifier, node names")
+    g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
+    g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
+    g.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ExportError, QuantizationError, PruneError, CheckpointError, DataError, ContractError, ModelError,
+            ValueError, FileNotFoundError) as exc:  # fmt: skip
+        print(f"fer-export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _score(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    m = classification_metrics(labels, probs.argmax(1), classes)
+    m.pop("confusion_matrix", None)
+    return m
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.distill_from:
+        if not args.student:
+            raise ValueError("--distill-from needs --student NAME")
+        if args.source:
+            raise ValueError("give either a source checkpoint or --distill-from, not both")
+    elif not args.source:
+        raise ValueError("give a checkpoint or ONNX file to export (or --distill-from TEACHER --student NAME)")
+    if args.source and not Path(args.source).is_file():
+        raise FileNotFoundError(f"not found: {args.source}")
+    if args.prune is not None and not 0.0 < args.prune < 1.0:
+        raise PruneError(f"--prune must be in (0, 1), got {args.prune}")
+    if args.calib_size < 1:
+        raise QuantizationError("--calib-size must be at least 1")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    source = Path(args.source) if args.source else None
+    name = args.name or f"{(source.parent.name + '_' + source.stem) if source else args.student}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final_dir = Path(args.out_dir) / name
+    staging = Path(args.out_dir) / f".{name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        code = _run_stages(args, source, staging, name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # no partial outputs on failure
+        raise
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    staging.rename(final_dir)
+    print(f"fer-export: wrote {final_dir}")
+    return code
+
+
+def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: str) -> int:
+    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": []}
+    if source is not None and source.suffix == ".onnx":
+        return _quantize_only(args, source, out, report)
+    ckpt = source
+
+    if args.distill_from:
+        ckpt = _distill(args, out, report)
+    state = load_checkpoint(ckpt)
+    model, contract = model_from_checkpoint(state)
+    manifest = _manifest(state, args.data_root)
+    data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False)
+            for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
+    torch_row = _torch_row("pytorch" if not args.distill_from else "student (pytorch)", model, contract, data)
+    report["artefacts"].append(torch_row)
+
+    if args.prune is not None or args.prune_flops is not None:
+        ckpt, model = _prune(args, state, model, contract, data, out, report)
+        state = load_checkpoint(ckpt)
+        model, contract = model_from_checkpoint(state)
+
+    provenance = {**contract.provenance, "source_checkpoint": str(Path(ckpt).resolve()), "model": state["model"],
+                  "metrics": {s: {k: torch_row[s][k] for k in ("accuracy", "macro_f1")} for s in ("val", "test") if s in torch_row}}  # fmt: skip
+    contract = contract.replace(provenance=provenance)
+    fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
+    parity_images = data["val"].images[:2000]
+    report["parity"] = parity_check(model, fp32_path, parity_images)
+    print(f"fer-export: ONNX parity on {report['parity']['images']} val images: top-1 agreement "
+          f"{report['parity']['top1_agreement']:.4%}, max logit diff {report['parity']['max_abs_logit_diff']:.2e}")  # fmt: skip
+    report["paths"]["onnx"] = str(fp32_path)
+    fp32_row = _onnx_row("onnx fp32", fp32_path, data)
+    report["artefacts"].append(fp32_row)
+    code = 0
+    if args.int8:
+        code = _int8(args, fp32_path, data, out, report, fp32_row)
+    write_report(out, report)
+    _print_summary(report)
+    return code
+
+
+def _manifest(state: dict, data_root: str | None) -> SplitManifest:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return resolve_manifest(state, data_root)
+
+
+def _torch_row(label: str, model, contract, data) -> dict:
+    from fer_train.engine import predict_logits
+
+    macs, params = count_flops_params(model, contract)
+    row = {"name": label, "params": params, "macs": macs}
+    for split in ("val", "test"):
+        if split in data:
+            logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(data[split].images)), contract, torch.device("cpu"))
+            row[split] = _score(logits.softmax(1).numpy(), data[split].labels, list(contract.classes))
+    return row
+
+
+def _onnx_row(label: str, path: Path, data: dict) -> dict:
+    model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
+    row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "latency_ms": onnx_latency_ms(path)}
+    for split in ("val", "test"):
+        if split in data:
+            row[split] = _score(model.predict_pixels(data[split].images), data[split].labels, list(model.contract.classes))
+    return row
+
+
+def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: dict) -> int:
+    contract = read_onnx_contract(fp32_path)
+    train = data["train"]
+    idx = stratified_sample(train.labels, args.calib_size, args.seed)
+    reader = FaceCalibrationReader(train.images[idx], contract)
+    keep = [k.strip() for k in args.keep_float.split(",") if k.strip()]
+    int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
+    int8_row = _onnx_row("onnx int8", int8_path, data)
+    report["artefacts"].append(int8_row)
+    report["paths"]["int8"] = str(int8_path)
+    report["calibration"] = {"images": int(len(idx)), "method": args.calib_method, "keep_float": keep}
+    drop = 100 * (fp32_row["val"]["accuracy"] - int8_row["val"]["accuracy"])
+    report["ratios"] = {
+        "int8_size_reduction": fp32_row["file_kb"] / int8_row["file_kb"],
+        "int8_speedup_b1_1thread": fp32_row["latency_ms"] / int8_row["latency_ms"],
+        "int8_val_accuracy_drop_points": drop,
+    }
+    if "test" in fp32_row:
+        report["ratios"]["int8_test_accuracy_drop_points"] = 100 * (fp32_row["test"]["accuracy"] - int8_row["test"]["accuracy"])
+    if drop > args.max_drop:
+        msg = f"INT8 loses {drop:.2f} points of val accuracy (max {args.max_drop})"
+        if not args.force:
+            int8_path.unlink()
+            report["notes"].append(msg + "; INT8 file removed (use --force to keep it)")
+            write_report(out, report)
+            raise QuantizationError(msg + ": try --calib-method entropy, --keep-float first_conv,classifier, or --force")
+        report["notes"].append(msg + "; kept because of --force")
+    return 0
+
+
+def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
+    contract = read_onnx_contract(source)
+    root = args.data_root or contract.provenance.get("data_root")
+    if not root:
+        raise DataError("quantizing an ONNX file needs --data-root for calibration images")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = discover(root, args.protocol or contract.provenance.get("protocol"))
+    if manifest.classes != list(contract.classes):
+        raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
+    data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False) for s in manifest.splits}
+    fp32_path = out / "model.onnx"
+    shutil.copyfile(source, fp32_path)
+    fp32_row = _onnx_row("onnx fp32", fp32_path, data)
+    report["artefacts"].append(fp32_row)
+    code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
+    write_report(out, report)
+    _print_summary(report)
+    return code
+
+
+def _distill(args, out: Path, report: dict) -> Path:
+    teacher = load_checkpoint(args.distill_from)
+    root = args.data_root or teacher.get("manifest", {}).get("root")
+    if not root:
+        raise DataError("distillation needs --data-root")
+    student_args = [x for kv in args.student_arg for x in ("--model-arg", kv)]
+    common = ["--data-root", root, "--model", args.student, *student_args, "--epochs", str(args.epochs),
+              "--out-dir", str(out), "--seed", str(args.seed), "--no-progress", *args.train_arg]  # fmt: skip
+    if teacher.get("train_args", {}).get("protocol"):
+        common += ["--protocol", teacher["train_args"]["protocol"]]
+    kd = ["--teacher", args.distill_from, "--kd-alpha", str(args.kd_alpha), "--kd-temperature", str(args.kd_temperature)]
+    if train_run([*common, "--name", "student_kd", *kd]) != 0:
+        raise ExportError("student training failed")
+    report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
+    if args.compare_baseline:
+        if train_run([*common, "--name", "student_alone", "--teacher", ""]) != 0:
+            raise ExportError("baseline student training failed")
+        import json
+
+        kd_m = json.loads((out / "student_kd" / "metrics.json").read_text())
+        alone = json.loads((out / "student_alone" / "metrics.json").read_text())
+        report["distillation"] = {
+            split: {"kd": {k: kd_m[split][k] for k in ("accuracy", "macro_f1")},
+                    "alone": {k: alone[split][k] for k in ("accuracy", "macro_f1")}}
+            for split in ("val", "test") if split in kd_m
+        }  # fmt: skip
+    return out / "student_kd" / "best.pt"
+
+
+def _prune(args, state, model, contract, data, out: Path, report: dict):
+    before_macs, before_params = count_flops_params(model, contract)
+    pruned = prune_channels(model, contract, ratio=args.prune, flops_speedup=args.prune_flops, steps=args.prune_steps)
+    after_macs, after_params = count_flops_params(pruned, contract)
+    pruned_state = {**{k: v for k, v in state.items() if k not in ("format", "format_version", "optimizer", "scheduler",
+                                                                       "scaler", "ema_state_dict")},  # fmt: skip
+                    "state_dict": pruned.state_dict(), "pruned": True, "epoch": 0, "history": []}
+    init_path = out / "pruned_init.pt"
+    save_checkpoint(pruned_state, init_path)
+    row = _torch_row("pruned (no fine-tune)", pruned, contract, data)
+    report["artefacts"].append(row)
+    ckpt = init_path
+    if args.finetune_epochs > 0:
+        root = args.data_root or state.get("manifest", {}).get("root")
+        cmd = ["--init", str(init_path), "--data-root", root, "--epochs", str(args.finetune_epochs),
+               "--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--out-dir", str(out), "--name", "pruned_finetune",
+               "--no-progress", *args.train_arg]  # fmt: skip
+        if state.get("train_args", {}).get("protocol"):
+            cmd += ["--protocol", state["train_args"]["protocol"]]
+        if train_run(cmd) != 0:
+            raise ExportError("fine-tuning the pruned model failed")
+        ckpt = out / "pruned_finetune" / "best.pt"
+        ft_model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+        report["artefacts"].append(_torch_row("pruned + fine-tuned", ft_model, contract, data))
+    report["pruning"] = {
+        "ratio": args.prune, "flops_target": args.prune_flops, "macs_before": before_macs, "macs_after": after_macs,
+        "params_before": before_params, "params_after": after_params, "flops_reduction": before_macs / after_macs,
+    }  # fmt: skip
+    print(f"fer-export: pruned MACs {before_macs / 1e6:.1f}M -> {after_macs / 1e6:.1f}M "
+          f"({before_macs / after_macs:.2f}x), params {before_params} -> {after_params}")  # fmt: skip
+    return ckpt, pruned
+
+
+def _print_summary(report: dict) -> None:
+    for row in report["artefacts"]:
+        parts = [row["name"].ljust(22)]
+        for split in ("val", "test"):
+            if split in row:
+                parts.append(f"{split} acc {row[split]['accuracy']:.4f} F1 {row[split]['macro_f1']:.4f}")
+        if row.get("file_kb"):
+            parts.append(f"{row['file_kb']} KB, {row['latency_ms']:.3f} ms")
+        print(" | ".join(parts))
+    if report.get("ratios"):
+        print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""PyTorch -> ONNX with the model contract in the metadata, checked against PyTorch after export."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from fer_runtime.contract import METADATA_KEY, ModelContract
+from fer_runtime.session import OnnxModel
+
+MIN_AGREEMENT = 0.999
+
+
+class ExportError(RuntimeError):
+    """Export produced a model that does not behave like its source."""
+
+
+def set_contract(model_proto: onnx.ModelProto, contract: ModelContract) -> None:
+    props = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(props)
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, contract.to_json()
+
+
+def save_onnx_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        onnx.save(model_proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, opset: int = 17) -> Path:
+    """Export with a dynamic batch axis and ``fer_contract`` metadata; atomic."""
+    path = Path(path)
+    model = model.eval().cpu()
+    h, w = contract.input_size
+    dummy = torch.zeros(2, contract.channels, h, w)
+    tmp = path.with_name(f".{path.name}.raw{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    onnx.checker.check_model(proto)
+    set_contract(proto, contract.replace(output="logits"))
+    save_onnx_atomic(proto, path)
+    return path
+
+
+def parity_check(model: nn.Module, onnx_path: str | Path, images_u8: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Compare ONNX Runtime with PyTorch on real images; raise if top-1 agreement is too low."""
+    session = OnnxModel(onnx_path, threads=0, providers=["CPUExecutionProvider"])
+    contract = session.contract
+    model = model.eval().cpu()
+    max_diff, agree, total = 0.0, 0, 0
+    for i in range(0, len(images_u8), 256):
+        x = contract.normalize(images_u8[i : i + 256])
+        ort_out = session.run(x)
+        with torch.no_grad():
+            torch_out = model(torch.from_numpy(x)).numpy()
+        max_diff = max(max_diff, float(np.abs(ort_out - torch_out).max()))
+        agree += int((ort_out.argmax(1) == torch_out.argmax(1)).sum())
+        total += len(x)
+    result = {"images": total, "max_abs_logit_diff": max_diff, "top1_agreement": agree / max(total, 1)}
+    if result["top1_agreement"] < min_agreement:
+        raise ExportError(
+            f"ONNX Runtime and PyTorch agree on {result['top1_agreement']:.4%} of {total} images "
+            f"(need {min_agreement:.1%}; max logit difference {max_diff:.4g})"
+        )
+    return result

@@ -1,0 +1,44 @@
+"""Export reports: JSON + Markdown, one row per artefact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.profiling import percentiles, time_calls
+from fer_runtime.session import OnnxModel
+from fer_train.data import atomic_write_text
+
+
+def onnx_latency_ms(path: Path, runs: int = 300) -> float:
+    """Median latency at batch 1 on one thread (ONNX Runtime, CPU)."""
+    model = OnnxModel(path, threads=1, providers=["CPUExecutionProvider"])
+    h, w = model.contract.input_size
+    x = np.random.default_rng(0).normal(size=(1, model.contract.channels, h, w)).astype(np.float32)
+    return percentiles(time_calls(lambda: model.run(x), runs=runs, warmup=30))["p50_ms"]
+
+
+def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
+    json_path, md_path = out_dir / "export_report.json", out_dir / "export_report.md"
+    atomic_write_text(json_path, json.dumps(report, indent=2))
+    lines = [f"# Export report: {report.get('name', out_dir.name)}", "", f"Source: `{report.get('source')}`", ""]
+    lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | latency ms (b1, 1 thr) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in report["artefacts"]:
+        def f(key, split, fmt="{:.4f}"):
+            v = row.get(split, {}).get(key)
+            return fmt.format(v) if v is not None else "-"
+
+        lines.append(
+            f"| {row['name']} | {row.get('params', '-')} | {row.get('macs', '-')} | "
+            f"{row['file_kb'] if row.get('file_kb') else '-'} | {f('accuracy', 'val')} | {f('macro_f1', 'val')} | "
+            f"{f('accuracy', 'test')} | {f('macro_f1', 'test')} | "
+            f"{'%.3f' % row['latency_ms'] if row.get('latency_ms') else '-'} |"
+        )
+    for key in ("parity", "ratios", "notes", "paths"):
+        if report.get(key):
+            lines += ["", f"## {key}", "", "```json", json.dumps(report[key], indent=2), "```"]
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path

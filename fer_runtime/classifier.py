@@ -1,0 +1,99 @@
+"""``FaceExpressionClassifier``: detect, crop, classify all faces of a frame in one batch, track and smooth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.contract import ContractError
+from fer_runtime.detect import Detection, crop_face, create_detector
+from fer_runtime.profiling import StageTimer
+from fer_runtime.session import OnnxModel
+from fer_runtime.track import IouTracker
+
+DEFAULT_MODEL_NAME = "fer_default.int8.onnx"
+
+
+def default_model_path() -> Path:
+    from fer_models import MODELS_DIR
+
+    path = MODELS_DIR / DEFAULT_MODEL_NAME
+    if not path.is_file():
+        raise ContractError(f"the shipped model {path} is missing from this install: pass --model PATH")
+    return path
+
+
+@dataclass
+class FaceResult:
+    box: tuple[float, float, float, float]
+    track_id: int
+    label: str
+    confidence: float
+    probs: np.ndarray  # smoothed
+    raw_label: str
+    raw_probs: np.ndarray
+
+    def to_dict(self, classes: tuple[str, ...]) -> dict:
+        return {
+            "box": [round(v, 1) for v in self.box],
+            "track_id": self.track_id,
+            "label": self.label,
+            "confidence": round(float(self.confidence), 4),
+            "raw_label": self.raw_label,
+            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, self.probs)},
+        }
+
+
+class FaceExpressionClassifier:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        detector: str = "haar",
+        detector_model: str | Path | None = None,
+        detect_width: int = 320,
+        detect_every: int = 1,
+        smoothing: float = 0.7,
+        threads: int = 0,
+        providers: list[str] | None = None,
+    ):
+        self.model = OnnxModel(model_path or default_model_path(), threads=threads, providers=providers)
+        self.contract = self.model.contract
+        self.classes = self.contract.classes
+        self.detector = create_detector(detector, detector_model, detect_width)
+        if detect_every < 1:
+            raise ValueError("--detect-every must be at least 1")
+        self.detect_every = detect_every
+        self.tracker = IouTracker(smoothing=smoothing)
+        self.timer = StageTimer()
+        self._frame_index = 0
+        self._last_detections: list[Detection] = []
+
+    def classify_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Face crops (BGR or gray uint8, any size) -> probabilities, one row per crop, in contract class order."""
+        if not crops:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.model.probabilities(self.contract.preprocess(crops))
+
+    def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
+        timer = self.timer
+        with timer("detect"):
+            if self._frame_index % self.detect_every == 0:
+                self._last_detections = self.detector(frame)
+            detections = self._last_detections
+        self._frame_index += 1
+        with timer("preprocess"):
+            crops = [crop_face(frame, d, self.contract.crop_margin) for d in detections]
+            batch = self.contract.preprocess(crops) if crops else None
+        with timer("classify"):
+            probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
+        with timer("track"):
+            tracks = self.tracker.update([d.box for d in detections])
+            results = []
+            for det, track, p in zip(detections, tracks, probs):
+                smoothed = self.tracker.observe(track, p)
+                k, raw_k = int(smoothed.argmax()), int(p.argmax())
+                results.append(FaceResult(det.box, track.track_id, self.classes[k], float(smoothed[k]), smoothed,
+                                          self.classes[raw_k], p))  # fmt: skip
+        return results

@@ -1,0 +1,109 @@
+"""Face detectors: OpenCV's Haar cascade (offline default) and YuNet (cv2.FaceDetectorYN)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class DetectorError(RuntimeError):
+    pass
+
+
+@dataclass
+class Detection:
+    box: tuple[float, float, float, float]  # x, y, w, h in frame pixels
+    score: float = 1.0
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # (right eye, left eye) in the image
+
+
+class HaarDetector:
+    """Frontal-face Haar cascade shipped with opencv-python 4.x, run on a downscaled gray frame."""
+
+    def __init__(self, detect_width: int = 320, min_face: int = 24):
+        data = getattr(cv2, "data", None)
+        if not hasattr(cv2, "CascadeClassifier") or data is None:
+            raise DetectorError(
+                f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 removed them): "
+                "pip install 'opencv-python<5', or use --detector yunet --detector-model PATH"
+            )
+        path = Path(data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise DetectorError(f"could not load the Haar cascade at {path}")
+        self.detect_width = detect_width
+        self.min_face = min_face
+
+    def __call__(self, frame: np.ndarray) -> list[Detection]:
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
+        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        small = cv2.equalizeHist(small)
+        min_side = max(12, int(self.min_face * scale))
+        boxes = self.cascade.detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
+        return [Detection(tuple(float(v) / scale for v in b)) for b in (boxes if len(boxes) else [])]
+
+
+class YuNetDetector:
+    """YuNet via cv2.FaceDetectorYN; gives eye landmarks used for alignment."""
+
+    def __init__(self, model_path: str | Path, detect_width: int = 320, score_threshold: float = 0.7):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise DetectorError(f"YuNet model not found: {model_path} (pass --detector-model PATH)")
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise DetectorError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; pip install 'opencv-python>=4.8'")
+        self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50)
+        self.detect_width = detect_width
+        self._size: tuple[int, int] | None = None
+
+    def __call__(self, frame: np.ndarray) -> list[Detection]:
+        bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        scale = min(1.0, self.detect_width / bgr.shape[1]) if self.detect_width else 1.0
+        small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else bgr
+        size = (small.shape[1], small.shape[0])
+        if size != self._size:
+            self.detector.setInputSize(size)
+            self._size = size
+        _, faces = self.detector.detect(small)
+        out = []
+        for f in faces if faces is not None else []:
+            x, y, w, h = (float(v) / scale for v in f[:4])
+            eyes = ((float(f[4]) / scale, float(f[5]) / scale), (float(f[6]) / scale, float(f[7]) / scale))
+            out.append(Detection((x, y, w, h), float(f[14]), eyes))
+        return out
+
+
+def create_detector(name: str = "haar", model_path: str | Path | None = None, detect_width: int = 320):
+    if name == "haar":
+        return HaarDetector(detect_width)
+    if name == "yunet":
+        if model_path is None:
+            raise DetectorError("--detector yunet needs --detector-model PATH to a YuNet .onnx file")
+        return YuNetDetector(model_path, detect_width)
+    raise DetectorError(f"unknown detector {name!r}: use haar or yunet")
+
+
+def crop_face(frame: np.ndarray, det: Detection, margin: float) -> np.ndarray:
+    """Square crop around the box with ``margin`` added per side; eyes levelled when landmarks exist."""
+    x, y, w, h = det.box
+    cx, cy = x + w / 2, y + h / 2
+    side = max(w, h) * (1 + 2 * margin)
+    if det.eyes is not None:
+        (rx, ry), (lx, ly) = det.eyes
+        angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+        if abs(angle) > 1.0:
+            matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+            frame = cv2.warpAffine(frame, matrix, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
+    hgt, wid = frame.shape[:2]
+    pad = max(0, -x0, -y0, x1 - wid, y1 - hgt)
+    if pad:
+        frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    return frame[y0:y1, x0:x1]

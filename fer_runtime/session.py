@@ -1,0 +1,58 @@
+"""An ONNX Runtime session that knows its model's contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.contract import ContractError, ModelContract, contract_from_session
+
+
+def available_providers(prefer_cuda: bool = True) -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    order = (["CUDAExecutionProvider"] if prefer_cuda else []) + ["CPUExecutionProvider"]
+    return [p for p in order if p in have]
+
+
+class OnnxModel:
+    """Loads an ONNX classifier and its ``fer_contract``; returns class probabilities."""
+
+    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ContractError(f"model file not found: {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers or available_providers())
+        except Exception as exc:
+            raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        self.contract: ModelContract = contract_from_session(self.session, self.path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 N x C x H x W -> raw outputs (logits or probabilities per the contract)."""
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        out = self.run(batch)
+        if self.contract.output == "probabilities":
+            return out
+        out = out - out.max(axis=1, keepdims=True)
+        np.exp(out, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 N x C x H x W (model colour order, model size) -> probabilities N x K."""
+        outs = [self.probabilities(self.contract.normalize(images[i : i + batch_size]))
+                for i in range(0, len(images), batch_size)]  # fmt: skip
+        return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)

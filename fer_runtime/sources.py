@@ -1,0 +1,159 @@
+"""Frame sources: camera or stream (background reader, stale frames dropped), video file, image, image folder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Frame:
+    index: int
+    timestamp: float  # seconds since the source started (or video position)
+    image: np.ndarray | None  # None: a corrupt frame, counted and skipped
+    name: str = ""
+
+
+class ImageSource:
+    live = False
+
+    def __init__(self, paths: list[Path]):
+        if not paths:
+            raise SourceError("no images found")
+        self.paths = paths
+        self.fps = 0.0
+        self.lost = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, p in enumerate(self.paths):
+            yield Frame(i, float(i), cv2.imread(str(p), cv2.IMREAD_COLOR), p.name)
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource:
+    """A video file: every frame is kept, in order."""
+
+    live = False
+
+    def __init__(self, path: str):
+        self.cap = cv2.VideoCapture(path)
+        if not self.cap.isOpened():
+            raise SourceError(f"cannot open video {path}: not a video OpenCV can read")
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
+        self.lost = False
+
+    def __iter__(self) -> Iterator[Frame]:
+        i = 0
+        while True:
+            ok, img = self.cap.read()
+            if not ok:
+                return
+            yield Frame(i, i / self.fps, img if img is not None and img.size else None)
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LiveSource:
+    """Camera or stream URL read on a background thread; the consumer always gets the newest frame.
+
+    A lost device is reopened up to ``retries`` times, then the stream ends cleanly with ``lost`` set.
+    """
+
+    live = True
+
+    def __init__(self, target: int | str, capture_factory: Callable[[int | str], object] = cv2.VideoCapture,
+                 retries: int = 3, retry_wait: float = 0.5):  # fmt: skip
+        self.target = target
+        self.factory = capture_factory
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self.cap = capture_factory(target)
+        if not self.cap.isOpened():
+            what = f"camera {target}" if isinstance(target, int) else f"stream {target}"
+            raise SourceError(
+                f"cannot open {what}: check it is connected and not used by another program, try another index "
+                "(--camera 1), or on Linux check permissions on /dev/video*"
+            )
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
+        self.lost = False
+        self._latest: np.ndarray | None = None
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._reader, daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            ok, img = self.cap.read()
+            if ok and img is not None:
+                failures = 0
+                with self._cond:
+                    self._latest, self._seq = img, self._seq + 1
+                    self._cond.notify_all()
+                continue
+            failures += 1
+            if failures > self.retries:
+                self.lost = True
+                break
+            time.sleep(self.retry_wait)
+            self.cap.release()
+            self.cap = self.factory(self.target)
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[Frame]:
+        start, seen, index = time.perf_counter(), 0, 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._seq > seen or self._done, timeout=5.0)
+                if self._seq == seen:
+                    return
+                img, seen = self._latest, self._seq
+            yield Frame(index, time.perf_counter() - start, img)
+            index += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.cap.release()
+
+
+def open_source(camera: int | None = None, source: str | None = None,
+                capture_factory: Callable[[int | str], object] = cv2.VideoCapture):  # fmt: skip
+    if (camera is None) == (source is None):
+        raise SourceError("give exactly one of --camera N or --source PATH|URL")
+    if camera is not None:
+        return LiveSource(camera, capture_factory)
+    if "://" in source:
+        return LiveSource(source, capture_factory)
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"source not found: {source}")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise SourceError(f"no images in folder {source}")
+        return ImageSource(files)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource([path])
+    return VideoSource(str(path))
