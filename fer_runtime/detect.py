@@ -41,7 +41,6 @@ class HaarDetector:
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
         small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-        small = cv2.equalizeHist(small)
         min_side = max(12, int(self.min_face * scale))
         boxes = self.cascade.detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
         return [Detection(tuple(float(v) / scale for v in b)) for b in (boxes if len(boxes) else [])]

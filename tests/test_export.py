@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fer_export.cli import main as export_main
+from fer_export.onnx_export import ExportError, export_onnx, parity_check, set_contract
+from fer_export.prune import count_flops_params, prune_channels
+from fer_export.quantize import FaceCalibrationReader, quantize_int8, stratified_sample
+from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract, read_onnx_contract
+from fer_runtime.session import OnnxModel
+from fer_train.checkpoint import fit_modules_to_state_dict, load_checkpoint, model_from_checkpoint
+from fer_train.losses import distillation_loss
+from fer_train.models import create_model
+from fer_train.train import main as train_main
+
+CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.3,), crop_margin=0.15,
+                         provenance={"source": "test"})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tree_factory, tmp_path_factory):
+    root = tree_factory("train-val-test", per_class=32, seed=5)
+    out = tmp_path_factory.mktemp("runs")
+    args = ["--data-root", str(root), "--out-dir", str(out), "--name", "r", "--model", "vgg", "--model-arg",
+            "width=0.25", "--batch-size", "8", "--epochs", "4", "--no-progress", "--threads", "1", "--amp", "off",
+            "--lr", "3e-3"]  # fmt: skip
+    assert train_main(args) == 0
+    return out / "r", root
+
+
+def test_contract_round_trip(tmp_path):
+    model = create_model("vgg", 3, 1, width=0.125)
+    path = export_onnx(model, CONTRACT, tmp_path / "m.onnx")
+    back = read_onnx_contract(path)
+    assert back.classes == CONTRACT.classes and back.mean == (0.4,) and back.std == (0.3,)
+    assert back.crop_margin == 0.15 and back.provenance == {"source": "test"} and back.output == "logits"
+    assert onnx.load(str(path)).opset_import[0].version >= 17
+    sess = OnnxModel(path)
+    assert sess.run(np.zeros((5, 1, 48, 48), np.float32)).shape == (5, 3)  # dynamic batch
+
+
+def test_contract_rejects_bad_values():
+    with pytest.raises(ContractError):
+        ModelContract(classes=("a", "a"))
+    with pytest.raises(ContractError):
+        ModelContract(classes=("a",), channels=3, mean=(0.5,), std=(0.5,))
+    with pytest.raises(ContractError, match="missing"):
+        ModelContract.from_json(json.dumps({"classes": ["a"]}))
+
+
+def test_model_without_contract_is_rejected(tmp_path):
+    model = create_model("vgg", 3, 1, width=0.125)
+    path = export_onnx(model, CONTRACT, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ContractError, match=METADATA_KEY):
+        read_onnx_contract(tmp_path / "bare.onnx")
+    (tmp_path / "junk.onnx").write_text("junk")
+    with pytest.raises(ContractError, match="not a readable ONNX"):
+        read_onnx_contract(tmp_path / "junk.onnx")
+
+
+def test_parity_check_fails_on_altered_graph(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vgg", 3, 1, width=0.125).eval()
+    path = export_onnx(model, CONTRACT, tmp_path / "m.onnx")
+    images = np.random.default_rng(0).integers(0, 255, (64, 1, 48, 48), dtype=np.uint8)
+    ok = parity_check(model, path, images)
+    assert ok["top1_agreement"] == 1.0 and ok["max_abs_logit_diff"] < 1e-3
+    proto = onnx.load(str(path))
+    gemm_bias = [n for n in proto.graph.node if n.op_type == "Gemm"][0].input[2]
+    init = next(i for i in proto.graph.initializer if i.name == gemm_bias)
+    bias = onnx.numpy_helper.to_array(init).copy()
+    bias[0] += 100.0  # the altered graph now always predicts class 0
+    init.CopyFrom(onnx.numpy_helper.from_array(bias, gemm_bias))
+    set_contract(proto, CONTRACT)
+    onnx.save(proto, str(tmp_path / "altered.onnx"))
+    with pytest.raises(ExportError, match="agree on"):
+        parity_check(model, tmp_path / "altered.onnx", images)
+
+
+def test_quantization_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vgg", 3, 1, width=0.25).eval()
+    fp32 = export_onnx(model, CONTRACT, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64, 1, 48, 48), dtype=np.uint8)
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(images, CONTRACT), "minmax",
+                         keep_float=["first_conv"])  # fmt: skip
+    assert read_onnx_contract(int8) == read_onnx_contract(fp32)
+    proto = onnx.load(str(int8))
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    assert int8.stat().st_size < fp32.stat().st_size / 2.5
+    a, b = OnnxModel(fp32).predict_pixels(images), OnnxModel(int8).predict_pixels(images)
+    assert np.abs(a - b).max() < 0.2
+
+
+def test_stratified_calibration_sample_covers_classes():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    idx = stratified_sample(labels, 100)
+    assert np.bincount(labels[idx]).tolist() == [90, 9, 1]
+
+
+def test_kd_loss_matches_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.5]])
+    t = torch.tensor([[0.2, 2.5, 1.0]])
+    T = 2.0
+    ps = np.exp(s.numpy() / T) / np.exp(s.numpy() / T).sum()
+    pt = np.exp(t.numpy() / T) / np.exp(t.numpy() / T).sum()
+    expected = float((pt * (np.log(pt) - np.log(ps))).sum() * T * T)
+    assert distillation_loss(s, t, T).item() == pytest.approx(expected, rel=1e-5)
+    assert distillation_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name, kwargs", [("vgg", {"width": 0.25}), ("mobile", {"width": 0.5}), ("resnet", {"width": 0.25})])
+def test_pruned_shapes_and_export(tmp_path, name, kwargs):
+    model = create_model(name, 3, 1, **kwargs)
+    before, params_before = count_flops_params(model, CONTRACT)
+    pruned = prune_channels(model, CONTRACT, ratio=0.5)
+    after, params_after = count_flops_params(pruned, CONTRACT)
+    assert before / after >= 1.8 and params_after < params_before
+    assert pruned(torch.zeros(2, 1, 48, 48)).shape == (2, 3)
+    rebuilt = create_model(name, 3, 1, **kwargs)
+    fit_modules_to_state_dict(rebuilt, pruned.state_dict())
+    rebuilt.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.allclose(rebuilt.eval()(x), pruned.eval()(x), atol=1e-5)
+    path = export_onnx(pruned, CONTRACT, tmp_path / "p.onnx")
+    assert OnnxModel(path).run(x.numpy()).shape == (2, 3)
+
+
+def test_fer_export_int8_everyday_path(trained_run, tmp_path):
+    run, _ = trained_run
+    assert export_main([str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "e",
+                        "--calib-size", "48", "--max-drop", "100"]) == 0  # fmt: skip
+    out = tmp_path / "e"
+    report = json.loads((out / "export_report.json").read_text())
+    names = [r["name"] for r in report["artefacts"]]
+    assert names == ["pytorch", "onnx fp32", "onnx int8"]
+    assert report["parity"]["top1_agreement"] >= 0.999
+    assert report["ratios"]["int8_size_reduction"] > 2.5
+    contract = read_onnx_contract(out / "model.int8.onnx")
+    assert contract.provenance["source_checkpoint"].endswith("best.pt")
+    assert (out / "export_report.md").read_text().count("| onnx") == 2
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_fer_export_prune_and_distill(trained_run, tmp_path):
+    run, root = trained_run
+    assert export_main([str(run / "best.pt"), "--prune", "0.5", "--finetune-epochs", "1", "--out-dir", str(tmp_path),
+                        "--name", "p", "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "p" / "export_report.json").read_text())
+    assert report["pruning"]["flops_reduction"] >= 1.8
+    state = load_checkpoint(tmp_path / "p" / "pruned_finetune" / "best.pt")
+    assert state["pruned"]
+    model, _ = model_from_checkpoint(state)
+    assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 3)
+    assert export_main(["--distill-from", str(run / "best.pt"), "--student", "mobile", "--student-arg", "width=0.25",
+                        "--epochs", "1", "--compare-baseline", "--out-dir", str(tmp_path), "--name", "d",
+                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "d" / "export_report.json").read_text())
+    assert set(report["distillation"]["test"]) == {"kd", "alone"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing.pt"], "not found"),
+        (["{tmp}/text.pt"], "not a fer-train checkpoint"),
+        (["{ckpt}", "--prune", "1.5"], "must be in (0, 1)"),
+        (["{ckpt}", "--calib-size", "0"], "at least 1"),
+        (["--distill-from", "{ckpt}"], "needs --student"),
+        (["{tmp}/text.onnx", "--int8"], "not a readable ONNX"),
+    ],
+)
+def test_export_bad_input(trained_run, tmp_path, capsys, argv, message):
+    run, _ = trained_run
+    (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "text.onnx").write_text("hello")
+    argv = [a.format(tmp=tmp_path, ckpt=run / "best.pt") for a in argv] + ["--out-dir", str(tmp_path / "out")]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
+    run, _ = trained_run
+    other = tree_factory("class-folders", per_class=6)
+    (other / "surprise").mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(other / "surprise" / f"{i}.png")
+    code = export_main(["--distill-from", str(run / "best.pt"), "--student", "mobile", "--data-root", str(other),
+                        "--epochs", "1", "--out-dir", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2
+    assert "teacher classes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fer_runtime.classifier import FaceExpressionClassifier
+from fer_runtime.cli import main as run_cli
+from fer_runtime.cli import run_pipeline
+from fer_runtime.contract import ModelContract
+from fer_runtime.sources import Frame, LiveSource, SourceError, open_source
+from fer_runtime.track import IouTracker
+
+from .conftest import YUNET
+
+CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from fer_export.onnx_export import export_onnx
+    from fer_train.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("m") / "tiny.onnx"
+    export_onnx(create_model("vgg", len(CLASSES), 1, width=0.125).eval(), ModelContract(classes=CLASSES), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture(scope="module")
+def moving_face_video(astronaut, tmp_path_factory):
+    """The astronaut's face, scaled and moved across a 640x480 canvas, 48 frames."""
+    img = cv2.imread(str(astronaut))
+    face = img[30:230, 130:330]
+    path = tmp_path_factory.mktemp("vid") / "moving.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 24, (640, 480))
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        size = 150 + (i % 12) * 4
+        canvas = np.full((480, 640, 3), 90, np.uint8)
+        x, y = 40 + i * 8, 100 + int(30 * np.sin(i / 6))
+        canvas[y : y + size, x : x + size] = cv2.resize(face, (size, size))
+        noise = rng.normal(0, 6, canvas.shape)
+        writer.write(np.clip(canvas + noise, 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys, fer_runtime, fer_runtime.cli, fer_runtime.classifier, fer_runtime.sources; "
+            "bad = [m for m in ('torch', 'timm', 'torchvision', 'fer_train', 'fer_export') if m in sys.modules]; "
+            "print(','.join(bad)); sys.exit(1 if bad else 0)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, f"fer_runtime imported {proc.stdout.strip()} {proc.stderr[-500:]}"
+
+
+def test_image_finds_astronaut_face(tiny_model, astronaut, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(run_cli, ["--source", str(astronaut), "--model", str(tiny_model), "--no-display",
+                                          "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1 and len(records[0]["faces"]) == 1
+    face = records[0]["faces"][0]
+    assert face["label"] in CLASSES and set(face["probabilities"]) == set(CLASSES)
+    x, y, w, h = face["box"]
+    assert 150 < x + w / 2 < 300 and 50 < y + h / 2 < 200  # the astronaut's face, not the flag or badge
+
+
+def test_video_jsonl_stable_tracks_and_smoothing(tiny_model, moving_face_video, tmp_path):
+    out, video = tmp_path / "v.jsonl", tmp_path / "annotated.mp4"
+    clf = FaceExpressionClassifier(tiny_model, detect_every=2, smoothing=0.8)
+    stats = run_pipeline(clf, open_source(source=str(moving_face_video)), save=str(video), json_path=str(out))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == stats["frames"] == 48
+    assert [r["frame"] for r in records] == list(range(48))
+    faces = [f for r in records for f in r["faces"]]
+    assert len(faces) >= 44
+    assert len({f["track_id"] for f in faces}) == 1
+    smoothed = [f["label"] for f in faces]
+    raw = [f["raw_label"] for f in faces]
+    flips = lambda seq: sum(a != b for a, b in zip(seq, seq[1:]))  # noqa: E731
+    assert flips(smoothed) <= flips(raw)
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 48
+    assert clf.timer.summary()["detect"]["n"] == 48
+
+
+def test_smoothing_reduces_flicker_and_can_be_off():
+    a, b = np.array([0.6, 0.4]), np.array([0.4, 0.6])
+    for smoothing, expected_flips in ((0.8, 0), (0.0, 9)):
+        tracker = IouTracker(smoothing=smoothing)
+        labels = []
+        for i in range(10):
+            (track,) = tracker.update([(10.0 + i, 10.0, 50.0, 50.0)])
+            labels.append(int(tracker.observe(track, a if i % 2 == 0 else b).argmax()))
+        assert sum(x != y for x, y in zip(labels, labels[1:])) == expected_flips
+
+
+def test_tracker_keeps_ids_and_separates_faces():
+    tracker = IouTracker()
+    t1 = tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)])
+    t2 = tracker.update([(205, 2, 50, 50), (3, 1, 50, 50)])
+    assert [t.track_id for t in t2] == [t1[1].track_id, t1[0].track_id]
+    t3 = tracker.update([(400, 400, 50, 50)])
+    assert t3[0].track_id not in {t1[0].track_id, t1[1].track_id}
+
+
+def test_folder_source_counts_corrupt_images(tiny_model, astronaut, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(astronaut.read_bytes())
+    (folder / "b.jpg").write_bytes(b"corrupt")
+    (folder / "c.png").write_bytes(np.zeros(10, np.uint8).tobytes())
+    result = CliRunner().invoke(run_cli, ["--source", str(folder), "--model", str(tiny_model), "--no-display"])
+    assert result.exit_code == 0
+    assert "1 frames, 1 faces, 2 corrupt frames skipped" in result.output
+
+
+class FakeCapture:
+    """A camera that delivers ``frames`` frames and then fails forever."""
+
+    def __init__(self, frames: int, opened: bool = True, image: np.ndarray | None = None):
+        self.frames, self.opened, self.reads = frames, opened, 0
+        self.image = image if image is not None else np.full((120, 160, 3), 80, np.uint8)
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def read(self):
+        self.reads += 1
+        if self.reads <= self.frames:
+            return True, self.image
+        return False, None
+
+    def get(self, prop):
+        return 30.0
+
+    def release(self):
+        pass
+
+
+def test_camera_that_does_not_open(tiny_model, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda *a, **k: FakeCapture(0, opened=False))
+    result = CliRunner().invoke(run_cli, ["--camera", "3", "--model", str(tiny_model), "--no-display"])
+    assert result.exit_code == 2
+    assert "cannot open camera 3" in result.output
+
+
+def test_camera_lost_mid_stream_stops_cleanly(tiny_model):
+    created = []
+
+    def factory(target):
+        cap = FakeCapture(5 if not created else 0)
+        created.append(cap)
+        return cap
+
+    source = LiveSource(0, capture_factory=factory, retries=2, retry_wait=0.01)
+    stats = run_pipeline(FaceExpressionClassifier(tiny_model), source)
+    assert stats["source_lost"] and 1 <= stats["frames"] <= 5
+    assert len(created) == 3  # the first open plus two retries
+
+
+def test_ctrl_c_flushes_outputs(tiny_model, astronaut, tmp_path):
+    img = cv2.imread(str(astronaut))
+
+    class InterruptingSource:
+        fps, lost = 10.0, False
+
+        def __iter__(self):
+            for i in range(3):
+                yield Frame(i, i / 10, img)
+            raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    out, video = tmp_path / "c.jsonl", tmp_path / "c.mp4"
+    stats = run_pipeline(FaceExpressionClassifier(tiny_model), InterruptingSource(), save=str(video), json_path=str(out))
+    assert stats["interrupted"] and stats["frames"] == 3
+    assert [json.loads(line)["frame"] for line in out.read_text().splitlines()] == [0, 1, 2]
+    cap = cv2.VideoCapture(str(video))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_onnx", "no_contract"])
+def test_bad_model_files(tmp_path, astronaut, kind):
+    path = tmp_path / "m.onnx"
+    if kind == "not_onnx":
+        path.write_text("hello")
+    elif kind == "no_contract":
+        onnx = pytest.importorskip("onnx")
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 48, 48])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 48, 48])])  # fmt: skip
+        onnx.save(helper.make_model(graph), str(path))
+    result = CliRunner().invoke(run_cli, ["--source", str(astronaut), "--model", str(path), "--no-display"])
+    assert result.exit_code == 2
+    expected = {"missing": "not found", "not_onnx": "not a readable ONNX", "no_contract": "no 'fer_contract'"}[kind]
+    assert expected in result.output
+
+
+def test_missing_source_and_bad_video(tiny_model, tmp_path):
+    result = CliRunner().invoke(run_cli, ["--source", str(tmp_path / "nope.mp4"), "--model", str(tiny_model)])
+    assert result.exit_code == 2 and "source not found" in result.output
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(SourceError, match="cannot open video"):
+        open_source(source=str(tmp_path / "bad.mp4"))
+
+
+def test_display_without_gui_is_a_clear_error(tiny_model, astronaut, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = CliRunner().invoke(run_cli, ["--source", str(astronaut), "--model", str(tiny_model), "--display"])
+    assert result.exit_code != 0 and "--no-display" in result.output
+
+
+def test_classify_crops_batches_in_contract_order(tiny_model):
+    clf = FaceExpressionClassifier(tiny_model)
+    crops = [np.full((60, 60, 3), v, np.uint8) for v in (0, 128, 255)]
+    probs = clf.classify_crops(crops)
+    assert probs.shape == (3, len(CLASSES)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.allclose(clf.classify_crops(crops[1:2]), probs[1:2], atol=1e-5)
+    gray = clf.classify_crops([np.full((60, 60), 128, np.uint8)])
+    assert np.allclose(gray, probs[1:2], atol=1e-5)
+
+
+@pytest.mark.skipif(not YUNET.exists(), reason="needs ../shared/models/face_detection_yunet.onnx")
+def test_yunet_detector_finds_astronaut(tiny_model, astronaut, tmp_path):
+    out = tmp_path / "y.jsonl"
+    result = CliRunner().invoke(run_cli, ["--source", str(astronaut), "--model", str(tiny_model), "--no-display",
+                                          "--detector", "yunet", "--detector-model", str(YUNET), "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    faces = json.loads(out.read_text())["faces"]
+    assert len(faces) == 1
