@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.bench import main as bench_main
+from benchmarks.bench import metrics
+from fer_runtime.contract import ModelContract
+
+CLASSES = ("angry", "happy", "sad")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from fer_export.onnx_export import export_onnx
+    from fer_export.quantize import FaceCalibrationReader, quantize_int8
+    from fer_train.models import create_model
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models")
+    contract = ModelContract(classes=CLASSES)
+    fp32 = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, d / "m.onnx")
+    calib = np.random.default_rng(0).integers(0, 255, (32, 1, 48, 48), dtype=np.uint8)
+    int8 = quantize_int8(fp32, d / "m.int8.onnx", FaceCalibrationReader(calib, contract))
+    return fp32, int8
+
+
+def test_metrics_agree_with_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    m = metrics(y, p, list(CLASSES))
+    assert m["accuracy"] == pytest.approx((y == p).mean())
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+
+
+def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
+    root = tree_factory("train-test", per_class=10)
+    (root / "test" / "happy" / "broken.png").write_bytes(b"x")
+    out, preds = tmp_path / "bench", tmp_path / "preds.csv"
+    result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--models", str(pair[1]), "--data-root", str(root),
+                                             "--out-dir", str(out), "--predictions", str(preds), "--calls", "3"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "results.json").read_text())
+    for f in ("report.md", "accuracy_vs_latency.png", "confusion_matrices.png", "latency.png"):
+        assert (out / f).stat().st_size > 0
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 30 == r["data"]["images"]
+    for name, row in r["models"].items():
+        recount = sum(x["label"] == x[f"pred:{name}"] for x in rows) / len(rows)
+        assert row["quality"]["accuracy"] == pytest.approx(recount)
+        assert row["skipped_images"] == 1
+        assert row["latency_b1_1thread"]["p50_ms"] > 0 and row["throughput_b32_img_per_s"] > 0
+    (a, b), agreement = list(r["models"]), next(iter(r["agreement"].values()))
+    assert agreement == pytest.approx(np.mean([x[f"pred:{a}"] == x[f"pred:{b}"] for x in rows]))
+    assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]
+    assert "| m.int8.onnx |" in (out / "report.md").read_text()
+
+
+def test_bench_maps_classes_by_name_or_fails(pair, tree_factory, tmp_path):
+    root = tree_factory("train-test", per_class=4)
+    (root / "test" / "angry").rename(root / "test" / "zz_other")
+    (root / "train" / "angry").rename(root / "train" / "zz_other")
+    result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--out-dir",
+                                             str(tmp_path / "o"), "--calls", "1"])  # fmt: skip
+    assert result.exit_code == 2 and "lack the data's ['zz_other']" in result.output
+
+
+def test_bench_bad_inputs(pair, tmp_path, tree_factory):
+    root = tree_factory("train-test", per_class=4)
+    r = CliRunner().invoke(bench_main, ["--models", str(tmp_path / "none.onnx"), "--data-root", str(root)])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--split", "val"])
+    assert r.exit_code == 2 and "no 'val' folder" in r.output
+    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--pipeline",
+                                        str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"), "--calls", "1"])  # fmt: skip
+    assert r.exit_code == 2 and "source not found" in r.output
