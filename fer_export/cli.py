@@ -142,7 +142,8 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
         model, contract = model_from_checkpoint(state)
 
     provenance = {**contract.provenance, "source_checkpoint": str(Path(ckpt).resolve()), "model": state["model"],
-                  "metrics": {s: {k: torch_row[s][k] for k in ("accuracy", "macro_f1")} for s in ("val", "test") if s in torch_row}}  # fmt: skip
+                  "metrics": {s: {k: torch_row[s][k] for k in ("accuracy", "macro_f1")}
+                              for s in ("val", "test") if s in torch_row}}  # fmt: skip
     contract = contract.replace(provenance=provenance)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
     parity_images = data["val"].images[:2000]
@@ -173,7 +174,8 @@ def _torch_row(label: str, model, contract, data) -> dict:
     row = {"name": label, "params": params, "macs": macs}
     for split in ("val", "test"):
         if split in data:
-            logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(data[split].images)), contract, torch.device("cpu"))
+            images = torch.from_numpy(np.ascontiguousarray(data[split].images))
+            logits = predict_logits(model, images, contract, torch.device("cpu"))
             row[split] = _score(logits.softmax(1).numpy(), data[split].labels, list(contract.classes))
     return row
 

@@ -27,7 +27,7 @@ def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
     lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | latency ms (b1, 1 thr) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in report["artefacts"]:
-        def f(key, split, fmt="{:.4f}"):
+        def f(key, split, fmt="{:.4f}", row=row):
             v = row.get(split, {}).get(key)
             return fmt.format(v) if v is not None else "-"
 
@@ -35,7 +35,7 @@ def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
             f"| {row['name']} | {row.get('params', '-')} | {row.get('macs', '-')} | "
             f"{row['file_kb'] if row.get('file_kb') else '-'} | {f('accuracy', 'val')} | {f('macro_f1', 'val')} | "
             f"{f('accuracy', 'test')} | {f('macro_f1', 'test')} | "
-            f"{'%.3f' % row['latency_ms'] if row.get('latency_ms') else '-'} |"
+            f"{format(row['latency_ms'], '.3f') if row.get('latency_ms') else '-'} |"
         )
     for key in ("parity", "ratios", "notes", "paths"):
         if report.get(key):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.contract import ContractError
-from fer_runtime.detect import Detection, crop_face, create_detector
+from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.profiling import StageTimer
 from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker

@@ -15,7 +15,6 @@ import numpy as np
 from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
 from fer_runtime.contract import ContractError
 from fer_runtime.detect import DetectorError
-from fer_runtime.profiling import percentiles
 from fer_runtime.sources import SourceError, open_source
 
 

@@ -125,7 +125,7 @@ class LiveSource:
         start, seen, index = time.perf_counter(), 0, 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._seq > seen or self._done, timeout=5.0)
+                self._cond.wait_for(lambda seen=seen: self._seq > seen or self._done, timeout=5.0)
                 if self._seq == seen:
                     return
                 img, seen = self._latest, self._seq

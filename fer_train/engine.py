@@ -193,7 +193,7 @@ def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
         big = torch.nn.functional.interpolate(x, scale_factor=1.125, mode="bilinear", align_corners=False)
         bh, bw = big.shape[-2:]
         offsets = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), ((bh - h) // 2, (bw - w) // 2)]
-        crops = [big[..., t : t + h, l : l + w] for t, l in offsets]
+        crops = [big[..., top : top + h, left : left + w] for top, left in offsets]
         return crops + [c.flip(-1) for c in crops]
     raise ValueError(f"unknown test-time augmentation {tta!r}")
 

@@ -278,11 +278,12 @@ def run(argv: list[str] | None = None) -> int:
 
         model, init_contract = model_from_checkpoint(init_state)
         if list(init_contract.classes) != manifest.classes:
-            raise CheckpointError(f"--init checkpoint classes {list(init_contract.classes)} differ from the data's {manifest.classes}")
+            raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's {manifest.classes}")
         args.model, model_kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
         contract = init_contract.replace(provenance=contract.provenance)
     else:
-        model = create_model(args.model, contract.num_classes, contract.channels, pretrained=None if resume_state else args.pretrained, **model_kwargs)
+        pretrained = None if resume_state else args.pretrained
+        model = create_model(args.model, contract.num_classes, contract.channels, pretrained=pretrained, **model_kwargs)
     if resume_state is not None and pruned:
         from fer_train.checkpoint import fit_modules_to_state_dict
 
@@ -313,7 +314,7 @@ def run(argv: list[str] | None = None) -> int:
         per_rank = -(-len(train_labels) // world)
         steps_per_epoch = max(1, -(-per_rank // args.batch_size) // args.accum_steps)
     decay, no_decay = [], []
-    for n_, p_ in model.named_parameters():
+    for p_ in model.parameters():
         (no_decay if p_.ndim <= 1 else decay).append(p_)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.opt == "adamw":
@@ -380,8 +381,8 @@ def run(argv: list[str] | None = None) -> int:
         if is_main and not args.no_progress:
             from tqdm import tqdm
 
-            progress = lambda it: tqdm(it, total=-(-len(order) // args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}",  # noqa: E731
-                                       unit="batch", leave=False, mininterval=1.0)  # fmt: skip
+            total, desc = -(-len(order) // args.batch_size), f"epoch {epoch + 1}/{args.epochs}"
+            progress = lambda it, total=total, desc=desc: tqdm(it, total=total, desc=desc, unit="batch", leave=False)  # noqa: E731
         train_stats = train_one_epoch(
             train_model, train_images, train_labels, order, batch_size=args.batch_size, optimizer=optimizer,
             scheduler=scheduler, loss_fn=loss_fn, contract=contract, aug=aug, device=device, amp=amp, scaler=scaler,

@@ -79,5 +79,6 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--split", "val"])
     assert r.exit_code == 2 and "no 'val' folder" in r.output
     r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--pipeline",
-                                        str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"), "--calls", "1"])  # fmt: skip
+                                        str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
+                                        "--calls", "1"])  # fmt: skip
     assert r.exit_code == 2 and "source not found" in r.output
