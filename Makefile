@@ -20,3 +20,23 @@ lint: $(PY)
 	$(VENV)/bin/ruff check .
 
 .PHONY: run test lint
+
+# The exact recipe behind the shipped models (models/MODEL_CARD.md). CPU: about 40 minutes on 2 cores.
+FER_DATA ?= ../shared/data/fer2013
+RECIPE_RUN := runs/vgg_w050_fer2013
+models: $(PY)
+	$(PIP) install -q -e '.[train]'
+	$(VENV)/bin/fer-train --data-root $(FER_DATA) --protocol fer2013 --model vgg --model-arg width=0.5 \
+	  --epochs 30 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 0.05 --label-smoothing 0.1 \
+	  --sampler sqrt --erasing 0.25 --ema 0.999 --seed 0 --threads 2 --out-dir runs --name vgg_w050_fer2013 --no-progress
+	$(VENV)/bin/fer-export $(RECIPE_RUN)/best.pt --int8 --calib-size 512 --calib-method minmax \
+	  --out-dir exports --name vgg_w050_fer2013
+	cp exports/vgg_w050_fer2013/model.onnx models/fer_default.onnx
+	cp exports/vgg_w050_fer2013/model.int8.onnx models/fer_default.int8.onnx
+	$(MAKE) bench
+
+bench: $(PY)
+	$(VENV)/bin/fer-bench --data-root $(FER_DATA) --protocol fer2013 --split test \
+	  --out-dir benchmarks/results --predictions benchmarks/results/predictions.csv
+
+.PHONY: models bench

@@ -74,7 +74,7 @@ def test_parity_check_fails_on_altered_graph(tmp_path):
     ok = parity_check(model, path, images)
     assert ok["top1_agreement"] == 1.0 and ok["max_abs_logit_diff"] < 1e-3
     proto = onnx.load(str(path))
-    gemm_bias = [n for n in proto.graph.node if n.op_type == "Gemm"][0].input[2]
+    gemm_bias = [n for n in proto.graph.node if n.op_type == "Gemm"][-1].input[2]  # the classifier
     init = next(i for i in proto.graph.initializer if i.name == gemm_bias)
     bias = onnx.numpy_helper.to_array(init).copy()
     bias[0] += 100.0  # the altered graph now always predicts class 0

@@ -44,20 +44,9 @@ def astronaut(tmp_path_factory):
 @pytest.fixture(scope="module")
 def moving_face_video(astronaut, tmp_path_factory):
     """The astronaut's face, scaled and moved across a 640x480 canvas, 48 frames."""
-    img = cv2.imread(str(astronaut))
-    face = img[30:230, 130:330]
-    path = tmp_path_factory.mktemp("vid") / "moving.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 24, (640, 480))
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        size = 150 + (i % 12) * 4
-        canvas = np.full((480, 640, 3), 90, np.uint8)
-        x, y = 40 + i * 8, 100 + int(30 * np.sin(i / 6))
-        canvas[y : y + size, x : x + size] = cv2.resize(face, (size, size))
-        noise = rng.normal(0, 6, canvas.shape)
-        writer.write(np.clip(canvas + noise, 0, 255).astype(np.uint8))
-    writer.release()
-    return path
+    from benchmarks.make_video import write_moving_face_video
+
+    return write_moving_face_video(tmp_path_factory.mktemp("vid") / "moving.mp4", frames=48, fps=24)
 
 
 def test_runtime_imports_no_torch():

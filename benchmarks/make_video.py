@@ -1,0 +1,38 @@
+"""Build a 640x480 test video of a real face (scikit-image's astronaut) moving and scaling across the frame."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def astronaut_bgr() -> np.ndarray:
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit("needs scikit-image: pip install scikit-image") from None
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def write_moving_face_video(path: str | Path, frames: int = 300, fps: int = 30, noise: float = 6.0, seed: int = 0) -> Path:
+    face = astronaut_bgr()[30:230, 130:330]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
+    rng = np.random.default_rng(seed)
+    for i in range(frames):
+        size = 150 + (i % 12) * 4
+        canvas = np.full((480, 640, 3), 90, np.uint8)
+        x = 40 + (i * 8) % (640 - size - 40)
+        y = 100 + int(30 * np.sin(i / 6))
+        canvas[y : y + size, x : x + size] = cv2.resize(face, (size, size))
+        writer.write(np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8))
+    writer.release()
+    return Path(path)
+
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "moving_face.mp4"
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    print(write_moving_face_video(out, n))
