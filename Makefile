@@ -27,8 +27,8 @@ RECIPE_RUN := runs/vgg_w050_fer2013
 models: $(PY)
 	$(PIP) install -q -e '.[train]'
 	$(VENV)/bin/fer-train --data-root $(FER_DATA) --protocol fer2013 --model vgg --model-arg width=0.5 \
-	  --epochs 30 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 0.05 --label-smoothing 0.1 \
-	  --sampler sqrt --erasing 0.25 --ema 0.999 --seed 0 --threads 2 --out-dir runs --name vgg_w050_fer2013 --no-progress
+	  --epochs 25 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 0.05 --label-smoothing 0.05 \
+	  --sampler sqrt --ema 0.999 --seed 0 --threads 2 --out-dir runs --name vgg_w050_fer2013 --no-progress
 	$(VENV)/bin/fer-export $(RECIPE_RUN)/best.pt --int8 --calib-size 512 --calib-method minmax \
 	  --out-dir exports --name vgg_w050_fer2013
 	cp exports/vgg_w050_fer2013/model.onnx models/fer_default.onnx

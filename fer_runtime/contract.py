@@ -33,6 +33,9 @@ class ModelContract:
     # Fraction of the detector box added on every side before cropping.
     # FER2013 faces are framed tightly, so the default is small.
     crop_margin: float = 0.1
+    # Gaussian blur (sigma, in model-input pixels) applied to every input at inference, so sharp
+    # camera or test crops look like the (blurrier) images the model was trained on. 0 disables.
+    input_blur: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = CONTRACT_VERSION
 
@@ -58,6 +61,8 @@ class ModelContract:
             raise ContractError("std values must be positive")
         if self.output not in ("logits", "probabilities"):
             raise ContractError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
+        if not 0.0 <= self.input_blur <= 10.0:
+            raise ContractError(f"input_blur must be in [0, 10], got {self.input_blur}")
         if not 0.0 <= self.crop_margin < 1.0:
             raise ContractError(f"crop_margin must be in [0, 1), got {self.crop_margin}")
 
@@ -111,7 +116,19 @@ class ModelContract:
         batch = np.empty((len(crops), self.channels, height, width), dtype=np.float32)
         for i, crop in enumerate(crops):
             batch[i] = _to_model_layout(crop, self.channels, height, width)
-        return self.normalize(batch)
+        return self.normalize(self.condition(batch))
+
+    def condition(self, batch: np.ndarray) -> np.ndarray:
+        """The inference-only input conditioning (``input_blur``) on N x C x H x W pixels."""
+        if self.input_blur <= 0:
+            return batch
+        import cv2
+
+        out = np.empty_like(batch)
+        for i in range(len(batch)):
+            for ch in range(batch.shape[1]):
+                out[i, ch] = cv2.GaussianBlur(batch[i, ch], (0, 0), self.input_blur, borderType=cv2.BORDER_REFLECT)
+        return out
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """Pixel values (0..255, N x C x H x W, model colour order) -> the model's input."""

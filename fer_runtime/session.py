@@ -52,7 +52,7 @@ class OnnxModel:
         return out
 
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 N x C x H x W (model colour order, model size) -> probabilities N x K."""
-        outs = [self.probabilities(self.contract.normalize(images[i : i + batch_size]))
+        """uint8 N x C x H x W (model colour order, model size) -> probabilities N x K, conditioned per the contract."""
+        outs = [self.probabilities(self.contract.normalize(self.contract.condition(images[i : i + batch_size])))
                 for i in range(0, len(images), batch_size)]  # fmt: skip
         return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)

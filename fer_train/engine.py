@@ -172,7 +172,8 @@ def predict_logits(
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size], contract.mean, contract.std).to(device)
+        chunk = torch.from_numpy(contract.condition(images[i : i + batch_size].numpy()))
+        x = normalize(chunk, contract.mean, contract.std).to(device)
         views = _tta_views(x, tta)
         with autocast_context(device, amp):
             if len(views) == 1:

@@ -33,7 +33,7 @@ from fer_train.models import ModelError, count_parameters, create_model
 DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
     "model": "vgg", "model_arg": [], "pretrained": None, "init": None, "input_size": 48, "channels": 1,
-    "mean": None, "std": None, "crop_margin": 0.1,
+    "mean": None, "std": None, "crop_margin": 0.1, "input_blur": "auto",
     "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
     "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
     "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean", type=float, nargs="+", default=S)
     g.add_argument("--std", type=float, nargs="+", default=S)
     g.add_argument("--crop-margin", type=float, default=S, help="face-box margin recorded in the contract")
+    g.add_argument("--input-blur", default=S, help="inference blur sigma for the contract: auto (match val sharpness "
+                   "to train), 0 (off) or a number")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -253,6 +255,20 @@ def run(argv: list[str] | None = None) -> int:
             for w in caught:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
+    if resume_state is not None:
+        contract = contract.replace(input_blur=contract_of(resume_state).input_blur)
+    elif str(args.input_blur) == "auto" and "train" in decoded:
+        from fer_train.shift import estimate_input_blur
+
+        sigma, info = estimate_input_blur(decoded["train"].images, decoded["val"].images)
+        contract = contract.replace(input_blur=sigma, provenance={**contract.provenance, "sharpness": info})
+        if sigma > 0 and is_main:
+            print(f"fer-train: warning: validation images are {info['ratio']:.1f}x sharper than training images "
+                  f"(mean |Laplacian| {info['val_sharpness']:.1f} vs {info['train_sharpness']:.1f}); inference inputs "
+                  f"will be blurred with sigma {sigma} to match (contract input_blur; --input-blur 0 disables)",
+                  file=sys.stderr)  # fmt: skip
+    elif str(args.input_blur) != "auto":
+        contract = contract.replace(input_blur=float(args.input_blur))
 
     # ---- run folder
     if resume_state is not None:
