@@ -29,14 +29,16 @@ models: $(PY)
 	$(VENV)/bin/fer-train --data-root $(FER_DATA) --protocol fer2013 --model vgg --model-arg width=0.5 \
 	  --epochs 25 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 0.05 --label-smoothing 0.05 \
 	  --sampler sqrt --ema 0.999 --seed 0 --threads 2 --out-dir runs --name vgg_w050_fer2013 --no-progress
-	$(VENV)/bin/fer-export $(RECIPE_RUN)/best.pt --int8 --calib-size 512 --calib-method minmax \
+	$(VENV)/bin/fer-export $(RECIPE_RUN)/best.pt --int8 --calib-size 512 --calib-method entropy \
 	  --out-dir exports --name vgg_w050_fer2013
 	cp exports/vgg_w050_fer2013/model.onnx models/fer_default.onnx
 	cp exports/vgg_w050_fer2013/model.int8.onnx models/fer_default.int8.onnx
+	$(VENV)/bin/python benchmarks/make_video.py benchmarks/results/moving_face.mp4 600
 	$(MAKE) bench
 
 bench: $(PY)
 	$(VENV)/bin/fer-bench --data-root $(FER_DATA) --protocol fer2013 --split test \
-	  --out-dir benchmarks/results --predictions benchmarks/results/predictions.csv
+	  --out-dir benchmarks/results --predictions benchmarks/results/predictions.csv \
+	  --pipeline benchmarks/results/moving_face.mp4
 
 .PHONY: models bench

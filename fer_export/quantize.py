@@ -30,7 +30,10 @@ class FaceCalibrationReader(CalibrationDataReader):
     def __init__(self, images_u8: np.ndarray, contract: ModelContract, input_name: str = "input", batch_size: int = 32):
         if len(images_u8) == 0:
             raise QuantizationError("calibration data is empty")
-        self.batches = [contract.normalize(images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
+        # Equal batch shapes: ORT's histogram calibrators (entropy, percentile) stack them.
+        batch_size = min(batch_size, len(images_u8))
+        usable = len(images_u8) // batch_size * batch_size
+        self.batches = [contract.normalize(images_u8[i : i + batch_size]) for i in range(0, usable, batch_size)]
         self.input_name = input_name
         self._iter = iter(self.batches)
 

@@ -238,3 +238,25 @@ def test_yunet_detector_finds_astronaut(tiny_model, astronaut, tmp_path):
     assert result.exit_code == 0, result.output
     faces = json.loads(out.read_text())["faces"]
     assert len(faces) == 1
+
+
+def _shipped_model():
+    from fer_models import MODELS_DIR
+
+    return MODELS_DIR / "fer_default.int8.onnx"
+
+
+@pytest.mark.skipif(not _shipped_model().exists(), reason="no shipped model in models/")
+def test_shipped_default_model_labels_astronaut(astronaut, tmp_path):
+    """`fer-run --source IMAGE --no-display --json out.jsonl` with no --model uses the shipped INT8 file."""
+    out = tmp_path / "a.jsonl"
+    code = ("import sys; from fer_runtime.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code, "--source", str(astronaut), "--no-display", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    faces = json.loads(out.read_text())["faces"]
+    assert len(faces) == 1 and faces[0]["label"] in CLASSES
+    from fer_runtime.contract import read_onnx_contract
+
+    contract = read_onnx_contract(_shipped_model())
+    assert contract.classes == CLASSES and contract.provenance.get("source_checkpoint")
