@@ -211,10 +211,13 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     if drop > args.max_drop:
         msg = f"INT8 loses {drop:.2f} points of val accuracy (max {args.max_drop})"
         if not args.force:
+            # The other stages' outputs and the report stay: they show why the gate failed.
             int8_path.unlink()
+            report["paths"].pop("int8")
             report["notes"].append(msg + "; INT8 file removed (use --force to keep it)")
-            write_report(out, report)
-            raise QuantizationError(msg + ": try --calib-method entropy, --keep-float first_conv,classifier, or --force")
+            print(f"fer-export: error: {msg}: try another --calib-method, --keep-float first_conv,classifier, "
+                  "or --force", file=sys.stderr)  # fmt: skip
+            return 3
         report["notes"].append(msg + "; kept because of --force")
     return 0
 

@@ -205,3 +205,15 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
     assert code == 2
     assert "teacher classes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    code = export_main([str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "g", "--calib-size", "24",
+                        "--max-drop", "-100"])  # fmt: skip
+    assert code == 3
+    assert "INT8 loses" in capsys.readouterr().err
+    out = tmp_path / "g"
+    assert (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    report = json.loads((out / "export_report.json").read_text())
+    assert "int8" not in report["paths"] and any("INT8 file removed" in n for n in report["notes"])

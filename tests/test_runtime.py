@@ -260,3 +260,13 @@ def test_shipped_default_model_labels_astronaut(astronaut, tmp_path):
 
     contract = read_onnx_contract(_shipped_model())
     assert contract.classes == CLASSES and contract.provenance.get("source_checkpoint")
+
+
+def test_stream_url_is_a_live_source():
+    caps = iter([FakeCapture(2)] + [FakeCapture(0) for _ in range(5)])
+    source = open_source(source="rtsp://127.0.0.1:8554/cam", capture_factory=lambda target: next(caps))
+    source.retry_wait = 0.01
+    assert isinstance(source, LiveSource) and source.target == "rtsp://127.0.0.1:8554/cam"
+    frames = list(source)
+    source.close()
+    assert 1 <= len(frames) <= 2 and frames[0].image is not None
