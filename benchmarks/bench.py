@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks.data import BenchDataError, class_mapping, find_split, load_images
 from fer_runtime.contract import ContractError
+from fer_runtime.metrics import classification_metrics
 from fer_runtime.session import OnnxModel
 
 ROUNDS = 10
@@ -40,16 +41,7 @@ def machine_info(threads_all: int) -> dict:
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    k = len(classes)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(float)
-    prec = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
-    rec = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
-    return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean()), "num_samples": int(cm.sum()),
-            "per_class": {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-                              "support": int(cm[i].sum())} for i, c in enumerate(classes)},
-            "confusion_matrix": cm.tolist(), "classes": classes}  # fmt: skip
+    return classification_metrics(y_true, y_pred, classes)
 
 
 def param_count(path: Path) -> int | None:

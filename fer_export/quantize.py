@@ -11,7 +11,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fer_export.onnx_export import save_onnx_atomic, set_contract
-from fer_runtime.contract import ModelContract
+from fer_runtime.contract import ModelContract, read_onnx_contract
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -87,7 +87,7 @@ def quantize_int8(
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if method not in CALIBRATION_METHODS:
         raise QuantizationError(f"unknown calibration method {method!r}: {', '.join(CALIBRATION_METHODS)}")
-    contract = _contract_of(fp32_path)
+    contract = read_onnx_contract(fp32_path)
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
@@ -103,9 +103,3 @@ def quantize_int8(
     set_contract(proto, contract)
     save_onnx_atomic(proto, int8_path)
     return int8_path
-
-
-def _contract_of(path: Path) -> ModelContract:
-    from fer_runtime.contract import read_onnx_contract
-
-    return read_onnx_contract(path)
