@@ -20,6 +20,14 @@ class Detection:
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # (right eye, left eye) in the image
 
 
+def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """Shrink to at most ``width`` pixels wide for detection; returns the image and its scale."""
+    scale = min(1.0, width / image.shape[1]) if width else 1.0
+    if scale < 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return image, scale
+
+
 class HaarDetector:
     """Frontal-face Haar cascade shipped with opencv-python 4.x, run on a downscaled gray frame."""
 
@@ -39,8 +47,7 @@ class HaarDetector:
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        scale = min(1.0, self.detect_width / gray.shape[1]) if self.detect_width else 1.0
-        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        small, scale = _downscale(gray, self.detect_width)
         min_side = max(12, int(self.min_face * scale))
         boxes = self.cascade.detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
         return [Detection(tuple(float(v) / scale for v in b)) for b in (boxes if len(boxes) else [])]
@@ -61,8 +68,7 @@ class YuNetDetector:
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        scale = min(1.0, self.detect_width / bgr.shape[1]) if self.detect_width else 1.0
-        small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else bgr
+        small, scale = _downscale(bgr, self.detect_width)
         size = (small.shape[1], small.shape[0])
         if size != self._size:
             self.detector.setInputSize(size)
