@@ -93,11 +93,12 @@ def stats_ms(samples: list[float]) -> dict:
 def default_models() -> list[str]:
     from fer_models import MODELS_DIR
 
-    return [str(MODELS_DIR / "fer_default.onnx"), str(MODELS_DIR / "fer_default.int8.onnx")]
+    shipped = ["fer_teacher.onnx", "fer_default.onnx", "fer_default.int8.onnx"]  # the teacher ships only when small
+    return [str(MODELS_DIR / name) for name in shipped if (MODELS_DIR / name).is_file()]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--models", "model_paths", multiple=True, help="ONNX files (default: the shipped fp32 and INT8 pair)")
+@click.option("--models", "model_paths", multiple=True, help="ONNX files (default: the shipped models)")
 @click.option("--data-root", envvar="FER_DATA_ROOT", required=True, help="image folders (env FER_DATA_ROOT)")
 @click.option("--protocol", type=click.Choice(["fer2013"]), default=None)
 @click.option("--split", default="test", show_default=True)
@@ -160,7 +161,7 @@ def run(model_paths, data_root, protocol, split, out_dir: Path, predictions, pip
     ratios = {}
     for a in names:
         for b in names:
-            if a != b:
+            if a != b and rows[a]["latency_b1_1thread"]["p50_ms"] <= rows[b]["latency_b1_1thread"]["p50_ms"]:
                 ratios[f"{a} speed-up over {b} (b1, 1 thread, p50)"] = (
                     rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
     pipeline = _pipeline(pipeline_video, names, paths) if pipeline_video else None

@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--opset", type=int, default=17)
     g.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model")
     g.add_argument("--calib-size", type=int, default=512, help="stratified training images for calibration")
-    g.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-    g.add_argument("--keep-float", default="", help="comma list kept in float: first_conv, classifier, node names")
+    g.add_argument("--calib-method", default="entropy", choices=["minmax", "entropy", "percentile"])
+    # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions.
+    g.add_argument("--keep-float", default="first_conv,avg_pool",
+                   help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
     g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
     g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
     g.add_argument("--seed", type=int, default=0)
@@ -141,9 +143,12 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
         state = load_checkpoint(ckpt)
         model, contract = model_from_checkpoint(state)
 
+    final_row = report["artefacts"][-1]  # the model being exported: pruned + fine-tuned when pruning ran
     provenance = {**contract.provenance, "source_checkpoint": str(Path(ckpt).resolve()), "model": state["model"],
-                  "metrics": {s: {k: torch_row[s][k] for k in ("accuracy", "macro_f1")}
-                              for s in ("val", "test") if s in torch_row}}  # fmt: skip
+                  "metrics": {s: {k: final_row[s][k] for k in ("accuracy", "macro_f1")}
+                              for s in ("val", "test") if s in final_row}}  # fmt: skip
+    if args.distill_from:
+        provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
     contract = contract.replace(provenance=provenance)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
     parity_images = data["val"].images[:2000]
@@ -194,7 +199,7 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     train = data["train"]
     idx = stratified_sample(train.labels, args.calib_size, args.seed)
     reader = FaceCalibrationReader(train.images[idx], contract)
-    keep = [k.strip() for k in args.keep_float.split(",") if k.strip()]
+    keep = [k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
     int8_row = _onnx_row("onnx int8", int8_path, data)
     report["artefacts"].append(int8_row)
@@ -229,7 +234,8 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
         raise DataError("quantizing an ONNX file needs --data-root for calibration images")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        manifest = discover(root, args.protocol or contract.provenance.get("protocol"))
+        layout = contract.provenance.get("layout")
+        manifest = discover(root, args.protocol or ("fer2013" if layout == "fer2013" else None))
     if manifest.classes != list(contract.classes):
         raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
     data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False) for s in manifest.splits}
@@ -253,8 +259,7 @@ def _distill(args, out: Path, report: dict) -> Path:
               "--out-dir", str(out), "--seed", str(args.seed), "--no-progress", *args.train_arg]  # fmt: skip
     if teacher.get("train_args", {}).get("protocol"):
         common += ["--protocol", teacher["train_args"]["protocol"]]
-    kd = ["--teacher", args.distill_from, "--kd-alpha", str(args.kd_alpha), "--kd-temperature", str(args.kd_temperature)]
-    if train_run([*common, "--name", "student_kd", *kd]) != 0:
+    if train_run([*common, "--name", "student_kd", *_kd_args(args)]) != 0:
         raise ExportError("student training failed")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
     if args.compare_baseline:
@@ -270,6 +275,10 @@ def _distill(args, out: Path, report: dict) -> Path:
             for split in ("val", "test") if split in kd_m
         }  # fmt: skip
     return out / "student_kd" / "best.pt"
+
+
+def _kd_args(args: argparse.Namespace) -> list[str]:
+    return ["--teacher", args.distill_from, "--kd-alpha", str(args.kd_alpha), "--kd-temperature", str(args.kd_temperature)]
 
 
 def _prune(args, state, model, contract, data, out: Path, report: dict):
@@ -291,6 +300,8 @@ def _prune(args, state, model, contract, data, out: Path, report: dict):
                "--no-progress", *args.train_arg]  # fmt: skip
         if state.get("train_args", {}).get("protocol"):
             cmd += ["--protocol", state["train_args"]["protocol"]]
+        if args.distill_from:  # the fine-tune keeps learning from the teacher, not from hard labels alone
+            cmd += _kd_args(args)
         if train_run(cmd) != 0:
             raise ExportError("fine-tuning the pruned model failed")
         ckpt = out / "pruned_finetune" / "best.pt"

@@ -58,16 +58,19 @@ def stratified_sample(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
 
 
 def float_node_names(model_path: Path, keep_float: list[str]) -> list[str]:
-    """Resolve 'first_conv', 'classifier' or explicit node names to nodes kept in float."""
+    """Resolve 'first_conv', 'classifier', 'avg_pool' or explicit node names to nodes kept in float."""
     graph = onnx.load(str(model_path)).graph
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
     heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    pools = [n.name for n in graph.node if n.op_type in ("AveragePool", "GlobalAveragePool")]
     names = []
     for item in keep_float:
         if item == "first_conv" and convs:
             names.append(convs[0])
         elif item == "classifier" and heads:
             names.append(heads[-1])
+        elif item == "avg_pool":
+            names.extend(pools)
         elif item in {n.name for n in graph.node}:
             names.append(item)
         else:

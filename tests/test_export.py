@@ -94,13 +94,30 @@ def test_quantization_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (64, 1, 48, 48), dtype=np.uint8)
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(images, CONTRACT), "minmax",
-                         keep_float=["first_conv"])  # fmt: skip
+                         keep_float=["first_conv", "avg_pool"])  # fmt: skip
     assert read_onnx_contract(int8) == read_onnx_contract(fp32)
     proto = onnx.load(str(int8))
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    producers = {out: n.op_type for n in proto.graph.node for out in n.output}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert producers.get(convs[0].input[1]) is None  # float weights: an initializer, no DequantizeLinear
+    assert all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs[1:])
+    pool_outputs = {n.output[0] for n in proto.graph.node if n.op_type == "AveragePool"}
+    assert pool_outputs and not any(n.op_type == "QuantizeLinear" and n.input[0] in pool_outputs for n in proto.graph.node)
     assert int8.stat().st_size < fp32.stat().st_size / 2.5
     a, b = OnnxModel(fp32).predict_pixels(images), OnnxModel(int8).predict_pixels(images)
     assert np.abs(a - b).max() < 0.2
+
+
+def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_under(tree_factory, tmp_path):
+    root = tree_factory("fer2013", per_class=12)
+    contract = CONTRACT.replace(provenance={"data_root": str(root), "layout": "fer2013"})
+    fp32 = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
+    assert export_main([str(fp32), "--int8", "--calib-size", "12", "--max-drop", "100", "--out-dir", str(tmp_path),
+                        "--name", "q"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "q" / "export_report.json").read_text())
+    for row in report["artefacts"]:  # val = the 6 PublicTest images per class, test = the 6 PrivateTest ones
+        assert row["val"]["num_samples"] == row["test"]["num_samples"] == 18
 
 
 def test_stratified_calibration_sample_covers_classes():
@@ -168,6 +185,24 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
                         "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "d" / "export_report.json").read_text())
     assert set(report["distillation"]["test"]) == {"kd", "alone"}
+
+
+def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_path):
+    run, _ = trained_run
+    assert export_main(["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25",
+                        "--epochs", "1", "--prune", "0.5", "--finetune-epochs", "1", "--int8", "--calib-size", "24",
+                        "--max-drop", "100", "--out-dir", str(tmp_path), "--name", "c",
+                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+    out = tmp_path / "c"
+    report = json.loads((out / "export_report.json").read_text())
+    names = [r["name"] for r in report["artefacts"]]
+    assert names == ["student (pytorch)", "pruned (no fine-tune)", "pruned + fine-tuned", "onnx fp32", "onnx int8"]
+    finetune_config = json.loads((out / "pruned_finetune" / "config.json").read_text())
+    assert finetune_config["teacher"] == str(run / "best.pt")
+    contract = read_onnx_contract(out / "model.int8.onnx")
+    exported = report["artefacts"][2]
+    assert contract.provenance["metrics"]["test"]["accuracy"] == exported["test"]["accuracy"]
+    assert contract.provenance["teacher_checkpoint"] == str((run / "best.pt").resolve())
 
 
 @pytest.mark.parametrize(
