@@ -259,6 +259,12 @@ def markdown_report(r: dict) -> str:
     for name, row in r["models"].items():
         pc = row["quality"]["per_class"]
         lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in r["data"]["classes"]) + " |")
+    classes = r["data"]["classes"]
+    for name, row in r["models"].items():
+        lines += ["", f"## Confusion matrix: {name} (rows true, columns predicted)", "",
+                  "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]  # fmt: skip
+        for c, counts in zip(classes, row["quality"]["confusion_matrix"]):
+            lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
     lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {v:.4f}" for k, v in r["agreement"].items()]
     lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
     if r.get("pipeline"):

@@ -60,7 +60,11 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     (a, b), agreement = list(r["models"]), next(iter(r["agreement"].values()))
     assert agreement == pytest.approx(np.mean([x[f"pred:{a}"] == x[f"pred:{b}"] for x in rows]))
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]
-    assert "| m.int8.onnx |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| m.int8.onnx |" in report
+    matrix = report.split("## Confusion matrix: m.int8.onnx")[1]
+    happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
+    assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
 
 
 def test_bench_maps_classes_by_name_or_fails(pair, tree_factory, tmp_path):
