@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
     g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
     g.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted export of the same --name: finished training stages are kept, "
+                        "unfinished ones resume from their last.pt")  # fmt: skip
     return p
 
 
@@ -107,13 +111,19 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or f"{(source.parent.name + '_' + source.stem) if source else args.student}-{time.strftime('%Y%m%d-%H%M%S')}"
     final_dir = Path(args.out_dir) / name
     staging = Path(args.out_dir) / f".{name}.partial"
-    if staging.exists():
+    if args.resume and not args.name:
+        raise ValueError("--resume needs the --name of the interrupted export")
+    if staging.exists() and not args.resume:
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True, exist_ok=True)
     try:
         code = _run_stages(args, source, staging, name)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # no partial outputs on failure
+        if any(staging.rglob("last.pt")):
+            print(f"fer-export: training checkpoints kept in {staging}; continue with --name {name} --resume",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            shutil.rmtree(staging, ignore_errors=True)  # no partial outputs on failure
         raise
     if final_dir.exists():
         shutil.rmtree(final_dir)
@@ -259,14 +269,11 @@ def _distill(args, out: Path, report: dict) -> Path:
               "--out-dir", str(out), "--seed", str(args.seed), "--no-progress", *args.train_arg]  # fmt: skip
     if teacher.get("train_args", {}).get("protocol"):
         common += ["--protocol", teacher["train_args"]["protocol"]]
-    if train_run([*common, "--name", "student_kd", *_kd_args(args)]) != 0:
-        raise ExportError("student training failed")
+    _train_stage(args, out / "student_kd", [*common, "--name", "student_kd", *_kd_args(args)], "student training")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
     if args.compare_baseline:
-        if train_run([*common, "--name", "student_alone", "--teacher", ""]) != 0:
-            raise ExportError("baseline student training failed")
-        import json
-
+        _train_stage(args, out / "student_alone", [*common, "--name", "student_alone", "--teacher", ""],
+                     "baseline student training")  # fmt: skip
         kd_m = json.loads((out / "student_kd" / "metrics.json").read_text())
         alone = json.loads((out / "student_alone" / "metrics.json").read_text())
         report["distillation"] = {
@@ -275,6 +282,23 @@ def _distill(args, out: Path, report: dict) -> Path:
             for split in ("val", "test") if split in kd_m
         }  # fmt: skip
     return out / "student_kd" / "best.pt"
+
+
+def _train_stage(args: argparse.Namespace, run_dir: Path, train_argv: list[str], what: str) -> None:
+    """One fer-train run inside the export; with --resume a finished run is kept and a started one continued."""
+    if args.resume and _finished(run_dir):
+        print(f"fer-export: {what}: finished earlier, kept ({run_dir})")
+        return
+    if args.resume and (run_dir / "last.pt").exists():
+        print(f"fer-export: {what}: resuming from {run_dir / 'last.pt'}")
+        train_argv = ["--resume", str(run_dir / "last.pt"), "--no-progress", *args.train_arg]
+    if train_run(train_argv) != 0:
+        raise ExportError(f"{what} failed")
+
+
+def _finished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
 
 
 def _kd_args(args: argparse.Namespace) -> list[str]:
@@ -302,8 +326,7 @@ def _prune(args, state, model, contract, data, out: Path, report: dict):
             cmd += ["--protocol", state["train_args"]["protocol"]]
         if args.distill_from:  # the fine-tune keeps learning from the teacher, not from hard labels alone
             cmd += _kd_args(args)
-        if train_run(cmd) != 0:
-            raise ExportError("fine-tuning the pruned model failed")
+        _train_stage(args, out / "pruned_finetune", cmd, "fine-tuning the pruned model")
         ckpt = out / "pruned_finetune" / "best.pt"
         ft_model, _ = model_from_checkpoint(load_checkpoint(ckpt))
         report["artefacts"].append(_torch_row("pruned + fine-tuned", ft_model, contract, data))

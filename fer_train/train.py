@@ -391,6 +391,7 @@ def run(argv: list[str] | None = None) -> int:
     val_images, val_labels = tensors["val"]
     stale = max(0, start_epoch - best["epoch"]) if best["epoch"] > 0 else 0
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    complete = end_epoch >= args.epochs  # False when --stop-after ends this sitting early
     for epoch in range(start_epoch, end_epoch):
         order = epoch_indices(len(train_labels), epoch, args.seed, sample_weights, rank, world)
         progress = None
@@ -434,6 +435,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.patience and stale >= args.patience:
             if is_main:
                 print(f"fer-train: early stop, no {args.monitor} gain for {args.patience} epochs")
+            complete = True
             break
 
     # ---- final evaluation of best.pt on val and test (selection never looks at test)
@@ -446,7 +448,8 @@ def run(argv: list[str] | None = None) -> int:
         else:
             best_model = eval_model()
         best_model.to(device)
-        results = {"checkpoint": str(final_path) if final_path else None, "best": best, "notes": manifest.notes}
+        results = {"checkpoint": str(final_path) if final_path else None, "best": best, "complete": complete,
+                   "notes": manifest.notes}  # fmt: skip
         for split in ("val", "test"):
             if split in tensors:
                 m, _ = evaluate(best_model, *tensors[split], contract, device, amp=amp)

@@ -252,3 +252,30 @@ def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys
     assert (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
     report = json.loads((out / "export_report.json").read_text())
     assert "int8" not in report["paths"] and any("INT8 file removed" in n for n in report["notes"])
+
+
+def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path, monkeypatch, capsys):
+    run, _ = trained_run
+    argv = ["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25", "--epochs", "2",
+            "--out-dir", str(tmp_path), "--name", "k", "--train-arg=--threads=1", "--train-arg=--batch-size=8"]  # fmt: skip
+
+    def one_epoch_then_killed(train_argv):
+        train_main([*train_argv, "--stop-after", "1"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fer_export.cli.train_run", one_epoch_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_main(argv)
+    staged = tmp_path / ".k.partial" / "student_kd"
+    first_sitting = json.loads((staged / "history.json").read_text())
+    assert [h["epoch"] for h in first_sitting] == [1]
+
+    monkeypatch.setattr("fer_export.cli.train_run", train_main)
+    capsys.readouterr()
+    assert export_main([*argv, "--resume"]) == 0
+    assert "student training: resuming from" in capsys.readouterr().out
+    history = json.loads((tmp_path / "k" / "student_kd" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first_sitting[0]  # continued, not restarted
+    assert json.loads((tmp_path / "k" / "student_kd" / "metrics.json").read_text())["complete"]
+    assert not staged.exists() and (tmp_path / "k" / "model.onnx").exists()
