@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks.data import BenchDataError, class_mapping, find_split, load_images
 from fer_runtime.contract import ContractError
 from fer_runtime.metrics import classification_metrics
+from fer_runtime.profiling import time_interleaved
 from fer_runtime.session import OnnxModel
 
 ROUNDS = 10
@@ -57,31 +58,23 @@ def param_count(path: Path) -> int | None:
 
 def peak_rss_mb(path: Path, threads: int) -> float:
     """Peak resident memory of a fresh process that loads the model and runs batch 32."""
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so the child would
+    # report this (large) benchmark process's own peak.
     code = (
-        "import resource, numpy as np; from fer_runtime.session import OnnxModel;"
+        "import re, numpy as np; from fer_runtime.session import OnnxModel;"
         f"m = OnnxModel({str(path)!r}, threads={threads}); c = m.contract;"
         "x = np.zeros((32, c.channels, *c.input_size), np.float32); [m.run(x) for _ in range(5)];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return float(out.stdout.strip()) if out.returncode == 0 else float("nan")
 
 
-def time_interleaved(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {n: [] for n in sessions}
-    inputs = {n: np.random.default_rng(0).normal(size=(batch, s.contract.channels, *s.contract.input_size)).astype(np.float32)
+def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dict[str, list[float]]:
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.normal(size=(batch, s.contract.channels, *s.contract.input_size)).astype(np.float32)
               for n, s in sessions.items()}  # fmt: skip
-    for n, s in sessions.items():
-        for _ in range(10):
-            s.run(inputs[n])
-    for _ in range(ROUNDS):
-        for n, s in sessions.items():
-            x = inputs[n]
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                s.run(x)
-                samples[n].append(time.perf_counter() - t0)
-    return samples
+    return time_interleaved({n: partial(s.run, inputs[n]) for n, s in sessions.items()}, ROUNDS, calls)
 
 
 def stats_ms(samples: list[float]) -> dict:
@@ -146,11 +139,11 @@ def run(model_paths, data_root, protocol, split, out_dir: Path, predictions, pip
     # Speed: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32.
     allc = {n: OnnxModel(p, threads=0, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
     with click.progressbar(length=3, label="timing (interleaved)") as bar:
-        lat1 = time_interleaved(one, 1, calls)
+        lat1 = time_sessions(one, 1, calls)
         bar.update(1)
-        latn = time_interleaved(allc, 1, calls)
+        latn = time_sessions(allc, 1, calls)
         bar.update(1)
-        thr = time_interleaved(allc, 32, max(3, calls // 5))
+        thr = time_sessions(allc, 32, max(3, calls // 5))
         bar.update(1)
     for n in names:
         rows[n]["latency_b1_1thread"] = stats_ms(lat1[n])

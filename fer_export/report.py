@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from fer_runtime.profiling import percentiles, time_calls
+from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
 from fer_train.data import atomic_write_text
 
 
-def onnx_latency_ms(path: Path, runs: int = 300) -> float:
-    """Median latency at batch 1 on one thread (ONNX Runtime, CPU)."""
-    model = OnnxModel(path, threads=1, providers=["CPUExecutionProvider"])
-    h, w = model.contract.input_size
-    x = np.random.default_rng(0).normal(size=(1, model.contract.channels, h, w)).astype(np.float32)
-    return percentiles(time_calls(lambda: model.run(x), runs=runs, warmup=30))["p50_ms"]
+def onnx_latency_ms(*paths: Path, rounds: int = 10, calls: int = 30) -> list[float]:
+    """Median latency of each model at batch 1 on one thread (ONNX Runtime, CPU), the models timed interleaved."""
+    fns = {}
+    for i, path in enumerate(paths):
+        model = OnnxModel(path, threads=1, providers=["CPUExecutionProvider"])
+        h, w = model.contract.input_size
+        x = np.random.default_rng(0).normal(size=(1, model.contract.channels, h, w)).astype(np.float32)
+        fns[str(i)] = partial(model.run, x)
+    samples = time_interleaved(fns, rounds=rounds, calls=calls, warmup=30)
+    return [percentiles(samples[str(i)])["p50_ms"] for i in range(len(paths))]
 
 
 def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:

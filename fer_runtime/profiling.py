@@ -24,15 +24,20 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def time_calls(fn: Callable[[], object], runs: int = 200, warmup: int = 20) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 10, calls: int = 50,
+                     warmup: int = 10) -> dict[str, list[float]]:  # fmt: skip
+    """Time several callables in alternating rounds, so machine load drifts hit all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(rounds):
+        for n, fn in fns.items():
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                samples[n].append(time.perf_counter() - t0)
+    return samples
 
 
 class StageTimer:

@@ -86,3 +86,12 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
                                         "--calls", "1"])  # fmt: skip
     assert r.exit_code == 2 and "source not found" in r.output
+
+
+def test_peak_memory_is_the_child_process_not_the_benchmark(pair):
+    from benchmarks.bench import peak_rss_mb
+
+    ballast = np.ones(400 * 2**20, np.uint8)  # this process grows by 400 MB; the measured child must not
+    rss = peak_rss_mb(pair[1], threads=1)
+    assert 10 < rss < 300, rss
+    del ballast

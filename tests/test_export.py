@@ -205,6 +205,17 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
     assert contract.provenance["teacher_checkpoint"] == str((run / "best.pt").resolve())
 
 
+def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_path):
+    run, _ = trained_run
+    assert export_main([str(run / "best.pt"), "--distill-from", str(run / "best.pt"), "--prune", "0.3",
+                        "--finetune-epochs", "1", "--out-dir", str(tmp_path), "--name", "s",
+                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+    out = tmp_path / "s"
+    assert not (out / "student_kd").exists()  # no student trained: the source is the student
+    assert json.loads((out / "pruned_finetune" / "config.json").read_text())["teacher"] == str(run / "best.pt")
+    assert read_onnx_contract(out / "model.onnx").provenance["teacher_checkpoint"] == str((run / "best.pt").resolve())
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -213,6 +224,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
         (["{ckpt}", "--prune", "1.5"], "must be in (0, 1)"),
         (["{ckpt}", "--calib-size", "0"], "at least 1"),
         (["--distill-from", "{ckpt}"], "needs --student"),
+        (["{ckpt}", "--distill-from", "{ckpt}"], "add --prune"),
         (["{tmp}/text.onnx", "--int8"], "not a readable ONNX"),
     ],
 )
