@@ -210,8 +210,11 @@ def evaluate(
 ) -> tuple[dict, np.ndarray]:
     """Metrics (loss, accuracy, macro-F1, per class, confusion matrix) and the predicted labels."""
     logits = predict_logits(model, images, contract, device, amp=amp, tta=tta)
-    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    return score_logits(logits, labels, list(contract.classes))
+
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> tuple[dict, np.ndarray]:
     pred = logits.argmax(1).numpy()
-    metrics = classification_metrics(labels.numpy(), pred, list(contract.classes))
-    metrics["loss"] = loss
+    metrics = classification_metrics(labels.numpy(), pred, classes)
+    metrics["loss"] = torch.nn.functional.cross_entropy(logits, labels).item()
     return metrics, pred

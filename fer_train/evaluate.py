@@ -13,13 +13,13 @@ import torch
 
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split
-from fer_train.engine import evaluate
+from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint.")
-    p.add_argument("--ckpt", required=True, help="RUN/best.pt")
+    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.")
+    p.add_argument("--ckpt", required=True, nargs="+", help="RUN/best.pt; several: an ensemble (mean of softmax)")
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", default="none", choices=["none", "flip", "tencrop"], help="test-time augmentation")
@@ -55,9 +55,14 @@ def resolve_manifest(state: dict, data_root: str | None) -> SplitManifest:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        state = load_checkpoint(args.ckpt)
-        model, contract = model_from_checkpoint(state, prefer_ema=not args.no_ema)
-        manifest = resolve_manifest(state, args.data_root)
+        states = [load_checkpoint(c) for c in args.ckpt]
+        members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]
+        contract = members[0][1]
+        for path, (_, other) in zip(args.ckpt[1:], members[1:]):
+            if (other.classes, other.channels, other.input_size) != (contract.classes, contract.channels,
+                                                                   contract.input_size):  # fmt: skip
+                raise DataError(f"{path} does not share classes, channels and input size with {args.ckpt[0]}")
+        manifest = resolve_manifest(states[0], args.data_root)
         if manifest.classes != list(contract.classes):
             raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
         if args.split not in manifest.splits:
@@ -72,20 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fer-eval: error: {exc}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model.to(device)
-    metrics, pred = evaluate(model, torch.from_numpy(np.ascontiguousarray(data.images)), torch.from_numpy(data.labels),
-                             contract, device, tta=args.tta)  # fmt: skip
-    metrics.update(split=args.split, tta=args.tta, checkpoint=str(Path(args.ckpt).resolve()),
+    images = torch.from_numpy(np.ascontiguousarray(data.images))
+    # each member conditions its inputs by its own contract; the ensemble averages probabilities
+    probs = torch.stack([predict_logits(m.to(device), images, c, device, tta=args.tta).softmax(1) for m, c in members])
+    metrics, _ = score_logits(probs.mean(0).clamp_min(1e-12).log(), torch.from_numpy(data.labels), list(contract.classes))
+    metrics.update(split=args.split, tta=args.tta, checkpoints=[str(Path(c).resolve()) for c in args.ckpt],
                    skipped_files=len(data.skipped), data_root=manifest.root)  # fmt: skip
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt[0]).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"eval_{args.split}" + ("" if args.tta == "none" else f"_{args.tta}")
+    stem += f"_ensemble{len(members)}" if len(members) > 1 else ""
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
     plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{args.split} ({args.tta})")
     print(metrics_table(metrics))
-    print(f"{args.split}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} "
-          f"({metrics['num_samples']} images, tta {args.tta}) -> {out_dir / (stem + '.json')}")  # fmt: skip
+    print(f"{args.split}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} ({metrics['num_samples']} "
+          f"images, tta {args.tta}, {len(members)} model(s)) -> {out_dir / (stem + '.json')}")  # fmt: skip
     return 0
 
 

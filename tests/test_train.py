@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +145,34 @@ def test_ddp_two_processes_gloo(tree_factory, tmp_path):
     # each rank sees half of the 24 training images per epoch
     assert len(history) == 2 and history[0]["train_samples"] == 12
     assert (tmp_path / "ddp" / "metrics.json").exists()
+
+
+def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path, capsys):
+    from fer_train.data import SplitManifest, load_split
+    from fer_train.engine import predict_logits
+
+    root = tree_factory("train-val-test", per_class=24)
+    runs = [_train(root, tmp_path, f"e{seed}", "--epochs", "4", "--seed", str(seed)) for seed in (0, 1)]
+    ckpts = [str(r / "best.pt") for r in runs]
+    assert eval_main(["--ckpt", *ckpts, "--split", "test", "--tta", "flip"]) == 0
+    out = json.loads((runs[0] / "eval_test_flip_ensemble2.json").read_text())
+    assert out["checkpoints"] == [str(Path(c).resolve()) for c in ckpts]
+
+    states = [load_checkpoint(c) for c in ckpts]
+    data = load_split(SplitManifest.from_dict(states[0]["manifest"]), "test", 1, (48, 48), progress=False)
+    images = torch.from_numpy(data.images)
+    members = [model_from_checkpoint(s) for s in states]
+    probs = torch.stack([predict_logits(m, images, c, torch.device("cpu"), tta="flip").softmax(1) for m, c in members])
+    mean = probs.mean(0)
+    assert out["accuracy"] == pytest.approx(float((mean.argmax(1).numpy() == data.labels).mean()))
+    expected_loss = torch.nn.functional.nll_loss(mean.log(), torch.from_numpy(data.labels)).item()
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert not torch.allclose(probs[0], probs[1])  # two different members, so the mean is a real ensemble
+
+    from tests.conftest import write_class_tree
+
+    write_class_tree(tmp_path / "other", 12, np.random.default_rng(0), classes=("a", "b"))
+    mismatched = _train(tmp_path / "other", tmp_path, "o", "--epochs", "1")
+    capsys.readouterr()
+    assert eval_main(["--ckpt", ckpts[0], str(mismatched / "best.pt")]) == 2
+    assert "does not share classes" in capsys.readouterr().err
