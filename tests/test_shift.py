@@ -49,3 +49,29 @@ def test_training_detects_blurred_train_split(tree_factory, tmp_path, capsys):
     assert blur >= 1.5
     assert train_main([*args[:5], "c", *args[6:], "--input-blur", "0"]) == 0
     assert load_checkpoint(tmp_path / "c" / "best.pt")["contract"]["input_blur"] == 0.0
+
+
+def test_eval_on_the_train_split_does_not_blur_it_again(tree_factory, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from fer_train.evaluate import main as eval_main
+
+    root = tree_factory("train-val-test", per_class=8)
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "b", "--epochs", "1", "--model", "vgg",
+            "--model-arg", "width=0.125", "--no-progress", "--amp", "off", "--input-blur", "2.0"]  # fmt: skip
+    assert train_main(args) == 0
+    state = load_checkpoint(tmp_path / "b" / "best.pt")
+    state["contract"]["input_blur"] = 0.0
+    torch.save(state, tmp_path / "unblurred.pt")
+    capsys.readouterr()
+    assert eval_main(["--ckpt", str(tmp_path / "b" / "best.pt"), "--split", "train", "--out-dir", str(tmp_path / "e1")]) == 0
+    assert "scored without the contract's input_blur" in capsys.readouterr().err
+    assert eval_main(["--ckpt", str(tmp_path / "unblurred.pt"), "--split", "train", "--out-dir", str(tmp_path / "e0")]) == 0
+    assert eval_main(["--ckpt", str(tmp_path / "b" / "best.pt"), "--split", "val", "--out-dir", str(tmp_path / "v1")]) == 0
+    assert eval_main(["--ckpt", str(tmp_path / "unblurred.pt"), "--split", "val", "--out-dir", str(tmp_path / "v0")]) == 0
+    loss = {k: json.loads((tmp_path / k / f"eval_{'train' if k[0] == 'e' else 'val'}.json").read_text())["loss"]
+            for k in ("e1", "e0", "v1", "v0")}  # fmt: skip
+    assert loss["e1"] == loss["e0"]
+    assert loss["v1"] != loss["v0"]  # other splits keep the conditioning
