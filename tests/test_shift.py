@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
+import torch
 
 from fer_runtime.contract import ModelContract
 from fer_train.checkpoint import load_checkpoint
+from fer_train.evaluate import main as eval_main
 from fer_train.shift import estimate_input_blur, sharpness
 from fer_train.train import main as train_main
 
@@ -52,12 +56,6 @@ def test_training_detects_blurred_train_split(tree_factory, tmp_path, capsys):
 
 
 def test_eval_on_the_train_split_does_not_blur_it_again(tree_factory, tmp_path, capsys):
-    import json
-
-    import torch
-
-    from fer_train.evaluate import main as eval_main
-
     root = tree_factory("train-val-test", per_class=8)
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "b", "--epochs", "1", "--model", "vgg",
             "--model-arg", "width=0.125", "--no-progress", "--amp", "off", "--input-blur", "2.0"]  # fmt: skip
