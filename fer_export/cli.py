@@ -31,6 +31,7 @@ from fer_train.data import DataError, SplitManifest, discover, load_split
 from fer_train.evaluate import resolve_manifest
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
+from fer_train.shift import training_view
 from fer_train.train import run as train_run
 
 
@@ -215,7 +216,7 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     contract = read_onnx_contract(fp32_path)
     train = data["train"]
     idx = stratified_sample(train.labels, args.calib_size, args.seed)
-    reader = FaceCalibrationReader(train.images[idx], contract)
+    reader = FaceCalibrationReader(training_view(train.images[idx], contract), contract)
     keep = [k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
     int8_row = _onnx_row("onnx int8", int8_path, data, timed=False)

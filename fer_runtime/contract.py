@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 METADATA_KEY = "fer_contract"
-CONTRACT_VERSION = 1
+# The newest contract this code reads. A contract is written with the lowest version that holds it
+# (2 only with input_deconv), so older runtimes refuse what they would apply wrongly and read the rest.
+CONTRACT_VERSION = 2
 
 
 class ContractError(ValueError):
@@ -36,6 +38,9 @@ class ModelContract:
     # Gaussian blur (sigma, in model-input pixels) applied to every input at inference, so sharp
     # camera or test crops look like the (blurrier) images the model was trained on. 0 disables.
     input_blur: float = 0.0
+    # Wiener noise-to-signal constant. > 0: the training images were deconvolved for the input_blur sigma
+    # (fer-train --train-deconv), and inference inputs get that blur and the same deconvolution.
+    input_deconv: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = CONTRACT_VERSION
 
@@ -63,6 +68,10 @@ class ModelContract:
             raise ContractError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if not 0.0 <= self.input_blur <= 10.0:
             raise ContractError(f"input_blur must be in [0, 10], got {self.input_blur}")
+        if not 0.0 <= self.input_deconv < 1.0:
+            raise ContractError(f"input_deconv must be in [0, 1), got {self.input_deconv}")
+        if self.input_deconv > 0 and self.input_blur <= 0:
+            raise ContractError("input_deconv needs an input_blur sigma to deconvolve")
         if not 0.0 <= self.crop_margin < 1.0:
             raise ContractError(f"crop_margin must be in [0, 1), got {self.crop_margin}")
 
@@ -81,6 +90,7 @@ class ModelContract:
         data["input_size"] = list(self.input_size)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        data["version"] = 2 if self.input_deconv > 0 else 1
         return data
 
     def to_json(self) -> str:
@@ -119,9 +129,13 @@ class ModelContract:
         return self.normalize(self.condition(batch))
 
     def condition(self, batch: np.ndarray) -> np.ndarray:
-        """The inference-only input conditioning (``input_blur``) on N x C x H x W pixels."""
+        """The inference-only input conditioning (``input_blur``, ``input_deconv``) on N x C x H x W pixels."""
         if self.input_blur <= 0:
             return batch
+        if self.input_deconv > 0:
+            from fer_runtime.deblur import blur_deconvolve
+
+            return blur_deconvolve(batch, self.input_blur, self.input_deconv)
         import cv2
 
         out = np.empty_like(batch)

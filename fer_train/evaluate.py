@@ -15,6 +15,7 @@ from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_ch
 from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
+from fer_train.shift import training_view
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,15 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ValueError) as exc:
         print(f"fer-eval: error: {exc}", file=sys.stderr)
         return 2
+    views = [data.images] * len(members)
     if args.split == "train" and any(c.input_blur > 0 for _, c in members):
-        # input_blur makes other images look like the training images; blurring these again would understate accuracy
-        members = [(m, c.replace(input_blur=0.0)) for m, c in members]
+        # input_blur makes other images look like the training images; blurring these again would understate
+        # accuracy. The train split is scored as the model trained on it (deconvolved when the contract says so).
+        views = [training_view(data.images, c) for _, c in members]
+        members = [(m, c.replace(input_blur=0.0, input_deconv=0.0)) for m, c in members]
         print("fer-eval: note: train split scored without the contract's input_blur (it imitates these images)",
               file=sys.stderr)  # fmt: skip
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    images = torch.from_numpy(np.ascontiguousarray(data.images))
     # each member conditions its inputs by its own contract; the ensemble averages probabilities
-    probs = torch.stack([predict_logits(m.to(device), images, c, device, tta=args.tta).softmax(1) for m, c in members])
+    probs = torch.stack([predict_logits(m.to(device), torch.from_numpy(np.ascontiguousarray(v)), c, device,
+                                        tta=args.tta).softmax(1) for (m, c), v in zip(members, views)])  # fmt: skip
     metrics, _ = score_logits(probs.mean(0).clamp_min(1e-12).log(), torch.from_numpy(data.labels), list(contract.classes))
     metrics.update(split=args.split, tta=args.tta, checkpoints=[str(Path(c).resolve()) for c in args.ckpt],
                    skipped_files=len(data.skipped), data_root=manifest.root)  # fmt: skip

@@ -6,6 +6,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fer_runtime.contract import ModelContract
+from fer_runtime.deblur import wiener_deconvolve
+
 SIGMAS = np.round(np.arange(0.0, 5.01, 0.25), 2)
 
 
@@ -38,3 +41,43 @@ def estimate_input_blur(train_u8: np.ndarray, val_u8: np.ndarray, tolerance: flo
             best, best_gap = float(sigma), gap
     info["input_blur"] = best
     return best, info
+
+
+def training_view(images_u8: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """Training-split images as the model trains on them: Wiener-deconvolved when the contract says so."""
+    if contract.input_deconv <= 0:
+        return images_u8
+    return wiener_deconvolve(images_u8, contract.input_blur, contract.input_deconv)
+
+
+
+def _power_spectrum(images_u8: np.ndarray) -> np.ndarray:
+    x = images_u8.astype(np.float64).mean(1)
+    return (np.abs(np.fft.fft2(x - x.mean((1, 2), keepdims=True))) ** 2).mean(0)
+
+
+
+def _gaussian_blur(images_u8: np.ndarray, sigma: float) -> np.ndarray:
+    return np.stack([[cv2.GaussianBlur(ch, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT) for ch in im]
+                     for im in images_u8])  # fmt: skip
+
+
+def spectral_blur_sigma(train_u8: np.ndarray, val_u8: np.ndarray, max_freq: float = 0.15, sample: int = 2000) -> float:
+    """The Gaussian sigma that, blurring val, best reproduces train's power spectrum below ``max_freq``.
+
+    Compares log power at every frequency (a free gain absorbs contrast differences). Deconvolution needs
+    this sigma; ``estimate_input_blur`` only matches the overall sharpness.
+    """
+    rng = np.random.default_rng(0)
+    pick = lambda a: a[rng.choice(len(a), size=min(sample, len(a)), replace=False)]  # noqa: E731
+    train, val = pick(train_u8), pick(val_u8)
+    fy, fx = np.meshgrid(np.fft.fftfreq(train.shape[2]), np.fft.fftfreq(train.shape[3]), indexing="ij")
+    band = (fy**2 + fx**2 > 0) & (fy**2 + fx**2 < max_freq**2)
+    target = np.log(_power_spectrum(train)[band])
+    best, best_err = 0.0, np.inf
+    for sigma in np.arange(0.25, 6.001, 0.125):
+        resid = target - np.log(_power_spectrum(np.rint(_gaussian_blur(val, sigma)))[band])
+        err = float(((resid - resid.mean()) ** 2).mean())
+        if err < best_err:
+            best, best_err = float(sigma), err
+    return best

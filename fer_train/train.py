@@ -34,6 +34,7 @@ DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
     "model": "vgg", "model_arg": [], "pretrained": None, "init": None, "input_size": 48, "channels": 1,
     "mean": None, "std": None, "crop_margin": 0.1, "input_blur": "auto",
+    "train_deconv": 0.0,
     "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
     "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
     "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-margin", type=float, default=S, help="face-box margin recorded in the contract")
     g.add_argument("--input-blur", default=S, help="inference blur sigma for the contract: auto (match val sharpness "
                    "to train), 0 (off) or a number")
+    g.add_argument("--train-deconv", type=float, default=S, metavar="NOISE",
+                   help="Wiener-deconvolve blurred training images for the input blur sigma with this noise-to-signal "
+                   "power (e.g. 3e-4); inference inputs get blur + the same deconvolution. 0: off")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -256,11 +260,18 @@ def run(argv: list[str] | None = None) -> int:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
     if resume_state is not None:
-        contract = contract.replace(input_blur=contract_of(resume_state).input_blur)
+        resumed = contract_of(resume_state)
+        contract = contract.replace(input_blur=resumed.input_blur, input_deconv=resumed.input_deconv)
+    elif args.teacher and str(args.input_blur) == "auto" and not args.train_deconv:
+        # the teacher sees the student's batches, so they share its input conditioning
+        taught = contract_of(load_checkpoint(args.teacher))
+        contract = contract.replace(input_blur=taught.input_blur, input_deconv=taught.input_deconv)
     elif str(args.input_blur) == "auto" and "train" in decoded:
-        from fer_train.shift import estimate_input_blur
+        from fer_train.shift import estimate_input_blur, spectral_blur_sigma
 
         sigma, info = estimate_input_blur(decoded["train"].images, decoded["val"].images)
+        if sigma > 0 and args.train_deconv:  # deconvolution needs the blur's own sigma, not matched sharpness
+            sigma = info["input_blur"] = spectral_blur_sigma(decoded["train"].images, decoded["val"].images)
         contract = contract.replace(input_blur=sigma, provenance={**contract.provenance, "sharpness": info})
         if sigma > 0 and is_main:
             print(f"fer-train: warning: validation images are {info['ratio']:.1f}x sharper than training images "
@@ -269,6 +280,11 @@ def run(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
     elif str(args.input_blur) != "auto":
         contract = contract.replace(input_blur=float(args.input_blur))
+    if resume_state is None and args.train_deconv:
+        if contract.input_blur <= 0:
+            raise DataError("--train-deconv needs blurred training images: the input blur is 0 "
+                            "(auto found train as sharp as val; pass --input-blur SIGMA to force one)")  # fmt: skip
+        contract = contract.replace(input_deconv=float(args.train_deconv))
 
     # ---- run folder
     if resume_state is not None:
@@ -325,6 +341,15 @@ def run(argv: list[str] | None = None) -> int:
 
     # ---- optimisation
     train_images, train_labels = tensors.get("train", (None, None))
+    if train_images is not None and contract.input_deconv > 0:
+        from fer_train.shift import sharpness, training_view
+
+        deconvolved = training_view(decoded["train"].images, contract)
+        if is_main:
+            print(f"fer-train: training images Wiener-deconvolved (sigma {contract.input_blur}, noise "
+                  f"{contract.input_deconv}): mean |Laplacian| {sharpness(decoded['train'].images):.1f} -> "
+                  f"{sharpness(deconvolved):.1f}")  # fmt: skip
+        train_images = torch.from_numpy(deconvolved)
     steps_per_epoch = 0
     if train_labels is not None:
         per_rank = -(-len(train_labels) // world)
