@@ -34,9 +34,7 @@ def estimate_input_blur(train_u8: np.ndarray, val_u8: np.ndarray, tolerance: flo
     sample = val_u8[rng.choice(len(val_u8), size=min(1000, len(val_u8)), replace=False)]
     best, best_gap = 0.0, abs(s_val - s_train)
     for sigma in SIGMAS[1:]:
-        blurred = np.stack([[cv2.GaussianBlur(ch, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT) for ch in im]
-                            for im in sample])  # fmt: skip
-        gap = abs(sharpness(blurred) - s_train)
+        gap = abs(sharpness(_gaussian_blur(sample, sigma)) - s_train)
         if gap < best_gap:
             best, best_gap = float(sigma), gap
     info["input_blur"] = best
@@ -50,11 +48,9 @@ def training_view(images_u8: np.ndarray, contract: ModelContract) -> np.ndarray:
     return wiener_deconvolve(images_u8, contract.input_blur, contract.input_deconv)
 
 
-
 def _power_spectrum(images_u8: np.ndarray) -> np.ndarray:
     x = images_u8.astype(np.float64).mean(1)
     return (np.abs(np.fft.fft2(x - x.mean((1, 2), keepdims=True))) ** 2).mean(0)
-
 
 
 def _gaussian_blur(images_u8: np.ndarray, sigma: float) -> np.ndarray:

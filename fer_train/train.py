@@ -185,10 +185,9 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_teacher(path: str, contract: ModelContract, device: torch.device):
+def make_teacher(state: dict, contract: ModelContract, device: torch.device):
     from fer_train.checkpoint import model_from_checkpoint
 
-    state = load_checkpoint(path)
     teacher, tc = model_from_checkpoint(state)
     if list(tc.classes) != list(contract.classes):
         raise DataError(f"teacher classes {list(tc.classes)} differ from the data's {list(contract.classes)}")
@@ -258,13 +257,14 @@ def run(argv: list[str] | None = None) -> int:
         if is_main:
             for w in caught:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
+    teacher_state = load_checkpoint(args.teacher) if args.teacher else None
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
     if resume_state is not None:
         resumed = contract_of(resume_state)
         contract = contract.replace(input_blur=resumed.input_blur, input_deconv=resumed.input_deconv)
-    elif args.teacher and str(args.input_blur) == "auto" and not args.train_deconv:
+    elif teacher_state is not None and str(args.input_blur) == "auto" and not args.train_deconv:
         # the teacher sees the student's batches, so they share its input conditioning
-        taught = contract_of(load_checkpoint(args.teacher))
+        taught = contract_of(teacher_state)
         contract = contract.replace(input_blur=taught.input_blur, input_deconv=taught.input_deconv)
     elif str(args.input_blur) == "auto" and "train" in decoded:
         from fer_train.shift import estimate_input_blur, spectral_blur_sigma
@@ -379,7 +379,7 @@ def run(argv: list[str] | None = None) -> int:
         shift=args.shift, scale=(args.scale_min, args.scale_max), rotation=args.rotation, hflip=not args.no_hflip,
         erasing=args.erasing, policy=args.policy, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
     )  # fmt: skip
-    teacher = make_teacher(args.teacher, contract, device) if args.teacher else None
+    teacher = make_teacher(teacher_state, contract, device) if teacher_state is not None else None
 
     start_epoch, history, best = 0, [], {"metric": args.monitor, "value": -1.0, "epoch": -1}
     if resume_state is not None:
