@@ -45,6 +45,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 in hardware here (AVX512-BF16 or AMX).
+
+    Without it, bf16 autocast is emulated and trains about ten times slower than fp32
+    (measured on an AVX2-only EPYC: 7.6 against 0.58 s per VGG w0.5 step of 64 faces).
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(requested: str, device: torch.device) -> str:
+    """``auto`` means fp16 on CUDA, bf16 on a CPU with native bf16, else fp32 (``off``)."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "off"
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     if amp == "off":
         return contextlib.nullcontext()

@@ -25,7 +25,7 @@ from fer_runtime.contract import ModelContract
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
 from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split, write_skipped_log
-from fer_train.engine import ModelEma, epoch_indices, evaluate, train_one_epoch
+from fer_train.engine import ModelEma, cpu_has_native_bf16, epoch_indices, evaluate, resolve_amp, train_one_epoch
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix", type=float, default=S, help="cutmix alpha (0 off)")
     g.add_argument("--mix-prob", type=float, default=S)
     g = p.add_argument_group("run")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=S, help="auto: fp16 on CUDA, bf16 on CPU")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=S,
+                   help="auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32")
     g.add_argument("--grad-checkpointing", action="store_true", default=S, help="timm models that support it")
     g.add_argument("--ema", type=float, default=S, help="EMA decay of weights, e.g. 0.999 (0 off)")
     g.add_argument("--monitor", choices=["macro_f1", "accuracy"], default=S, help="validation metric for best.pt")
@@ -218,7 +219,10 @@ def run(argv: list[str] | None = None) -> int:
     is_main = rank == 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = args.amp if args.amp != "auto" else ("fp16" if device.type == "cuda" else "bf16")
+    amp = resolve_amp(args.amp, device)
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and is_main:
+        print("fer-train: warning: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 autocast is emulated and "
+              "about 10x slower than fp32 (--amp off)", file=sys.stderr)  # fmt: skip
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)

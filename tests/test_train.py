@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fer_train import engine
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import ModelEma
 from fer_train.evaluate import main as eval_main
@@ -176,3 +177,20 @@ def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path,
     capsys.readouterr()
     assert eval_main(["--ckpt", ckpts[0], str(mismatched / "best.pt")]) == 2
     assert "does not share classes" in capsys.readouterr().err
+
+
+def test_amp_auto_avoids_emulated_bf16(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.resolve_amp("auto", cpu) == "off"
+    assert engine.resolve_amp("auto", cuda) == "fp16"
+    assert engine.resolve_amp("bf16", cpu) == "bf16"  # an explicit choice is kept (fer-train warns)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.resolve_amp("auto", cpu) == "bf16"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux CPU flags")
+def test_native_bf16_detection_agrees_with_cpu_flags():
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        assert not engine.cpu_has_native_bf16()
