@@ -148,7 +148,7 @@ class ModelContract:
         """Pixel values (0..255, N x C x H x W, model colour order) -> the model's input."""
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        out = batch.astype(np.float32, copy=batch.dtype != np.float32)
+        out = batch.astype(np.float32)  # always a copy: the caller's pixels stay as they were
         out /= 255.0
         out -= mean
         out /= std

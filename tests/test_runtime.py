@@ -270,3 +270,13 @@ def test_stream_url_is_a_live_source():
     frames = list(source)
     source.close()
     assert 1 <= len(frames) <= 2 and frames[0].image is not None
+
+
+def test_normalize_leaves_the_callers_pixels_alone():
+    contract = ModelContract(classes=("a", "b"), mean=(0.5,), std=(0.25,))
+    pixels = np.full((2, 1, 48, 48), 255.0, dtype=np.float32)
+    first = contract.normalize(pixels)
+    second = contract.normalize(pixels)
+    assert np.all(pixels == 255.0)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, 2.0)
