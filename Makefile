@@ -22,7 +22,8 @@ lint: $(PY)
 .PHONY: run test lint
 
 # The exact recipe behind the shipped models (models/MODEL_CARD.md): teacher -> pruned + fine-tuned
-# with the teacher's soft targets -> ONNX -> INT8 -> bench. About 60 minutes on 2 cores.
+# with the teacher's soft targets -> ONNX -> INT8 -> bench. About 60 minutes on 2 cores with native bf16
+# (AVX512-BF16); about 5 hours in fp32 on an AVX2-only CPU (benchmarks/train_step_speed.py).
 FER_DATA ?= ../shared/data/fer2013
 TEACHER := runs/vgg_w050_e50_deconv
 models: $(PY)

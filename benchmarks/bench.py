@@ -24,21 +24,26 @@ from fer_runtime.profiling import time_interleaved
 from fer_runtime.session import OnnxModel
 
 ROUNDS = 10
+# The instruction sets that decide INT8 and bf16 speed: without VNNI, INT8 gains far less over fp32.
+LATENCY_CPU_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma", "f16c"}
 
 
 def machine_info(threads_all: int) -> dict:
     import onnxruntime as ort
 
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not flags:
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "threads_all": threads_all, "platform": platform.platform()}  # fmt: skip
+            "threads_all": threads_all, "platform": platform.platform(),
+            "cpu_features": sorted(flags & LATENCY_CPU_FLAGS)}  # fmt: skip
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -233,7 +238,8 @@ def _write(results, out_dir: Path, preds, labels, image_paths, classes, predicti
 def markdown_report(r: dict) -> str:
     m = r["machine"]
     lines = [f"# fer-bench: {r['data']['split']} split of {r['data']['root']} ({r['data']['images']} images)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, CPU features {', '.join(m.get('cpu_features', [])) or 'unknown'}, "
+             f"onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
              f"Command: `{r['command']}`", "",
              "| model | accuracy | macro-F1 | size KB | params | b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms "
              "| b32 img/s | peak RSS MB |",

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.bench import LATENCY_CPU_FLAGS, metrics
 from benchmarks.bench import main as bench_main
-from benchmarks.bench import metrics
 from fer_runtime.contract import ModelContract
 
 CLASSES = ("angry", "happy", "sad")
@@ -60,6 +61,10 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     (a, b), agreement = list(r["models"]), next(iter(r["agreement"].values()))
     assert agreement == pytest.approx(np.mean([x[f"pred:{a}"] == x[f"pred:{b}"] for x in rows]))
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]
+    if Path("/proc/cpuinfo").exists():
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+        assert set(r["machine"]["cpu_features"]) == flags & LATENCY_CPU_FLAGS
+        assert "CPU features " in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "| m.int8.onnx |" in report
     matrix = report.split("## Confusion matrix: m.int8.onnx")[1]
