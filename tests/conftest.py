@@ -57,6 +57,9 @@ def tree_factory(tmp_path_factory):
     return build
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # session scope: module-scoped fixtures that train are set up before any function-scoped one
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
