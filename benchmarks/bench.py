@@ -34,7 +34,7 @@ def machine_info(threads_all: int) -> dict:
     cpu, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not flags:
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
