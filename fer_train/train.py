@@ -29,6 +29,7 @@ from fer_train.engine import ModelEma, cpu_has_native_bf16, epoch_indices, evalu
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
+from fer_train.teacher import check_teachers, load_teacher, make_teacher
 
 DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
@@ -42,7 +43,7 @@ DEFAULTS = {
     "policy": "none", "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0,
     "amp": "auto", "channels_last": False, "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
     "seed": 0, "deterministic": False, "out_dir": "runs", "name": None, "device": "auto", "threads": 0,
-    "no_progress": False, "teacher": None, "kd_alpha": 0.7, "kd_temperature": 4.0,
+    "no_progress": False, "teacher": None, "teacher_tta": "none", "kd_alpha": 0.7, "kd_temperature": 4.0,
 }  # fmt: skip
 
 
@@ -116,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch default)")
     g.add_argument("--no-progress", action="store_true", default=S)
     g = p.add_argument_group("distillation (used by fer-export)")
-    g.add_argument("--teacher", default=S, help="teacher checkpoint for knowledge distillation")
+    g.add_argument("--teacher", nargs="+", default=S, metavar="MODEL",
+                   help="teacher checkpoint(s) (.pt) or exported model(s) (.onnx) for knowledge distillation; "
+                   "several are averaged (mean probability)")
+    g.add_argument("--teacher-tta", choices=["none", "flip"], default=S,
+                   help="average each teacher over the batch and its mirror image")
     g.add_argument("--kd-alpha", type=float, default=S, help="weight of the KD term")
     g.add_argument("--kd-temperature", type=float, default=S)
     return p
@@ -193,20 +198,9 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_teacher(state: dict, contract: ModelContract, device: torch.device):
-    from fer_train.checkpoint import model_from_checkpoint
-
-    teacher, tc = model_from_checkpoint(state)
-    if list(tc.classes) != list(contract.classes):
-        raise DataError(f"teacher classes {list(tc.classes)} differ from the data's {list(contract.classes)}")
-    if tc.channels != contract.channels or tc.input_size != contract.input_size:
-        raise DataError("teacher and student need the same input size and channels")
-    teacher = teacher.to(device).eval()
-    # The student's batch is normalised with the student's mean/std; renormalise for the teacher.
-    ms, ss = torch.tensor(contract.mean).view(1, -1, 1, 1), torch.tensor(contract.std).view(1, -1, 1, 1)
-    mt, st = torch.tensor(tc.mean).view(1, -1, 1, 1), torch.tensor(tc.std).view(1, -1, 1, 1)
-    scale, shift = (ss / st).to(device), ((ms - mt) / st).to(device)
-    return lambda x: teacher(x * scale + shift)
+def teacher_paths(value: str | list[str] | None) -> list[str]:
+    """``--teacher`` as a list; older run configs hold one path, and '' means none."""
+    return [p for p in ([value] if isinstance(value, str) else (value or [])) if p]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,14 +262,15 @@ def run(argv: list[str] | None = None) -> int:
         if is_main:
             for w in caught:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
-    teacher_state = load_checkpoint(args.teacher) if args.teacher else None
+    teachers = [load_teacher(p, device, args.threads) for p in teacher_paths(args.teacher)]
+    check_teachers(teachers, manifest.classes, contract.channels, contract.input_size)
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
     if resume_state is not None:
         resumed = contract_of(resume_state)
         contract = contract.replace(input_blur=resumed.input_blur, input_deconv=resumed.input_deconv)
-    elif teacher_state is not None and str(args.input_blur) == "auto" and not args.train_deconv:
+    elif teachers and str(args.input_blur) == "auto" and not args.train_deconv:
         # the teacher sees the student's batches, so they share its input conditioning
-        taught = contract_of(teacher_state)
+        taught = teachers[0].contract
         contract = contract.replace(input_blur=taught.input_blur, input_deconv=taught.input_deconv)
     elif str(args.input_blur) == "auto" and "train" in decoded:
         from fer_train.shift import estimate_input_blur, spectral_blur_sigma
@@ -390,7 +385,12 @@ def run(argv: list[str] | None = None) -> int:
         shift=args.shift, scale=(args.scale_min, args.scale_max), rotation=args.rotation, hflip=not args.no_hflip,
         erasing=args.erasing, policy=args.policy, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
     )  # fmt: skip
-    teacher = make_teacher(teacher_state, contract, device) if teacher_state is not None else None
+    teacher = make_teacher(teachers, contract, device, args.teacher_tta) if teachers else None
+    for t in teachers:
+        if (t.contract.input_blur, t.contract.input_deconv) != (contract.input_blur, contract.input_deconv) and is_main:
+            print(f"fer-train: warning: teacher {t.path} conditions its inputs with blur {t.contract.input_blur} / "
+                  f"deconvolution {t.contract.input_deconv}, the student's batches with {contract.input_blur} / "
+                  f"{contract.input_deconv}: it sees inputs unlike its own training images", file=sys.stderr)  # fmt: skip
 
     start_epoch, history, best = 0, [], {"metric": args.monitor, "value": -1.0, "epoch": -1}
     if resume_state is not None:

@@ -16,6 +16,7 @@ from fer_runtime.session import OnnxModel
 from fer_train.checkpoint import fit_modules_to_state_dict, load_checkpoint, model_from_checkpoint
 from fer_train.losses import distillation_loss
 from fer_train.models import create_model
+from fer_train.teacher import load_teacher, make_teacher
 from fer_train.train import main as train_main
 
 CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.3,), crop_margin=0.15,
@@ -198,7 +199,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
     names = [r["name"] for r in report["artefacts"]]
     assert names == ["student (pytorch)", "pruned (no fine-tune)", "pruned + fine-tuned", "onnx fp32", "onnx int8"]
     finetune_config = json.loads((out / "pruned_finetune" / "config.json").read_text())
-    assert finetune_config["teacher"] == str(run / "best.pt")
+    assert finetune_config["teacher"] == [str(run / "best.pt")]
     contract = read_onnx_contract(out / "model.int8.onnx")
     exported = report["artefacts"][2]
     assert contract.provenance["metrics"]["test"]["accuracy"] == exported["test"]["accuracy"]
@@ -212,7 +213,7 @@ def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_pa
                         "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
     out = tmp_path / "s"
     assert not (out / "student_kd").exists()  # no student trained: the source is the student
-    assert json.loads((out / "pruned_finetune" / "config.json").read_text())["teacher"] == str(run / "best.pt")
+    assert json.loads((out / "pruned_finetune" / "config.json").read_text())["teacher"] == [str(run / "best.pt")]
     assert read_onnx_contract(out / "model.onnx").provenance["teacher_checkpoint"] == str((run / "best.pt").resolve())
 
 
@@ -291,3 +292,40 @@ def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path
     assert history[0] == first_sitting[0]  # continued, not restarted
     assert json.loads((tmp_path / "k" / "student_kd" / "metrics.json").read_text())["complete"]
     assert not staged.exists() and (tmp_path / "k" / "model.onnx").exists()
+
+
+def test_onnx_teacher_matches_its_checkpoint_and_ensembles_average_probabilities(trained_run, tmp_path):
+    run, _ = trained_run
+    model, contract = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    onnx_path = export_onnx(model, contract, tmp_path / "t.onnx")
+    cpu = torch.device("cpu")
+    pt, ox = load_teacher(str(run / "best.pt"), cpu), load_teacher(str(onnx_path), cpu)
+    student = contract.replace(mean=(0.3,), std=(0.2,))  # the teacher must renormalise the student's batch
+    x = (torch.rand(6, 1, 48, 48) - 0.3) / 0.2
+    with torch.no_grad():
+        direct = model(x * 0.2 / contract.std[0] + (0.3 - contract.mean[0]) / contract.std[0])
+        from_pt, from_onnx = make_teacher([pt], student, cpu)(x), make_teacher([ox], student, cpu)(x)
+        pair = make_teacher([pt, ox], student, cpu)(x)
+        flipped = make_teacher([pt], student, cpu, tta="flip")(x)
+        mirror = make_teacher([pt], student, cpu)(x.flip(-1))
+    torch.testing.assert_close(from_pt, direct)
+    torch.testing.assert_close(from_onnx, direct, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pair.softmax(1), direct.softmax(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(flipped.exp(), (direct.softmax(1) + mirror.softmax(1)) / 2)
+
+
+def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tmp_path, capsys):
+    run, root = trained_run
+    model, contract = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    onnx_path = export_onnx(model, contract, tmp_path / "t.onnx")
+    teachers = [str(run / "best.pt"), str(onnx_path)]
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--model", "vgg", "--model-arg", "width=0.125",
+            "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off"]  # fmt: skip
+    assert train_main([*args, "--name", "s", "--teacher", *teachers, "--teacher-tta", "flip"]) == 0
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["teacher"], config["teacher_tta"]) == (teachers, "flip")
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("hello")
+    assert train_main([*args, "--name", "b", "--teacher", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not a readable ONNX model" in err[-1] and not (tmp_path / "b").exists()

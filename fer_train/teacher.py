@@ -1,0 +1,75 @@
+"""Knowledge-distillation teachers: fer-train checkpoints or exported ONNX models, alone or averaged.
+
+A teacher is a function from the student's normalised batch to logits. Several teachers, or one
+with flip TTA, act as one model whose logits are the log of their mean probability: the same
+ensemble ``fer-eval`` scores, so a teacher can be picked on validation before distilling from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fer_runtime.contract import ModelContract
+from fer_train.data import DataError
+from fer_train.engine import Teacher
+
+
+@dataclass
+class LoadedTeacher:
+    path: str
+    contract: ModelContract
+    net: Callable[[torch.Tensor], torch.Tensor]  # the teacher's own normalised input -> logits
+
+
+def load_teacher(path: str, device: torch.device, threads: int = 0) -> LoadedTeacher:
+    """A fer-train checkpoint (.pt) or an ONNX model exported by fer-export (.onnx)."""
+    if Path(path).suffix.lower() == ".onnx":
+        from fer_runtime.session import OnnxModel
+
+        onnx = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            out = torch.from_numpy(onnx.run(x.float().contiguous().cpu().numpy())).to(x.device)
+            return out.clamp_min(1e-12).log() if onnx.contract.output == "probabilities" else out
+
+        return LoadedTeacher(path, onnx.contract, run_onnx)
+    from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model, contract = model_from_checkpoint(load_checkpoint(path))
+    return LoadedTeacher(path, contract, model.to(device).eval())
+
+
+def check_teachers(teachers: list[LoadedTeacher], classes: list[str], channels: int, input_size: tuple[int, int]) -> None:
+    for t in teachers:
+        if list(t.contract.classes) != list(classes):
+            raise DataError(f"teacher classes {list(t.contract.classes)} differ from the data's {list(classes)} ({t.path})")
+        if t.contract.channels != channels or tuple(t.contract.input_size) != tuple(input_size):
+            raise DataError(f"teacher and student need the same input size and channels ({t.path})")
+
+
+def make_teacher(teachers: list[LoadedTeacher], contract: ModelContract, device: torch.device, tta: str = "none") -> Teacher:
+    """One callable for the training loop; a single teacher without TTA returns its raw logits."""
+    members = [_renormalised(t, contract, device) for t in teachers]
+    if len(members) == 1 and tta == "none":
+        return members[0]
+
+    def ensemble(x: torch.Tensor) -> torch.Tensor:
+        views = [x, x.flip(-1)] if tta == "flip" else [x]
+        probs = torch.stack([F.softmax(m(v).float(), dim=1) for m in members for v in views])
+        return probs.mean(0).clamp_min(1e-12).log()
+
+    return ensemble
+
+
+def _renormalised(teacher: LoadedTeacher, contract: ModelContract, device: torch.device) -> Teacher:
+    # The student's batch is normalised with the student's mean/std; renormalise for the teacher.
+    tc = teacher.contract
+    ms, ss = torch.tensor(contract.mean).view(1, -1, 1, 1), torch.tensor(contract.std).view(1, -1, 1, 1)
+    mt, st = torch.tensor(tc.mean).view(1, -1, 1, 1), torch.tensor(tc.std).view(1, -1, 1, 1)
+    scale, shift = (ss / st).to(device), ((ms - mt) / st).to(device)
+    return lambda x: teacher.net(x * scale + shift)
