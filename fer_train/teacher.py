@@ -41,7 +41,12 @@ def load_teacher(path: str, device: torch.device, threads: int = 0) -> LoadedTea
     from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 
     model, contract = model_from_checkpoint(load_checkpoint(path))
-    return LoadedTeacher(path, contract, model.to(device).eval())
+    return LoadedTeacher(path, contract, model.to(device))
+
+
+def teacher_paths(value: str | list[str] | None) -> list[str]:
+    """``--teacher`` as a list; older run configs hold one path, and '' means none."""
+    return [p for p in ([value] if isinstance(value, str) else (value or [])) if p]
 
 
 def check_teachers(teachers: list[LoadedTeacher], classes: list[str], channels: int, input_size: tuple[int, int]) -> None:
@@ -59,9 +64,10 @@ def make_teacher(teachers: list[LoadedTeacher], contract: ModelContract, device:
         return members[0]
 
     def ensemble(x: torch.Tensor) -> torch.Tensor:
-        views = [x, x.flip(-1)] if tta == "flip" else [x]
-        probs = torch.stack([F.softmax(m(v).float(), dim=1) for m in members for v in views])
-        return probs.mean(0).clamp_min(1e-12).log()
+        # one call per teacher with both views in the batch: half the calls on the training hot path
+        views = torch.cat([x, x.flip(-1)]) if tta == "flip" else x
+        probs = torch.stack([F.softmax(m(views).float(), dim=1) for m in members])  # teachers x views*N x K
+        return probs.view(-1, len(x), probs.shape[-1]).mean(0).clamp_min(1e-12).log()
 
     return ensemble
 

@@ -29,7 +29,7 @@ from fer_train.engine import ModelEma, cpu_has_native_bf16, epoch_indices, evalu
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
-from fer_train.teacher import check_teachers, load_teacher, make_teacher
+from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths
 
 DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
@@ -196,11 +196,6 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def teacher_paths(value: str | list[str] | None) -> list[str]:
-    """``--teacher`` as a list; older run configs hold one path, and '' means none."""
-    return [p for p in ([value] if isinstance(value, str) else (value or [])) if p]
 
 
 def main(argv: list[str] | None = None) -> int:
