@@ -5,6 +5,7 @@
     fer-export RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
     fer-export STUDENT.pt --prune 0.5 --distill-from TEACHER.pt     # the teacher guides the fine-tune
     fer-export model.onnx --int8 --data-root ROOT      # quantize an exported model
+    fer-export RUN/best.pt --int8 --input-blur 3.0     # ship an inference blur picked on val (fer-eval --input-blur)
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from fer_export.onnx_export import ExportError, export_onnx, parity_check
+from fer_export.onnx_export import ExportError, export_onnx, parity_check, save_onnx_atomic, set_contract
 from fer_export.prune import PruneError, count_flops_params, prune_channels
 from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
 from fer_export.report import onnx_latency_ms, write_report
@@ -31,7 +33,7 @@ from fer_train.data import DataError, SplitManifest, discover, load_split
 from fer_train.evaluate import resolve_manifest
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
-from fer_train.shift import training_view
+from fer_train.shift import training_view, with_inference_blur
 from fer_train.train import run as train_run
 
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions.
     g.add_argument("--keep-float", default="first_conv,avg_pool",
                    help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
+    g.add_argument("--input-blur", type=float, default=None, metavar="SIGMA",
+                   help="inference blur written into the exported contract instead of the checkpoint's; pick it on "
+                        "val with fer-eval --input-blur (the training deconvolution is kept)")  # fmt: skip
     g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
     g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
     g.add_argument("--seed", type=int, default=0)
@@ -165,6 +170,8 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     if args.distill_from:
         provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
     contract = contract.replace(provenance=provenance)
+    if args.input_blur is not None:
+        contract = _reconditioned(contract, args.input_blur, report)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
@@ -261,12 +268,23 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
     data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False) for s in manifest.splits}
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
+    if args.input_blur is not None:
+        proto = onnx.load(str(source))
+        set_contract(proto, _reconditioned(contract, args.input_blur, report))
+        save_onnx_atomic(proto, fp32_path)
     fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not args.int8)
     report["artefacts"].append(fp32_row)
     code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
     write_report(out, report)
     _print_summary(report)
     return code
+
+
+def _reconditioned(contract, sigma: float, report: dict):
+    new = with_inference_blur(contract, sigma)
+    report["notes"].append(f"inference blur {new.input_blur:g} (--input-blur) instead of {contract.input_blur:g}; "
+                           f"training conditioning kept in the contract's provenance")  # fmt: skip
+    return new
 
 
 def _distill(args, out: Path, report: dict) -> Path:

@@ -15,7 +15,7 @@ from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_ch
 from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
-from fer_train.shift import training_view
+from fer_train.shift import training_view, with_inference_blur
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--tta", default="none", choices=["none", "flip", "tencrop"], help="test-time augmentation")
+    p.add_argument("--input-blur", type=float, default=None, metavar="SIGMA",
+                   help="score with this inference blur instead of the contract's (training deconvolution kept); "
+                        "pick it on val, then export it with fer-export --input-blur")  # fmt: skip
     p.add_argument("--out-dir", default=None, help="where to write metrics (default: beside the checkpoint)")
     p.add_argument("--no-ema", action="store_true", help="use raw weights even if the checkpoint has EMA weights")
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal")
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         states = [load_checkpoint(c) for c in args.ckpt]
         members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]
+        if args.input_blur is not None:
+            if args.split == "train":
+                raise DataError("--input-blur changes inference inputs; the train split is scored as trained")
+            members = [(m, with_inference_blur(c, args.input_blur)) for m, c in members]
         contract = members[0][1]
         for path, (_, other) in zip(args.ckpt[1:], members[1:]):
             if (other.classes, other.channels, other.input_size) != (contract.classes, contract.channels,
@@ -90,18 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     probs = torch.stack([predict_logits(m.to(device), torch.from_numpy(np.ascontiguousarray(v)), c, device,
                                         tta=args.tta).softmax(1) for (m, c), v in zip(members, views)])  # fmt: skip
     metrics, _ = score_logits(probs.mean(0).clamp_min(1e-12).log(), torch.from_numpy(data.labels), list(contract.classes))
-    metrics.update(split=args.split, tta=args.tta, checkpoints=[str(Path(c).resolve()) for c in args.ckpt],
+    blurs = [c.input_blur for _, c in members]
+    metrics.update(split=args.split, tta=args.tta, input_blur=blurs, checkpoints=[str(Path(c).resolve()) for c in args.ckpt],
                    skipped_files=len(data.skipped), data_root=manifest.root)  # fmt: skip
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt[0]).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"eval_{args.split}" + ("" if args.tta == "none" else f"_{args.tta}")
+    stem += "" if args.input_blur is None else f"_blur{args.input_blur:g}"
     stem += f"_ensemble{len(members)}" if len(members) > 1 else ""
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
     plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{args.split} ({args.tta})")
     print(metrics_table(metrics))
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} ({metrics['num_samples']} "
-          f"images, tta {args.tta}, {len(members)} model(s)) -> {out_dir / (stem + '.json')}")  # fmt: skip
+          f"images, tta {args.tta}, input blur {'/'.join(f'{b:g}' for b in blurs)}, {len(members)} model(s)) "
+          f"-> {out_dir / (stem + '.json')}")  # fmt: skip
     return 0
 
 

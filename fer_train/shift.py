@@ -10,6 +10,7 @@ from fer_runtime.contract import ModelContract
 from fer_runtime.deblur import wiener_deconvolve
 
 SIGMAS = np.round(np.arange(0.0, 5.01, 0.25), 2)
+TRAINED_CONDITIONING = "trained_conditioning"  # provenance key, set when inference conditioning was changed
 
 
 def sharpness(images_u8: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
@@ -41,11 +42,33 @@ def estimate_input_blur(train_u8: np.ndarray, val_u8: np.ndarray, tolerance: flo
     return best, info
 
 
+def trained_conditioning(contract: ModelContract) -> tuple[float, float]:
+    """(blur sigma, deconvolution noise) the training images were seen with; ``with_inference_blur`` keeps it."""
+    kept = contract.provenance.get(TRAINED_CONDITIONING)
+    if kept:
+        return float(kept["input_blur"]), float(kept["input_deconv"])
+    return contract.input_blur, contract.input_deconv
+
+
+def with_inference_blur(contract: ModelContract, sigma: float) -> ModelContract:
+    """The contract with another inference blur sigma, say one picked on the validation split.
+
+    Only inference changes: the training images' own conditioning is recorded in the provenance, so
+    ``training_view`` (calibration, scoring the train split) still deconvolves them as in training.
+    """
+    blur, noise = trained_conditioning(contract)
+    return contract.replace(
+        input_blur=float(sigma), input_deconv=noise if sigma > 0 else 0.0,
+        provenance={**contract.provenance, TRAINED_CONDITIONING: {"input_blur": blur, "input_deconv": noise}},
+    )  # fmt: skip
+
+
 def training_view(images_u8: np.ndarray, contract: ModelContract) -> np.ndarray:
     """Training-split images as the model trains on them: Wiener-deconvolved when the contract says so."""
-    if contract.input_deconv <= 0:
+    blur, noise = trained_conditioning(contract)
+    if noise <= 0:
         return images_u8
-    return wiener_deconvolve(images_u8, contract.input_blur, contract.input_deconv)
+    return wiener_deconvolve(images_u8, blur, noise)
 
 
 def _power_spectrum(images_u8: np.ndarray) -> np.ndarray:

@@ -152,3 +152,53 @@ def test_deconvolution_without_a_blur_is_a_clear_error(tree_factory, tmp_path, c
     err = capsys.readouterr().err
     assert "--train-deconv needs blurred training images" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_inference_blur_picked_on_val_is_scored_and_exported_without_touching_the_training_view(
+    tree_factory, tmp_path, capsys
+):
+    from fer_export.cli import main as export_main
+    from fer_runtime.contract import read_onnx_contract
+    from fer_train.shift import training_view, with_inference_blur
+
+    root = tree_factory("train-val-test", per_class=8)
+    for f in (root / "train").rglob("*.png"):
+        cv2.imwrite(str(f), cv2.GaussianBlur(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (0, 0), 2.5))
+    assert train_main(["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "t", "--epochs", "1",
+                       "--model", "vgg", "--model-arg", "width=0.125", "--no-progress", "--amp", "off",
+                       "--input-blur", "2.5", "--train-deconv", "1e-3"]) == 0  # fmt: skip
+    ckpt = str(tmp_path / "t" / "best.pt")
+    scored = {}
+    for sigma in (None, "2.5", "4"):
+        extra = [] if sigma is None else ["--input-blur", sigma]
+        assert eval_main(["--ckpt", ckpt, "--split", "val", "--out-dir", str(tmp_path / "e"), *extra]) == 0
+        m = json.loads((tmp_path / "e" / f"eval_val{'' if sigma is None else '_blur' + sigma}.json").read_text())
+        scored[sigma] = (m["loss"], m["input_blur"])
+    assert scored[None] == scored["2.5"] == (scored[None][0], [2.5])
+    assert scored["4"][1] == [4.0] and scored["4"][0] != scored[None][0]
+    capsys.readouterr()
+    assert eval_main(["--ckpt", ckpt, "--split", "train", "--input-blur", "3", "--out-dir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "the train split is scored as trained" in err and err.count("\n") == 1
+    assert eval_main(["--ckpt", ckpt, "--split", "val", "--input-blur", "11"]) == 2
+    assert "input_blur must be in [0, 10]" in capsys.readouterr().err
+
+    assert export_main([ckpt, "--int8", "--input-blur", "4", "--calib-size", "12", "--max-drop", "100",
+                        "--out-dir", str(tmp_path), "--name", "x"]) == 0  # fmt: skip
+    trained = load_checkpoint(ckpt)["contract"]
+    images = _astronaut_crops(4)
+    for name in ("model.onnx", "model.int8.onnx"):
+        shipped = read_onnx_contract(tmp_path / "x" / name)
+        assert (shipped.input_blur, shipped.input_deconv) == (4.0, 1e-3)
+        assert shipped.provenance["trained_conditioning"] == {"input_blur": 2.5, "input_deconv": 1e-3}
+        assert np.array_equal(training_view(images, shipped), wiener_deconvolve(images, 2.5, 1e-3))
+    assert trained["input_blur"] == 2.5  # the checkpoint is untouched
+    # an exported ONNX model can be given another blur without its checkpoint
+    assert export_main([str(tmp_path / "x" / "model.onnx"), "--input-blur", "3", "--data-root", str(root),
+                        "--out-dir", str(tmp_path), "--name", "y"]) == 0  # fmt: skip
+    again = read_onnx_contract(tmp_path / "y" / "model.onnx")
+    assert again.input_blur == 3.0 and again.provenance["trained_conditioning"]["input_blur"] == 2.5
+    # a second change keeps the original training conditioning; sigma 0 switches inference conditioning off
+    off = with_inference_blur(with_inference_blur(shipped, 3.0), 0.0)
+    assert (off.input_blur, off.input_deconv) == (0.0, 0.0)
+    assert np.array_equal(training_view(images, off), wiener_deconvolve(images, 2.5, 1e-3))
