@@ -115,11 +115,18 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     ema: ModelEma | None = None,
     teacher: Teacher | None = None,
+    teacher_targets: torch.Tensor | None = None,
     kd_alpha: float = 0.0,
     kd_temperature: float = 4.0,
     progress: Callable[[Iterator], Iterator] | None = None,
 ) -> dict:
-    """One pass over ``order``; images are uint8 N x C x H x W in memory."""
+    """One pass over ``order``; images are uint8 N x C x H x W in memory.
+
+    Distillation takes either ``teacher`` (called on each augmented batch) or ``teacher_targets``
+    (teacher log-probabilities per training image, scored once; not with mixup/cutmix).
+    """
+    if teacher_targets is not None and (aug.mixup > 0 or aug.cutmix > 0):
+        raise ValueError("precomputed teacher targets cannot follow mixup/cutmix batches: use the online teacher")
     model.train()
     num_classes = contract.num_classes
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -138,9 +145,9 @@ def train_one_epoch(
         with autocast_context(device, amp):
             logits = model(x)
             loss = loss_fn(logits, target)
-            if teacher is not None and kd_alpha > 0:
+            if kd_alpha > 0 and (teacher is not None or teacher_targets is not None):
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
+                    teacher_logits = teacher_targets[idx].to(device) if teacher_targets is not None else teacher(x)
                 loss = (1 - kd_alpha) * loss + kd_alpha * distillation_loss(logits, teacher_logits, kd_temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")

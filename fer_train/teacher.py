@@ -3,6 +3,10 @@
 A teacher is a function from the student's normalised batch to logits. Several teachers, or one
 with flip TTA, act as one model whose logits are the log of their mean probability: the same
 ensemble ``fer-eval`` scores, so a teacher can be picked on validation before distilling from it.
+
+``teacher_targets`` scores the teachers once, on the un-augmented training images, instead of on
+every batch: no teacher cost per step, and each teacher sees the images as it was trained on them,
+so teachers with different input conditioning (say blurred and deconvolved) can be mixed.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fer_runtime.contract import ModelContract
+from fer_train.augment import normalize
 from fer_train.data import DataError
 from fer_train.engine import Teacher
+from fer_train.shift import training_view
 
 
 @dataclass
@@ -79,3 +86,30 @@ def _renormalised(teacher: LoadedTeacher, contract: ModelContract, device: torch
     mt, st = torch.tensor(tc.mean).view(1, -1, 1, 1), torch.tensor(tc.std).view(1, -1, 1, 1)
     scale, shift = (ss / st).to(device), ((ms - mt) / st).to(device)
     return lambda x: teacher.net(x * scale + shift)
+
+
+@torch.no_grad()
+def teacher_targets(
+    teachers: list[LoadedTeacher], images_u8: np.ndarray, device: torch.device, tta: str = "none", batch_size: int = 256
+) -> torch.Tensor:
+    """Log of the teachers' mean probability for every training image (N x K), scored once.
+
+    Each teacher sees ``images_u8`` as it was trained on them (``training_view``: deconvolved or not)
+    and normalised by its own contract; ``tta="flip"`` adds each one's mirror view.
+    """
+    probs = None
+    for t in teachers:
+        if hasattr(t.net, "eval"):
+            t.net.eval()
+        view = training_view(images_u8, t.contract)
+        chunks = []
+        for i in range(0, len(view), batch_size):
+            x = normalize(torch.from_numpy(np.ascontiguousarray(view[i : i + batch_size])), t.contract.mean, t.contract.std)
+            x = x.to(device)
+            p = F.softmax(t.net(x).float(), dim=1)
+            if tta == "flip":
+                p = (p + F.softmax(t.net(x.flip(-1)).float(), dim=1)) / 2
+            chunks.append(p.cpu())
+        member = torch.cat(chunks)
+        probs = member if probs is None else probs + member
+    return (probs / len(teachers)).clamp_min(1e-12).log()

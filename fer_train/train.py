@@ -29,7 +29,7 @@ from fer_train.engine import ModelEma, cpu_has_native_bf16, epoch_indices, evalu
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
-from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths
+from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths, teacher_targets
 
 DEFAULTS = {
     "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
@@ -43,7 +43,8 @@ DEFAULTS = {
     "policy": "none", "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0,
     "amp": "auto", "channels_last": False, "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
     "seed": 0, "deterministic": False, "out_dir": "runs", "name": None, "device": "auto", "threads": 0,
-    "no_progress": False, "teacher": None, "teacher_tta": "none", "kd_alpha": 0.7, "kd_temperature": 4.0,
+    "no_progress": False, "teacher": None, "teacher_tta": "none", "teacher_targets": "online", "kd_alpha": 0.7,
+    "kd_temperature": 4.0,
 }  # fmt: skip
 
 
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "several are averaged (mean probability)")
     g.add_argument("--teacher-tta", choices=["none", "flip"], default=S,
                    help="average each teacher over the batch and its mirror image")
+    g.add_argument("--teacher-targets", choices=["online", "cached"], default=S,
+                   help="online: teachers score every augmented batch; cached: they score the un-augmented training "
+                   "images once, each as it was trained on them (no per-step cost; mixes teachers with different "
+                   "input conditioning; not with mixup/cutmix)")
     g.add_argument("--kd-alpha", type=float, default=S, help="weight of the KD term")
     g.add_argument("--kd-temperature", type=float, default=S)
     return p
@@ -259,6 +264,8 @@ def run(argv: list[str] | None = None) -> int:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
     teachers = [load_teacher(p, device, args.threads) for p in teacher_paths(args.teacher)]
     check_teachers(teachers, manifest.classes, contract.channels, contract.input_size)
+    if teachers and args.teacher_targets == "cached" and (args.mixup > 0 or args.cutmix > 0):
+        raise DataError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
     if resume_state is not None:
         resumed = contract_of(resume_state)
@@ -380,8 +387,18 @@ def run(argv: list[str] | None = None) -> int:
         shift=args.shift, scale=(args.scale_min, args.scale_max), rotation=args.rotation, hflip=not args.no_hflip,
         erasing=args.erasing, policy=args.policy, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
     )  # fmt: skip
-    teacher = make_teacher(teachers, contract, device, args.teacher_tta) if teachers else None
-    for t in teachers:
+    teacher, cached_targets = None, None
+    if teachers and args.teacher_targets == "cached" and train_labels is not None:
+        started = time.perf_counter()
+        cached_targets = teacher_targets(teachers, decoded["train"].images, device, args.teacher_tta)
+        if is_main:
+            agree = (cached_targets.argmax(1) == train_labels).float().mean().item()
+            print(f"fer-train: {len(teachers)} teacher(s) scored the {len(cached_targets)} training images once "
+                  f"(tta {args.teacher_tta}, {time.perf_counter() - started:.0f}s); their top class matches the "
+                  f"label for {agree:.1%}")  # fmt: skip
+    elif teachers:
+        teacher = make_teacher(teachers, contract, device, args.teacher_tta)
+    for t in teachers if teacher is not None else []:
         if (t.contract.input_blur, t.contract.input_deconv) != (contract.input_blur, contract.input_deconv) and is_main:
             print(f"fer-train: warning: teacher {t.path} conditions its inputs with blur {t.contract.input_blur} / "
                   f"deconvolution {t.contract.input_deconv}, the student's batches with {contract.input_blur} / "
@@ -435,7 +452,8 @@ def run(argv: list[str] | None = None) -> int:
             train_model, train_images, train_labels, order, batch_size=args.batch_size, optimizer=optimizer,
             scheduler=scheduler, loss_fn=loss_fn, contract=contract, aug=aug, device=device, amp=amp, scaler=scaler,
             accum_steps=args.accum_steps, clip_grad=args.clip_grad, label_smoothing=args.label_smoothing, ema=ema,
-            teacher=teacher, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, progress=progress,
+            teacher=teacher, teacher_targets=cached_targets, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+            progress=progress,
         )  # fmt: skip
         val_metrics, _ = evaluate(eval_model(), val_images, val_labels, contract, device, amp=amp)
         record = {

@@ -16,7 +16,8 @@ from fer_runtime.session import OnnxModel
 from fer_train.checkpoint import fit_modules_to_state_dict, load_checkpoint, model_from_checkpoint
 from fer_train.losses import distillation_loss
 from fer_train.models import create_model
-from fer_train.teacher import load_teacher, make_teacher
+from fer_train.shift import training_view
+from fer_train.teacher import LoadedTeacher, load_teacher, make_teacher, teacher_targets
 from fer_train.train import main as train_main
 
 CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.3,), crop_margin=0.15,
@@ -312,6 +313,49 @@ def test_onnx_teacher_matches_its_checkpoint_and_ensembles_average_probabilities
     torch.testing.assert_close(from_onnx, direct, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(pair.softmax(1), direct.softmax(1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(flipped.exp(), (direct.softmax(1) + mirror.softmax(1)) / 2)
+
+
+def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_own_view(trained_run):
+    run, _ = trained_run
+    cpu = torch.device("cpu")
+    pt = load_teacher(str(run / "best.pt"), cpu)
+    images = np.random.default_rng(0).integers(0, 256, (10, 1, 48, 48), dtype=np.uint8)
+    student = pt.contract.replace(mean=(0.3,), std=(0.2,))
+    x = (torch.from_numpy(images).float() / 255 - 0.3) / 0.2
+    with torch.no_grad():
+        online = make_teacher([pt], student, cpu, tta="flip")(x)
+    torch.testing.assert_close(teacher_targets([pt], images, cpu, tta="flip"), online, atol=1e-5, rtol=1e-5)
+
+    # a teacher trained on deconvolved images scores their deconvolved view; one trained on raw images, the raw view
+    seen = {}
+
+    def recorder(name):
+        def net(batch):
+            seen[name] = batch.clone()
+            return torch.zeros(len(batch), 3)
+        return net
+
+    raw = ModelContract(classes=("a", "b", "c"), mean=(0.5,), std=(0.5,))
+    deconv = raw.replace(input_blur=2.0, input_deconv=1e-3)
+    targets = teacher_targets([LoadedTeacher("raw", raw, recorder("raw")), LoadedTeacher("deconv", deconv, recorder("deconv"))],
+                              images, cpu)  # fmt: skip
+    torch.testing.assert_close(seen["raw"], (torch.from_numpy(images).float() / 255 - 0.5) / 0.5)
+    expected = (torch.from_numpy(training_view(images, deconv)).float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(seen["deconv"], expected)
+    assert not torch.equal(seen["raw"], seen["deconv"])
+    torch.testing.assert_close(targets.exp(), torch.full((10, 3), 1 / 3))
+
+
+def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
+    run, root = trained_run
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--model", "vgg", "--model-arg", "width=0.125",
+            "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off",
+            "--teacher", str(run / "best.pt"), "--teacher-targets", "cached", "--teacher-tta", "flip"]  # fmt: skip
+    assert train_main([*args, "--name", "c"]) == 0
+    assert "1 teacher(s) scored the 96 training images once (tta flip" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["teacher_targets"] == "cached"
+    assert train_main([*args, "--name", "m", "--mixup", "0.2"]) == 2
+    assert "cannot follow mixup/cutmix" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tmp_path, capsys):
