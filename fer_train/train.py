@@ -398,8 +398,9 @@ def run(argv: list[str] | None = None) -> int:
                   f"label for {agree:.1%}")  # fmt: skip
     elif teachers:
         teacher = make_teacher(teachers, contract, device, args.teacher_tta)
-    for t in teachers if teacher is not None else []:
-        if (t.contract.input_blur, t.contract.input_deconv) != (contract.input_blur, contract.input_deconv) and is_main:
+        for t in teachers:  # online teachers see the student's batches
+            if (t.contract.input_blur, t.contract.input_deconv) == (contract.input_blur, contract.input_deconv) or not is_main:
+                continue
             print(f"fer-train: warning: teacher {t.path} conditions its inputs with blur {t.contract.input_blur} / "
                   f"deconvolution {t.contract.input_deconv}, the student's batches with {contract.input_blur} / "
                   f"{contract.input_deconv}: it sees inputs unlike its own training images", file=sys.stderr)  # fmt: skip
