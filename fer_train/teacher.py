@@ -99,17 +99,12 @@ def teacher_targets(
     """
     probs = None
     for t in teachers:
-        if hasattr(t.net, "eval"):
-            t.net.eval()
+        score = make_teacher([t], t.contract, device, tta)  # in the teacher's own normalisation: no renormalising
         view = training_view(images_u8, t.contract)
         chunks = []
         for i in range(0, len(view), batch_size):
             x = normalize(torch.from_numpy(np.ascontiguousarray(view[i : i + batch_size])), t.contract.mean, t.contract.std)
-            x = x.to(device)
-            p = F.softmax(t.net(x).float(), dim=1)
-            if tta == "flip":
-                p = (p + F.softmax(t.net(x.flip(-1)).float(), dim=1)) / 2
-            chunks.append(p.cpu())
+            chunks.append(F.softmax(score(x.to(device)).float(), dim=1).cpu())
         member = torch.cat(chunks)
         probs = member if probs is None else probs + member
     return (probs / len(teachers)).clamp_min(1e-12).log()
