@@ -17,8 +17,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks.data import BenchDataError, class_mapping, find_split, load_images
+from benchmarks.data import bench_manifest, class_mapping, load_for
 from fer_runtime.contract import ContractError
+from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.profiling import time_interleaved
 from fer_runtime.session import OnnxModel
@@ -91,40 +92,44 @@ def stats_ms(samples: list[float]) -> dict:
 def default_models() -> list[str]:
     from fer_models import MODELS_DIR
 
-    shipped = ["fer_teacher.onnx", "fer_default.onnx", "fer_default.int8.onnx"]  # the teacher ships only when small
+    shipped = ["ferplus.onnx", "ferplus.int8.onnx", "fer2013.onnx", "fer2013.int8.onnx"]
     return [str(MODELS_DIR / name) for name in shipped if (MODELS_DIR / name).is_file()]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--models", "model_paths", multiple=True, help="ONNX files (default: the shipped models)")
-@click.option("--data-root", envvar="FER_DATA_ROOT", required=True, help="image folders (env FER_DATA_ROOT)")
-@click.option("--protocol", type=click.Choice(["fer2013"]), default=None)
+@click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
+@click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out-dir", default="bench_results", show_default=True)
 @click.option("--predictions", default=None, help="per-image predictions CSV")
 @click.option("--pipeline", "pipeline_video", default=None, help="video for end-to-end fer-run throughput")
 @click.option("--torch", "torch_ckpt", default=None, help="add a PyTorch checkpoint row (needs the [train] extra)")
 @click.option("--calls", type=int, default=30, show_default=True, help="timed calls per model per round (10 rounds)")
-def main(model_paths, data_root, protocol, split, out_dir, predictions, pipeline_video, torch_ckpt, calls):
+def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls):
     """Compare ONNX models: quality, latency, throughput, size and memory, on one split of real data."""
     try:
-        results = run(list(model_paths) or default_models(), data_root, protocol, split, Path(out_dir), predictions,
+        data = bench_manifest(data_root, protocol, manifest)
+        results = run(list(model_paths) or default_models(), data, split, Path(out_dir), predictions,
                       pipeline_video, torch_ckpt, calls)  # fmt: skip
-    except (BenchDataError, ContractError) as exc:
+    except (DataError, ContractError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
 
 
-def run(model_paths, data_root, protocol, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls) -> dict:
+def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls) -> dict:
     threads_all = os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
     one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
-    classes, items = find_split(data_root, split, protocol)
+    classes = manifest.classes
+    if split not in manifest.splits:
+        raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
     rows: dict[str, dict] = {}
     preds: dict[str, np.ndarray] = {}
-    cache: dict[tuple, tuple] = {}
+    cache: dict[tuple, object] = {}
     labels = None
     for name, path in zip(names, paths):
         model = one[name]
@@ -132,15 +137,19 @@ def run(model_paths, data_root, protocol, split, out_dir: Path, predictions, pip
         c = model.contract
         key = (c.channels, c.input_size)
         if key not in cache:
-            cache[key] = load_images(items, c)
-        images, labels, image_paths, skipped = cache[key]
+            cache[key] = load_for(manifest, split, c)
+            if cache[key].skipped:
+                click.echo(f"fer-bench: warning: {len(cache[key].skipped)} unreadable images skipped, e.g. "
+                           f"{cache[key].skipped[0][0]}", err=True)  # fmt: skip
+        decoded = cache[key]
+        images, labels, image_paths, skipped = decoded.images, decoded.labels, decoded.paths, decoded.skipped
         allm = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
         probs = allm.predict_pixels(images)[:, mapping]  # columns in data class order
         preds[name] = probs.argmax(1)
         rows[name] = {"file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "params": param_count(path),
                       "quality": metrics(labels, preds[name], classes), "skipped_images": len(skipped)}  # fmt: skip
     if torch_ckpt:
-        _torch_row(torch_ckpt, items, classes, rows, preds)
+        _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     # Speed: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32.
     allc = {n: OnnxModel(p, threads=0, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
     with click.progressbar(length=3, label="timing (interleaved)") as bar:
@@ -164,7 +173,8 @@ def run(model_paths, data_root, protocol, split, out_dir: Path, predictions, pip
                     rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
     pipeline = _pipeline(pipeline_video, names, paths) if pipeline_video else None
     results = {
-        "data": {"root": str(data_root), "split": split, "protocol": protocol, "images": int(len(labels)), "classes": classes},
+        "data": {"root": manifest.root, "split": split, "protocol": manifest.protocol, "layout": manifest.layout,
+                 "images": int(len(labels)), "classes": classes},
         "machine": machine_info(threads_all), "models": rows, "agreement": agreement, "ratios": ratios,
         "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]),
     }  # fmt: skip
@@ -180,7 +190,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{p.parent.name}/{p.name}" for n, p in zip(names, paths)]
 
 
-def _torch_row(ckpt, items, classes, rows, preds) -> None:
+def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
     try:
         import torch
 
@@ -191,11 +201,11 @@ def _torch_row(ckpt, items, classes, rows, preds) -> None:
         return
     model, contract = model_from_checkpoint(load_checkpoint(ckpt))
     mapping = class_mapping(contract.classes, classes)
-    images, labels, _, _ = load_images(items, contract)
-    logits = predict_logits(model, torch.from_numpy(images), contract, torch.device("cpu"))
+    decoded = load_for(manifest, split, contract)
+    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(decoded.images)), contract, torch.device("cpu"))
     name = f"pytorch:{Path(ckpt).name}"
     preds[name] = logits.numpy()[:, mapping].argmax(1)
-    rows[name] = {"file": str(ckpt), "quality": metrics(labels, preds[name], classes)}
+    rows[name] = {"file": str(ckpt), "quality": metrics(decoded.labels, preds[name], classes)}
 
 
 def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
@@ -208,7 +218,7 @@ def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
         try:
             source = open_source(source=video)
         except SourceError as exc:
-            raise BenchDataError(str(exc)) from None
+            raise DataError(str(exc)) from None
         clf = FaceExpressionClassifier(path, detect_every=3, detect_width=320)
         stats = run_pipeline(clf, source)
         out[name] = {"fps": stats["fps"], "frames": stats["frames"], "faces": stats["faces"],

@@ -5,7 +5,6 @@
     fer-export RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
     fer-export STUDENT.pt --prune 0.5 --distill-from TEACHER.pt     # the teacher guides the fine-tune
     fer-export model.onnx --int8 --data-root ROOT      # quantize an exported model
-    fer-export RUN/best.pt --int8 --input-blur 3.0     # ship an inference blur picked on val (fer-eval --input-blur)
 """
 
 from __future__ import annotations
@@ -19,21 +18,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
-from fer_export.onnx_export import ExportError, export_onnx, parity_check, save_onnx_atomic, set_contract
+from fer_export.onnx_export import ExportError, export_onnx, parity_check
 from fer_export.prune import PruneError, count_flops_params, prune_channels
 from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
 from fer_export.report import onnx_latency_ms, write_report
 from fer_runtime.contract import ContractError, read_onnx_contract
+from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
 from fer_runtime.session import OnnxModel
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from fer_train.data import DataError, SplitManifest, discover, load_split
-from fer_train.evaluate import resolve_manifest
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
-from fer_train.shift import training_view, with_inference_blur
 from fer_train.train import run as train_run
 
 
@@ -43,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="exports", help="parent folder; one subfolder per export")
     p.add_argument("--name", default=None, help="export folder name (default: source name + time)")
     p.add_argument("--data-root", default=None, help="data for calibration and scoring (default: the run's)")
-    p.add_argument("--protocol", default=None, choices=["fer2013"], help="for an ONNX source without a run manifest")
+    p.add_argument("--protocol", default=None, choices=PROTOCOLS, help="for an ONNX source without a run manifest")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=None, metavar="TEACHER.pt", help="train a student from this teacher")
     g.add_argument("--student", default=None, help="student model name (registry or timm:<name>)")
@@ -68,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions.
     g.add_argument("--keep-float", default="first_conv,avg_pool",
                    help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
-    g.add_argument("--input-blur", type=float, default=None, metavar="SIGMA",
-                   help="inference blur written into the exported contract instead of the checkpoint's; pick it on "
-                        "val with fer-eval --input-blur (the training deconvolution is kept)")  # fmt: skip
     g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
     g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
     g.add_argument("--seed", type=int, default=0)
@@ -153,7 +146,7 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     state = load_checkpoint(ckpt)
     model, contract = model_from_checkpoint(state)
     manifest = _manifest(state, args.data_root)
-    data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False)
+    data = {s: load_split(manifest, s, contract.channels, contract.input_size)
             for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
     torch_row = _torch_row("student (pytorch)" if args.distill_from else "pytorch", model, contract, data)
     report["artefacts"].append(torch_row)
@@ -170,8 +163,6 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     if args.distill_from:
         provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
     contract = contract.replace(provenance=provenance)
-    if args.input_blur is not None:
-        contract = _reconditioned(contract, args.input_blur, report)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
@@ -189,9 +180,7 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
 
 
 def _manifest(state: dict, data_root: str | None) -> SplitManifest:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return resolve_manifest(state, data_root)
+    return run_manifest(state.get("manifest"), data_root, state.get("train_args", {}))
 
 
 def _torch_row(label: str, model, contract, data) -> dict:
@@ -223,7 +212,7 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     contract = read_onnx_contract(fp32_path)
     train = data["train"]
     idx = stratified_sample(train.labels, args.calib_size, args.seed)
-    reader = FaceCalibrationReader(training_view(train.images[idx], contract), contract)
+    reader = FaceCalibrationReader(train.images[idx], contract)
     keep = [k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
     int8_row = _onnx_row("onnx int8", int8_path, data, timed=False)
@@ -262,29 +251,19 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layout = contract.provenance.get("layout")
-        manifest = discover(root, args.protocol or ("fer2013" if layout == "fer2013" else None))
+        protocol = args.protocol or contract.provenance.get("protocol") or ("fer2013" if layout == "fer2013" else None)
+        manifest = discover(root, protocol, label_mode=contract.provenance.get("label_mode") if protocol == "ferplus" else None)
     if manifest.classes != list(contract.classes):
         raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
-    data = {s: load_split(manifest, s, contract.channels, contract.input_size, progress=False) for s in manifest.splits}
+    data = {s: load_split(manifest, s, contract.channels, contract.input_size) for s in manifest.splits}
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
-    if args.input_blur is not None:
-        proto = onnx.load(str(source))
-        set_contract(proto, _reconditioned(contract, args.input_blur, report))
-        save_onnx_atomic(proto, fp32_path)
     fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not args.int8)
     report["artefacts"].append(fp32_row)
     code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
     write_report(out, report)
     _print_summary(report)
     return code
-
-
-def _reconditioned(contract, sigma: float, report: dict):
-    new = with_inference_blur(contract, sigma)
-    report["notes"].append(f"inference blur {new.input_blur:g} (--input-blur) instead of {contract.input_blur:g}; "
-                           f"training conditioning kept in the contract's provenance")  # fmt: skip
-    return new
 
 
 def _distill(args, out: Path, report: dict) -> Path:
@@ -295,8 +274,7 @@ def _distill(args, out: Path, report: dict) -> Path:
     student_args = [x for kv in args.student_arg for x in ("--model-arg", kv)]
     common = ["--data-root", root, "--model", args.student, *student_args, "--epochs", str(args.epochs),
               "--out-dir", str(out), "--seed", str(args.seed), "--no-progress", *args.train_arg]  # fmt: skip
-    if teacher.get("train_args", {}).get("protocol"):
-        common += ["--protocol", teacher["train_args"]["protocol"]]
+    common += _protocol_args(teacher)
     _train_stage(args, out / "student_kd", [*common, "--name", "student_kd", *_kd_args(args)], "student training")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
     if args.compare_baseline:
@@ -329,6 +307,12 @@ def _finished(run_dir: Path) -> bool:
     return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
 
 
+def _protocol_args(state: dict) -> list[str]:
+    saved = state.get("train_args", {})
+    out = ["--protocol", saved["protocol"]] if saved.get("protocol") else []
+    return out + (["--label-mode", saved["label_mode"]] if saved.get("label_mode") else [])
+
+
 def _kd_args(args: argparse.Namespace) -> list[str]:
     return ["--teacher", args.distill_from, "--kd-alpha", str(args.kd_alpha), "--kd-temperature", str(args.kd_temperature)]
 
@@ -350,8 +334,7 @@ def _prune(args, state, model, contract, data, out: Path, report: dict):
         cmd = ["--init", str(init_path), "--data-root", root, "--epochs", str(args.finetune_epochs),
                "--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--out-dir", str(out), "--name", "pruned_finetune",
                "--no-progress", *args.train_arg]  # fmt: skip
-        if state.get("train_args", {}).get("protocol"):
-            cmd += ["--protocol", state["train_args"]["protocol"]]
+        cmd += _protocol_args(state)
         if args.distill_from:  # the fine-tune keeps learning from the teacher, not from hard labels alone
             cmd += _kd_args(args)
         _train_stage(args, out / "pruned_finetune", cmd, "fine-tuning the pruned model")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.data import atomic_write_text
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
-from fer_train.data import atomic_write_text
 
 
 def onnx_latency_ms(*paths: Path, rounds: int = 10, calls: int = 30) -> list[float]:

@@ -13,16 +13,26 @@ from fer_runtime.profiling import StageTimer
 from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker
 
-DEFAULT_MODEL_NAME = "fer_default.int8.onnx"
+# Shipped models by name (``fer-run --model NAME``); the first is the default.
+SHIPPED_MODELS = {"ferplus": "ferplus.int8.onnx", "fer2013": "fer2013.int8.onnx"}
+DEFAULT_MODEL = "ferplus"
 
 
-def default_model_path() -> Path:
+def resolve_model(name_or_path: str | Path | None) -> Path:
+    """A shipped model's name (ferplus, fer2013), or a path to any ONNX file with a fer_contract."""
+    key = str(name_or_path or DEFAULT_MODEL)
+    if key not in SHIPPED_MODELS:
+        return Path(key)
     from fer_models import MODELS_DIR
 
-    path = MODELS_DIR / DEFAULT_MODEL_NAME
+    path = MODELS_DIR / SHIPPED_MODELS[key]
     if not path.is_file():
         raise ContractError(f"the shipped model {path} is missing from this install: pass --model PATH")
     return path
+
+
+def default_model_path() -> Path:
+    return resolve_model(None)
 
 
 @dataclass
@@ -58,7 +68,7 @@ class FaceExpressionClassifier:
         threads: int = 0,
         providers: list[str] | None = None,
     ):
-        self.model = OnnxModel(model_path or default_model_path(), threads=threads, providers=providers)
+        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers)
         self.contract = self.model.contract
         self.classes = self.contract.classes
         self.detector = create_detector(detector, detector_model, detect_width)

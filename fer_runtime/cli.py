@@ -113,7 +113,7 @@ def run_pipeline(
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--camera", type=int, default=None, help="camera index (e.g. 0)")
 @click.option("--source", default=None, help="video file, image, folder of images, or stream URL")
-@click.option("--model", "model_path", default=None, help="ONNX model with a fer_contract (default: shipped INT8)")
+@click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
 @click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar", show_default=True)
 @click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
 @click.option("--detect-width", type=int, default=320, show_default=True, help="detect on a frame this wide")

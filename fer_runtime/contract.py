@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 METADATA_KEY = "fer_contract"
-# The newest contract this code reads. A contract is written with the lowest version that holds it
-# (2 only with input_deconv), so older runtimes refuse what they would apply wrongly and read the rest.
-CONTRACT_VERSION = 2
+# Version 3 dropped the input conditioning (blur / deconvolution) of models trained on a blurred FER2013
+# copy and added ``temperature``. Older files are refused: such a model was trained on images unlike
+# real faces, and a file without conditioning was still made before the repaired data.
+CONTRACT_VERSION = 3
 
 
 class ContractError(ValueError):
@@ -35,12 +36,9 @@ class ModelContract:
     # Fraction of the detector box added on every side before cropping.
     # FER2013 faces are framed tightly, so the default is small.
     crop_margin: float = 0.1
-    # Gaussian blur (sigma, in model-input pixels) applied to every input at inference, so sharp
-    # camera or test crops look like the (blurrier) images the model was trained on. 0 disables.
-    input_blur: float = 0.0
-    # Wiener noise-to-signal constant. > 0: the training images were deconvolved for the input_blur sigma
-    # (fer-train --train-deconv), and inference inputs get that blur and the same deconvolution.
-    input_deconv: float = 0.0
+    # Softmax temperature fitted on the validation split (calibrated confidence): probabilities are
+    # softmax(logits / temperature). 1.0: not calibrated.
+    temperature: float = 1.0
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = CONTRACT_VERSION
 
@@ -66,12 +64,8 @@ class ModelContract:
             raise ContractError("std values must be positive")
         if self.output not in ("logits", "probabilities"):
             raise ContractError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
-        if not 0.0 <= self.input_blur <= 10.0:
-            raise ContractError(f"input_blur must be in [0, 10], got {self.input_blur}")
-        if not 0.0 <= self.input_deconv < 1.0:
-            raise ContractError(f"input_deconv must be in [0, 1), got {self.input_deconv}")
-        if self.input_deconv > 0 and self.input_blur <= 0:
-            raise ContractError("input_deconv needs an input_blur sigma to deconvolve")
+        if not 0.05 <= self.temperature <= 20.0:
+            raise ContractError(f"temperature must be in [0.05, 20], got {self.temperature}")
         if not 0.0 <= self.crop_margin < 1.0:
             raise ContractError(f"crop_margin must be in [0, 1), got {self.crop_margin}")
 
@@ -90,7 +84,7 @@ class ModelContract:
         data["input_size"] = list(self.input_size)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
-        data["version"] = 2 if self.input_deconv > 0 else 1
+        data["version"] = CONTRACT_VERSION
         return data
 
     def to_json(self) -> str:
@@ -102,10 +96,15 @@ class ModelContract:
         missing = [k for k in required if k not in data]
         if missing:
             raise ContractError(f"contract is missing {', '.join(missing)}")
-        version = int(data.get("version", CONTRACT_VERSION))
+        version = int(data.get("version", 1))
         if version > CONTRACT_VERSION:
             raise ContractError(
                 f"contract version {version} is newer than this runtime understands ({CONTRACT_VERSION})"
+            )
+        if version < CONTRACT_VERSION:
+            raise ContractError(
+                f"contract version {version} comes from an older fer-toolchain (this one reads version "
+                f"{CONTRACT_VERSION}): export the model again with fer-export"
             )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -125,24 +124,8 @@ class ModelContract:
         height, width = self.input_size
         batch = np.empty((len(crops), self.channels, height, width), dtype=np.float32)
         for i, crop in enumerate(crops):
-            batch[i] = _to_model_layout(crop, self.channels, height, width)
-        return self.normalize(self.condition(batch))
-
-    def condition(self, batch: np.ndarray) -> np.ndarray:
-        """The inference-only input conditioning (``input_blur``, ``input_deconv``) on N x C x H x W pixels."""
-        if self.input_blur <= 0:
-            return batch
-        if self.input_deconv > 0:
-            from fer_runtime.deblur import blur_deconvolve
-
-            return blur_deconvolve(batch, self.input_blur, self.input_deconv)
-        import cv2
-
-        out = np.empty_like(batch)
-        for i in range(len(batch)):
-            for ch in range(batch.shape[1]):
-                out[i, ch] = cv2.GaussianBlur(batch[i, ch], (0, 0), self.input_blur, borderType=cv2.BORDER_REFLECT)
-        return out
+            batch[i] = to_model_layout(crop, self.channels, height, width)
+        return self.normalize(batch)
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """Pixel values (0..255, N x C x H x W, model colour order) -> the model's input."""
@@ -155,7 +138,11 @@ class ModelContract:
         return out
 
 
-def _to_model_layout(crop: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
+def to_model_layout(crop: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
+    """A BGR, BGRA or gray uint8 image -> uint8 C x H x W in the model's colour mode and size.
+
+    The one conversion: training's decoder and the runtime's preprocessing both call it.
+    """
     import cv2
 
     if crop.ndim == 3 and crop.shape[2] == 1:
@@ -165,12 +152,12 @@ def _to_model_layout(crop: np.ndarray, channels: int, height: int, width: int) -
     if channels == 1:
         if crop.ndim == 3:
             crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        return resize_for_model(crop, height, width)[None].astype(np.float32)
+        return resize_for_model(crop, height, width)[None]
     if crop.ndim == 2:
         crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
     # Models are trained on RGB; OpenCV frames are BGR.
     rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
-    return resize_for_model(rgb, height, width).transpose(2, 0, 1).astype(np.float32)
+    return resize_for_model(rgb, height, width).transpose(2, 0, 1)
 
 
 def resize_for_model(image: np.ndarray, height: int, width: int) -> np.ndarray:

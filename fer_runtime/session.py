@@ -43,16 +43,25 @@ class OnnxModel:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        out = self.run(batch)
-        if self.contract.output == "probabilities":
-            return out
-        out = out - out.max(axis=1, keepdims=True)
-        np.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
-        return out
+        """Calibrated class probabilities: softmax(logits / the contract's temperature)."""
+        return calibrated_probabilities(self.run(batch), self.contract.output, self.contract.temperature)
 
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 N x C x H x W (model colour order, model size) -> probabilities N x K, conditioned per the contract."""
-        outs = [self.probabilities(self.contract.normalize(self.contract.condition(images[i : i + batch_size])))
+        """uint8 N x C x H x W (model colour order, model size) -> calibrated probabilities N x K."""
+        outs = [self.probabilities(self.contract.normalize(images[i : i + batch_size]))
                 for i in range(0, len(images), batch_size)]  # fmt: skip
         return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
+
+
+def calibrated_probabilities(out: np.ndarray, kind: str = "logits", temperature: float = 1.0) -> np.ndarray:
+    """A model's raw output (logits, or probabilities) -> softmax(logits / temperature), float32."""
+    out = np.asarray(out, dtype=np.float32)
+    if kind == "probabilities":
+        if temperature == 1.0:
+            return out
+        out = np.log(np.clip(out, 1e-12, None))
+    out = out / np.float32(temperature)
+    out = out - out.max(axis=1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out

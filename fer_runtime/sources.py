@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+from fer_runtime.data import IMAGE_EXTENSIONS, read_image
 
 
 class SourceError(RuntimeError):
@@ -38,7 +38,7 @@ class ImageSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
-            yield Frame(i, float(i), cv2.imread(str(p), cv2.IMREAD_COLOR), p.name)
+            yield Frame(i, float(i), read_image(p), p.name)
 
     def close(self) -> None:
         pass

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fer_runtime.contract import ContractError, ModelContract
+from fer_runtime.contract import CONTRACT_VERSION, ContractError, ModelContract
 from fer_train.models import create_model
 
 FORMAT = "fer-checkpoint"
@@ -62,9 +62,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def contract_of(state: dict[str, Any]) -> ModelContract:
     try:
-        return ModelContract.from_dict(state["contract"])
+        return ModelContract.from_dict(upgraded_contract(state["contract"]))
     except (ContractError, TypeError) as exc:
         raise CheckpointError(f"checkpoint contract is invalid: {exc}") from None
+
+
+def upgraded_contract(data: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's contract in the current version, so runs started before a contract change still resume.
+
+    Older contracts upgrade when every field the current version lacks is unset (0, empty); a checkpoint
+    whose contract sets such a field (the retired input conditioning) is refused: it needs retraining.
+    """
+    if int(data.get("version", 1)) >= CONTRACT_VERSION:
+        return data
+    known = set(ModelContract.__dataclass_fields__)
+    retired = sorted(k for k, v in data.items() if k not in known and v)
+    if retired:
+        raise ContractError(f"the model was trained with {', '.join(retired)} set, which this fer-toolchain no longer "
+                            "supports (it was for a blurred FER2013 copy): train it again")  # fmt: skip
+    return {**{k: v for k, v in data.items() if k in known}, "version": CONTRACT_VERSION}
 
 
 def model_from_checkpoint(state: dict[str, Any], prefer_ema: bool = True) -> tuple[nn.Module, ModelContract]:

@@ -95,10 +95,38 @@ def epoch_indices(
 Teacher = Callable[[torch.Tensor], torch.Tensor]
 
 
+class LabelTargets:
+    """The target distribution of each training image: its one-hot label, or a soft label.
+
+    ``distributions`` (N x K, e.g. FER+ vote distributions) are trained on as they are (``crossentropy``)
+    or, with ``sample``, give one label drawn per image per epoch (``probability``), seeded by the epoch
+    so a resumed run draws the same labels. Label smoothing applies to either.
+    """
+
+    def __init__(self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0,
+                 distributions: torch.Tensor | None = None, sample: bool = False, seed: int = 0):  # fmt: skip
+        if distributions is not None and distributions.shape != (len(labels), num_classes):
+            raise ValueError(f"distributions must be {len(labels)} x {num_classes}, got {tuple(distributions.shape)}")
+        self.labels, self.num_classes, self.smoothing = labels, num_classes, smoothing
+        self.distributions, self.sample, self.seed = distributions, sample, seed
+        self._epoch_labels = labels
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.distributions is not None and self.sample:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7)
+            self._epoch_labels = torch.multinomial(self.distributions.double(), 1, generator=g)[:, 0]
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.distributions is not None and not self.sample:
+            target = self.distributions[idx].float()
+            return target * (1.0 - self.smoothing) + self.smoothing / self.num_classes if self.smoothing else target
+        return one_hot_smoothed(self._epoch_labels[idx], self.num_classes, self.smoothing)
+
+
 def train_one_epoch(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    targets: LabelTargets,
     order: torch.Tensor,
     *,
     batch_size: int,
@@ -112,7 +140,6 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     accum_steps: int = 1,
     clip_grad: float = 0.0,
-    label_smoothing: float = 0.0,
     ema: ModelEma | None = None,
     teacher: Teacher | None = None,
     teacher_targets: torch.Tensor | None = None,
@@ -128,7 +155,6 @@ def train_one_epoch(
     if teacher_targets is not None and (aug.mixup > 0 or aug.cutmix > 0):
         raise ValueError("precomputed teacher targets cannot follow mixup/cutmix batches: use the online teacher")
     model.train()
-    num_classes = contract.num_classes
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches = batches[:-1]  # BatchNorm cannot train on a batch of one
@@ -138,8 +164,7 @@ def train_one_epoch(
     for step, idx in enumerate(iterator):
         t0 = time.perf_counter()
         x = train_transform(images[idx], aug, contract.mean, contract.std).to(device, non_blocking=True)
-        y = labels[idx].to(device)
-        target = one_hot_smoothed(y, num_classes, label_smoothing)
+        target = targets(idx).to(device)
         x, target = mix_batch(x, target, aug)
         load_time += time.perf_counter() - t0
         with autocast_context(device, amp):
@@ -200,8 +225,7 @@ def predict_logits(
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(contract.condition(images[i : i + batch_size].numpy()))
-        x = normalize(chunk, contract.mean, contract.std).to(device)
+        x = normalize(images[i : i + batch_size], contract.mean, contract.std).to(device)
         views = _tta_views(x, tta)
         with autocast_context(device, amp):
             if len(views) == 1:

@@ -5,8 +5,7 @@ with flip TTA, act as one model whose logits are the log of their mean probabili
 ensemble ``fer-eval`` scores, so a teacher can be picked on validation before distilling from it.
 
 ``teacher_targets`` scores the teachers once, on the un-augmented training images, instead of on
-every batch: no teacher cost per step, and each teacher sees the images as it was trained on them,
-so teachers with different input conditioning (say blurred and deconvolved) can be mixed.
+every batch: no teacher cost per step (not with mixup/cutmix, whose batches are new images).
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from fer_runtime.contract import ModelContract
+from fer_runtime.data import DataError
 from fer_train.augment import normalize
-from fer_train.data import DataError
 from fer_train.engine import Teacher
-from fer_train.shift import training_view
 
 
 @dataclass
@@ -94,16 +92,15 @@ def teacher_targets(
 ) -> torch.Tensor:
     """Log of the teachers' mean probability for every training image (N x K), scored once.
 
-    Each teacher sees ``images_u8`` as it was trained on them (``training_view``: deconvolved or not)
-    and normalised by its own contract; ``tta="flip"`` adds each one's mirror view.
+    Each teacher sees ``images_u8`` normalised by its own contract; ``tta="flip"`` adds each one's mirror view.
     """
     probs = None
     for t in teachers:
         score = make_teacher([t], t.contract, device, tta)  # in the teacher's own normalisation: no renormalising
-        view = training_view(images_u8, t.contract)
         chunks = []
-        for i in range(0, len(view), batch_size):
-            x = normalize(torch.from_numpy(np.ascontiguousarray(view[i : i + batch_size])), t.contract.mean, t.contract.std)
+        for i in range(0, len(images_u8), batch_size):
+            x = normalize(torch.from_numpy(np.ascontiguousarray(images_u8[i : i + batch_size])), t.contract.mean,
+                          t.contract.std)  # fmt: skip
             chunks.append(F.softmax(score(x.to(device)).float(), dim=1).cpu())
         member = torch.cat(chunks)
         probs = member if probs is None else probs + member

@@ -21,21 +21,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_runtime.contract import ModelContract
+from fer_runtime.contract import ContractError, ModelContract
+from fer_runtime.data import (
+    PROTOCOLS,
+    DataError,
+    SplitManifest,
+    atomic_write_text,
+    discover,
+    load_split,
+    resolve_data_root,
+    write_skipped_log,
+)
+from fer_runtime.data_report import data_report, write_data_report
+from fer_runtime.ferplus import LABEL_MODES
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
-from fer_train.data import DataError, SplitManifest, atomic_write_text, discover, load_split, write_skipped_log
-from fer_train.engine import ModelEma, cpu_has_native_bf16, epoch_indices, evaluate, resolve_amp, train_one_epoch
+from fer_train.engine import (
+    LabelTargets,
+    ModelEma,
+    cpu_has_native_bf16,
+    epoch_indices,
+    evaluate,
+    resolve_amp,
+    train_one_epoch,
+)
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
 from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths, teacher_targets
 
 DEFAULTS = {
-    "data_root": None, "protocol": None, "val_split": None, "test_split": None, "strict": False, "cache_dir": None,
+    "data_root": None, "protocol": None, "label_mode": None, "val_split": None, "test_split": None, "strict": False,
+    "cache_dir": None,
     "model": "vgg", "model_arg": [], "pretrained": None, "init": None, "input_size": 48, "channels": 1,
-    "mean": None, "std": None, "crop_margin": 0.1, "input_blur": "auto",
-    "train_deconv": 0.0,
+    "mean": None, "std": None, "crop_margin": 0.1,
     "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
     "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
     "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
@@ -52,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
     S = argparse.SUPPRESS  # unset options fall back to the checkpoint (on --resume) or DEFAULTS
     g = p.add_argument_group("data")
-    g.add_argument("--data-root", default=S, help="image folders (see README for layouts); env FER_DATA_ROOT")
-    g.add_argument("--protocol", default=S, choices=["fer2013"], help="FER2013: val=PublicTest_*, test=PrivateTest_*")
+    g.add_argument("--data-root", default=S, help="image folders, fer2013.csv or a FER+ folder (see README); "
+                   "env FER_DATA_ROOT")
+    g.add_argument("--protocol", default=S, choices=PROTOCOLS,
+                   help="fer2013: val=PublicTest, test=PrivateTest; ferplus: FER+ votes, val=FER2013Valid, test=FER2013Test")
+    g.add_argument("--label-mode", default=S, choices=LABEL_MODES,
+                   help="FER+ training labels (default majority; val/test are always majority)")
+    g.add_argument("--data-report-only", action="store_true", default=None,
+                   help="write data_report.json/.md for the data and stop (no run folder)")
     g.add_argument("--val-split", type=float, default=S, help="fraction carved (stratified, seeded) for validation")
     g.add_argument("--test-split", type=float, default=S, help="fraction carved for test (class-folder layout)")
     g.add_argument("--strict", action="store_true", default=S, help="unreadable images are fatal")
@@ -68,11 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean", type=float, nargs="+", default=S)
     g.add_argument("--std", type=float, nargs="+", default=S)
     g.add_argument("--crop-margin", type=float, default=S, help="face-box margin recorded in the contract")
-    g.add_argument("--input-blur", default=S, help="inference blur sigma for the contract: auto (match val sharpness "
-                   "to train), 0 (off) or a number")
-    g.add_argument("--train-deconv", type=float, default=S, metavar="NOISE",
-                   help="Wiener-deconvolve blurred training images for the input blur sigma with this noise-to-signal "
-                   "power (e.g. 3e-4); inference inputs get blur + the same deconvolution. 0: off")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -125,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average each teacher over the batch and its mirror image")
     g.add_argument("--teacher-targets", choices=["online", "cached"], default=S,
                    help="online: teachers score every augmented batch; cached: they score the un-augmented training "
-                   "images once, each as it was trained on them (no per-step cost; mixes teachers with different "
-                   "input conditioning; not with mixup/cutmix)")
+                   "images once (no per-step cost; not with mixup/cutmix)")
     g.add_argument("--kd-alpha", type=float, default=S, help="weight of the KD term")
     g.add_argument("--kd-temperature", type=float, default=S)
     return p
@@ -134,19 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
     ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after")}
+    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only")}
     resume_state = None
     if ns.resume:
         resume_state = load_checkpoint(ns.resume)
-        merged = {**DEFAULTS, **resume_state.get("train_args", {}), **given}
+        saved = {k: v for k, v in resume_state.get("train_args", {}).items() if k in DEFAULTS}  # retired options drop out
+        merged = {**DEFAULTS, **saved, **given}
     else:
         merged = {**DEFAULTS, **given}
     merged["resume"] = ns.resume
     merged["stop_after"] = ns.stop_after
-    if merged["data_root"] is None:
-        merged["data_root"] = os.environ.get("FER_DATA_ROOT")
-    if merged["data_root"] is None:
-        raise DataError("no data: pass --data-root ROOT (or set FER_DATA_ROOT)")
+    merged["data_report_only"] = bool(ns.data_report_only)
+    merged["data_root"] = resolve_data_root(given.get("data_root"), merged["data_root"])
     if merged["lr"] is None:
         merged["lr"] = 1e-3 if merged["opt"] == "adamw" else 0.05
     if merged["weight_decay"] is None:
@@ -206,7 +224,7 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
-    except (DataError, ModelError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ModelError, CheckpointError, ContractError, ValueError, FileNotFoundError) as exc:
         print(f"fer-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -238,26 +256,27 @@ def run(argv: list[str] | None = None) -> int:
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed)
+            manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed, args.label_mode)
         if is_main:
             for w in caught:
                 print(f"fer-train: warning: {w.message}", file=sys.stderr)
     contract = ModelContract(
         classes=manifest.classes, input_size=(args.input_size, args.input_size), channels=args.channels,
         mean=args.mean, std=args.std, crop_margin=args.crop_margin,
-        provenance={"data_root": manifest.root, "layout": manifest.layout},
+        provenance={"data_root": manifest.root, "layout": manifest.layout, "protocol": manifest.protocol,
+                    "label_mode": manifest.label_mode},
     )  # fmt: skip
     if resume_state is not None and list(contract_of(resume_state).classes) != manifest.classes:
         raise CheckpointError("the checkpoint's classes differ from the data's class folders")
     decoded = {}
     for split in manifest.splits:
-        if args.epochs == 0 and split == "train":
+        if args.epochs == 0 and split == "train" and not args.data_report_only:
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             decoded[split] = load_split(
                 manifest, split, contract.channels, contract.input_size, root=args.data_root,
-                cache_dir=args.cache_dir, strict=args.strict, progress=is_main and not args.no_progress,
+                cache_dir=args.cache_dir, strict=args.strict, progress=_tqdm if is_main and not args.no_progress else None,
             )  # fmt: skip
         if is_main:
             for w in caught:
@@ -267,32 +286,16 @@ def run(argv: list[str] | None = None) -> int:
     if teachers and args.teacher_targets == "cached" and (args.mixup > 0 or args.cutmix > 0):
         raise DataError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
-    if resume_state is not None:
-        resumed = contract_of(resume_state)
-        contract = contract.replace(input_blur=resumed.input_blur, input_deconv=resumed.input_deconv)
-    elif teachers and str(args.input_blur) == "auto" and not args.train_deconv:
-        # the teacher sees the student's batches, so they share its input conditioning
-        taught = teachers[0].contract
-        contract = contract.replace(input_blur=taught.input_blur, input_deconv=taught.input_deconv)
-    elif str(args.input_blur) == "auto" and "train" in decoded:
-        from fer_train.shift import estimate_input_blur, spectral_blur_sigma
-
-        sigma, info = estimate_input_blur(decoded["train"].images, decoded["val"].images)
-        if sigma > 0 and args.train_deconv:  # deconvolution needs the blur's own sigma, not matched sharpness
-            sigma = info["input_blur"] = spectral_blur_sigma(decoded["train"].images, decoded["val"].images)
-        contract = contract.replace(input_blur=sigma, provenance={**contract.provenance, "sharpness": info})
-        if sigma > 0 and is_main:
-            print(f"fer-train: warning: validation images are {info['ratio']:.1f}x sharper than training images "
-                  f"(mean |Laplacian| {info['val_sharpness']:.1f} vs {info['train_sharpness']:.1f}); inference inputs "
-                  f"will be blurred with sigma {sigma} to match (contract input_blur; --input-blur 0 disables)",
-                  file=sys.stderr)  # fmt: skip
-    elif str(args.input_blur) != "auto":
-        contract = contract.replace(input_blur=float(args.input_blur))
-    if resume_state is None and args.train_deconv:
-        if contract.input_blur <= 0:
-            raise DataError("--train-deconv needs blurred training images: the input blur is 0 "
-                            "(auto found train as sharp as val; pass --input-blur SIGMA to force one)")  # fmt: skip
-        contract = contract.replace(input_deconv=float(args.train_deconv))
+    report = data_report(manifest, decoded) if is_main and resume_state is None else None
+    if report is not None:
+        for w in report["warnings"]:
+            print(f"fer-train: data: {w}", file=sys.stderr)
+    if args.data_report_only:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = write_data_report(report, out)
+        print(f"fer-train: data report in {', '.join(map(str, written))}")
+        return 0
 
     # ---- run folder
     if resume_state is not None:
@@ -309,6 +312,8 @@ def run(argv: list[str] | None = None) -> int:
         config = {k: v for k, v in vars(args).items()}
         config.update(amp_resolved=amp, device=str(device), world_size=world, contract=contract.to_dict())
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        if report is not None:
+            write_data_report(report, run_dir)
 
     # ---- model
     init_state = load_checkpoint(args.init) if args.init else None
@@ -349,15 +354,12 @@ def run(argv: list[str] | None = None) -> int:
 
     # ---- optimisation
     train_images, train_labels = tensors.get("train", (None, None))
-    if train_images is not None and contract.input_deconv > 0:
-        from fer_train.shift import sharpness, training_view
-
-        deconvolved = training_view(decoded["train"].images, contract)
-        if is_main:
-            print(f"fer-train: training images Wiener-deconvolved (sigma {contract.input_blur}, noise "
-                  f"{contract.input_deconv}): mean |Laplacian| {sharpness(decoded['train'].images):.1f} -> "
-                  f"{sharpness(deconvolved):.1f}")  # fmt: skip
-        train_images = torch.from_numpy(deconvolved)
+    train_targets = None
+    if train_labels is not None:
+        soft = decoded["train"].targets
+        train_targets = LabelTargets(train_labels, contract.num_classes, args.label_smoothing,
+                                     None if soft is None else torch.from_numpy(soft),
+                                     sample=manifest.label_mode == "probability", seed=args.seed)  # fmt: skip
     steps_per_epoch = 0
     if train_labels is not None:
         per_rank = -(-len(train_labels) // world)
@@ -398,12 +400,6 @@ def run(argv: list[str] | None = None) -> int:
                   f"label for {agree:.1%}")  # fmt: skip
     elif teachers:
         teacher = make_teacher(teachers, contract, device, args.teacher_tta)
-        for t in teachers:  # online teachers see the student's batches
-            if (t.contract.input_blur, t.contract.input_deconv) == (contract.input_blur, contract.input_deconv) or not is_main:
-                continue
-            print(f"fer-train: warning: teacher {t.path} conditions its inputs with blur {t.contract.input_blur} / "
-                  f"deconvolution {t.contract.input_deconv}, the student's batches with {contract.input_blur} / "
-                  f"{contract.input_deconv}: it sees inputs unlike its own training images", file=sys.stderr)  # fmt: skip
 
     start_epoch, history, best = 0, [], {"metric": args.monitor, "value": -1.0, "epoch": -1}
     if resume_state is not None:
@@ -443,6 +439,7 @@ def run(argv: list[str] | None = None) -> int:
     complete = end_epoch >= args.epochs  # False when --stop-after ends this sitting early
     for epoch in range(start_epoch, end_epoch):
         order = epoch_indices(len(train_labels), epoch, args.seed, sample_weights, rank, world)
+        train_targets.set_epoch(epoch)
         progress = None
         if is_main and not args.no_progress:
             from tqdm import tqdm
@@ -450,9 +447,9 @@ def run(argv: list[str] | None = None) -> int:
             total, desc = -(-len(order) // args.batch_size), f"epoch {epoch + 1}/{args.epochs}"
             progress = lambda it, total=total, desc=desc: tqdm(it, total=total, desc=desc, unit="batch", leave=False)  # noqa: E731
         train_stats = train_one_epoch(
-            train_model, train_images, train_labels, order, batch_size=args.batch_size, optimizer=optimizer,
+            train_model, train_images, train_targets, order, batch_size=args.batch_size, optimizer=optimizer,
             scheduler=scheduler, loss_fn=loss_fn, contract=contract, aug=aug, device=device, amp=amp, scaler=scaler,
-            accum_steps=args.accum_steps, clip_grad=args.clip_grad, label_smoothing=args.label_smoothing, ema=ema,
+            accum_steps=args.accum_steps, clip_grad=args.clip_grad, ema=ema,
             teacher=teacher, teacher_targets=cached_targets, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
             progress=progress,
         )  # fmt: skip
@@ -514,6 +511,12 @@ def run(argv: list[str] | None = None) -> int:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _tqdm(items, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="img", leave=False, mininterval=1.0)
 
 
 def write_reports(run_dir: Path, results: dict, history: list[dict]) -> None:

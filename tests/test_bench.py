@@ -85,8 +85,9 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     root = tree_factory("train-test", per_class=4)
     r = CliRunner().invoke(bench_main, ["--models", str(tmp_path / "none.onnx"), "--data-root", str(root)])
     assert r.exit_code == 2 and "not found" in r.output
-    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--split", "val"])
-    assert r.exit_code == 2 and "no 'val' folder" in r.output
+    folders = tree_factory("class-folders", per_class=10)  # stratified train/val only: no test split
+    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(folders), "--split", "test"])
+    assert r.exit_code == 2 and "split 'test' not in this data (has train, val)" in r.output
     r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--pipeline",
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
                                         "--calls", "1"])  # fmt: skip

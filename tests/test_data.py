@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_train.data import DataError, decode_image, discover, load_split, stratified_split
+from fer_runtime.data import DataError, decode_image, discover, load_split, stratified_split
 
 from .conftest import CLASSES
 
@@ -106,19 +106,19 @@ def test_corrupt_images_are_counted_and_skipped_or_fatal(tree_factory, tmp_path)
     m = discover(root, val_split=0.1)
     split = next(s for s, items in m.splits.items() if any("broken" in p for p, _ in items))
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        d = load_split(m, split, 1, (48, 48), cache_dir=tmp_path / "c1", progress=False)
+        d = load_split(m, split, 1, (48, 48), cache_dir=tmp_path / "c1")
     assert [p for p, _ in d.skipped] == ["happy/broken.jpg"]
     assert len(d.images) == len(m.splits[split]) - 1 == len(d.labels) == len(d.paths)
     with pytest.raises(DataError, match="unreadable image"):
-        load_split(m, split, 1, (48, 48), cache_dir=tmp_path / "c2", strict=True, progress=False)
+        load_split(m, split, 1, (48, 48), cache_dir=tmp_path / "c2", strict=True)
 
 
 def test_cache_is_reused_and_matches(tree_factory, tmp_path):
     root = tree_factory("train-val-test")
     m = discover(root)
-    a = load_split(m, "train", 1, (48, 48), cache_dir=tmp_path, progress=False)
+    a = load_split(m, "train", 1, (48, 48), cache_dir=tmp_path)
     assert len(list(tmp_path.glob("train-*.npz"))) == 1
-    b = load_split(m, "train", 1, (48, 48), cache_dir=tmp_path, progress=False)
+    b = load_split(m, "train", 1, (48, 48), cache_dir=tmp_path)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
     assert a.images.dtype == np.uint8 and a.images.shape == (len(m.splits["train"]), 1, 48, 48)
 
@@ -135,8 +135,8 @@ def test_decode_any_mode(tmp_path, mode):
         img = img.convert(mode)
     path = tmp_path / f"img_{mode.replace(';', '')}.png"
     img.save(path)
-    gray = decode_image(path, 1, 48, 48)
-    colour = decode_image(path, 3, 48, 48)
+    gray = decode_image(path, 1, 48, 48).transpose(1, 2, 0)
+    colour = decode_image(path, 3, 48, 48).transpose(1, 2, 0)
     assert gray.shape == (48, 48, 1) and gray.dtype == np.uint8
     assert colour.shape == (48, 48, 3)
     if mode == "I;16":

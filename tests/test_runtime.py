@@ -243,7 +243,7 @@ def test_yunet_detector_finds_astronaut(tiny_model, astronaut, tmp_path):
 def _shipped_model():
     from fer_models import MODELS_DIR
 
-    return MODELS_DIR / "fer_default.int8.onnx"
+    return MODELS_DIR / "ferplus.int8.onnx"
 
 
 @pytest.mark.skipif(not _shipped_model().exists(), reason="no shipped model in models/")

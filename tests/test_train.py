@@ -151,7 +151,7 @@ def test_ddp_two_processes_gloo(tree_factory, tmp_path):
 
 
 def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path, capsys):
-    from fer_train.data import SplitManifest, load_split
+    from fer_runtime.data import SplitManifest, load_split
     from fer_train.engine import predict_logits
 
     root = tree_factory("train-val-test", per_class=24)
@@ -162,7 +162,7 @@ def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path,
     assert out["checkpoints"] == [str(Path(c).resolve()) for c in ckpts]
 
     states = [load_checkpoint(c) for c in ckpts]
-    data = load_split(SplitManifest.from_dict(states[0]["manifest"]), "test", 1, (48, 48), progress=False)
+    data = load_split(SplitManifest.from_dict(states[0]["manifest"]), "test", 1, (48, 48))
     images = torch.from_numpy(data.images)
     members = [model_from_checkpoint(s) for s in states]
     probs = torch.stack([predict_logits(m, images, c, torch.device("cpu"), tta="flip").softmax(1) for m, c in members])

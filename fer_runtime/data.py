@@ -1,0 +1,519 @@
+"""The one data layer, torch-free: layouts and protocols, the split manifest, the decoder and its cache.
+
+Training, evaluation, export and the benchmark all read data through this module.
+
+A data root is one of:
+  1. image folders: ROOT/train/<class>/ with ROOT/val/ and/or ROOT/test/ beside it, or ROOT/<class>/
+     (stratified, seeded splits carved from it);
+  2. the Kaggle image-folder copy of FER2013 (``--protocol fer2013``): ROOT/train + ROOT/test, where
+     ``PublicTest_*`` files are validation and ``PrivateTest_*`` the test set;
+  3. the Kaggle challenge file ``fer2013.csv`` (or ``icml_face_data.csv``), given as the root itself;
+  4. FER+ (``--protocol ferplus``): ROOT/FER2013Train|Valid|Test/ with ``label.csv``, or ``fer2013new.csv``
+     beside ``fer2013.csv``.
+
+A manifest item is ``(source, label)``: a path relative to the root, or ``file.csv#ROW`` for data row
+ROW of a CSV file. FER+ training in the ``probability`` / ``crossentropy`` label modes also carries each
+image's vote distribution (``targets``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_runtime import fer_csv, ferplus
+from fer_runtime.contract import to_model_layout
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+SPLITS = ("train", "val", "test")
+PROTOCOLS = ("folders", "fer2013", "ferplus")
+CSV_ROW = "#"  # "fer2013.csv#12": data row 12 (0-based) of that file
+FERPLUS_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
+KAGGLE_CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+
+
+class DataError(ValueError):
+    """The data root cannot be used as given."""
+
+
+@dataclass
+class SplitManifest:
+    """Which images make up each split; saved with every run and reused by evaluation, export and the bench."""
+
+    root: str
+    classes: list[str]
+    layout: str
+    splits: dict[str, list[tuple[str, int]]]  # split -> [(source relative to root, label)]
+    notes: list[str] = field(default_factory=list)
+    protocol: str | None = None
+    label_mode: str | None = None  # FER+ only
+    targets: dict[str, list[list[float]]] = field(default_factory=dict)  # split -> per-item distributions
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root, "classes": self.classes, "layout": self.layout, "notes": self.notes,
+            "protocol": self.protocol, "label_mode": self.label_mode,
+            "splits": {k: [[p, int(y)] for p, y in v] for k, v in self.splits.items()},
+            "targets": {k: [[round(float(x), 6) for x in t] for t in v] for k, v in self.targets.items()},
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitManifest:
+        return cls(
+            root=data["root"], classes=list(data["classes"]), layout=data["layout"], notes=list(data.get("notes", [])),
+            protocol=data.get("protocol"), label_mode=data.get("label_mode"),
+            splits={k: [(str(p), int(y)) for p, y in v] for k, v in data["splits"].items()},
+            targets={k: [list(map(float, t)) for t in v] for k, v in data.get("targets", {}).items()},
+        )  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitManifest:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path} is not a split manifest ({type(exc).__name__}: {exc})") from None
+
+    def counts(self) -> dict[str, list[int]]:
+        return {name: np.bincount([y for _, y in items], minlength=len(self.classes)).tolist()
+                for name, items in self.splits.items()}  # fmt: skip
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: a temporary file beside it, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_data_root(given: str | None, manifest_root: str | None = None) -> str:
+    """``--data-root``, then ``FER_DATA_ROOT``, then the root a run's manifest was made from."""
+    root = given or os.environ.get("FER_DATA_ROOT") or manifest_root
+    if not root:
+        raise DataError("no data: pass --data-root ROOT (or set FER_DATA_ROOT)")
+    return root
+
+
+def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None = None) -> SplitManifest:
+    """The splits a run was made with, found on this machine.
+
+    The root is ``data_root`` (``--data-root``), then ``FER_DATA_ROOT``, then the saved manifest's own root.
+    The saved manifest is used when its files are under that root; otherwise its split ``rules`` (a run's
+    protocol, label_mode, val_split, test_split, seed) are applied to the root anew.
+    """
+    manifest = SplitManifest.from_dict(saved) if saved else None
+    root = Path(resolve_data_root(data_root, manifest.root if manifest else None)).expanduser()
+    base = root.parent if root.is_file() else root
+    if manifest is not None:
+        sample = [rel.split(CSV_ROW, 1)[0] for items in manifest.splits.values() for rel, _ in items[:50]]
+        if all((base / rel).exists() for rel in sample):
+            manifest.root = str(base.resolve())
+            return manifest
+    rules = rules or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the rules' own warnings were shown when the run was made
+        return discover(root, rules.get("protocol"), rules.get("val_split"), rules.get("test_split"),
+                        rules.get("seed", 0), rules.get("label_mode"))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
+    """class name -> sorted image paths relative to root. Errors on no classes or an empty class."""
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
+    found = {}
+    for d in dirs:
+        files = sorted(str(p.relative_to(root)) for p in d.rglob("*") if _is_image(p))
+        if not files:
+            raise DataError(f"class folder {d} has no images")
+        found[d.name] = files
+    return found
+
+
+def _check_same_classes(per_split: dict[str, dict[str, list[str]]]) -> list[str]:
+    names = {split: sorted(found) for split, found in per_split.items()}
+    reference_split, reference = next(iter(names.items()))
+    for split, classes in names.items():
+        if classes != reference:
+            only_a, only_b = sorted(set(reference) - set(classes)), sorted(set(classes) - set(reference))
+            raise DataError(f"class folders differ between '{reference_split}' and '{split}': "
+                            f"only in {reference_split}: {only_a or '-'}; only in {split}: {only_b or '-'}")  # fmt: skip
+    return reference
+
+
+def _labelled(found: dict[str, list[str]], classes: list[str]) -> list[tuple[str, int]]:
+    return [(p, classes.index(c)) for c in classes for p in found[c]]
+
+
+def stratified_split(items: list[tuple[str, int]], fraction: float, seed: int) -> tuple[list, list]:
+    """Split off ``fraction`` of every class (seeded). Returns (rest, carved)."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"split fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return list(items), []
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for item in sorted(items):
+        by_class.setdefault(item[1], []).append(item)
+    rest, carved = [], []
+    for label in sorted(by_class):
+        group = by_class[label]
+        order = rng.permutation(len(group))
+        n_carved = min(max(int(round(fraction * len(group))), 1), len(group) - 1) if len(group) >= 2 else 0
+        carved += [group[i] for i in order[:n_carved]]
+        rest += [group[i] for i in order[n_carved:]]
+    key = lambda it: (it[1], it[0])  # noqa: E731
+    return sorted(rest, key=key), sorted(carved, key=key)
+
+
+def discover(
+    root: str | Path,
+    protocol: str | None = None,
+    val_split: float | None = None,
+    test_split: float | None = None,
+    seed: int = 0,
+    label_mode: str | None = None,
+) -> SplitManifest:
+    """Find classes and build train/val/test splits for any supported layout or protocol."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data root not found: {root}")
+    for name, frac in (("--val-split", val_split), ("--test-split", test_split)):
+        if frac is not None and not 0.0 <= frac < 1.0:
+            raise DataError(f"{name} must be in [0, 1), got {frac}")
+    if protocol not in (None, "", *PROTOCOLS):
+        raise DataError(f"unknown protocol {protocol!r}: use {', '.join(PROTOCOLS)} or leave it out")
+    if root.is_file() and root.suffix.lower() == ".csv":
+        protocol = protocol or ("ferplus" if root.name == "fer2013new.csv" else "fer2013")
+    elif root.is_file():
+        raise DataError(f"data root is a file but not a CSV: {root}")
+    if label_mode is not None and protocol != "ferplus":
+        raise DataError(f"--label-mode {label_mode} is for --protocol ferplus (FER+ vote labels) only")
+    try:
+        if protocol == "ferplus":
+            manifest = _discover_ferplus(root, label_mode or "majority")
+        elif protocol == "fer2013":
+            manifest = _discover_fer2013(root)
+        else:
+            manifest = _discover_folders(root, val_split, test_split, seed)
+    except (fer_csv.CsvDataError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    for name, items in manifest.splits.items():
+        if not items:
+            raise DataError(f"split '{name}' is empty")
+    return manifest
+
+
+def _kaggle_csv(root: Path) -> Path | None:
+    if root.is_file():
+        return root
+    return next((root / n for n in KAGGLE_CSV_NAMES if (root / n).is_file()), None)
+
+
+def _discover_fer2013(root: Path) -> SplitManifest:
+    note = "FER2013 protocol: train=Training, val=PublicTest, test=PrivateTest"
+    csv_file = _kaggle_csv(root) if root.is_file() or not (root / "train").is_dir() else None
+    if csv_file is not None:
+        splits: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+        for split, label, row in fer_csv.read_fer2013(csv_file):
+            splits[split].append((f"{csv_file.name}{CSV_ROW}{row}", label))
+        return SplitManifest(str(csv_file.parent.resolve()), list(fer_csv.CLASSES), "fer2013-csv", splits,
+                             [note + f" (from {csv_file.name}; emotion codes mapped to class names)"], "fer2013")  # fmt: skip
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise DataError(f"--protocol fer2013 needs {root}/train and {root}/test (Kaggle image folders) or fer2013.csv")
+    found = {s: scan_class_folders(root / s, root) for s in ("train", "test")}
+    classes = _check_same_classes(found)
+    test_items = _labelled(found["test"], classes)
+    public = [it for it in test_items if Path(it[0]).name.startswith("PublicTest_")]
+    private = [it for it in test_items if Path(it[0]).name.startswith("PrivateTest_")]
+    if not public or not private:
+        raise DataError(f"--protocol fer2013: no PublicTest_*/PrivateTest_* files in {root}/test")
+    splits = {"train": _labelled(found["train"], classes), "val": public, "test": private}
+    return SplitManifest(str(root.resolve()), classes, "fer2013", splits, [note], "fer2013")
+
+
+def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
+    if label_mode not in ferplus.LABEL_MODES:
+        raise DataError(f"unknown --label-mode {label_mode!r}: use one of {', '.join(ferplus.LABEL_MODES)}")
+    # (split, source, vote cells, where) per face, from whichever FER+ layout is on disk
+    rows: list[tuple[str, str, list[str], str]] = []
+    base = root if root.is_dir() else root.parent
+    if all((base / f).is_dir() for f in FERPLUS_FOLDERS.values()):
+        layout = "ferplus-folders"
+        for split, folder in FERPLUS_FOLDERS.items():
+            label_file = base / folder / "label.csv"
+            if not label_file.is_file():
+                raise DataError(f"FER+ folder {base / folder} has no label.csv")
+            for row_no, row in enumerate(fer_csv.read_rows(label_file), start=1):
+                where = f"{label_file} row {row_no}"
+                if not row or not row[0].strip():
+                    raise DataError(f"{where}: no image name")
+                if not (base / folder / row[0].strip()).is_file():
+                    raise DataError(f"{where}: image {base / folder / row[0].strip()} is missing")
+                rows.append((split, f"{folder}/{row[0].strip()}", row[2:], where))
+    else:
+        new_csv = base / "fer2013new.csv"
+        old_csv = _kaggle_csv(base)
+        if not new_csv.is_file() or old_csv is None:
+            raise DataError(f"--protocol ferplus needs {base}/FER2013Train|Valid|Test/label.csv, or fer2013new.csv "
+                            f"beside fer2013.csv")  # fmt: skip
+        layout = "ferplus-csv"
+        faces = fer_csv.read_fer2013(old_csv)
+        for i, (split, name, cells) in enumerate(fer_csv.read_ferplus_votes(new_csv, len(faces))):
+            if faces[i][0] != split:
+                raise DataError(f"{new_csv} row {i + 2}: Usage {split} differs from {old_csv.name}'s {faces[i][0]}")
+            if name:  # FER+ judged the face unusable when it gave no image name
+                rows.append((split, f"{old_csv.name}{CSV_ROW}{i}", cells, f"{new_csv} row {i + 2}"))
+    splits: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+    targets: dict[str, list[list[float]]] = {}
+    excluded = Counter()
+    for split, source, cells, where in rows:
+        mode = label_mode if split == "train" else "majority"  # FER+ is always scored on majority labels
+        target = ferplus.vote_target(ferplus.parse_votes(cells, where), mode)
+        if target is None:
+            excluded[split] += 1
+            continue
+        splits[split].append((source, int(np.argmax(target))))
+        if mode != "majority":
+            targets.setdefault(split, []).append(target.tolist())
+    notes = [f"FER+ protocol: train=FER2013Train ({label_mode} labels), val=FER2013Valid, test=FER2013Test "
+             f"(majority labels); excluded by the FER+ label rules: "
+             + ", ".join(f"{s} {excluded[s]}" for s in SPLITS)]  # fmt: skip
+    return SplitManifest(str(base.resolve()), list(ferplus.CLASSES), layout, splits, notes, "ferplus", label_mode, targets)
+
+
+def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int) -> SplitManifest:
+    notes: list[str] = []
+    has = {s: (root / s).is_dir() for s in SPLITS}
+    if has["train"]:
+        present = [s for s in SPLITS if has[s]]
+        found = {s: scan_class_folders(root / s, root) for s in present}
+        classes = _check_same_classes(found)
+        splits = {s: _labelled(found[s], classes) for s in present}
+        if has["val"]:
+            layout = "train-val-test" if has["test"] else "train-val"
+            if val_split:
+                notes.append("--val-split ignored: the data root has its own val/ folder")
+        elif val_split:
+            splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
+            layout = "train-test" if has["test"] else "train-only"
+            notes.append(f"val carved from train: stratified {val_split:.3f}, seed {seed}")
+        elif has["test"]:
+            splits["val"] = splits["test"]
+            layout = "train-test"
+            msg = ("no val/ folder and no --val-split: the test set doubles as validation, "
+                   "so test figures are not independent of model selection")  # fmt: skip
+            warnings.warn(msg, stacklevel=3)
+            notes.append(msg)
+        else:
+            raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
+        if test_split:
+            notes.append("--test-split ignored: the layout has folders per split")
+        return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders")
+    found = scan_class_folders(root, root)
+    classes = sorted(found)
+    test_frac = 0.0 if test_split is None else test_split
+    val_frac = 0.1 if val_split is None else val_split
+    if test_frac + val_frac >= 1.0:
+        raise DataError("--val-split plus --test-split must be below 1")
+    rest, test = stratified_split(_labelled(found, classes), test_frac, seed)
+    train, val = stratified_split(rest, val_frac / (1.0 - test_frac), seed + 1)  # val is a fraction of the whole
+    if not val:
+        raise DataError("the validation split is empty: raise --val-split")
+    splits = {"train": train, "val": val, **({"test": test} if test else {})}
+    notes.append(f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}")
+    return SplitManifest(str(root.resolve()), classes, "class-folders", splits, notes, "folders")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8."""
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        return None
+    if img.dtype != np.uint8:
+        top = 65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0)
+        img = np.clip(img.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        img = np.rint(img[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return img
+
+
+def read_source(root: Path, source: str) -> np.ndarray | None:
+    """A manifest item's image: a file, or a CSV data row."""
+    if CSV_ROW in source:
+        name, row = source.rsplit(CSV_ROW, 1)
+        return fer_csv.pixels(root / name, int(row))
+    return read_image(root / source)
+
+
+def decode_image(path: str | Path, channels: int, height: int, width: int) -> np.ndarray:
+    """One image file -> uint8 C x H x W in the model's colour mode and size, as training and the bench see it."""
+    img = read_image(path)
+    if img is None:
+        raise DataError(f"unreadable image {path}")
+    return to_model_layout(img, channels, height, width)
+
+
+def image_format(img: np.ndarray) -> str:
+    """'WxH gray' / 'WxH colour': what the data report counts."""
+    return f"{img.shape[1]}x{img.shape[0]} {'gray' if img.ndim == 2 else 'colour'}"
+
+
+@dataclass
+class DecodedSplit:
+    images: np.ndarray  # uint8, N x C x H x W, model colour order and size
+    labels: np.ndarray  # int64, N
+    paths: list[str]
+    skipped: list[tuple[str, str]]  # (source, reason)
+    targets: np.ndarray | None = None  # float32 N x K vote distributions (FER+ probability / crossentropy)
+    formats: dict[str, int] = field(default_factory=dict)  # original 'WxH mode' -> count
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FER_CACHE_DIR", Path.home() / ".cache" / "fer-toolchain"))
+
+
+def _cache_key(root: Path, items: list[tuple[str, int]], channels: int, height: int, width: int) -> str:
+    h = hashlib.sha1(f"v2|{channels}|{height}|{width}|{root}".encode())
+    stats: dict[str, str] = {}
+    for rel, label in items:
+        file = rel.split(CSV_ROW, 1)[0]
+        if file not in stats:
+            st = (root / file).stat()
+            stats[file] = f"{st.st_size}|{st.st_mtime_ns}"
+        h.update(f"{rel}|{label}|{stats[file]}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def load_split(
+    manifest: SplitManifest,
+    split: str,
+    channels: int,
+    input_size: tuple[int, int],
+    root: str | Path | None = None,
+    cache_dir: Path | None = None,
+    strict: bool = False,
+    progress: Callable[[Iterable, int, str], Iterator] | None = None,
+) -> DecodedSplit:
+    """Decode a split once into a uint8 array cached on disk; later calls read the cache."""
+    if split not in manifest.splits:
+        raise DataError(f"split '{split}' not in this data ({', '.join(manifest.splits)})")
+    root = Path(root or manifest.root)
+    if root.is_file():
+        root = root.parent
+    items = manifest.splits[split]
+    missing = [rel for rel, _ in items if not (root / rel.split(CSV_ROW, 1)[0]).exists()]
+    if missing:
+        raise DataError(f"{len(missing)} files of split '{split}' are missing under {root}, e.g. {missing[0]}")
+    height, width = input_size
+    targets = np.asarray(manifest.targets[split], np.float32) if split in manifest.targets else None
+    cache_file = Path(cache_dir or default_cache_dir()) / f"{split}-{_cache_key(root, items, channels, height, width)}.npz"
+    cached = _read_cache(cache_file, items, targets)
+    if cached is None:
+        cached = _decode(root, items, split, channels, height, width, strict, progress, targets)
+        _write_cache(cache_file, cached, items)
+    if cached.skipped and strict:
+        raise DataError(f"{len(cached.skipped)} unreadable images in split '{split}', e.g. {cached.skipped[0][0]}")
+    if cached.skipped:
+        warnings.warn(f"skipped {len(cached.skipped)} unreadable images in split '{split}' "
+                      f"(listed in skipped_files.txt), e.g. {cached.skipped[0][0]}", stacklevel=2)  # fmt: skip
+    return cached
+
+
+def _decode(root, items, split, channels, height, width, strict, progress, targets) -> DecodedSplit:
+    images = np.empty((len(items), channels, height, width), dtype=np.uint8)
+    keep = np.zeros(len(items), dtype=bool)
+    skipped: list[tuple[str, str]] = []
+    formats: Counter = Counter()
+    iterator = progress(items, len(items), f"decoding {split}") if progress else items
+    for i, (rel, _) in enumerate(iterator):
+        try:
+            img = read_source(root, rel)
+        except (fer_csv.CsvDataError, ValueError, OSError) as exc:
+            img, reason = None, str(exc)
+        else:
+            reason = "not an image OpenCV can decode"
+        if img is None:
+            if strict:
+                raise DataError(f"unreadable image {root / rel} ({reason}); drop --strict to skip such files")
+            skipped.append((rel, reason))
+            continue
+        formats[image_format(img)] += 1
+        images[i] = to_model_layout(img, channels, height, width)
+        keep[i] = True
+    if not keep.any():
+        raise DataError(f"split '{split}' has no readable images")
+    return DecodedSplit(images[keep], np.asarray([y for _, y in items], np.int64)[keep],
+                        [rel for (rel, _), k in zip(items, keep) if k], skipped,
+                        None if targets is None else targets[keep], dict(formats))  # fmt: skip
+
+
+def _read_cache(cache_file: Path, items, targets) -> DecodedSplit | None:
+    if not cache_file.exists():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            images, labels, keep = z["images"], z["labels"], z["keep"]
+            skipped = [tuple(s) for s in json.loads(str(z["skipped"]))]
+            formats = json.loads(str(z["formats"]))
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("ignoring unreadable cache %s: %s", cache_file, exc)
+        return None
+    return DecodedSplit(images, labels, [rel for (rel, _), k in zip(items, keep) if k], skipped,
+                        None if targets is None else targets[keep], formats)  # fmt: skip
+
+
+def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
+    kept = set(decoded.paths)
+    keep = np.asarray([rel in kept for rel, _ in items])
+    tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}.npz")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
+                 formats=json.dumps(decoded.formats))  # fmt: skip
+        os.replace(tmp, cache_file)
+    except OSError as exc:
+        log.warning("could not write decode cache %s: %s", cache_file, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_skipped_log(path: Path, decoded: dict[str, DecodedSplit]) -> int:
+    lines = [f"{split}\t{rel}\t{reason}" for split, d in decoded.items() for rel, reason in d.skipped]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
