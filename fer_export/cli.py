@@ -18,15 +18,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from fer_export.onnx_export import ExportError, export_onnx, parity_check
+from fer_export.onnx_export import ExportError, export_onnx, parity_check, save_onnx_atomic, set_contract
 from fer_export.prune import PruneError, count_flops_params, prune_channels
 from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
 from fer_export.report import onnx_latency_ms, write_report
+from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
-from fer_runtime.session import OnnxModel
+from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
@@ -162,7 +164,7 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
                               for s in ("val", "test") if s in final_row}}  # fmt: skip
     if args.distill_from:
         provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
-    contract = contract.replace(provenance=provenance)
+    contract = contract.replace(provenance=provenance, temperature=_torch_temperature(model, contract, data["val"]))
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
@@ -174,6 +176,7 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     code = 0
     if args.int8:
         code = _int8(args, fp32_path, data, out, report, fp32_row)
+    _reliability_plot(report, out)
     write_report(out, report)
     _print_summary(report)
     return code
@@ -196,16 +199,47 @@ def _torch_row(label: str, model, contract, data) -> dict:
     return row
 
 
-def _onnx_row(label: str, path: Path, data: dict, timed: bool = True) -> dict:
-    """Scores on every split; ``timed=False`` when the caller times this file side by side with another."""
+def _torch_temperature(model, contract, val) -> float:
+    """The softmax temperature that calibrates ``model`` on the validation split."""
+    from fer_train.engine import predict_logits
+
+    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(val.images)), contract, torch.device("cpu"))
+    return fit_temperature(logits.numpy(), val.labels)
+
+
+def _calibrate_onnx(path: Path, val) -> float:
+    """Fit this file's own temperature on val (INT8 logits differ a little from fp32) and write it into its contract."""
     model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
-    row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1)}
+    temperature = fit_temperature(model.raw_outputs(val.images), val.labels)
+    proto = onnx.load(str(path))
+    set_contract(proto, model.contract.replace(temperature=temperature))
+    save_onnx_atomic(proto, path)
+    return temperature
+
+
+def _onnx_row(label: str, path: Path, data: dict, timed: bool = True) -> dict:
+    """Scores and calibration on every split; ``timed=False`` when the caller times this file beside another."""
+    model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
+    c = model.contract
+    row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "temperature": c.temperature}
     if timed:
         row["latency_ms"] = onnx_latency_ms(path)[0]
     for split in ("val", "test"):
         if split in data:
-            row[split] = _score(model.predict_pixels(data[split].images), data[split].labels, list(model.contract.classes))
+            raw = model.raw_outputs(data[split].images)
+            row[split] = _score(calibrated_probabilities(raw, c.output, c.temperature), data[split].labels, list(c.classes))
+            row[split]["calibration"] = calibration_summary(raw, data[split].labels, c.temperature, c.output)
     return row
+
+
+def _reliability_plot(report: dict, out: Path) -> None:
+    split = "test" if any("test" in r for r in report["artefacts"]) else "val"
+    curves = {r["name"]: r[split]["calibration"] for r in report["artefacts"] if "calibration" in r.get(split, {})}
+    try:
+        path = plot_reliability(curves, out / "reliability.png", title=f"{split} split; temperature fitted on val")
+    except ImportError:
+        return
+    report["paths"]["reliability"] = str(path)
 
 
 def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: dict) -> int:
@@ -215,6 +249,7 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     reader = FaceCalibrationReader(train.images[idx], contract)
     keep = [k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
+    _calibrate_onnx(int8_path, data["val"])
     int8_row = _onnx_row("onnx int8", int8_path, data, timed=False)
     # the speed-up comes from one interleaved timing of both files, not from two separate moments
     fp32_row["latency_ms"], int8_row["latency_ms"] = onnx_latency_ms(fp32_path, int8_path)
@@ -258,9 +293,11 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
     data = {s: load_split(manifest, s, contract.channels, contract.input_size) for s in manifest.splits}
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
+    _calibrate_onnx(fp32_path, data["val"])
     fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not args.int8)
     report["artefacts"].append(fp32_row)
     code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
+    _reliability_plot(report, out)
     write_report(out, report)
     _print_summary(report)
     return code

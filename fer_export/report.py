@@ -25,12 +25,17 @@ def onnx_latency_ms(*paths: Path, rounds: int = 10, calls: int = 30) -> list[flo
     return [percentiles(samples[str(i)])["p50_ms"] for i in range(len(paths))]
 
 
+def _ece(row: dict) -> str:
+    cal = row.get("test", row.get("val", {})).get("calibration")
+    return f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
+
+
 def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
     json_path, md_path = out_dir / "export_report.json", out_dir / "export_report.md"
     atomic_write_text(json_path, json.dumps(report, indent=2))
     lines = [f"# Export report: {report.get('name', out_dir.name)}", "", f"Source: `{report.get('source')}`", ""]
-    lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | latency ms (b1, 1 thr) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | temperature | test ECE "
+              "before / after | latency ms (b1, 1 thr) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in report["artefacts"]:
         def f(key, split, fmt="{:.4f}", row=row):
             v = row.get(split, {}).get(key)
@@ -39,7 +44,7 @@ def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
         lines.append(
             f"| {row['name']} | {row.get('params', '-')} | {row.get('macs', '-')} | "
             f"{row['file_kb'] if row.get('file_kb') else '-'} | {f('accuracy', 'val')} | {f('macro_f1', 'val')} | "
-            f"{f('accuracy', 'test')} | {f('macro_f1', 'test')} | "
+            f"{f('accuracy', 'test')} | {f('macro_f1', 'test')} | {row.get('temperature', '-')} | {_ece(row)} | "
             f"{format(row['latency_ms'], '.3f') if row.get('latency_ms') else '-'} |"
         )
     for key in ("parity", "ratios", "notes", "paths"):

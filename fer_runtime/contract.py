@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 METADATA_KEY = "fer_contract"
-# Version 3 dropped the input conditioning (blur / deconvolution) of models trained on a blurred FER2013
-# copy and added ``temperature``. Older files are refused: such a model was trained on images unlike
+# Version 3 dropped the input conditioning of models trained on a blurred FER2013 copy and added
+# ``temperature``. Older files are refused: such a model was trained on images unlike
 # real faces, and a file without conditioning was still made before the repaired data.
 CONTRACT_VERSION = 3
 

@@ -46,11 +46,15 @@ class OnnxModel:
         """Calibrated class probabilities: softmax(logits / the contract's temperature)."""
         return calibrated_probabilities(self.run(batch), self.contract.output, self.contract.temperature)
 
+    def raw_outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 N x C x H x W (model colour order, model size) -> the model's raw outputs N x K."""
+        outs = [self.run(self.contract.normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
+
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 N x C x H x W (model colour order, model size) -> calibrated probabilities N x K."""
-        outs = [self.probabilities(self.contract.normalize(images[i : i + batch_size]))
-                for i in range(0, len(images), batch_size)]  # fmt: skip
-        return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
+        c = self.contract
+        return calibrated_probabilities(self.raw_outputs(images, batch_size), c.output, c.temperature)
 
 
 def calibrated_probabilities(out: np.ndarray, kind: str = "logits", temperature: float = 1.0) -> np.ndarray:
