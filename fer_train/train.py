@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", default=S)
     g.add_argument("--out-dir", default=S)
     g.add_argument("--name", default=S, help="run folder name (default: model-time)")
+    g.add_argument("--config", default=None, metavar="RECIPE.toml",
+                   help="options from a recipe file (keys as in config.json, e.g. models/recipes/ferplus.toml); "
+                   "flags given here override it")
     g.add_argument("--resume", default=None, help="continue from RUN/last.pt; with --epochs 0 only evaluates")
     g.add_argument("--stop-after", type=int, default=None, help="end this sitting after N more epochs (resume later)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=S)
@@ -153,14 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
     ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only")}
+    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only", "config")}
+    recipe = load_recipe(ns.config) if ns.config else {}
     resume_state = None
     if ns.resume:
         resume_state = load_checkpoint(ns.resume)
         saved = {k: v for k, v in resume_state.get("train_args", {}).items() if k in DEFAULTS}  # retired options drop out
-        merged = {**DEFAULTS, **saved, **given}
+        merged = {**DEFAULTS, **saved, **recipe, **given}
     else:
-        merged = {**DEFAULTS, **given}
+        merged = {**DEFAULTS, **recipe, **given}
     merged["resume"] = ns.resume
     merged["stop_after"] = ns.stop_after
     merged["data_report_only"] = bool(ns.data_report_only)
@@ -176,6 +180,26 @@ def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | Non
     if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
         raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
     return argparse.Namespace(**merged), resume_state
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A recipe file: a TOML table of fer-train options, named as in ``config.json`` (``model_arg = ["width=0.5"]``)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{path} is not valid TOML: {exc}") from None
+    options = data.get("train", data)
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise DataError(f"{path}: unknown fer-train option(s) {', '.join(unknown)} (known: see config.json of a run)")
+    return options
 
 
 def contiguous(state_dict: dict) -> dict:

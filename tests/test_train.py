@@ -196,3 +196,24 @@ def test_native_bf16_detection_agrees_with_cpu_flags():
     flags = set(Path("/proc/cpuinfo").read_text().split())
     if not flags & {"avx512_bf16", "amx_bf16"}:
         assert not engine.cpu_has_native_bf16()
+
+
+def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path, capsys):
+    from fer_train.train import DEFAULTS, load_recipe
+    from fer_train.train import main as train_main
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "models" / "recipes").glob("*.toml"))
+    assert {p.stem for p in recipes} >= {"ferplus", "fer2013"}
+    for path in recipes:
+        assert set(load_recipe(path)) <= set(DEFAULTS)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'data_root = "{tree_factory("train-val-test")}"\nmodel = "vgg"\nmodel_arg = ["width=0.125"]\n'
+                      f'epochs = 3\nbatch_size = 8\nlr = 3e-3\nname = "from_recipe"\nout_dir = "{tmp_path}"\n'
+                      'amp = "off"\nno_progress = true\n')  # fmt: skip
+    assert train_main(["--config", str(recipe), "--epochs", "1"]) == 0
+    config = json.loads((tmp_path / "from_recipe" / "config.json").read_text())
+    assert (config["epochs"], config["lr"], config["model_arg"], config["batch_size"]) == (1, 3e-3, ["width=0.125"], 8)
+    recipe.write_text(recipe.read_text() + "learning_rate = 1\n")
+    assert train_main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fer-train: error: {recipe}: unknown fer-train option(s) learning_rate (known: see config.json of a run)"]
