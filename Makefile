@@ -16,10 +16,19 @@ test: $(PY)
 	$(PIP) install -q -e '.[dev]'
 	$(PY) -m pytest
 
+# The runtime tests again in a venv with the base install only (no torch): what `make run` users have.
+RUNTIME_VENV ?= .venv-runtime
+test-runtime:
+	python3 -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q . pytest onnx scikit-image
+	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
+	  tests/test_calibration.py
+
 lint: $(PY)
 	$(VENV)/bin/ruff check .
 
-.PHONY: run test lint
+.PHONY: run test test-runtime lint
 
 # The shipped models (models/MODEL_CARD.md): each recipe in models/recipes/ is trained (or resumed from
 # its last.pt, or kept when finished), exported to ONNX + INT8 with a temperature fitted on val, copied

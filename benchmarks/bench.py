@@ -22,6 +22,7 @@ from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.contract import ContractError
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
+from fer_runtime.outputs import FerCommand, OutputError, check_output_dir, check_output_file
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 
@@ -91,7 +92,7 @@ def default_models() -> list[str]:
     return [str(MODELS_DIR / name) for name in shipped if (MODELS_DIR / name).is_file()]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--models", "model_paths", multiple=True, help="ONNX files (default: the shipped models)")
 @click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
@@ -108,10 +109,13 @@ def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions
          incumbent):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     try:
+        check_output_dir(out_dir)
+        if predictions:
+            check_output_file(predictions, "--predictions")
         data = bench_manifest(data_root, protocol, manifest)
         results = run(list(model_paths) or default_models(), data, split, Path(out_dir), predictions,
                       pipeline_video, torch_ckpt, calls, incumbent)  # fmt: skip
-    except (DataError, ContractError) as exc:
+    except (DataError, ContractError, OutputError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
@@ -167,6 +171,10 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
             rows[name]["quality"] = None
             rows[name]["note"] = f"not scored: {exc}"
             continue
+        if len(classes) < c.num_classes:
+            rows[name]["note"] = (f"scored as a {len(classes)}-way task: the data has {len(classes)} of the model's "
+                                  f"{c.num_classes} classes (no {', '.join(x for x in c.classes if x not in classes)})")
+            click.echo(f"fer-bench: note: {name} {rows[name]['note']}", err=True)
         raw = model.raw_outputs(decoded.images)
         before = calibrated_probabilities(raw, c.output, 1.0)[:, mapping]  # columns in data class order
         after = calibrated_probabilities(raw, c.output, c.temperature)[:, mapping]
@@ -226,7 +234,12 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
     except ImportError:
         click.echo("fer-bench: --torch needs the training extra (pip install 'fer-toolchain[train]'); row skipped", err=True)
         return
-    model, contract = model_from_checkpoint(load_checkpoint(ckpt))
+    from fer_train.checkpoint import CheckpointError
+
+    try:
+        model, contract = model_from_checkpoint(load_checkpoint(ckpt))
+    except CheckpointError as exc:
+        raise DataError(f"--torch: {exc}") from None
     mapping = class_mapping(contract.classes, classes)
     decoded = load_for(manifest, split, contract)
     logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(decoded.images)), contract, torch.device("cpu"))

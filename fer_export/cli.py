@@ -28,6 +28,7 @@ from fer_export.report import onnx_latency_ms, write_report
 from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
+from fer_runtime.outputs import OutputError, check_output_dir
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.metrics import classification_metrics
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?", help="fer-train checkpoint (.pt) or exported ONNX model")
     p.add_argument("--out-dir", default="exports", help="parent folder; one subfolder per export")
-    p.add_argument("--name", default=None, help="export folder name (default: source name + time)")
+    p.add_argument("--name", default=None, help="export folder name (default: source name + time); an existing one is refused")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --name")
     p.add_argument("--data-root", default=None, help="data for calibration and scoring (default: the run's)")
     p.add_argument("--protocol", default=None, choices=PROTOCOLS, help="for an ONNX source without a run manifest")
     g = p.add_argument_group("distillation")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (ExportError, QuantizationError, PruneError, CheckpointError, DataError, ContractError, ModelError,
-            ValueError, FileNotFoundError) as exc:  # fmt: skip
+            OutputError, ValueError, FileNotFoundError) as exc:  # fmt: skip
         print(f"fer-export: error: {exc}", file=sys.stderr)
         return 2
 
@@ -118,11 +120,14 @@ def run(args: argparse.Namespace) -> int:
     staging = Path(args.out_dir) / f".{name}.partial"
     if args.resume and not args.name:
         raise ValueError("--resume needs the --name of the interrupted export")
+    check_output_dir(args.out_dir)
+    if final_dir.exists() and not args.overwrite:
+        raise OutputError(f"{final_dir} already exists: pick another --name or replace it with --overwrite")
     if staging.exists() and not args.resume:
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        code = _run_stages(args, source, staging, name)
+        code = _run_stages(args, source, staging, name, final_dir)
     except BaseException:
         if any(staging.rglob("last.pt")):
             print(f"fer-export: training checkpoints kept in {staging}; continue with --name {name} --resume",
@@ -137,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: str) -> int:
-    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": []}
+def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: str, final_dir: Path) -> int:
+    # paths in the report name where the files will be once the staging folder is moved into place
+    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": [],
+                    "_staging": (str(out), str(final_dir))}  # fmt: skip
     if source is not None and source.suffix == ".onnx":
         return _quantize_only(args, source, out, report)
     ckpt = source

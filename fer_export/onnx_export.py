@@ -49,10 +49,14 @@ def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, ops
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-            )  # fmt: skip
+            try:
+                torch.onnx.export(
+                    model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                )  # fmt: skip
+            except Exception as exc:  # the exporter raises many types, with the whole graph in the message
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ExportError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
         proto = onnx.load(str(tmp))
     finally:
         if tmp.exists():

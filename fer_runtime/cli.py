@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,12 @@ import numpy as np
 from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
 from fer_runtime.contract import ContractError
 from fer_runtime.detect import DetectorError
+from fer_runtime.outputs import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerCommand, OutputError, check_output_file
 from fer_runtime.sources import SourceError, open_source
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def gui_available() -> bool:
@@ -110,20 +116,23 @@ def run_pipeline(
     }  # fmt: skip
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--camera", type=int, default=None, help="camera index (e.g. 0)")
+@click.command("fer-run", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--camera", type=click.IntRange(min=0), default=None, help="camera index (e.g. 0)")
 @click.option("--source", default=None, help="video file, image, folder of images, or stream URL")
 @click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
 @click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar", show_default=True)
 @click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
-@click.option("--detect-width", type=int, default=320, show_default=True, help="detect on a frame this wide")
-@click.option("--detect-every", type=int, default=1, show_default=True, help="detect every k-th frame, track between")
-@click.option("--smoothing", type=float, default=0.7, show_default=True, help="EMA weight of past probabilities (0 off)")
-@click.option("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
+              help="detect on a frame this wide")
+@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="detect every k-th frame, track between")
+@click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
+              help="EMA weight of past probabilities (0 off)")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--save", default=None, help="write an annotated video, e.g. out.mp4")
 @click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
-@click.option("--max-frames", type=int, default=None)
+@click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")
 def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
          display, save, json_path, max_frames, profile):  # fmt: skip
@@ -134,21 +143,29 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     if display is None:
         display = can_show
     elif display and not can_show:
-        raise click.ClickException(
+        raise click.UsageError(
             "no window possible: no display, or the headless OpenCV wheel is installed "
             "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
         )
     try:
+        if json_path:
+            check_output_file(json_path, "--json")
+        if save:
+            check_output_file(save, "--save")
         clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads)
         src = open_source(camera, source)
-    except (ContractError, DetectorError, SourceError, ValueError) as exc:
+    except (ContractError, DetectorError, SourceError, OutputError, ValueError) as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         stats = run_pipeline(clf, src, display, save, json_path, max_frames)
     except SourceError as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(
         f"fer-run: {stats['frames']} frames, {stats['faces']} faces, {stats['corrupt_frames']} corrupt frames skipped, "
         f"{stats['fps']:.1f} FPS" + (" (interrupted)" if stats["interrupted"] else "")
@@ -160,8 +177,10 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     outputs = [p for p in (save, json_path) if p]
     if outputs:
         click.echo("fer-run: wrote " + ", ".join(str(Path(p)) for p in outputs))
+    if stats["interrupted"]:
+        sys.exit(EXIT_INTERRUPTED)
     if stats["source_lost"]:
-        sys.exit(1)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

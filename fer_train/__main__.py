@@ -1,5 +1,3 @@
-import sys
+from fer_train.entry import train
 
-from fer_train.train import main
-
-sys.exit(main())
+train()

@@ -13,6 +13,7 @@ import torch
 
 from fer_runtime.data import DataError, atomic_write_text, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
+from fer_runtime.outputs import OutputError, check_output_dir
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_output_dir(args.out_dir or Path(args.ckpt[0]).resolve().parent)
         states = [load_checkpoint(c) for c in args.ckpt]
         members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]
         contract = members[0][1]
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 train = load_split(manifest, "train", contract.channels, contract.input_size, cache_dir=args.cache_dir)
         for w in caught:
             print(f"fer-eval: warning: {w.message}", file=sys.stderr)
-    except (CheckpointError, DataError, ValueError) as exc:
+    except (CheckpointError, DataError, OutputError, ValueError) as exc:
         print(f"fer-eval: error: {exc}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")

@@ -40,6 +40,25 @@ def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, 
     return nn.Sequential(*layers)
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that also exports to ONNX when the output size does not divide the input.
+
+    The ONNX exporter only handles the divisible case (one AveragePool); otherwise the same bins PyTorch
+    uses (start floor(i*H/out), end ceil((i+1)*H/out)) are taken as slices and averaged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_h, out_w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+        h, w = x.shape[-2:]
+        out_h, out_w = out_h or h, out_w or w
+        if h % out_h == 0 and w % out_w == 0:
+            return super().forward(x)
+        rows = [x[..., (i * h) // out_h : -(-((i + 1) * h) // out_h), :].mean(-2, keepdim=True) for i in range(out_h)]
+        x = torch.cat(rows, -2)
+        cols = [x[..., (j * w) // out_w : -(-((j + 1) * w) // out_w)].mean(-1, keepdim=True) for j in range(out_w)]
+        return torch.cat(cols, -1)
+
+
 def _scaled(channels: int, width: float, divisor: int = 8) -> int:
     return max(divisor, int(channels * width + divisor / 2) // divisor * divisor)
 
@@ -55,7 +74,7 @@ class SimpleCNN(nn.Module):
             _conv_bn(64, 128), _conv_bn(128, 128), nn.MaxPool2d(2),
         )  # fmt: skip
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
+            AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
             nn.Linear(128 * 16, 512), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(512, num_classes),
         )  # fmt: skip
 
@@ -92,7 +111,7 @@ class VGGNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         # Keep a coarse spatial map (pool x pool): where the mouth and eyes are matters for expressions.
-        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Dropout(dropout)]
+        head: list[nn.Module] = [AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Dropout(dropout)]
         cin = cin * pool * pool
         if hidden:
             head += [nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]

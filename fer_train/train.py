@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -34,6 +35,7 @@ from fer_runtime.data import (
 )
 from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
+from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, check_output_dir
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
 from fer_train.engine import (
@@ -49,6 +51,8 @@ from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model
 from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths, teacher_targets
+
+RUN_STATE: dict = {}  # the run folder of the run in progress, for the interrupt message
 
 DEFAULTS = {
     "data_root": None, "protocol": None, "label_mode": None, "val_split": None, "test_split": None, "strict": False,
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--deterministic", action="store_true", default=S)
     g.add_argument("--out-dir", default=S)
-    g.add_argument("--name", default=S, help="run folder name (default: model-time)")
+    g.add_argument("--name", default=S, help="run folder name (default: model-time); an existing run is refused")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run of the same --name")
     g.add_argument("--config", default=None, metavar="RECIPE.toml",
                    help="options from a recipe file (keys as in config.json, e.g. models/recipes/ferplus.toml); "
                    "flags given here override it")
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
     ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only", "config")}
+    given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only", "config", "overwrite")}
     recipe = load_recipe(ns.config) if ns.config else {}
     resume_state = None
     if ns.resume:
@@ -168,6 +173,7 @@ def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | Non
     merged["resume"] = ns.resume
     merged["stop_after"] = ns.stop_after
     merged["data_report_only"] = bool(ns.data_report_only)
+    merged["overwrite"] = bool(ns.overwrite)
     merged["data_root"] = resolve_data_root(given.get("data_root"), merged["data_root"])
     if merged["lr"] is None:
         merged["lr"] = 1e-3 if merged["opt"] == "adamw" else 0.05
@@ -200,6 +206,28 @@ def load_recipe(path: str | Path) -> dict:
     if unknown:
         raise DataError(f"{path}: unknown fer-train option(s) {', '.join(unknown)} (known: see config.json of a run)")
     return options
+
+
+def _counts(decoded: dict, num_classes: int) -> dict[str, list[int]]:
+    """Images per class of each split as decoded: skipped files are not counted."""
+    return {s: np.bincount(d.labels, minlength=num_classes).tolist() for s, d in decoded.items()}
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    """The run folder, checked before any work: writable, and never an existing run unless --overwrite."""
+    if args.resume:
+        run_dir = Path(args.resume).resolve().parent
+        check_output_dir(run_dir, "the run folder")
+        return run_dir
+    check_output_dir(args.out_dir)
+    name = args.name or f"{args.model.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.out_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            raise OutputError(f"{run_dir} already holds a run: pick another --name, continue it with --resume "
+                              f"{run_dir / 'last.pt'}, or replace it with --overwrite")  # fmt: skip
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def contiguous(state_dict: dict) -> dict:
@@ -248,12 +276,17 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
-    except (DataError, ModelError, CheckpointError, ContractError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ModelError, CheckpointError, ContractError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"fer-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fer-train: interrupted; last.pt holds the last finished epoch", file=sys.stderr)
-        return 130
+        last = RUN_STATE["run_dir"] / "last.pt" if RUN_STATE.get("run_dir") else None
+        if last is not None and last.exists():
+            print(f"fer-train: interrupted; {last} holds the last finished epoch (continue with --resume {last})",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print("fer-train: interrupted before the first epoch finished; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -273,6 +306,12 @@ def run(argv: list[str] | None = None) -> int:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     model_kwargs = parse_model_args(args.model_arg)
+    if args.data_report_only:
+        check_output_dir(args.out_dir)
+        run_dir = None
+    else:
+        run_dir = _run_dir(args)
+    RUN_STATE["run_dir"] = run_dir
 
     # ---- data
     if resume_state is not None and "manifest" in resume_state:
@@ -321,24 +360,6 @@ def run(argv: list[str] | None = None) -> int:
         print(f"fer-train: data report in {', '.join(map(str, written))}")
         return 0
 
-    # ---- run folder
-    if resume_state is not None:
-        run_dir = Path(args.resume).resolve().parent
-    else:
-        name = args.name or f"{args.model.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(args.out_dir) / name
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        manifest.save(run_dir / "split_manifest.json")
-        n_skipped = write_skipped_log(run_dir / "skipped_files.txt", decoded)
-        if n_skipped:
-            print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
-        config = {k: v for k, v in vars(args).items()}
-        config.update(amp_resolved=amp, device=str(device), world_size=world, contract=contract.to_dict())
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-        if report is not None:
-            write_data_report(report, run_dir)
-
     # ---- model
     init_state = load_checkpoint(args.init) if args.init else None
     pruned = bool((resume_state or init_state or {}).get("pruned"))
@@ -374,7 +395,22 @@ def run(argv: list[str] | None = None) -> int:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if is_main:
         print(f"fer-train: {args.model} {model_kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | "
-              f"classes {manifest.classes} | splits {manifest.counts()} | device {device} x{world} amp {amp}")  # fmt: skip
+              f"classes {manifest.classes} | images per class {_counts(decoded, len(manifest.classes))} | "
+              f"device {device} x{world} amp {amp}")  # fmt: skip
+
+    # ---- run folder
+    # made only now that data and model are known to work: a run that fails at start leaves no folder
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest.save(run_dir / "split_manifest.json")
+        n_skipped = write_skipped_log(run_dir / "skipped_files.txt", decoded)
+        if n_skipped:
+            print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
+        config = {k: v for k, v in vars(args).items()}
+        config.update(amp_resolved=amp, device=str(device), world_size=world, contract=contract.to_dict())
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+        if report is not None:
+            write_data_report(report, run_dir)
 
     # ---- optimisation
     train_images, train_labels = tensors.get("train", (None, None))

@@ -15,7 +15,7 @@ from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract, rea
 from fer_runtime.session import OnnxModel
 from fer_train.checkpoint import fit_modules_to_state_dict, load_checkpoint, model_from_checkpoint
 from fer_train.losses import distillation_loss
-from fer_train.models import create_model
+from fer_train.models import create_model, list_models
 from fer_train.teacher import LoadedTeacher, load_teacher, make_teacher, teacher_targets
 from fer_train.train import main as train_main
 
@@ -370,3 +370,14 @@ def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tm
     assert train_main([*args, "--name", "b", "--teacher", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "not a readable ONNX model" in err[-1] and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("timm:")])
+def test_every_registered_model_exports_to_onnx_and_int8(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, 3, 1).eval()
+    fp32 = export_onnx(model, CONTRACT, tmp_path / f"{name}.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (16, 1, 48, 48), dtype=np.uint8)
+    assert parity_check(model, fp32, images)["top1_agreement"] == 1.0
+    int8 = quantize_int8(fp32, tmp_path / f"{name}.int8.onnx", FaceCalibrationReader(images, CONTRACT))
+    assert OnnxModel(int8).predict_pixels(images).shape == (16, 3)

@@ -23,14 +23,10 @@ CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from fer_export.onnx_export import export_onnx
-    from fer_train.models import create_model
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("m") / "tiny.onnx"
-    export_onnx(create_model("vgg", len(CLASSES), 1, width=0.125).eval(), ModelContract(classes=CLASSES), path)
-    return path
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES))
 
 
 @pytest.fixture(scope="module")

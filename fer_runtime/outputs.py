@@ -1,0 +1,78 @@
+"""Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work.
+
+Exit codes shared by every command: 0 done, 1 internal error, 2 usage or input error (this module's
+``OutputError`` among them), 3 a failed quality gate (fer-export's INT8 drop), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+class OutputError(ValueError):
+    """An output location that cannot be written."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _probe(folder: Path, what: str, path: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def check_output_dir(path: str | Path, what: str = "--out-dir") -> Path:
+    """A folder that exists and is writable, or can be made under a writable folder. Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise OutputError(f"{what} {path}: {base} is a file, not a folder")
+    _probe(base, what, path)
+    return path
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """A file path whose folder exists and is writable, and that is not itself a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"{what} {path}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{what} {path}: {parent} is not a folder")
+    _probe(parent, what, path)
+    return path
+
+
+class FerCommand(click.Command):
+    """A click command whose usage and input errors are one ``PROG: error: ...`` line with exit code 2,
+    like the argparse commands; Ctrl-C exits 130."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"{self.name}: error: {exc.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo(f"{self.name}: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code

@@ -1,0 +1,42 @@
+"""Tiny ONNX classifiers built with ``onnx.helper``: runtime tests need no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.contract import METADATA_KEY, ModelContract
+
+
+def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
+    """Conv 3x3 stride 2 -> ReLU -> global average pool -> Gemm: a real network with the contract's shapes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c, k, hidden = contract.channels, contract.num_classes, 8
+    weights = {
+        "conv_w": rng.normal(0, 0.5, (hidden, c, 3, 3)).astype(np.float32),
+        "conv_b": rng.normal(0, 0.1, hidden).astype(np.float32),
+        "fc_w": rng.normal(0, 0.5, (k, hidden)).astype(np.float32),
+        "fc_b": rng.normal(0, 0.1, k).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], name="first_conv", pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1),
+    ]  # fmt: skip
+    h, w = contract.input_size
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: contract.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
