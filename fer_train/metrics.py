@@ -47,22 +47,34 @@ def plot_confusion_matrix(metrics: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, monitor: str | None = None) -> None:
+    """Is the model still learning, and is it overfitting? Losses left, validation metrics right, best epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    style = {"marker": "o", "markersize": 3}  # a run of one epoch still shows its points
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    a.plot(epochs, [h["val_loss"] for h in history], label="val loss")
-    a.set_xlabel("epoch")
-    a.legend()
-    b.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy")
-    b.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1")
-    b.set_xlabel("epoch")
-    b.legend()
+    a.plot(epochs, [h["train_loss"] for h in history], label="train loss (augmented batches)", **style)
+    a.plot(epochs, [h["val_loss"] for h in history], label="val loss", **style)
+    a.set(xlabel="epoch", ylabel="cross-entropy", title="loss: val turning up while train falls = overfitting")
+    b.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy", **style)
+    b.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1", **style)
+    b.set(xlabel="epoch", ylabel="score", ylim=(0, 1), title="validation")
+    if monitor and history:
+        key = f"val_{monitor}"
+        best = max(history, key=lambda h: h[key])
+        b.axvline(best["epoch"], color="grey", ls="--", lw=1)
+        b.annotate(f"best {monitor} {best[key]:.4f}\n(epoch {best['epoch']}, best.pt)", (best["epoch"], best[key]),
+                   xytext=(6, -30), textcoords="offset points", fontsize=8)  # fmt: skip
+    for ax in (a, b):
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if len(epochs) <= 10:
+            ax.set_xticks(epochs)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -590,7 +590,7 @@ def write_reports(run_dir: Path, results: dict, history: list[dict]) -> None:
     plot_confusion_matrix(results[split], run_dir / "confusion_matrix.png", title=f"{split}: accuracy "
                           f"{results[split]['accuracy']:.4f}, macro-F1 {results[split]['macro_f1']:.4f}")  # fmt: skip
     if history:
-        plot_curves(history, run_dir / "curves.png")
+        plot_curves(history, run_dir / "curves.png", results.get("best", {}).get("metric"))
 
 
 def _tensorboard(run_dir: Path, record: dict) -> None:

@@ -141,3 +141,16 @@ def test_bench_torch_row_with_a_non_checkpoint_is_one_line(setup, tmp_path, caps
                                               str(tmp_path / "b"), "--torch", str(bad), "--no-incumbent", "--calls", "1"],
                                  capsys)  # fmt: skip
     _assert_one_error(code, lines, "fer-bench", bad)
+
+
+def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(setup, tmp_path, capsys, monkeypatch):
+    import fer_train.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
+                                                 "i", "--epochs", "1", "--no-progress", "--model-arg", "width=0.125"],
+                                    capsys)  # fmt: skip
+    assert code == 130 and lines[-1] == "fer-train: interrupted before the first epoch finished; nothing to resume"
