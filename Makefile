@@ -1,4 +1,5 @@
-# Quick start (README): `make run` installs the runtime and starts the camera demo;
+# Quick start (README): `make run` installs the runtime and runs fer-run on camera 0 (or, with no camera,
+# on the bundled demo photo);
 # `make test` installs everything for development and runs the test suite (CI runs this).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ $(PY):
 
 run: $(PY)
 	$(PIP) install -q .
-	$(VENV)/bin/fer-run --camera 0
+	$(VENV)/bin/fer-run
 
 test: $(PY)
 	$(PIP) install -q -e '.[dev]'

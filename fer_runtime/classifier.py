@@ -86,6 +86,26 @@ class FaceExpressionClassifier:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.model.probabilities(self.contract.preprocess(crops))
 
+    def process_image(self, image: np.ndarray, crops: bool = False) -> list[FaceResult]:
+        """One photo on its own: every face detected and classified, no tracking, no smoothing across images.
+
+        ``crops``: the image already is a face crop (FER2013-style): no detection, the contract's preprocessing only.
+        """
+        timer = self.timer
+        with timer("detect"):
+            h, w = image.shape[:2]
+            detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self.detector(image)
+        with timer("preprocess"):
+            faces = [image] if crops else [crop_face(image, d, self.contract.crop_margin) for d in detections]
+            batch = self.contract.preprocess(faces) if faces else None
+        with timer("classify"):
+            probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
+        results = []
+        for i, (det, p) in enumerate(zip(detections, probs)):
+            k = int(p.argmax())
+            results.append(FaceResult(det.box, i, self.classes[k], float(p[k]), p, self.classes[k], p))
+        return results
+
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer
         with timer("detect"):

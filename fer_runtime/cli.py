@@ -15,9 +15,48 @@ import numpy as np
 
 from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
 from fer_runtime.contract import ContractError
+from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import DetectorError
-from fer_runtime.outputs import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerCommand, OutputError, check_output_file
+from fer_runtime.outputs import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    FerCommand,
+    OutputError,
+    check_output_dir,
+    check_output_file,
+)
 from fer_runtime.sources import SourceError, open_source
+
+DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
+
+
+def _open(camera: int | None, source: str | None, default_camera: bool):
+    """The source; with no --camera or --source and no camera here, the bundled demo photo instead."""
+    if not default_camera:
+        return open_source(camera, source)
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # OpenCV's own lines about a missing /dev/video0 say nothing to a user
+    try:
+        return open_source(camera, source)
+    except SourceError:
+        click.echo("fer-run: no camera 0 on this machine; showing the bundled demo photo instead (fer-run --demo)")
+        return open_source(None, str(DEMO_IMAGE))
+    finally:
+        logging.setLogLevel(level)
+
+
+def summary(stats: dict, images: bool) -> str:
+    what = "images" if images else "frames"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))
+    line = (f"fer-run: {stats['frames']} {what}, {stats['faces']} faces" + (f" ({counts})" if counts else "")
+            + f", {stats['fps']:.1f} {'images' if images else 'frames'}/s")  # fmt: skip
+    if stats["corrupt"]:
+        names = ", ".join(stats["corrupt"][:5]) + (", ..." if len(stats["corrupt"]) > 5 else "")
+        line += f"; {len(stats['corrupt'])} unreadable {what} skipped ({names})"
+    line += " (interrupted)" if stats["interrupted"] else ""
+    return line + (" (source lost after retries)" if stats["source_lost"] else "")
 
 
 def _interrupt(signum, frame) -> None:
@@ -44,6 +83,14 @@ def draw(frame: np.ndarray, faces: list[FaceResult], fps: float) -> np.ndarray:
     return out
 
 
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov"}
+
+
+def describe(faces: list[FaceResult]) -> str:
+    """'happy 0.91, neutral 0.55' for a line of headless output."""
+    return ", ".join(f"{f.label} {f.confidence:.2f}" for f in faces) or "no face"
+
+
 def run_pipeline(
     clf: FaceExpressionClassifier,
     source,
@@ -51,14 +98,23 @@ def run_pipeline(
     save: str | None = None,
     json_path: str | None = None,
     max_frames: int | None = None,
-    echo=print,
+    echo=None,
+    crops: bool = False,
 ) -> dict:
-    """Process every frame the source yields; outputs are flushed even on Ctrl-C."""
+    """Process every frame the source yields; outputs are flushed even on Ctrl-C or SIGTERM.
+
+    Image sources are classified one file at a time (``clf.process_image``), video and cameras as a stream
+    with tracking and smoothing (``clf.process_frame``). ``echo`` gets one readable line per image, or per
+    second of video.
+    """
+    independent = bool(getattr(source, "independent", False))
     writer = None
     jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in finally
-    frames = faces_total = corrupt = 0
+    frames = faces_total = 0
+    corrupt: list[str] = []
+    labels: dict[str, int] = {}
     start = time.perf_counter()
-    fps = 0.0
+    fps, next_line = 0.0, 1.0
     interrupted = False
     timer = clf.timer
     try:
@@ -69,22 +125,33 @@ def run_pipeline(
             if frame is None:
                 break
             if frame.image is None or frame.image.size == 0:
-                corrupt += 1
+                corrupt.append(frame.name or f"frame {frame.index}")
+                if echo and independent:
+                    echo(f"{frame.name}: unreadable, skipped")
                 continue
             t0 = time.perf_counter()
-            faces = clf.process_frame(frame.image)
+            faces = clf.process_image(frame.image, crops) if independent else clf.process_frame(frame.image)
             frames += 1
             faces_total += len(faces)
+            for f in faces:
+                labels[f.label] = labels.get(f.label, 0) + 1
             if jsonl:
                 record = {"frame": frame.index, "timestamp": round(frame.timestamp, 4),
                           "faces": [f.to_dict(clf.classes) for f in faces]}  # fmt: skip
                 if frame.name:
-                    record["name"] = frame.name
+                    record["file"] = frame.name
                 jsonl.write(json.dumps(record) + "\n")
+            if echo and independent:
+                echo(f"{frame.name}: {describe(faces)}")
+            elif echo and frame.timestamp >= next_line:
+                echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
+                next_line = frame.timestamp + 1.0
             if display or save:
                 with timer("draw"):
                     annotated = draw(frame.image.copy(), faces, fps)
-                if save:
+                if save and independent:
+                    _save_image(annotated, save, frame.name, len(source.paths) > 1)
+                elif save:
                     if writer is None:
                         h, w = annotated.shape[:2]
                         writer = cv2.VideoWriter(save, cv2.VideoWriter_fourcc(*"mp4v"), source.fps or 25.0, (w, h))
@@ -93,7 +160,7 @@ def run_pipeline(
                     writer.write(annotated)
                 if display:
                     cv2.imshow("fer-run (q to quit)", annotated)
-                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    if cv2.waitKey(0 if independent and len(source.paths) == 1 else 1) & 0xFF in (ord("q"), 27):
                         break
             timer.samples["frame"].append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start
@@ -110,10 +177,37 @@ def run_pipeline(
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - start
     return {
-        "frames": frames, "faces": faces_total, "corrupt_frames": corrupt, "seconds": elapsed,
-        "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
+        "frames": frames, "faces": faces_total, "corrupt_frames": len(corrupt), "corrupt": corrupt, "labels": labels,
+        "seconds": elapsed, "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
         "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(),
     }  # fmt: skip
+
+
+def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:
+    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images."""
+    target = Path(save) / name if many else Path(save)
+    if many:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}{target.suffix}")
+    if not cv2.imwrite(str(tmp), image):
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"cannot write image {target}: use a file name ending in .png or .jpg")
+    os.replace(tmp, target)
+
+
+def check_save_target(save: str, source) -> None:
+    """--save: an image file for one image, a folder for a folder of images, a video file otherwise."""
+    suffix = Path(save).suffix.lower()
+    if getattr(source, "independent", False) and len(source.paths) > 1:
+        if suffix:
+            raise OutputError(f"--save {save}: a folder of images is saved as a folder of images; give a folder name")
+        check_output_dir(save, "--save")
+        return
+    if getattr(source, "independent", False) and suffix not in IMAGE_EXTENSIONS:
+        raise OutputError(f"--save {save}: an image is saved as an image; use a name ending in .png or .jpg")
+    if not getattr(source, "independent", False) and suffix not in VIDEO_EXTENSIONS:
+        raise OutputError(f"--save {save}: a video is saved as a video; use a name ending in .mp4 or .avi")
+    check_output_file(save, "--save")
 
 
 @click.command("fer-run", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,14 +224,21 @@ def run_pipeline(
               help="EMA weight of past probabilities (0 off)")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
-@click.option("--save", default=None, help="write an annotated video, e.g. out.mp4")
+@click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
+@click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
+@click.option("--save", default=None,
+              help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images")
 @click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")
 def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
-         display, save, json_path, max_frames, profile):  # fmt: skip
+         crops, demo, display, save, json_path, max_frames, profile):  # fmt: skip
     """Real-time facial expression recognition (ONNX Runtime + OpenCV)."""
-    if camera is None and source is None:
+    if demo and (camera is not None or source is not None):
+        raise click.UsageError("--demo runs on the bundled photo: give no --camera or --source with it")
+    source = str(DEMO_IMAGE) if demo else source
+    default_camera = camera is None and source is None
+    if default_camera:
         camera = 0
     can_show = gui_available()
     if display is None:
@@ -150,27 +251,27 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     try:
         if json_path:
             check_output_file(json_path, "--json")
-        if save:
-            check_output_file(save, "--save")
         clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads)
-        src = open_source(camera, source)
+        src = _open(camera, source, default_camera)
+        if crops and not getattr(src, "independent", False):
+            src.close()
+            raise OutputError("--crops is for images or folders of face crops, not video or cameras")
+        if save:
+            check_save_target(save, src)
     except (ContractError, DetectorError, SourceError, OutputError, ValueError) as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        stats = run_pipeline(clf, src, display, save, json_path, max_frames)
+        echo = click.echo if not display else None
+        stats = run_pipeline(clf, src, display, save, json_path, max_frames, echo=echo, crops=crops)
     except SourceError as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo(
-        f"fer-run: {stats['frames']} frames, {stats['faces']} faces, {stats['corrupt_frames']} corrupt frames skipped, "
-        f"{stats['fps']:.1f} FPS" + (" (interrupted)" if stats["interrupted"] else "")
-        + (" (source lost after retries)" if stats["source_lost"] else "")
-    )
+    click.echo(summary(stats, bool(getattr(src, "independent", False))))
     if profile:
         for stage, p in stats["stages"].items():
             click.echo(f"  {stage:<10} p50 {p['p50_ms']:.3f} ms  p95 {p['p95_ms']:.3f} ms  (n={p['n']})")

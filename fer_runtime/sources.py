@@ -27,7 +27,9 @@ class Frame:
 
 
 class ImageSource:
-    live = False
+    """Image files, each classified on its own (no tracking or smoothing across files)."""
+
+    independent = True
 
     def __init__(self, paths: list[Path]):
         if not paths:
@@ -47,7 +49,7 @@ class ImageSource:
 class VideoSource:
     """A video file: every frame is kept, in order."""
 
-    live = False
+    independent = False
 
     def __init__(self, path: str):
         self.cap = cv2.VideoCapture(path)
@@ -75,7 +77,7 @@ class LiveSource:
     A lost device is reopened up to ``retries`` times, then the stream ends cleanly with ``lost`` set.
     """
 
-    live = True
+    independent = False
 
     def __init__(self, target: int | str, capture_factory: Callable[[int | str], object] = cv2.VideoCapture,
                  retries: int = 3, retry_wait: float = 0.5):  # fmt: skip

@@ -113,7 +113,7 @@ def test_folder_source_counts_corrupt_images(tiny_model, astronaut, tmp_path):
     (folder / "c.png").write_bytes(np.zeros(10, np.uint8).tobytes())
     result = CliRunner().invoke(run_cli, ["--source", str(folder), "--model", str(tiny_model), "--no-display"])
     assert result.exit_code == 0
-    assert "1 frames, 1 faces, 2 corrupt frames skipped" in result.output
+    assert "fer-run: 1 images, 1 faces" in result.output and "2 unreadable images skipped (b.jpg, c.png)" in result.output
 
 
 class FakeCapture:

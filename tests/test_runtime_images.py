@@ -1,0 +1,149 @@
+"""fer-run on photos and face crops: each file on its own, crops without detection, images saved as images."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fer_runtime.cli import DEMO_IMAGE
+from fer_runtime.cli import main as run_cli
+from fer_runtime.contract import ModelContract
+from fer_runtime.data import discover, load_split
+from fer_runtime.session import OnnxModel
+
+CLASSES = ("angry", "happy", "sad")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
+
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES), seed=3)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Labelled photos of a real face (the bundled demo), flipped, shifted and shaded so predictions vary."""
+    root = tmp_path_factory.mktemp("photos")
+    face = cv2.imread(str(DEMO_IMAGE))
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        img = face if i % 2 else cv2.flip(face, 1)
+        img = np.clip(img.astype(np.float32) * rng.uniform(0.6, 1.4) + rng.uniform(-40, 40), 0, 255).astype(np.uint8)
+        label = CLASSES[i % 3]
+        (root / label).mkdir(exist_ok=True)
+        cv2.imwrite(str(root / label / f"p{i:02d}.jpg"), img)
+    return root
+
+
+def _run(*args):
+    result = CliRunner().invoke(run_cli, [*map(str, args), "--no-display"])
+    return result
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_photos_are_classified_on_their_own_whatever_the_file_order(model, photos, tmp_path):
+    files = sorted(photos.rglob("*.jpg"))
+    results = {}
+    for order in range(3):
+        folder = tmp_path / f"order{order}"
+        folder.mkdir()
+        shuffled = files[:]
+        random.Random(order).shuffle(shuffled)
+        for rank, f in enumerate(shuffled):  # names decide the order the folder is read in
+            (folder / f"{rank:02d}_{f.parent.name}_{f.name}").write_bytes(f.read_bytes())
+        out = tmp_path / f"o{order}.jsonl"
+        r = _run("--source", folder, "--model", model, "--json", out)
+        assert r.exit_code == 0, r.output
+        records = _records(out)
+        assert len(records) == len(files) and all(len(rec["faces"]) == 1 for rec in records)
+        by_photo = {rec["file"].split("_", 2)[2]: rec["faces"][0] for rec in records}
+        assert all(face["track_id"] == 0 for face in by_photo.values())  # no track carried from one photo to the next
+        results[order] = by_photo
+        labels = {rec["file"].split("_", 2)[2]: rec["file"].split("_", 2)[1] for rec in records}
+        accuracy = np.mean([by_photo[p]["label"] == labels[p] for p in by_photo])
+        results[f"acc{order}"] = accuracy
+        assert f"{shuffled[0].parent.name}_{shuffled[0].name}: " in r.output  # one readable line per image
+    assert results[0] == results[1] == results[2]
+    assert results["acc0"] == results["acc1"] == results["acc2"]
+    predicted = {face["label"] for face in results[0].values()}
+    assert len(predicted) >= 2  # the photos differ enough for order effects to show, were there any
+
+
+@pytest.mark.filterwarnings("ignore:no val/ folder")
+def test_crops_mode_scores_as_the_bench_does(model, tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "crops"
+    for i in range(30):
+        label = CLASSES[i % 3]
+        (root / "test" / label).mkdir(parents=True, exist_ok=True)
+        (root / "train" / label).mkdir(parents=True, exist_ok=True)
+        crop = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+        cv2.imwrite(str(root / "test" / label / f"c{i:02d}.png"), crop)
+        cv2.imwrite(str(root / "train" / label / f"t{i:02d}.png"), crop)
+    manifest = discover(root)
+    onnx_model = OnnxModel(model)
+    test = load_split(manifest, "test", 1, (48, 48))
+    bench_pred = onnx_model.predict_pixels(test.images).argmax(1)
+    bench_acc = float((bench_pred == test.labels).mean())
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for rel, label in manifest.splits["test"]:
+        (flat / f"{CLASSES[label]}__{rel.split('/')[-1]}").write_bytes((root / rel).read_bytes())
+    out = tmp_path / "c.jsonl"
+    r = _run("--source", flat, "--model", model, "--crops", "--json", out)
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    run_acc = float(np.mean([rec["faces"][0]["label"] == rec["file"].split("__")[0] for rec in records]))
+    assert len(records) == 30 and run_acc == bench_acc
+    assert all(rec["faces"][0]["box"] == [0.0, 0.0, 48.0, 48.0] for rec in records)
+
+
+def test_save_writes_images_for_images(model, photos, tmp_path):
+    one = next(photos.rglob("*.jpg"))
+    r = _run("--source", one, "--model", model, "--save", tmp_path / "out.png")
+    assert r.exit_code == 0, r.output
+    assert cv2.imread(str(tmp_path / "out.png")) is not None and (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
+    folder = photos / "happy"
+    r = _run("--source", folder, "--model", model, "--save", tmp_path / "annotated")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == sorted(p.name for p in folder.iterdir())
+    for bad, message in ((tmp_path / "x.mp4", "an image is saved as an image"),):
+        r = _run("--source", one, "--model", model, "--save", bad)
+        assert r.exit_code == 2 and message in r.output and not bad.exists()
+    r = _run("--source", folder, "--model", model, "--save", tmp_path / "y.png")
+    assert r.exit_code == 2 and "give a folder name" in r.output
+
+
+def test_unreadable_files_in_a_folder_are_named_and_the_run_goes_on(model, photos, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in list(photos.rglob("*.jpg"))[:3]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    r = _run("--source", folder, "--model", model)
+    assert r.exit_code == 0, r.output
+    assert "broken.jpg: unreadable, skipped" in r.output
+    assert "fer-run: 3 images, 3 faces" in r.output and "1 unreadable images skipped (broken.jpg)" in r.output
+
+
+def test_no_camera_falls_back_to_the_bundled_demo(model):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    camera = cv2.VideoCapture(0)
+    if camera.isOpened():
+        camera.release()
+        pytest.skip("this machine has a camera 0")
+    r = _run("--model", model)
+    assert r.exit_code == 0, r.output
+    assert "no camera 0 on this machine; showing the bundled demo photo instead" in r.output
+    assert "demo_face.jpg: " in r.output and "fer-run: 1 images, 1 faces" in r.output
+    assert DEMO_IMAGE.stat().st_size < 300_000
