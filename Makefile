@@ -57,13 +57,17 @@ model-%: $(PY)
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
 
 VIDEO := benchmarks/results/moving_face.mp4
+VIDEO2 := benchmarks/results/two_faces.mp4
 bench: $(PY)
 	test -f $(VIDEO) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO) 600
+	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO2) 600 2
 	$(VENV)/bin/fer-bench --models models/ferplus.onnx --models models/ferplus.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split test --out-dir benchmarks/results/ferplus \
 	  --predictions benchmarks/results/ferplus/predictions.csv
 	$(VENV)/bin/fer-bench --models models/fer2013.onnx --models models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/fer2013 --protocol fer2013 --split test --out-dir benchmarks/results/fer2013 \
-	  --predictions benchmarks/results/fer2013/predictions.csv --pipeline $(VIDEO)
+	  --predictions benchmarks/results/fer2013/predictions.csv
+	$(VENV)/bin/fer-bench --models models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
+	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 
 .PHONY: models bench

@@ -17,16 +17,22 @@ def astronaut_bgr() -> np.ndarray:
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
-def write_moving_face_video(path: str | Path, frames: int = 300, fps: int = 30, noise: float = 6.0, seed: int = 0) -> Path:
+def write_moving_face_video(path: str | Path, frames: int = 300, fps: int = 30, noise: float = 6.0, seed: int = 0,
+                            faces: int = 1) -> Path:  # fmt: skip
+    """One face moving right and bobbing; with ``faces=2`` a smaller, mirrored one moves left below it."""
     face = astronaut_bgr()[30:230, 130:330]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))
     rng = np.random.default_rng(seed)
     for i in range(frames):
-        size = 150 + (i % 12) * 4
+        size = (150 if faces == 1 else 120) + (i % 12) * 4
         canvas = np.full((480, 640, 3), 90, np.uint8)
         x = 40 + (i * 8) % (640 - size - 40)
-        y = 100 + int(30 * np.sin(i / 6))
+        y = (100 if faces == 1 else 40) + int(30 * np.sin(i / 6))
         canvas[y : y + size, x : x + size] = cv2.resize(face, (size, size))
+        if faces == 2:
+            side = 110
+            x2 = 640 - side - 20 - (i * 5) % (640 - side - 40)
+            canvas[330 : 330 + side, x2 : x2 + side] = cv2.resize(cv2.flip(face, 1), (side, side))
         writer.write(np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8))
     writer.release()
     return Path(path)
@@ -35,4 +41,4 @@ def write_moving_face_video(path: str | Path, frames: int = 300, fps: int = 30, 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "moving_face.mp4"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    print(write_moving_face_video(out, n))
+    print(write_moving_face_video(out, n, faces=int(sys.argv[3]) if len(sys.argv) > 3 else 1))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from fer_runtime.contract import ContractError
 from fer_runtime.detect import Detection, create_detector, crop_face
+from fer_runtime.follow import FaceFollower
 from fer_runtime.profiling import StageTimer
 from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker
@@ -16,6 +18,8 @@ from fer_runtime.track import IouTracker
 # Shipped models by name (``fer-run --model NAME``); the first is the default.
 SHIPPED_MODELS = {"ferplus": "ferplus.int8.onnx", "fer2013": "fer2013.int8.onnx"}
 DEFAULT_MODEL = "ferplus"
+# full-frame detection on one frame in this many (and whenever a followed face is lost)
+DEFAULT_DETECT_EVERY = 5
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:
@@ -63,7 +67,7 @@ class FaceExpressionClassifier:
         detector: str = "haar",
         detector_model: str | Path | None = None,
         detect_width: int = 320,
-        detect_every: int = 1,
+        detect_every: int = DEFAULT_DETECT_EVERY,
         smoothing: float = 0.7,
         threads: int = 0,
         providers: list[str] | None = None,
@@ -79,12 +83,34 @@ class FaceExpressionClassifier:
         self.timer = StageTimer()
         self._frame_index = 0
         self._last_detections: list[Detection] = []
+        self._followers: list[FaceFollower] = []
 
     def classify_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """Face crops (BGR or gray uint8, any size) -> probabilities, one row per crop, in contract class order."""
         if not crops:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.model.probabilities(self.contract.preprocess(crops))
+
+    def _detect_or_follow(self, frame: np.ndarray) -> list[Detection]:
+        """Full detection every ``detect_every`` frames and whenever a face is lost; in between, each face is
+        followed by template matching around its last box, so boxes move with the face on every frame."""
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if self._frame_index % self.detect_every != 0 and self._followers:
+            moved = []
+            for follower, det in zip(self._followers, self._last_detections):
+                box = follower.follow(gray)
+                if box is None:
+                    break  # a face was lost: detect on this frame instead
+                dx, dy = box[0] - det.box[0], box[1] - det.box[1]
+                eyes = None if det.eyes is None else tuple((ex + dx, ey + dy) for ex, ey in det.eyes)
+                moved.append(Detection(box, det.score, eyes))
+            else:
+                self._last_detections = moved
+                return moved
+        detections = self.detector(frame)
+        self._followers = [FaceFollower(gray, d.box) for d in detections] if self.detect_every > 1 else []
+        self._last_detections = detections
+        return detections
 
     def process_image(self, image: np.ndarray, crops: bool = False) -> list[FaceResult]:
         """One photo on its own: every face detected and classified, no tracking, no smoothing across images.
@@ -109,9 +135,7 @@ class FaceExpressionClassifier:
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer
         with timer("detect"):
-            if self._frame_index % self.detect_every == 0:
-                self._last_detections = self.detector(frame)
-            detections = self._last_detections
+            detections = self._detect_or_follow(frame)
         self._frame_index += 1
         with timer("preprocess"):
             crops = [crop_face(frame, d, self.contract.crop_margin) for d in detections]

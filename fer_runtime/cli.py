@@ -13,7 +13,7 @@ import click
 import cv2
 import numpy as np
 
-from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
+from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier, FaceResult
 from fer_runtime.contract import ContractError
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import DetectorError
@@ -218,8 +218,9 @@ def check_save_target(save: str, source) -> None:
 @click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
 @click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
               help="detect on a frame this wide")
-@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="detect every k-th frame, track between")
+@click.option("--detect-every", type=click.IntRange(min=1), default=DEFAULT_DETECT_EVERY, show_default=True,
+              help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect "
+              "on every frame)")
 @click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
               help="EMA weight of past probabilities (0 off)")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")

@@ -276,3 +276,16 @@ def test_normalize_leaves_the_callers_pixels_alone():
     assert np.all(pixels == 255.0)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, 2.0)
+
+
+def test_faces_are_followed_between_detections_and_match_every_frame_detection(tiny_model, moving_face_video):
+    from benchmarks.pipeline import _run, compare_boxes
+
+    every_stats, every = _run(tiny_model, str(moving_face_video), 1)
+    stats, followed = _run(tiny_model, str(moving_face_video), 5)
+    assert stats["stages"]["detect"]["p50_ms"] < every_stats["stages"]["detect"]["p50_ms"] / 3  # following is cheap
+    # the box moves on the frames between detections (the face moves 8 px a frame): it does not freeze
+    xs = [frame[0][0] for frame in followed[:5] if frame]
+    assert len(xs) == 5 and all(b > a for a, b in zip(xs, xs[1:]))
+    cmp = compare_boxes(every, followed)
+    assert cmp["reference_faces"] >= 40 and cmp["recall"] >= 0.98 and cmp["mean_iou"] >= 0.8
