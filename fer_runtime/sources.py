@@ -13,6 +13,8 @@ import numpy as np
 
 from fer_runtime.data import IMAGE_EXTENSIONS, read_image
 
+MAX_BAD_FRAMES = 25  # consecutive undecodable frames before a video counts as ended
+
 
 class SourceError(RuntimeError):
     pass
@@ -59,12 +61,22 @@ class VideoSource:
         self.lost = False
 
     def __iter__(self) -> Iterator[Frame]:
-        i = 0
+        """Every frame; one that does not decode comes as ``image=None`` (counted, skipped) and the video goes on."""
+        total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        i = failures = 0
         while True:
             ok, img = self.cap.read()
-            if not ok:
-                return
-            yield Frame(i, i / self.fps, img if img is not None and img.size else None)
+            if not ok or img is None or not img.size:
+                # OpenCV stops at a damaged frame; the container may still hold good ones after it
+                failures += 1
+                if i >= total - 1 or failures > MAX_BAD_FRAMES:
+                    return
+                yield Frame(i, i / self.fps, None)
+                i += 1
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+                continue
+            failures = 0
+            yield Frame(i, i / self.fps, img)
             i += 1
 
     def close(self) -> None:
@@ -87,11 +99,13 @@ class LiveSource:
         self.retry_wait = retry_wait
         self.cap = capture_factory(target)
         if not self.cap.isOpened():
-            what = f"camera {target}" if isinstance(target, int) else f"stream {target}"
-            raise SourceError(
-                f"cannot open {what}: check it is connected and not used by another program, try another index "
-                "(--camera 1), or on Linux check permissions on /dev/video*"
-            )
+            if isinstance(target, int):
+                raise SourceError(
+                    f"cannot open camera {target}: check it is connected and not used by another program, try another "
+                    "index (--camera 1), or on Linux check permissions on /dev/video*"
+                )
+            raise SourceError(f"cannot open stream {target}: check the URL, that the server is up and reachable from "
+                              "here, and that OpenCV's FFmpeg backend supports the protocol")  # fmt: skip
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
         self.lost = False
         self._latest: np.ndarray | None = None

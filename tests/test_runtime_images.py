@@ -147,3 +147,54 @@ def test_no_camera_falls_back_to_the_bundled_demo(model):
     assert "no camera 0 on this machine; showing the bundled demo photo instead" in r.output
     assert "demo_face.jpg: " in r.output and "fer-run: 1 images, 1 faces" in r.output
     assert DEMO_IMAGE.stat().st_size < 300_000
+
+
+def _damaged_video(path, frames=30, bad=10):
+    """An MJPEG AVI whose frame ``bad`` does not decode: plain OpenCV stops reading there."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[bad] : starts[bad] + 2000] = bytes(2000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_video_frame_is_counted_and_the_run_goes_on(model, tmp_path):
+    video = _damaged_video(tmp_path / "bad.avi")
+    out = tmp_path / "v.jsonl"
+    r = _run("--source", video, "--model", model, "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "fer-run: 29 frames" in r.output and "1 unreadable frames skipped (frame 10)" in r.output
+    assert [rec["frame"] for rec in _records(out)] == [i for i in range(30) if i != 10]
+
+
+def test_sigterm_flushes_like_ctrl_c(model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.make_video import write_moving_face_video
+
+    pytest.importorskip("skimage")
+    video = write_moving_face_video(tmp_path / "long.mp4", frames=3000, fps=30)
+    out, saved = tmp_path / "s.jsonl", tmp_path / "s.mp4"
+    code = "from fer_runtime.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--source", str(video), "--model", str(model), "--no-display",
+                             "--json", str(out), "--save", str(saved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "(interrupted)" in stdout
+    records = _records(out)  # every line is whole JSON
+    assert 20 <= len(records) < 3000
+    cap = cv2.VideoCapture(str(saved))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) >= 20  # a finalised, playable mp4
