@@ -62,9 +62,29 @@ def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, ops
         if tmp.exists():
             tmp.unlink()
     onnx.checker.check_model(proto)
-    set_contract(proto, contract.replace(output="logits"))
+    set_contract(proto, contract.replace(output="logits", layers=special_layers(model, proto)))
     save_onnx_atomic(proto, path)
     return path
+
+
+def _onnx_scope(module_path: str, op: str) -> str:
+    """torch.onnx's node name for a module: '/features/features.0/features.0.0/Conv' for 'features.0.0'."""
+    parts = module_path.split(".")
+    return "/" + "/".join(".".join(parts[: i + 1]) for i in range(len(parts))) + f"/{op}"
+
+
+def special_layers(model: nn.Module, proto: onnx.ModelProto) -> dict[str, str]:
+    """The first convolution and the classifier as ONNX node names, found from the network's modules."""
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    nodes = {n.name for n in proto.graph.node}
+    found = {}
+    for role, modules, ops in (("first_conv", convs[:1], ("Conv",)), ("classifier", linears[-1:], ("Gemm", "MatMul"))):
+        for module in modules:
+            name = next((_onnx_scope(module, op) for op in ops if _onnx_scope(module, op) in nodes), None)
+            if name:
+                found[role] = name
+    return found
 
 
 def parity_check(model: nn.Module, onnx_path: str | Path, images_u8: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> dict:

@@ -57,15 +57,23 @@ def stratified_sample(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
     return np.sort(np.concatenate(picked))
 
 
-def float_node_names(model_path: Path, keep_float: list[str]) -> list[str]:
-    """Resolve 'first_conv', 'classifier', 'avg_pool' or explicit node names to nodes kept in float."""
+def float_node_names(model_path: Path, keep_float: list[str], layers: dict[str, str] | None = None) -> list[str]:
+    """Resolve 'first_conv', 'classifier', 'avg_pool' or explicit node names to nodes kept in float.
+
+    'first_conv' and 'classifier' come from the contract's ``layers`` (recorded at export); an ONNX file
+    made elsewhere, without them, falls back to the first Conv and the last Gemm/MatMul in node order.
+    """
     graph = onnx.load(str(model_path)).graph
+    present = {n.name for n in graph.node}
+    layers = {k: v for k, v in (layers or {}).items() if v in present}
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
     heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
     pools = [n.name for n in graph.node if n.op_type in ("AveragePool", "GlobalAveragePool")]
     names = []
     for item in keep_float:
-        if item == "first_conv" and convs:
+        if item in ("first_conv", "classifier") and item in layers:
+            names.append(layers[item])
+        elif item == "first_conv" and convs:
             names.append(convs[0])
         elif item == "classifier" and heads:
             names.append(heads[-1])
@@ -94,7 +102,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        excluded = float_node_names(prepped, keep_float or [])
+        excluded = float_node_names(prepped, keep_float or [], contract.layers)
         raw = Path(tmp) / "int8.onnx"
         extra = {"CalibMovingAverage": True} if method == "minmax" else {}
         quantize_static(

@@ -39,6 +39,9 @@ class ModelContract:
     # Softmax temperature fitted on the validation split (calibrated confidence): probabilities are
     # softmax(logits / temperature). 1.0: not calibrated.
     temperature: float = 1.0
+    # ONNX node names of layers that export and quantization treat specially ("first_conv", "classifier"),
+    # recorded at export from the network's own modules instead of guessed from node order.
+    layers: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     version: int = CONTRACT_VERSION
 

@@ -381,3 +381,17 @@ def test_every_registered_model_exports_to_onnx_and_int8(name, tmp_path):
     assert parity_check(model, fp32, images)["top1_agreement"] == 1.0
     int8 = quantize_int8(fp32, tmp_path / f"{name}.int8.onnx", FaceCalibrationReader(images, CONTRACT))
     assert OnnxModel(int8).predict_pixels(images).shape == (16, 3)
+
+
+def test_the_contract_names_the_first_conv_and_classifier_and_quantization_reads_them(tmp_path):
+    from fer_export.quantize import float_node_names
+
+    model = create_model("resnet", 3, 1).eval()
+    path = export_onnx(model, CONTRACT, tmp_path / "r.onnx")
+    layers = read_onnx_contract(path).layers
+    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    assert nodes[layers["first_conv"]] == "Conv" and nodes[layers["classifier"]] in ("Gemm", "MatMul")
+    # the contract wins over node order: name any other Conv as the first one and it is that node that stays float
+    other = [n for n, op in nodes.items() if op == "Conv"][-1]
+    assert float_node_names(path, ["first_conv", "classifier"], {**layers, "first_conv": other}) == [other, layers["classifier"]]
+    assert float_node_names(path, ["first_conv"], {}) == [next(n for n, op in nodes.items() if op == "Conv")]  # fallback
