@@ -38,6 +38,7 @@ from fer_runtime.ferplus import LABEL_MODES
 from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, check_output_dir
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
+from fer_train.config import NONE_MEANS, default_options
 from fer_train.engine import (
     LabelTargets,
     ModelEma,
@@ -54,21 +55,7 @@ from fer_train.teacher import check_teachers, load_teacher, make_teacher, teache
 
 RUN_STATE: dict = {}  # the run folder of the run in progress, for the interrupt message
 
-DEFAULTS = {
-    "data_root": None, "protocol": None, "label_mode": None, "val_split": None, "test_split": None, "strict": False,
-    "cache_dir": None,
-    "model": "vgg", "model_arg": [], "pretrained": None, "init": None, "input_size": 48, "channels": 1,
-    "mean": None, "std": None, "crop_margin": 0.1,
-    "epochs": 30, "batch_size": 64, "opt": "adamw", "lr": None, "weight_decay": None, "momentum": 0.9,
-    "warmup_epochs": 1.0, "min_lr_ratio": 0.01, "accum_steps": 1, "clip_grad": 0.0,
-    "loss": "ce", "focal_gamma": 2.0, "label_smoothing": 0.0, "sampler": "random",
-    "shift": 0.1, "scale_min": 0.9, "scale_max": 1.1, "rotation": 10.0, "no_hflip": False, "erasing": 0.0,
-    "policy": "none", "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0,
-    "amp": "auto", "channels_last": False, "grad_checkpointing": False, "ema": 0.0, "monitor": "macro_f1", "patience": 0,
-    "seed": 0, "deterministic": False, "out_dir": "runs", "name": None, "device": "auto", "threads": 0,
-    "no_progress": False, "teacher": None, "teacher_tta": "none", "teacher_targets": "online", "kd_alpha": 0.7,
-    "kd_temperature": 4.0,
-}  # fmt: skip
+DEFAULTS = default_options()  # TrainConfig: the one source of every option's default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", default=S, choices=PROTOCOLS,
                    help="fer2013: val=PublicTest, test=PrivateTest; ferplus: FER+ votes, val=FER2013Valid, test=FER2013Test")
     g.add_argument("--label-mode", default=S, choices=LABEL_MODES,
-                   help="FER+ training labels (default majority; val/test are always majority)")
+                   help="FER+ training labels (val/test are always majority)")
     g.add_argument("--data-report-only", action="store_true", default=None,
                    help="write data_report.json/.md for the data and stop (no run folder)")
     g.add_argument("--val-split", type=float, default=S, help="fraction carved (stratified, seeded) for validation")
     g.add_argument("--test-split", type=float, default=S, help="fraction carved for test (class-folder layout)")
     g.add_argument("--strict", action="store_true", default=S, help="unreadable images are fatal")
-    g.add_argument("--cache-dir", default=S, help="decoded-image cache (default ~/.cache/fer-toolchain)")
+    g.add_argument("--cache-dir", default=S, help="decoded-image cache")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=S, help="registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
     g.add_argument("--model-arg", action="append", default=S, metavar="KEY=VALUE", help="model option, e.g. width=0.5")
@@ -101,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=S)
     g.add_argument("--batch-size", type=int, default=S)
     g.add_argument("--opt", choices=["adamw", "sgd"], default=S, help="AdamW, or SGD with Nesterov momentum")
-    g.add_argument("--lr", type=float, default=S, help="peak learning rate (default 1e-3 adamw, 0.05 sgd)")
-    g.add_argument("--weight-decay", type=float, default=S, help="default 0.05 adamw, 5e-4 sgd")
+    g.add_argument("--lr", type=float, default=S, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=S)
     g.add_argument("--momentum", type=float, default=S)
     g.add_argument("--warmup-epochs", type=float, default=S)
     g.add_argument("--min-lr-ratio", type=float, default=S, help="cosine floor as a fraction of --lr")
@@ -135,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=S)
     g.add_argument("--deterministic", action="store_true", default=S)
     g.add_argument("--out-dir", default=S)
-    g.add_argument("--name", default=S, help="run folder name (default: model-time); an existing run is refused")
+    g.add_argument("--name", default=S, help="run folder name; an existing run is refused")
     g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run of the same --name")
     g.add_argument("--config", default=None, metavar="RECIPE.toml",
                    help="options from a recipe file (keys as in config.json, e.g. models/recipes/ferplus.toml); "
@@ -156,7 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "images once (no per-step cost; not with mixup/cutmix)")
     g.add_argument("--kd-alpha", type=float, default=S, help="weight of the KD term")
     g.add_argument("--kd-temperature", type=float, default=S)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Options default to SUPPRESS (so a resumed run or a recipe can fill what was not given); say the real default."""
+    for action in parser._actions:
+        if action.dest not in DEFAULTS or action.help == argparse.SUPPRESS:
+            continue
+        value = DEFAULTS[action.dest]
+        if value is None:
+            shown = NONE_MEANS.get(action.dest, "none")
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        else:
+            shown = value if value != [] else "none"
+        action.help = f"{action.help or ''} (default: {shown})".replace("%", "%%").strip()
 
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:

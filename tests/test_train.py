@@ -217,3 +217,20 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     assert train_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fer-train: error: {recipe}: unknown fer-train option(s) learning_rate (known: see config.json of a run)"]
+
+
+def test_help_shows_every_default_from_train_config():
+    from dataclasses import fields
+
+    from fer_train.config import TrainConfig
+    from fer_train.train import DEFAULTS, build_parser
+
+    assert set(DEFAULTS) == {f.name for f in fields(TrainConfig)}
+    parser = build_parser()
+    options = [a for a in parser._actions if a.dest in DEFAULTS]
+    assert {a.dest for a in options} == set(DEFAULTS)  # every config field is a flag
+    for action in options:
+        assert "(default: " in action.help, action.dest
+    helps = {a.dest: a.help for a in options}
+    assert helps["epochs"] == "(default: 30)" and helps["lr"].endswith("(default: 1e-3 with adamw, 0.05 with sgd)")
+    assert "(default: " in parser.format_help()
