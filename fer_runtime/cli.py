@@ -72,14 +72,25 @@ def gui_available() -> bool:
     return bool(gui) and "NONE" not in gui[0].upper()
 
 
+BOX_COLOUR = (0, 200, 0)  # BGR
+
+
 def draw(frame: np.ndarray, faces: list[FaceResult], fps: float) -> np.ndarray:
+    """Per face: its box, a label with the calibrated confidence on a solid tab, and a confidence bar; FPS top left."""
     out = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    font = cv2.FONT_HERSHEY_SIMPLEX
     for f in faces:
         x, y, w, h = (int(round(v)) for v in f.box)
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 0), 2)
-        text = f"#{f.track_id} {f.label} {f.confidence:.2f}"
-        cv2.putText(out, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
-    cv2.putText(out, f"{fps:.1f} FPS", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
+        cv2.rectangle(out, (x, y), (x + w, y + h), BOX_COLOUR, 2)
+        text = f"{f.label} {f.confidence:.0%}"
+        (tw, th), base = cv2.getTextSize(text, font, 0.55, 1)
+        top = max(0, y - th - base - 6)
+        cv2.rectangle(out, (x - 1, top), (x + max(tw + 8, w) + 1, y), BOX_COLOUR, -1)
+        cv2.putText(out, text, (x + 4, y - base - 3), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        bar_y = min(out.shape[0] - 6, y + h + 4)
+        cv2.rectangle(out, (x, bar_y), (x + w, bar_y + 6), (60, 60, 60), -1)
+        cv2.rectangle(out, (x, bar_y), (x + int(round(w * f.confidence)), bar_y + 6), BOX_COLOUR, -1)
+    cv2.putText(out, f"{fps:.1f} FPS", (8, 20), font, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
