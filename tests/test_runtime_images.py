@@ -198,3 +198,25 @@ def test_sigterm_flushes_like_ctrl_c(model, tmp_path):
     assert 20 <= len(records) < 3000
     cap = cv2.VideoCapture(str(saved))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) >= 20  # a finalised, playable mp4
+
+
+def test_input_faults_share_one_error_format(model, tmp_path, monkeypatch):
+    one = DEMO_IMAGE
+    bad_yunet = tmp_path / "yunet.onnx"
+    bad_yunet.write_bytes(b"not a model")
+    cases = [
+        (["--source", one, "--detector", "yunet", "--detector-model", bad_yunet], "is not a YuNet model OpenCV can load"),
+        (["--source", "rtsp://127.0.0.1:9/none"], "cannot open stream rtsp://127.0.0.1:9/none: check the URL"),
+        (["--demo", "--source", one], "--demo runs on the bundled photo"),
+        (["--source", tmp_path / "clip.mp4", "--crops"], "source not found"),
+    ]
+    for args, message in cases:
+        r = _run(*args, "--model", model)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and lines[-1].startswith("fer-run: error: ") and message in lines[-1], (args, r.output)
+        if "rtsp" in message:
+            assert "camera" not in lines[-1]  # a stream gets stream advice, not camera advice
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    r = CliRunner().invoke(run_cli, ["--source", str(one), "--model", str(model), "--display"])
+    assert r.exit_code == 2 and r.output.startswith("fer-run: error: no window possible")
