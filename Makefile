@@ -45,6 +45,7 @@ models: $(PY)
 	$(PIP) install -q -e '.[train]'
 	for m in $(RECIPES); do $(MAKE) --no-print-directory model-$$m; done
 	$(MAKE) --no-print-directory bench
+	$(VENV)/bin/python benchmarks/model_card.py
 
 model-%: $(PY)
 	@run=$(RUN_$*); \
@@ -53,6 +54,7 @@ model-%: $(PY)
 	else $(VENV)/bin/fer-train --config models/recipes/$*.toml; fi
 	rm -rf exports/$*
 	$(VENV)/bin/fer-export $(RUN_$*)/best.pt $(EXPORT) --name $*
+	$(VENV)/bin/fer-eval --ckpt $(RUN_$*)/best.pt --split test
 	cp exports/$*/model.onnx models/$*.onnx
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
 

