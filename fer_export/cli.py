@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -31,9 +32,10 @@ from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load
 from fer_runtime.outputs import OutputError, check_output_dir
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_train.config import TrainConfig
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
-from fer_train.train import run as train_run
+from fer_train.train import fit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kd-temperature", type=float, default=4.0)
     g.add_argument("--compare-baseline", action="store_true", help="also train the student alone, same recipe")
     g.add_argument("--epochs", type=int, default=30, help="student training epochs")
-    g.add_argument("--train-arg", action="append", default=[], metavar="--FLAG=VALUE",
-                   help="extra fer-train option for student/fine-tune runs, e.g. --train-arg=--lr=2e-3")  # fmt: skip
+    g.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fer-train option (TrainConfig name) for student and fine-tune runs, e.g. batch_size=64")
     g = p.add_argument_group("pruning")
     g.add_argument("--prune", type=float, default=None, metavar="RATIO", help="fraction of channels to remove")
     g.add_argument("--prune-flops", type=float, default=None, metavar="X", help="prune until FLOPs drop X-fold")
@@ -310,55 +312,64 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
     return code
 
 
+def train_config(args: argparse.Namespace, source: dict, **stage: object) -> TrainConfig:
+    """A stage's TrainConfig: the source checkpoint's data protocol, the stage's own settings, then --train-option."""
+    saved = source.get("train_args", {})
+    values: dict = {"protocol": saved.get("protocol"), "label_mode": saved.get("label_mode"), "seed": args.seed,
+                    "no_progress": True, **stage}  # fmt: skip
+    if args.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
+        values.update(teacher=[args.distill_from], kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature)
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for item in args.train_option:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--train-option {item!r}: give KEY=VALUE with a fer-train option name (e.g. batch_size=64)")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return TrainConfig(**values)
+
+
 def _distill(args, out: Path, report: dict) -> Path:
     teacher = load_checkpoint(args.distill_from)
     root = args.data_root or teacher.get("manifest", {}).get("root")
     if not root:
         raise DataError("distillation needs --data-root")
-    student_args = [x for kv in args.student_arg for x in ("--model-arg", kv)]
-    common = ["--data-root", root, "--model", args.student, *student_args, "--epochs", str(args.epochs),
-              "--out-dir", str(out), "--seed", str(args.seed), "--no-progress", *args.train_arg]  # fmt: skip
-    common += _protocol_args(teacher)
-    _train_stage(args, out / "student_kd", [*common, "--name", "student_kd", *_kd_args(args)], "student training")
+    common = {"data_root": root, "model": args.student, "model_arg": list(args.student_arg), "epochs": args.epochs,
+              "out_dir": str(out)}  # fmt: skip
+    _train_stage(args, out / "student_kd", train_config(args, teacher, **common, name="student_kd"), "student training")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
     if args.compare_baseline:
-        _train_stage(args, out / "student_alone", [*common, "--name", "student_alone", "--teacher", ""],
-                     "baseline student training")  # fmt: skip
+        alone = train_config(args, teacher, **common, name="student_alone")
+        alone.teacher = None
+        _train_stage(args, out / "student_alone", alone, "baseline student training")
         kd_m = json.loads((out / "student_kd" / "metrics.json").read_text())
-        alone = json.loads((out / "student_alone" / "metrics.json").read_text())
+        alone_m = json.loads((out / "student_alone" / "metrics.json").read_text())
         report["distillation"] = {
             split: {"kd": {k: kd_m[split][k] for k in ("accuracy", "macro_f1")},
-                    "alone": {k: alone[split][k] for k in ("accuracy", "macro_f1")}}
+                    "alone": {k: alone_m[split][k] for k in ("accuracy", "macro_f1")}}
             for split in ("val", "test") if split in kd_m
         }  # fmt: skip
     return out / "student_kd" / "best.pt"
 
 
-def _train_stage(args: argparse.Namespace, run_dir: Path, train_argv: list[str], what: str) -> None:
-    """One fer-train run inside the export; with --resume a finished run is kept and a started one continued."""
+def _train_stage(args: argparse.Namespace, run_dir: Path, cfg: TrainConfig, what: str) -> None:
+    """One training run inside the export; with --resume a finished run is kept and a started one continued."""
     if args.resume and _finished(run_dir):
         print(f"fer-export: {what}: finished earlier, kept ({run_dir})")
         return
     if args.resume and (run_dir / "last.pt").exists():
         print(f"fer-export: {what}: resuming from {run_dir / 'last.pt'}")
-        train_argv = ["--resume", str(run_dir / "last.pt"), "--no-progress", *args.train_arg]
-    if train_run(train_argv) != 0:
-        raise ExportError(f"{what} failed")
+        fit(cfg, resume=str(run_dir / "last.pt"))
+        return
+    fit(cfg)
 
 
 def _finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.json"
     return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
-
-
-def _protocol_args(state: dict) -> list[str]:
-    saved = state.get("train_args", {})
-    out = ["--protocol", saved["protocol"]] if saved.get("protocol") else []
-    return out + (["--label-mode", saved["label_mode"]] if saved.get("label_mode") else [])
-
-
-def _kd_args(args: argparse.Namespace) -> list[str]:
-    return ["--teacher", args.distill_from, "--kd-alpha", str(args.kd_alpha), "--kd-temperature", str(args.kd_temperature)]
 
 
 def _prune(args, state, model, contract, data, out: Path, report: dict):
@@ -375,13 +386,9 @@ def _prune(args, state, model, contract, data, out: Path, report: dict):
     ckpt = init_path
     if args.finetune_epochs > 0:
         root = args.data_root or state.get("manifest", {}).get("root")
-        cmd = ["--init", str(init_path), "--data-root", root, "--epochs", str(args.finetune_epochs),
-               "--lr", str(args.finetune_lr), "--warmup-epochs", "0", "--out-dir", str(out), "--name", "pruned_finetune",
-               "--no-progress", *args.train_arg]  # fmt: skip
-        cmd += _protocol_args(state)
-        if args.distill_from:  # the fine-tune keeps learning from the teacher, not from hard labels alone
-            cmd += _kd_args(args)
-        _train_stage(args, out / "pruned_finetune", cmd, "fine-tuning the pruned model")
+        cfg = train_config(args, state, init=str(init_path), data_root=root, epochs=args.finetune_epochs,
+                           lr=args.finetune_lr, warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
+        _train_stage(args, out / "pruned_finetune", cfg, "fine-tuning the pruned model")
         ckpt = out / "pruned_finetune" / "best.pt"
         ft_model, _ = model_from_checkpoint(load_checkpoint(ckpt))
         report["artefacts"].append(_torch_row("pruned + fine-tuned", ft_model, contract, data))

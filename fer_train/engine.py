@@ -6,6 +6,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -123,84 +124,117 @@ class LabelTargets:
         return one_hot_smoothed(self._epoch_labels[idx], self.num_classes, self.smoothing)
 
 
+@dataclass
+class TrainBatches:
+    """Augmented training batches: uint8 images in memory, their targets, the augmentation, the model's normalisation."""
+
+    images: torch.Tensor
+    targets: LabelTargets
+    aug: AugmentConfig
+    contract: ModelContract
+    batch_size: int
+
+    def split(self, order: torch.Tensor) -> list[torch.Tensor]:
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches = batches[:-1]  # BatchNorm cannot train on a batch of one
+        return batches
+
+    def __call__(self, batches: list[torch.Tensor], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+        for idx in batches:
+            x = train_transform(self.images[idx], self.aug, self.contract.mean, self.contract.std).to(device, non_blocking=True)
+            x, target = mix_batch(x, self.targets(idx).to(device), self.aug)
+            yield idx, x, target
+
+
+
+@dataclass
+class Optimisation:
+    """Optimizer, schedule, gradient scaling, accumulation, clipping, precision and the weight EMA: one step's rules."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    amp: str = "off"
+    ema: ModelEma | None = None
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, step: int, last: bool) -> None:
+        scaled = loss / self.accum_steps
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if (step + 1) % self.accum_steps and not last:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(model)
+
+
+@dataclass
+class Distillation:
+    """Knowledge distillation as part of the loss: a teacher called on each batch, or its targets scored once."""
+
+    alpha: float
+    temperature: float
+    teacher: Teacher | None = None
+    targets: torch.Tensor | None = None  # log-probabilities per training image (``teacher_targets``)
+
+    def __post_init__(self) -> None:
+        if (self.teacher is None) == (self.targets is None):
+            raise ValueError("distillation needs exactly one of a teacher or cached teacher targets")
+
+    def mix(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.targets[idx].to(logits.device) if self.targets is not None else self.teacher(x)
+        return (1 - self.alpha) * loss + self.alpha * distillation_loss(logits, teacher_logits, self.temperature)
+
+
 def train_one_epoch(
     model: nn.Module,
-    images: torch.Tensor,
-    targets: LabelTargets,
+    batches: TrainBatches,
     order: torch.Tensor,
-    *,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: nn.Module,
-    contract: ModelContract,
-    aug: AugmentConfig,
+    opt: Optimisation,
     device: torch.device,
-    amp: str = "off",
-    scaler: torch.amp.GradScaler | None = None,
-    accum_steps: int = 1,
-    clip_grad: float = 0.0,
-    ema: ModelEma | None = None,
-    teacher: Teacher | None = None,
-    teacher_targets: torch.Tensor | None = None,
-    kd_alpha: float = 0.0,
-    kd_temperature: float = 4.0,
+    distill: Distillation | None = None,
     progress: Callable[[Iterator], Iterator] | None = None,
 ) -> dict:
-    """One pass over ``order``; images are uint8 N x C x H x W in memory.
-
-    Distillation takes either ``teacher`` (called on each augmented batch) or ``teacher_targets``
-    (teacher log-probabilities per training image, scored once; not with mixup/cutmix).
-    """
-    if teacher_targets is not None and (aug.mixup > 0 or aug.cutmix > 0):
+    """One pass over ``order`` (indices into the training images); returns loss and speed figures."""
+    if distill is not None and distill.targets is not None and (batches.aug.mixup > 0 or batches.aug.cutmix > 0):
         raise ValueError("precomputed teacher targets cannot follow mixup/cutmix batches: use the online teacher")
     model.train()
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches = batches[:-1]  # BatchNorm cannot train on a batch of one
-    iterator = progress(iter(batches)) if progress else iter(batches)
+    split = batches.split(order)
+    iterator = batches(split, device)
+    iterator = progress(iterator) if progress else iterator
     total_loss, seen, load_time, start = 0.0, 0, 0.0, time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    for step, idx in enumerate(iterator):
-        t0 = time.perf_counter()
-        x = train_transform(images[idx], aug, contract.mean, contract.std).to(device, non_blocking=True)
-        target = targets(idx).to(device)
-        x, target = mix_batch(x, target, aug)
+    opt.optimizer.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    for step, (idx, x, target) in enumerate(iterator):
         load_time += time.perf_counter() - t0
-        with autocast_context(device, amp):
+        with autocast_context(device, opt.amp):
             logits = model(x)
             loss = loss_fn(logits, target)
-            if kd_alpha > 0 and (teacher is not None or teacher_targets is not None):
-                with torch.no_grad():
-                    teacher_logits = teacher_targets[idx].to(device) if teacher_targets is not None else teacher(x)
-                loss = (1 - kd_alpha) * loss + kd_alpha * distillation_loss(logits, teacher_logits, kd_temperature)
+            if distill is not None and distill.alpha > 0:
+                loss = distill.mix(loss, logits, x, idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
-        scaled = loss / accum_steps
-        if scaler is not None:
-            scaler.scale(scaled).backward()
-        else:
-            scaled.backward()
-        last = step == len(batches) - 1
-        if (step + 1) % accum_steps == 0 or last:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
+        opt.backward(model, loss, step, last=step == len(split) - 1)
         total_loss += loss.item() * len(idx)
         seen += len(idx)
         if hasattr(iterator, "set_postfix"):
-            iterator.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            iterator.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{opt.optimizer.param_groups[0]['lr']:.2e}")
+        t0 = time.perf_counter()
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(seen, 1),

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,21 @@ from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
 from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, check_output_dir
 from fer_train.augment import AugmentConfig
-from fer_train.checkpoint import CheckpointError, contract_of, load_checkpoint, save_checkpoint
-from fer_train.config import NONE_MEANS, default_options
+from fer_train.checkpoint import (
+    CheckpointError,
+    contract_of,
+    fit_modules_to_state_dict,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from fer_train.config import NONE_MEANS, TrainConfig, default_options
 from fer_train.engine import (
+    Distillation,
     LabelTargets,
     ModelEma,
+    Optimisation,
+    TrainBatches,
     cpu_has_native_bf16,
     epoch_indices,
     evaluate,
@@ -163,20 +174,23 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
+    """The command line (and its --config recipe) -> the run's options and, with --resume, the checkpoint."""
     ns = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if k not in ("resume", "stop_after", "data_report_only", "config", "overwrite")}
     recipe = load_recipe(ns.config) if ns.config else {}
-    resume_state = None
-    if ns.resume:
-        resume_state = load_checkpoint(ns.resume)
-        saved = {k: v for k, v in resume_state.get("train_args", {}).items() if k in DEFAULTS}  # retired options drop out
-        merged = {**DEFAULTS, **saved, **recipe, **given}
-    else:
-        merged = {**DEFAULTS, **recipe, **given}
-    merged["resume"] = ns.resume
-    merged["stop_after"] = ns.stop_after
-    merged["data_report_only"] = bool(ns.data_report_only)
-    merged["overwrite"] = bool(ns.overwrite)
+    return resolve_options({**recipe, **given}, ns.resume, ns.stop_after, bool(ns.overwrite), bool(ns.data_report_only))
+
+
+def resolve_options(given: dict, resume: str | None = None, stop_after: int | None = None, overwrite: bool = False,
+                    data_report_only: bool = False) -> tuple[argparse.Namespace, dict | None]:  # fmt: skip
+    """Options given (flags, a recipe or a TrainConfig) over a resumed run's own over the defaults, then the derived ones."""
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise DataError(f"unknown fer-train option(s): {', '.join(unknown)}")
+    resume_state = load_checkpoint(resume) if resume else None
+    saved = {k: v for k, v in (resume_state or {}).get("train_args", {}).items() if k in DEFAULTS}  # retired ones drop out
+    merged = {**DEFAULTS, **saved, **given}
+    merged.update(resume=resume, stop_after=stop_after, data_report_only=data_report_only, overwrite=overwrite)
     merged["data_root"] = resolve_data_root(given.get("data_root"), merged["data_root"])
     if merged["lr"] is None:
         merged["lr"] = 1e-3 if merged["opt"] == "adamw" else 0.05
@@ -278,7 +292,9 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return run(argv)
+        args, resume_state = resolve_args(argv)
+        fit_options(args, resume_state)
+        return 0
     except (DataError, ModelError, CheckpointError, ContractError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"fer-train: error: {exc}", file=sys.stderr)
         return 2
@@ -292,40 +308,116 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def run(argv: list[str] | None = None) -> int:
-    args, resume_state = resolve_args(argv)
+@dataclass
+class Session:
+    """Where this process trains: its rank among ``world`` processes, the device and the precision."""
+
+    rank: int
+    world: int
+    device: torch.device
+    amp: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def warn(self, message: str) -> None:
+        if self.is_main:
+            print(f"fer-train: warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class PreparedData:
+    manifest: SplitManifest
+    contract: ModelContract
+    decoded: dict
+    tensors: dict  # split -> (uint8 images, labels) tensors
+    report: dict | None
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    train_model: nn.Module  # the model, or its DDP wrapper
+    ema: ModelEma | None
+    contract: ModelContract
+    name: str
+    kwargs: dict
+    pruned: bool
+
+    def for_eval(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    results: dict = field(default_factory=dict)  # val/test metrics of best.pt, best epoch, complete
+    history: list = field(default_factory=list)
+
+
+def fit(cfg: TrainConfig, resume: str | None = None, stop_after: int | None = None, overwrite: bool = False) -> RunResult:
+    """Train as ``fer-train`` does, from a config: what fer-export's distillation and fine-tunes call."""
+    args, resume_state = resolve_options(asdict(cfg), resume, stop_after, overwrite)
+    return fit_options(args, resume_state)
+
+
+def fit_options(args: argparse.Namespace, resume_state: dict | None) -> RunResult:
+    """The stages of a run: session, data, model, run folder, optimisation, epochs, final report."""
+    session = start_session(args)
+    if args.data_report_only:
+        check_output_dir(args.out_dir)
+    run_dir = None if args.data_report_only else _run_dir(args)
+    RUN_STATE["run_dir"] = run_dir
+    data = prepare_data(args, resume_state, session)
+    if args.data_report_only:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        written = write_data_report(data.report, Path(args.out_dir))
+        print(f"fer-train: data report in {', '.join(map(str, written))}")
+        return RunResult(None)
+    teachers = [load_teacher(p, session.device, args.threads) for p in teacher_paths(args.teacher)]
+    check_teachers(teachers, data.manifest.classes, data.contract.channels, data.contract.input_size)
+    if teachers and args.teacher_targets == "cached" and (args.mixup > 0 or args.cutmix > 0):
+        raise DataError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
+    built = build_model(args, data, resume_state, session)
+    if session.is_main:  # made only now that data and model are known to work: a failed start leaves no folder
+        make_run_folder(run_dir, args, data, built, session)
+    result = train_epochs(args, data, built, teachers, resume_state, session, run_dir)
+    if session.is_main:
+        result.results = final_report(run_dir, data, built, session, result)
+    if session.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def start_session(args: argparse.Namespace) -> Session:
     rank, world, device = setup_distributed(args.device)
-    is_main = rank == 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = resolve_amp(args.amp, device)
-    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16() and is_main:
-        print("fer-train: warning: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 autocast is emulated and "
-              "about 10x slower than fp32 (--amp off)", file=sys.stderr)  # fmt: skip
+    session = Session(rank, world, device, resolve_amp(args.amp, device))
+    if session.amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        session.warn("this CPU has no native bf16 (AVX512-BF16/AMX); bf16 autocast is emulated and about 10x slower "
+                     "than fp32 (--amp off)")  # fmt: skip
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    model_kwargs = parse_model_args(args.model_arg)
-    if args.data_report_only:
-        check_output_dir(args.out_dir)
-        run_dir = None
-    else:
-        run_dir = _run_dir(args)
-    RUN_STATE["run_dir"] = run_dir
+    return session
 
-    # ---- data
+
+def prepare_data(args: argparse.Namespace, resume_state: dict | None, session: Session) -> PreparedData:
+    """Splits (the resumed run's own manifest, or discovered), decoded images, the base contract, the data report."""
     if resume_state is not None and "manifest" in resume_state:
         manifest = SplitManifest.from_dict(resume_state["manifest"])
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed, args.label_mode)
-        if is_main:
-            for w in caught:
-                print(f"fer-train: warning: {w.message}", file=sys.stderr)
+        for w in caught:
+            session.warn(str(w.message))
     contract = ModelContract(
         classes=manifest.classes, input_size=(args.input_size, args.input_size), channels=args.channels,
         mean=args.mean, std=args.std, crop_margin=args.crop_margin,
@@ -341,239 +433,236 @@ def run(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             decoded[split] = load_split(
-                manifest, split, contract.channels, contract.input_size, root=args.data_root,
-                cache_dir=args.cache_dir, strict=args.strict, progress=_tqdm if is_main and not args.no_progress else None,
+                manifest, split, contract.channels, contract.input_size, root=args.data_root, cache_dir=args.cache_dir,
+                strict=args.strict, progress=_tqdm if session.is_main and not args.no_progress else None,
             )  # fmt: skip
-        if is_main:
-            for w in caught:
-                print(f"fer-train: warning: {w.message}", file=sys.stderr)
-    teachers = [load_teacher(p, device, args.threads) for p in teacher_paths(args.teacher)]
-    check_teachers(teachers, manifest.classes, contract.channels, contract.input_size)
-    if teachers and args.teacher_targets == "cached" and (args.mixup > 0 or args.cutmix > 0):
-        raise DataError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
+        for w in caught:
+            session.warn(str(w.message))
     tensors = {s: (torch.from_numpy(np.ascontiguousarray(d.images)), torch.from_numpy(d.labels)) for s, d in decoded.items()}
-    report = data_report(manifest, decoded) if is_main and resume_state is None else None
-    if report is not None:
-        for w in report["warnings"]:
-            print(f"fer-train: data: {w}", file=sys.stderr)
-    if args.data_report_only:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = write_data_report(report, out)
-        print(f"fer-train: data report in {', '.join(map(str, written))}")
-        return 0
+    report = data_report(manifest, decoded) if session.is_main and resume_state is None else None
+    for w in (report or {}).get("warnings", []):
+        print(f"fer-train: data: {w}", file=sys.stderr)
+    return PreparedData(manifest, contract, decoded, tensors, report)
 
-    # ---- model
+
+def build_model(args: argparse.Namespace, data: PreparedData, resume_state: dict | None, session: Session) -> BuiltModel:
+    """A registry model, a checkpoint's (--init, e.g. a pruned one), or the resumed run's; EMA and DDP around it."""
     init_state = load_checkpoint(args.init) if args.init else None
     pruned = bool((resume_state or init_state or {}).get("pruned"))
+    name, kwargs, contract = args.model, parse_model_args(args.model_arg), data.contract
     if init_state is not None:
-        from fer_train.checkpoint import model_from_checkpoint
-
         model, init_contract = model_from_checkpoint(init_state)
-        if list(init_contract.classes) != manifest.classes:
-            raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's {manifest.classes}")
-        args.model, model_kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
+        if list(init_contract.classes) != data.manifest.classes:
+            raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's "
+                                  f"{data.manifest.classes}")  # fmt: skip
+        name, kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
         contract = init_contract.replace(provenance=contract.provenance)
     else:
         pretrained = None if resume_state else args.pretrained
-        model = create_model(args.model, contract.num_classes, contract.channels, pretrained=pretrained, **model_kwargs)
+        model = create_model(name, contract.num_classes, contract.channels, pretrained=pretrained, **kwargs)
     if resume_state is not None and pruned:
-        from fer_train.checkpoint import fit_modules_to_state_dict
-
         fit_modules_to_state_dict(model, resume_state["state_dict"])
     if args.grad_checkpointing:
         if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
-        elif is_main:
-            print("fer-train: warning: this model has no gradient checkpointing; flag ignored", file=sys.stderr)
+        else:
+            session.warn("this model has no gradient checkpointing; flag ignored")
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
-    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    model.to(session.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
     ema = ModelEma(model, args.ema) if args.ema > 0 else None
     if ema is not None and resume_state is not None and resume_state.get("ema_state_dict"):
         ema.module.load_state_dict(resume_state["ema_state_dict"])
         ema.updates = int(resume_state.get("ema_updates", 0))
     train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if is_main:
-        print(f"fer-train: {args.model} {model_kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | "
-              f"classes {manifest.classes} | images per class {_counts(decoded, len(manifest.classes))} | "
-              f"device {device} x{world} amp {amp}")  # fmt: skip
+    if session.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[session.device.index] if session.device.type == "cuda" else None)  # fmt: skip
+    if session.is_main:
+        print(f"fer-train: {name} {kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | classes "
+              f"{data.manifest.classes} | images per class {_counts(data.decoded, len(data.manifest.classes))} | "
+              f"device {session.device} x{session.world} amp {session.amp}")  # fmt: skip
+    args.model = name  # the checkpoint and config record the architecture actually trained
+    return BuiltModel(model, train_model, ema, contract, name, kwargs, pruned)
 
-    # ---- run folder
-    # made only now that data and model are known to work: a run that fails at start leaves no folder
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        manifest.save(run_dir / "split_manifest.json")
-        n_skipped = write_skipped_log(run_dir / "skipped_files.txt", decoded)
-        if n_skipped:
-            print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
-        config = {k: v for k, v in vars(args).items()}
-        config.update(amp_resolved=amp, device=str(device), world_size=world, contract=contract.to_dict())
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-        if report is not None:
-            write_data_report(report, run_dir)
 
-    # ---- optimisation
-    train_images, train_labels = tensors.get("train", (None, None))
-    train_targets = None
-    if train_labels is not None:
-        soft = decoded["train"].targets
-        train_targets = LabelTargets(train_labels, contract.num_classes, args.label_smoothing,
-                                     None if soft is None else torch.from_numpy(soft),
-                                     sample=manifest.label_mode == "probability", seed=args.seed)  # fmt: skip
-    steps_per_epoch = 0
-    if train_labels is not None:
-        per_rank = -(-len(train_labels) // world)
-        steps_per_epoch = max(1, -(-per_rank // args.batch_size) // args.accum_steps)
-    decay, no_decay = [], []
-    for p_ in model.parameters():
-        (no_decay if p_.ndim <= 1 else decay).append(p_)
+def make_run_folder(run_dir: Path, args: argparse.Namespace, data: PreparedData, built: BuiltModel, session: Session) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data.manifest.save(run_dir / "split_manifest.json")
+    n_skipped = write_skipped_log(run_dir / "skipped_files.txt", data.decoded)
+    if n_skipped:
+        print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
+    config = dict(vars(args))
+    config.update(amp_resolved=session.amp, device=str(session.device), world_size=session.world,
+                  contract=built.contract.to_dict())  # fmt: skip
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    if data.report is not None:
+        write_data_report(data.report, run_dir)
+
+
+def make_optimisation(args: argparse.Namespace, model: nn.Module, ema: ModelEma | None, n_train: int,
+                      session: Session) -> Optimisation:  # fmt: skip
+    """AdamW or SGD+Nesterov without weight decay on biases and norms, cosine schedule with warmup per step."""
+    per_rank = -(-n_train // session.world)
+    steps_per_epoch = max(1, -(-per_rank // args.batch_size) // args.accum_steps) if n_train else 0
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if args.opt == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=args.lr)
     else:
         optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
-    scheduler = cosine_with_warmup(
-        optimizer, int(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch, args.min_lr_ratio
-    )
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
-    counts = torch.bincount(train_labels, minlength=contract.num_classes) if train_labels is not None else None
-    loss_fn = SoftTargetLoss(
-        args.loss, class_weights_from_counts(counts) if args.loss == "weighted_ce" and counts is not None else None,
-        gamma=args.focal_gamma,
-    ).to(device)
-    sample_weights = None
-    if args.sampler != "random" and train_labels is not None:
-        power = 1.0 if args.sampler == "balanced" else 0.5
-        sample_weights = class_weights_from_counts(counts, power)[train_labels].double()
+    scheduler = cosine_with_warmup(optimizer, int(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch,
+                                   args.min_lr_ratio)  # fmt: skip
+    scaler = torch.amp.GradScaler("cuda") if session.amp == "fp16" and session.device.type == "cuda" else None
+    return Optimisation(optimizer, scheduler, scaler, args.accum_steps, args.clip_grad, session.amp, ema)
+
+
+def make_distillation(args: argparse.Namespace, teachers: list, data: PreparedData, contract: ModelContract,
+                      session: Session) -> Distillation | None:  # fmt: skip
+    """Teachers as part of the loss: called on each batch (online), or their targets scored once (cached)."""
+    if not teachers or "train" not in data.decoded:
+        return None
+    if args.teacher_targets == "online":
+        return Distillation(args.kd_alpha, args.kd_temperature, teacher=make_teacher(teachers, contract, session.device,
+                                                                                     args.teacher_tta))  # fmt: skip
+    started = time.perf_counter()
+    targets = teacher_targets(teachers, data.decoded["train"].images, session.device, args.teacher_tta)
+    if session.is_main:
+        agree = (targets.argmax(1) == data.tensors["train"][1]).float().mean().item()
+        print(f"fer-train: {len(teachers)} teacher(s) scored the {len(targets)} training images once (tta "
+              f"{args.teacher_tta}, {time.perf_counter() - started:.0f}s); their top class matches the label for "
+              f"{agree:.1%}")  # fmt: skip
+    return Distillation(args.kd_alpha, args.kd_temperature, targets=targets)
+
+
+def train_batches(args: argparse.Namespace, data: PreparedData, contract: ModelContract) -> TrainBatches | None:
+    if "train" not in data.tensors:
+        return None
+    images, labels = data.tensors["train"]
+    soft = data.decoded["train"].targets
+    targets = LabelTargets(labels, contract.num_classes, args.label_smoothing, None if soft is None else torch.from_numpy(soft),
+                           sample=data.manifest.label_mode == "probability", seed=args.seed)  # fmt: skip
     aug = AugmentConfig(
         shift=args.shift, scale=(args.scale_min, args.scale_max), rotation=args.rotation, hflip=not args.no_hflip,
         erasing=args.erasing, policy=args.policy, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
     )  # fmt: skip
-    teacher, cached_targets = None, None
-    if teachers and args.teacher_targets == "cached" and train_labels is not None:
-        started = time.perf_counter()
-        cached_targets = teacher_targets(teachers, decoded["train"].images, device, args.teacher_tta)
-        if is_main:
-            agree = (cached_targets.argmax(1) == train_labels).float().mean().item()
-            print(f"fer-train: {len(teachers)} teacher(s) scored the {len(cached_targets)} training images once "
-                  f"(tta {args.teacher_tta}, {time.perf_counter() - started:.0f}s); their top class matches the "
-                  f"label for {agree:.1%}")  # fmt: skip
-    elif teachers:
-        teacher = make_teacher(teachers, contract, device, args.teacher_tta)
+    return TrainBatches(images, targets, aug, contract, args.batch_size)
 
+
+def make_loss(args: argparse.Namespace, labels: torch.Tensor | None, num_classes: int) -> tuple[nn.Module, torch.Tensor | None]:
+    """The loss on soft targets, and per-image sampling weights for a class-balanced sampler."""
+    counts = torch.bincount(labels, minlength=num_classes) if labels is not None else None
+    weights = class_weights_from_counts(counts) if args.loss == "weighted_ce" and counts is not None else None
+    loss_fn = SoftTargetLoss(args.loss, weights, gamma=args.focal_gamma)
+    sample_weights = None
+    if args.sampler != "random" and labels is not None:
+        sample_weights = class_weights_from_counts(counts, 1.0 if args.sampler == "balanced" else 0.5)[labels].double()
+    return loss_fn, sample_weights
+
+
+def train_epochs(args, data: PreparedData, built: BuiltModel, teachers: list, resume_state: dict | None,
+                 session: Session, run_dir: Path | None) -> RunResult:  # fmt: skip
+    """The epochs of this sitting: train, validate, keep best.pt and last.pt; resumable exactly."""
+    batches = train_batches(args, data, built.contract)
+    labels = data.tensors["train"][1] if batches is not None else None
+    opt = make_optimisation(args, built.model, built.ema, 0 if labels is None else len(labels), session)
+    loss_fn, sample_weights = make_loss(args, labels, built.contract.num_classes)
+    loss_fn = loss_fn.to(session.device)
+    distill = make_distillation(args, teachers, data, built.contract, session)
     start_epoch, history, best = 0, [], {"metric": args.monitor, "value": -1.0, "epoch": -1}
     if resume_state is not None:
         start_epoch = int(resume_state.get("epoch", 0))
         history = list(resume_state.get("history", []))
         best = dict(resume_state.get("best", best))
-        for key, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        for key, obj in (("optimizer", opt.optimizer), ("scheduler", opt.scheduler), ("scaler", opt.scaler)):
             if obj is not None and resume_state.get(key) is not None and args.epochs > 0:
                 obj.load_state_dict(resume_state[key])
         if resume_state.get("rng_state") is not None:
             torch.set_rng_state(resume_state["rng_state"])
-
-    def checkpoint_state(epoch: int, val_metrics: dict) -> dict:
-        return {
-            "model": {"name": args.model, "kwargs": model_kwargs},
-            "pruned": pruned,
-            "state_dict": contiguous(model.state_dict()),
-            "ema_state_dict": contiguous(ema.module.state_dict()) if ema is not None else None,
-            "ema_updates": ema.updates if ema is not None else 0,
-            "contract": contract.to_dict(),
-            "train_args": {k: v for k, v in vars(args).items() if k in DEFAULTS},
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng_state": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-            "manifest": manifest.to_dict(),
-            "val_metrics": val_metrics,
-        }
-
-    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
-    val_images, val_labels = tensors["val"]
+    val_images, val_labels = data.tensors["val"]
     stale = max(0, start_epoch - best["epoch"]) if best["epoch"] > 0 else 0
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     complete = end_epoch >= args.epochs  # False when --stop-after ends this sitting early
     for epoch in range(start_epoch, end_epoch):
-        order = epoch_indices(len(train_labels), epoch, args.seed, sample_weights, rank, world)
-        train_targets.set_epoch(epoch)
-        progress = None
-        if is_main and not args.no_progress:
-            from tqdm import tqdm
-
-            total, desc = -(-len(order) // args.batch_size), f"epoch {epoch + 1}/{args.epochs}"
-            progress = lambda it, total=total, desc=desc: tqdm(it, total=total, desc=desc, unit="batch", leave=False)  # noqa: E731
-        train_stats = train_one_epoch(
-            train_model, train_images, train_targets, order, batch_size=args.batch_size, optimizer=optimizer,
-            scheduler=scheduler, loss_fn=loss_fn, contract=contract, aug=aug, device=device, amp=amp, scaler=scaler,
-            accum_steps=args.accum_steps, clip_grad=args.clip_grad, ema=ema,
-            teacher=teacher, teacher_targets=cached_targets, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
-            progress=progress,
-        )  # fmt: skip
-        val_metrics, _ = evaluate(eval_model(), val_images, val_labels, contract, device, amp=amp)
-        record = {
-            "epoch": epoch + 1, **train_stats, "lr": optimizer.param_groups[0]["lr"],
-            "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"],
-        }  # fmt: skip
-        history.append(record)
+        order = epoch_indices(len(labels), epoch, args.seed, sample_weights, session.rank, session.world)
+        batches.targets.set_epoch(epoch)
+        progress = _epoch_progress(args, epoch, len(batches.split(order))) if session.is_main else None
+        stats = train_one_epoch(built.train_model, batches, order, loss_fn, opt, session.device, distill, progress)
+        val_metrics, _ = evaluate(built.for_eval(), val_images, val_labels, built.contract, session.device, amp=session.amp)
+        history.append({"epoch": epoch + 1, **stats, "lr": opt.optimizer.param_groups[0]["lr"], "val_loss": val_metrics["loss"],
+                        "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"]})  # fmt: skip
         improved = val_metrics[args.monitor] > best["value"]
         if improved:
-            best = {"metric": args.monitor, "value": val_metrics[args.monitor], "epoch": epoch + 1}
-            stale = 0
+            best, stale = {"metric": args.monitor, "value": val_metrics[args.monitor], "epoch": epoch + 1}, 0
         else:
             stale += 1
-        if is_main:
-            state = checkpoint_state(epoch + 1, val_metrics)
+        if session.is_main:
+            state = checkpoint_state(args, built, opt, epoch + 1, history, best, data.manifest, val_metrics)
             if improved:
                 save_checkpoint(state, run_dir / "best.pt")
             save_checkpoint(state, run_dir / "last.pt")
             atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
-            print(
-                f"epoch {epoch + 1:3d}/{args.epochs} | loss {train_stats['train_loss']:.4f} | "
-                f"val loss {val_metrics['loss']:.4f} acc {val_metrics['accuracy']:.4f} F1 {val_metrics['macro_f1']:.4f}"
-                f"{' *' if improved else ''} | {train_stats['samples_per_second']:.0f} img/s "
-                f"(loader {train_stats['loader_samples_per_second']:.0f} img/s) | {train_stats['train_seconds']:.0f}s",
-                flush=True,
-            )
-            _tensorboard(run_dir, record)
+            print(f"epoch {epoch + 1:3d}/{args.epochs} | loss {stats['train_loss']:.4f} | val loss {val_metrics['loss']:.4f} "
+                  f"acc {val_metrics['accuracy']:.4f} F1 {val_metrics['macro_f1']:.4f}{' *' if improved else ''} | "
+                  f"{stats['samples_per_second']:.0f} img/s (loader {stats['loader_samples_per_second']:.0f} img/s) | "
+                  f"{stats['train_seconds']:.0f}s", flush=True)  # fmt: skip
+            _tensorboard(run_dir, history[-1])
         if args.patience and stale >= args.patience:
-            if is_main:
+            if session.is_main:
                 print(f"fer-train: early stop, no {args.monitor} gain for {args.patience} epochs")
             complete = True
             break
+    return RunResult(run_dir, {"best": best, "complete": complete}, history)
 
-    # ---- final evaluation of best.pt on val and test (selection never looks at test)
-    if is_main:
-        final_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else None
-        if final_path is not None:
-            from fer_train.checkpoint import model_from_checkpoint
 
-            best_model, _ = model_from_checkpoint(load_checkpoint(final_path))
-        else:
-            best_model = eval_model()
-        best_model.to(device)
-        results = {"checkpoint": str(final_path) if final_path else None, "best": best, "complete": complete,
-                   "notes": manifest.notes}  # fmt: skip
-        for split in ("val", "test"):
-            if split in tensors:
-                m, _ = evaluate(best_model, *tensors[split], contract, device, amp=amp)
-                results[split] = m
-        write_reports(run_dir, results, history)
-        for split in ("val", "test"):
-            if split in results:
-                print(f"{split}: accuracy {results[split]['accuracy']:.4f} macro-F1 {results[split]['macro_f1']:.4f} "
-                      f"({results[split]['num_samples']} images)")  # fmt: skip
-        print(f"fer-train: results in {run_dir}")
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
+def _epoch_progress(args: argparse.Namespace, epoch: int, total: int):
+    if args.no_progress:
+        return None
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, total=total, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False)
+
+
+def checkpoint_state(args, built: BuiltModel, opt: Optimisation, epoch: int, history: list, best: dict,
+                     manifest: SplitManifest, val_metrics: dict) -> dict:  # fmt: skip
+    """Everything needed to rebuild, resume exactly, evaluate or export the run at this epoch."""
+    return {
+        "model": {"name": built.name, "kwargs": built.kwargs},
+        "pruned": built.pruned,
+        "state_dict": contiguous(built.model.state_dict()),
+        "ema_state_dict": contiguous(built.ema.module.state_dict()) if built.ema is not None else None,
+        "ema_updates": built.ema.updates if built.ema is not None else 0,
+        "contract": built.contract.to_dict(),
+        "train_args": {k: v for k, v in vars(args).items() if k in DEFAULTS},
+        "epoch": epoch,
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
+        "rng_state": torch.get_rng_state(),
+        "history": history,
+        "best": best,
+        "manifest": manifest.to_dict(),
+        "val_metrics": val_metrics,
+    }
+
+
+def final_report(run_dir: Path, data: PreparedData, built: BuiltModel, session: Session, result: RunResult) -> dict:
+    """best.pt scored on val and test (selection never looked at test); metrics.json/.md and the plots."""
+    final_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else None
+    best_model = model_from_checkpoint(load_checkpoint(final_path))[0] if final_path else built.for_eval()
+    best_model.to(session.device)
+    results = {"checkpoint": str(final_path) if final_path else None, **result.results, "notes": data.manifest.notes}
+    for split in ("val", "test"):
+        if split in data.tensors:
+            results[split], _ = evaluate(best_model, *data.tensors[split], built.contract, session.device, amp=session.amp)
+    write_reports(run_dir, results, result.history)
+    for split in ("val", "test"):
+        if split in results:
+            print(f"{split}: accuracy {results[split]['accuracy']:.4f} macro-F1 {results[split]['macro_f1']:.4f} "
+                  f"({results[split]['num_samples']} images)")  # fmt: skip
+    print(f"fer-train: results in {run_dir}")
+    return results
 
 
 def _tqdm(items, total: int, desc: str):

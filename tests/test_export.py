@@ -174,7 +174,7 @@ def test_fer_export_int8_everyday_path(trained_run, tmp_path):
 def test_fer_export_prune_and_distill(trained_run, tmp_path):
     run, root = trained_run
     assert export_main([str(run / "best.pt"), "--prune", "0.5", "--finetune-epochs", "1", "--out-dir", str(tmp_path),
-                        "--name", "p", "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+                        "--name", "p", "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "p" / "export_report.json").read_text())
     assert report["pruning"]["flops_reduction"] >= 1.8
     state = load_checkpoint(tmp_path / "p" / "pruned_finetune" / "best.pt")
@@ -183,7 +183,7 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
     assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 3)
     assert export_main(["--distill-from", str(run / "best.pt"), "--student", "mobile", "--student-arg", "width=0.25",
                         "--epochs", "1", "--compare-baseline", "--out-dir", str(tmp_path), "--name", "d",
-                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "d" / "export_report.json").read_text())
     assert set(report["distillation"]["test"]) == {"kd", "alone"}
 
@@ -193,7 +193,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
     assert export_main(["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25",
                         "--epochs", "1", "--prune", "0.5", "--finetune-epochs", "1", "--int8", "--calib-size", "24",
                         "--max-drop", "100", "--out-dir", str(tmp_path), "--name", "c",
-                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     out = tmp_path / "c"
     report = json.loads((out / "export_report.json").read_text())
     names = [r["name"] for r in report["artefacts"]]
@@ -210,7 +210,7 @@ def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_pa
     run, _ = trained_run
     assert export_main([str(run / "best.pt"), "--distill-from", str(run / "best.pt"), "--prune", "0.3",
                         "--finetune-epochs", "1", "--out-dir", str(tmp_path), "--name", "s",
-                        "--train-arg=--threads=1", "--train-arg=--batch-size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     out = tmp_path / "s"
     assert not (out / "student_kd").exists()  # no student trained: the source is the student
     assert json.loads((out / "pruned_finetune" / "config.json").read_text())["teacher"] == [str(run / "best.pt")]
@@ -270,20 +270,23 @@ def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys
 def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path, monkeypatch, capsys):
     run, _ = trained_run
     argv = ["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25", "--epochs", "2",
-            "--out-dir", str(tmp_path), "--name", "k", "--train-arg=--threads=1", "--train-arg=--batch-size=8"]  # fmt: skip
+            "--out-dir", str(tmp_path), "--name", "k", "--train-option", "threads=1",
+            "--train-option", "batch_size=8"]  # fmt: skip
 
-    def one_epoch_then_killed(train_argv):
-        train_main([*train_argv, "--stop-after", "1"])
+    from fer_train.train import fit
+
+    def one_epoch_then_killed(cfg, resume=None):
+        fit(cfg, resume=resume, stop_after=1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fer_export.cli.train_run", one_epoch_then_killed)
+    monkeypatch.setattr("fer_export.cli.fit", one_epoch_then_killed)
     with pytest.raises(KeyboardInterrupt):
         export_main(argv)
     staged = tmp_path / ".k.partial" / "student_kd"
     first_sitting = json.loads((staged / "history.json").read_text())
     assert [h["epoch"] for h in first_sitting] == [1]
 
-    monkeypatch.setattr("fer_export.cli.train_run", train_main)
+    monkeypatch.setattr("fer_export.cli.fit", fit)
     capsys.readouterr()
     assert export_main([*argv, "--resume"]) == 0
     assert "student training: resuming from" in capsys.readouterr().out
