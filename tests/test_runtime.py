@@ -244,18 +244,26 @@ def _shipped_model():
 
 @pytest.mark.skipif(not _shipped_model().exists(), reason="no shipped model in models/")
 def test_shipped_default_model_labels_astronaut(astronaut, tmp_path):
-    """`fer-run --source IMAGE --no-display --json out.jsonl` with no --model uses the shipped INT8 file."""
+    """`fer-run --source IMAGE --no-display --json out.jsonl` with no --model uses the shipped FER+ INT8 file, and its
+    JSONL carries calibrated probabilities over the 8 FER+ classes."""
+    from fer_runtime.contract import read_onnx_contract
+    from fer_runtime.ferplus import CLASSES as FERPLUS
+
     out = tmp_path / "a.jsonl"
-    code = ("import sys; from fer_runtime.cli import main; main()")
+    code = "import sys; from fer_runtime.cli import main; main()"
     proc = subprocess.run([sys.executable, "-c", code, "--source", str(astronaut), "--no-display", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     faces = json.loads(out.read_text())["faces"]
-    assert len(faces) == 1 and faces[0]["label"] in CLASSES
-    from fer_runtime.contract import read_onnx_contract
-
     contract = read_onnx_contract(_shipped_model())
-    assert contract.classes == CLASSES and contract.provenance.get("source_checkpoint")
+    assert contract.classes == FERPLUS and contract.temperature != 1.0 and contract.provenance.get("source_checkpoint")
+    assert len(faces) == 1 and faces[0]["label"] in FERPLUS
+    probs = faces[0]["probabilities"]
+    assert list(probs) == list(FERPLUS) and abs(sum(probs.values()) - 1) < 1e-3
+    for name in ("ferplus", "fer2013"):  # shipped files by name
+        proc = subprocess.run([sys.executable, "-c", code, "--source", str(astronaut), "--no-display", "--model", name],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0 and "astronaut.png: " in proc.stdout, proc.stderr
 
 
 def test_stream_url_is_a_live_source():
