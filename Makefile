@@ -61,6 +61,7 @@ model-%: $(PY)
 VIDEO := benchmarks/results/moving_face.mp4
 VIDEO2 := benchmarks/results/two_faces.mp4
 bench: $(PY)
+	mkdir -p benchmarks/results/ferplus benchmarks/results/fer2013 benchmarks/results/pipeline
 	test -f $(VIDEO) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO) 600
 	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO2) 600 2
 	$(VENV)/bin/fer-bench --models models/ferplus.onnx --models models/ferplus.int8.onnx \

@@ -17,7 +17,6 @@ SHIPPED = {
     "fer2013": {"title": "FER2013", "run": "runs/fer2013_vgg_w0375_e50", "export": "exports/fer2013",
                 "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
 }  # fmt: skip
-HARD = {"ferplus": ["contempt", "disgust", "fear", "sad"], "fer2013": ["fear", "sad", "disgust"]}
 
 
 def _load(path: Path) -> dict:
@@ -58,6 +57,11 @@ def _confusion(bench: dict, name: str) -> list[str]:
     return lines
 
 
+def _hardest(bench: dict, name: str, n: int = 3) -> list[str]:
+    pc = bench["models"][name]["quality"]["per_class"]
+    return [f"{c} ({pc[c]['f1']:.3f})" for c in sorted(pc, key=lambda c: pc[c]["f1"])[:n]]
+
+
 def _section(key: str, spec: dict) -> list[str]:
     bench = _load(ROOT / spec["bench"] / "results.json")
     export = _load(ROOT / spec["export"] / "export_report.json")
@@ -91,8 +95,9 @@ def _section(key: str, spec: dict) -> list[str]:
                       f"{w['num_samples']} images (all {d['num_samples']}: {d['accuracy']:.4f} / "
                       f"{d['macro_f1']:.4f}).", ""]  # fmt: skip
     lines += ["Per-class F1:", "", *_per_class(bench), "",
-              f"Hard classes: {', '.join(HARD[key])} (lowest F1 above; few training images and confusable with "
-              "neighbours).", "", f"Confusion matrix of `{int8_name}`:", "", *_confusion(bench, int8_name), "",
+              f"Hard classes (the lowest F1 of `{int8_name}`): {', '.join(_hardest(bench, int8_name))}; few training "
+              "images, and faces easily confused with neighbouring expressions.", "",
+              f"Confusion matrix of `{int8_name}`:", "", *_confusion(bench, int8_name), "",
               f"Calibration: temperature fitted on validation per file; reliability diagrams in "
               f"`{spec['bench']}/reliability.png` (test) and `{spec['export']}/reliability.png`.", ""]  # fmt: skip
     return lines
