@@ -60,7 +60,3 @@ def prune_channels(
             if base_macs / macs >= flops_speedup:
                 break
     return model
-
-
-def pruned_layer_widths(model: nn.Module) -> dict[str, int]:
-    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

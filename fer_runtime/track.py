@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,8 +24,6 @@ class Track:
     probs: np.ndarray | None = None
     raw_probs: np.ndarray | None = None
     missed: int = 0
-    hits: int = 0
-    history: list = field(default_factory=list)
 
 
 class IouTracker:
@@ -64,7 +62,6 @@ class IouTracker:
                 self._next_id += 1
                 self.tracks.append(track)
             track.box, track.missed = box, 0
-            track.hits += 1
             assigned[bi] = track
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return [assigned[bi] for bi in range(len(boxes))]

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FER2013 = Path(os.environ.get("FER_DATA_ROOT", SHARED / "data" / "fer2013"))
 YUNET = SHARED / "models" / "face_detection_yunet.onnx"
 
 CLASSES = ("angry", "happy", "sad")
