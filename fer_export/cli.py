@@ -145,11 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: str, final_dir: Path) -> int:
-    # paths in the report name where the files will be once the staging folder is moved into place
-    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": [],
-                    "_staging": (str(out), str(final_dir))}  # fmt: skip
+    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": []}
     if source is not None and source.suffix == ".onnx":
-        return _quantize_only(args, source, out, report)
+        return _quantize_only(args, source, out, report, final_dir)
     ckpt = source
 
     if args.distill_from and source is None:
@@ -173,8 +171,9 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
                               for s in ("val", "test") if s in final_row}}  # fmt: skip
     if args.distill_from:
         provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
-    contract = contract.replace(provenance=provenance, temperature=_torch_temperature(model, contract, data["val"]))
+    contract = contract.replace(provenance=provenance)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
+    _calibrate_onnx(fp32_path, data["val"])
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
     print(f"fer-export: ONNX parity on {report['parity']['images']} val images: top-1 agreement "
@@ -186,7 +185,7 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     if args.int8:
         code = _int8(args, fp32_path, data, out, report, fp32_row)
     _reliability_plot(report, out)
-    write_report(out, report)
+    write_report(out, report, final_dir)
     _print_summary(report)
     return code
 
@@ -208,16 +207,8 @@ def _torch_row(label: str, model, contract, data) -> dict:
     return row
 
 
-def _torch_temperature(model, contract, val) -> float:
-    """The softmax temperature that calibrates ``model`` on the validation split."""
-    from fer_train.engine import predict_logits
-
-    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(val.images)), contract, torch.device("cpu"))
-    return fit_temperature(logits.numpy(), val.labels)
-
-
 def _calibrate_onnx(path: Path, val) -> float:
-    """Fit this file's own temperature on val (INT8 logits differ a little from fp32) and write it into its contract."""
+    """Fit this file's own temperature on val (INT8 logits differ a little from fp32's) and write it into its contract."""
     model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
     temperature = fit_temperature(model.raw_outputs(val.images), val.labels)
     proto = onnx.load(str(path))
@@ -287,7 +278,7 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     return 0
 
 
-def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
+def _quantize_only(args, source: Path, out: Path, report: dict, final_dir: Path) -> int:
     contract = read_onnx_contract(source)
     root = args.data_root or contract.provenance.get("data_root")
     if not root:
@@ -307,7 +298,7 @@ def _quantize_only(args, source: Path, out: Path, report: dict) -> int:
     report["artefacts"].append(fp32_row)
     code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
     _reliability_plot(report, out)
-    write_report(out, report)
+    write_report(out, report, final_dir)
     _print_summary(report)
     return code
 

@@ -30,11 +30,12 @@ def _ece(row: dict) -> str:
     return f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
 
 
-def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
+def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> tuple[Path, Path]:
+    """export_report.json/.md in ``out_dir``; paths name ``final_dir``, where the staging folder will be moved."""
     json_path, md_path = out_dir / "export_report.json", out_dir / "export_report.md"
-    staging, final = report.pop("_staging", (None, None))
-    if staging:  # the report names files where they will be after the staging folder is moved into place
-        report = json.loads(json.dumps(report).replace(json.dumps(staging)[1:-1], json.dumps(final)[1:-1]))
+    if final_dir is not None:
+        text = json.dumps(report)
+        report = json.loads(text.replace(json.dumps(str(out_dir))[1:-1], json.dumps(str(final_dir))[1:-1]))
     atomic_write_text(json_path, json.dumps(report, indent=2))
     lines = [f"# Export report: {report.get('name', out_dir.name)}", "", f"Source: `{report.get('source')}`", ""]
     lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | temperature | test ECE "

@@ -437,7 +437,7 @@ def load_split(
     if root.is_file():
         root = root.parent
     items = manifest.splits[split]
-    missing = [rel for rel, _ in items if not (root / rel.split(CSV_ROW, 1)[0]).exists()]
+    missing = sorted(f for f in {rel.split(CSV_ROW, 1)[0] for rel, _ in items} if not (root / f).exists())
     if missing:
         raise DataError(f"{len(missing)} files of split '{split}' are missing under {root}, e.g. {missing[0]}")
     height, width = input_size
