@@ -53,7 +53,7 @@ model-%: $(PY)
 	elif [ -f $$run/last.pt ]; then $(VENV)/bin/fer-train --resume $$run/last.pt; \
 	else $(VENV)/bin/fer-train --config models/recipes/$*.toml; fi
 	rm -rf exports/$*
-	$(VENV)/bin/fer-export $(RUN_$*)/best.pt $(EXPORT) --name $*
+	$(VENV)/bin/fer-export --ckpt $(RUN_$*)/best.pt $(EXPORT) --name $*
 	$(VENV)/bin/fer-eval --ckpt $(RUN_$*)/best.pt --split test
 	cp exports/$*/model.onnx models/$*.onnx
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
@@ -64,13 +64,13 @@ bench: $(PY)
 	mkdir -p benchmarks/results/ferplus benchmarks/results/fer2013 benchmarks/results/pipeline
 	test -f $(VIDEO) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO) 600
 	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO2) 600 2
-	$(VENV)/bin/fer-bench --models models/ferplus.onnx --models models/ferplus.int8.onnx \
+	$(VENV)/bin/fer-bench --model models/ferplus.onnx --model models/ferplus.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split test --out-dir benchmarks/results/ferplus \
 	  --predictions benchmarks/results/ferplus/predictions.csv
-	$(VENV)/bin/fer-bench --models models/fer2013.onnx --models models/fer2013.int8.onnx \
+	$(VENV)/bin/fer-bench --model models/fer2013.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/fer2013 --protocol fer2013 --split test --out-dir benchmarks/results/fer2013 \
 	  --predictions benchmarks/results/fer2013/predictions.csv
-	$(VENV)/bin/fer-bench --models models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
+	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 
 .PHONY: models bench

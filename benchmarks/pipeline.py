@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier
-from fer_runtime.cli import run_pipeline
 from fer_runtime.data import DataError
+from fer_runtime.pipeline import run_pipeline
 from fer_runtime.sources import SourceError, open_source
 from fer_runtime.track import iou
 

@@ -1,10 +1,10 @@
 """fer-export: checkpoint -> [distil] -> [prune + fine-tune] -> ONNX -> [INT8], each stage checked and reported.
 
-    fer-export RUN/best.pt --int8                      # everyday path
-    fer-export --distill-from TEACHER.pt --student mobile --data-root ROOT --epochs 30 --int8
-    fer-export RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
-    fer-export STUDENT.pt --prune 0.5 --distill-from TEACHER.pt     # the teacher guides the fine-tune
-    fer-export model.onnx --int8 --data-root ROOT      # quantize an exported model
+    fer-export --ckpt RUN/best.pt --int8                    # everyday path
+    fer-export --distill-from TEACHER.pt --arch mobile --data-root ROOT --epochs 30 --int8
+    fer-export --ckpt RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
+    fer-export --ckpt STUDENT.pt --prune 0.5 --distill-from TEACHER.pt     # the teacher guides the fine-tune
+    fer-export --model model.onnx --int8 --data-root ROOT   # quantize an exported model
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 
+from fer_export.config import ExportConfig
 from fer_export.onnx_export import ExportError, export_onnx, parity_check, save_onnx_atomic, set_contract
 from fer_export.prune import PruneError, count_flops_params, prune_channels
 from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
@@ -29,7 +30,7 @@ from fer_export.report import onnx_latency_ms, write_report
 from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
-from fer_runtime.outputs import OutputError, check_output_dir
+from fer_runtime.outputs import OutputError, check_output_dir, check_renamed_flags
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
@@ -38,51 +39,70 @@ from fer_train.models import ModelError
 from fer_train.train import fit
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The usage examples as written, and every option's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", nargs="?", help="fer-train checkpoint (.pt) or exported ONNX model")
-    p.add_argument("--out-dir", default="exports", help="parent folder; one subfolder per export")
-    p.add_argument("--name", default=None, help="export folder name (default: source name + time); an existing one is refused")
+    D = ExportConfig()
+    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--ckpt", default=D.ckpt, metavar="CKPT", help="fer-train checkpoint to export (RUN/best.pt)")
+    p.add_argument("--model", default=D.model, metavar="MODEL.onnx", help="an exported ONNX model to quantize")
+    p.add_argument("--out-dir", default=D.out_dir, help="parent folder; one subfolder per export")
+    p.add_argument("--name", default=D.name, help="export folder name (default: source name + time); an existing one is "
+                   "refused")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing export of the same --name")
-    p.add_argument("--data-root", default=None, help="data for calibration and scoring (default: the run's)")
-    p.add_argument("--protocol", default=None, choices=PROTOCOLS, help="for an ONNX source without a run manifest")
-    g = p.add_argument_group("distillation")
-    g.add_argument("--distill-from", default=None, metavar="TEACHER.pt", help="train a student from this teacher")
-    g.add_argument("--student", default=None, help="student model name (registry or timm:<name>)")
-    g.add_argument("--student-arg", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--kd-alpha", type=float, default=0.7)
-    g.add_argument("--kd-temperature", type=float, default=4.0)
-    g.add_argument("--compare-baseline", action="store_true", help="also train the student alone, same recipe")
-    g.add_argument("--epochs", type=int, default=30, help="student training epochs")
-    g.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a fer-train option (TrainConfig name) for student and fine-tune runs, e.g. batch_size=64")
-    g = p.add_argument_group("pruning")
-    g.add_argument("--prune", type=float, default=None, metavar="RATIO", help="fraction of channels to remove")
-    g.add_argument("--prune-flops", type=float, default=None, metavar="X", help="prune until FLOPs drop X-fold")
-    g.add_argument("--prune-steps", type=int, default=1, help="iterative pruning steps")
-    g.add_argument("--finetune-epochs", type=int, default=10)
-    g.add_argument("--finetune-lr", type=float, default=5e-4)
-    g = p.add_argument_group("ONNX and INT8")
-    g.add_argument("--opset", type=int, default=17)
-    g.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model")
-    g.add_argument("--calib-size", type=int, default=512, help="stratified training images for calibration")
-    g.add_argument("--calib-method", default="entropy", choices=["minmax", "entropy", "percentile"])
-    # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions.
-    g.add_argument("--keep-float", default="first_conv,avg_pool",
-                   help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
-    g.add_argument("--max-drop", type=float, default=1.0, help="max INT8 accuracy drop on val, in points")
-    g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
-    g.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted export of the same --name: finished training stages are kept, "
                         "unfinished ones resume from their last.pt")  # fmt: skip
+    p.add_argument("--data-root", default=D.data_root, help="data for calibration and scoring (default: the run's)")
+    p.add_argument("--protocol", default=D.protocol, choices=PROTOCOLS, help="for an ONNX model without a run manifest")
+    p.add_argument("--threads", type=int, default=D.threads, help="torch and ONNX Runtime threads for training and "
+                   "scoring (0: all cores); latency is always timed at batch 1, one thread")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no per-batch progress in the training stages")
+    p.add_argument("--seed", type=int, default=D.seed)
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill-from", default=D.distill_from, metavar="TEACHER.pt", help="train a student from this teacher")
+    g.add_argument("--arch", default=D.arch, help="the student's architecture (registry name or timm:<name>)")
+    g.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE", help="architecture option")
+    g.add_argument("--kd-alpha", type=float, default=D.kd_alpha)
+    g.add_argument("--kd-temperature", type=float, default=D.kd_temperature)
+    g.add_argument("--compare-baseline", action="store_true", help="also train the student alone, same recipe")
+    g.add_argument("--epochs", type=int, default=D.epochs, help="student training epochs")
+    g.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fer-train option (TrainConfig name) for student and fine-tune runs, e.g. batch_size=64")
+    g = p.add_argument_group("pruning")
+    g.add_argument("--prune", type=float, default=D.prune, metavar="RATIO", help="fraction of channels to remove")
+    g.add_argument("--prune-flops", type=float, default=D.prune_flops, metavar="X", help="prune until FLOPs drop X-fold")
+    g.add_argument("--prune-steps", type=int, default=D.prune_steps, help="iterative pruning steps")
+    g.add_argument("--finetune-epochs", type=int, default=D.finetune_epochs)
+    g.add_argument("--finetune-lr", type=float, default=D.finetune_lr)
+    g = p.add_argument_group("ONNX and INT8")
+    g.add_argument("--opset", type=int, default=D.opset)
+    g.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model")
+    g.add_argument("--calib-size", type=int, default=D.calib_size, help="stratified training images for calibration")
+    g.add_argument("--calib-method", default=D.calib_method, choices=["minmax", "entropy", "percentile"])
+    g.add_argument("--keep-float", default=D.keep_float,
+                   help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
+    g.add_argument("--max-drop", type=float, default=D.max_drop, help="max INT8 accuracy drop on val, in points")
+    g.add_argument("--force", action="store_true", help="keep the INT8 model even past --max-drop")
     return p
 
 
+def parse_config(argv: list[str] | None = None) -> ExportConfig:
+    argv = sys.argv[1:] if argv is None else argv
+    check_renamed_flags("fer-export", argv)
+    if argv and not argv[0].startswith("-"):
+        flag = "--model" if argv[0].endswith(".onnx") else "--ckpt"
+        raise ValueError(f"name the source with its flag: {flag} {argv[0]} (--ckpt for a checkpoint, --model for an "
+                         "ONNX file)")  # fmt: skip
+    return ExportConfig(**vars(build_parser().parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        cfg = parse_config(argv)
+        return export(cfg)
     except (ExportError, QuantizationError, PruneError, CheckpointError, DataError, ContractError, ModelError,
             OutputError, ValueError, FileNotFoundError) as exc:  # fmt: skip
         print(f"fer-export: error: {exc}", file=sys.stderr)
@@ -95,41 +115,55 @@ def _score(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     return m
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    pruning = args.prune is not None or args.prune_flops is not None
-    if args.distill_from:
-        if args.source and not pruning:
-            raise ValueError("with a source checkpoint, --distill-from guides the pruned model's fine-tune: add --prune")
-        if not args.source and not args.student:
-            raise ValueError("--distill-from needs --student NAME")
-        if args.source and args.source.endswith(".onnx"):
-            raise ValueError("distillation needs a fer-train checkpoint, not an ONNX file")
-    elif not args.source:
-        raise ValueError("give a checkpoint or ONNX file to export (or --distill-from TEACHER --student NAME)")
-    if args.source and not Path(args.source).is_file():
-        raise FileNotFoundError(f"not found: {args.source}")
-    if args.prune is not None and not 0.0 < args.prune < 1.0:
-        raise PruneError(f"--prune must be in (0, 1), got {args.prune}")
-    if args.calib_size < 1:
+def _check_config(cfg: ExportConfig) -> None:
+    pruning = cfg.prune is not None or cfg.prune_flops is not None
+    if cfg.ckpt and cfg.model:
+        raise ValueError("give one source: --ckpt (a checkpoint) or --model (an ONNX file), not both")
+    if cfg.ckpt and cfg.ckpt.endswith(".onnx"):
+        raise ValueError(f"--ckpt {cfg.ckpt} is an ONNX file: quantize it with --model {cfg.ckpt}")
+    if cfg.model and not cfg.model.endswith(".onnx"):
+        raise ValueError(f"--model {cfg.model} is not an .onnx file: a fer-train checkpoint goes with --ckpt")
+    if cfg.distill_from:
+        if cfg.model:
+            raise ValueError("distillation needs a fer-train checkpoint (--ckpt), not an ONNX file")
+        if cfg.ckpt and not pruning:
+            raise ValueError("with --ckpt, --distill-from guides the pruned model's fine-tune: add --prune")
+        if not cfg.ckpt and not cfg.arch:
+            raise ValueError("--distill-from needs --arch NAME (the student's architecture)")
+    elif not cfg.source:
+        raise ValueError("give what to export: --ckpt RUN/best.pt, --model model.onnx, or --distill-from TEACHER --arch NAME")
+    if cfg.source and not Path(cfg.source).is_file():
+        raise FileNotFoundError(f"not found: {cfg.source}")
+    if cfg.model and (pruning or cfg.distill_from):
+        raise ValueError("an ONNX model can only be quantized (--int8): pruning and distillation need --ckpt")
+    if cfg.prune is not None and not 0.0 < cfg.prune < 1.0:
+        raise PruneError(f"--prune must be in (0, 1), got {cfg.prune}")
+    if cfg.calib_size < 1:
         raise QuantizationError("--calib-size must be at least 1")
+    if cfg.threads < 0:
+        raise ValueError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
 
 
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    source = Path(args.source) if args.source else None
-    name = args.name or f"{(source.parent.name + '_' + source.stem) if source else args.student}-{time.strftime('%Y%m%d-%H%M%S')}"
-    final_dir = Path(args.out_dir) / name
-    staging = Path(args.out_dir) / f".{name}.partial"
-    if args.resume and not args.name:
+def export(cfg: ExportConfig) -> int:
+    """The whole export into ``out_dir/name`` (staged, renamed into place when done); the exit code: 0, or 3 when
+    the INT8 gate failed."""
+    _check_config(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    source = Path(cfg.source) if cfg.source else None
+    name = cfg.name or f"{(source.parent.name + '_' + source.stem) if source else cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final_dir = Path(cfg.out_dir) / name
+    staging = Path(cfg.out_dir) / f".{name}.partial"
+    if cfg.resume and not cfg.name:
         raise ValueError("--resume needs the --name of the interrupted export")
-    check_output_dir(args.out_dir)
-    if final_dir.exists() and not args.overwrite:
+    check_output_dir(cfg.out_dir)
+    if final_dir.exists() and not cfg.overwrite:
         raise OutputError(f"{final_dir} already exists: pick another --name or replace it with --overwrite")
-    if staging.exists() and not args.resume:
+    if staging.exists() and not cfg.resume:
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        code = _run_stages(args, source, staging, name, final_dir)
+        code = _run_stages(cfg, source, staging, name, final_dir)
     except BaseException:
         if any(staging.rglob("last.pt")):
             print(f"fer-export: training checkpoints kept in {staging}; continue with --name {name} --resume",
@@ -144,24 +178,24 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: str, final_dir: Path) -> int:
-    report: dict = {"name": name, "source": str(source or args.distill_from), "artefacts": [], "paths": {}, "notes": []}
+def _run_stages(cfg: ExportConfig, source: Path | None, out: Path, name: str, final_dir: Path) -> int:
+    report: dict = {"name": name, "source": str(source or cfg.distill_from), "artefacts": [], "paths": {}, "notes": []}
     if source is not None and source.suffix == ".onnx":
-        return _quantize_only(args, source, out, report, final_dir)
+        return _quantize_only(cfg, source, out, report, final_dir)
     ckpt = source
 
-    if args.distill_from and source is None:
-        ckpt = _distill(args, out, report)
+    if cfg.distill_from and source is None:
+        ckpt = _distill(cfg, out, report)
     state = load_checkpoint(ckpt)
     model, contract = model_from_checkpoint(state)
-    manifest = _manifest(state, args.data_root)
+    manifest = _manifest(state, cfg.data_root)
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)
             for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
-    torch_row = _torch_row("student (pytorch)" if args.distill_from else "pytorch", model, contract, data)
+    torch_row = _torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data)
     report["artefacts"].append(torch_row)
 
-    if args.prune is not None or args.prune_flops is not None:
-        ckpt, model = _prune(args, state, model, contract, data, out, report)
+    if cfg.prune is not None or cfg.prune_flops is not None:
+        ckpt, model = _prune(cfg, state, model, contract, data, out, report)
         state = load_checkpoint(ckpt)
         model, contract = model_from_checkpoint(state)
 
@@ -169,21 +203,22 @@ def _run_stages(args: argparse.Namespace, source: Path | None, out: Path, name: 
     provenance = {**contract.provenance, "source_checkpoint": str(Path(ckpt).resolve()), "model": state["model"],
                   "metrics": {s: {k: final_row[s][k] for k in ("accuracy", "macro_f1")}
                               for s in ("val", "test") if s in final_row}}  # fmt: skip
-    if args.distill_from:
-        provenance["teacher_checkpoint"] = str(Path(args.distill_from).resolve())
+    if cfg.distill_from:
+        provenance["teacher_checkpoint"] = str(Path(cfg.distill_from).resolve())
     contract = contract.replace(provenance=provenance)
-    fp32_path = export_onnx(model, contract, out / "model.onnx", opset=args.opset)
-    _calibrate_onnx(fp32_path, data["val"])
+    fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
+    _calibrate_onnx(fp32_path, data["val"], cfg.threads)
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
     print(f"fer-export: ONNX parity on {report['parity']['images']} val images: top-1 agreement "
           f"{report['parity']['top1_agreement']:.4%}, max logit diff {report['parity']['max_abs_logit_diff']:.2e}")  # fmt: skip
     report["paths"]["onnx"] = str(fp32_path)
-    fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not args.int8)  # _int8 times fp32 and INT8 together
+    # _int8 times fp32 and INT8 together
+    fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not cfg.int8, threads=cfg.threads)
     report["artefacts"].append(fp32_row)
     code = 0
-    if args.int8:
-        code = _int8(args, fp32_path, data, out, report, fp32_row)
+    if cfg.int8:
+        code = _int8(cfg, fp32_path, data, out, report, fp32_row)
     _reliability_plot(report, out)
     write_report(out, report, final_dir)
     _print_summary(report)
@@ -207,9 +242,9 @@ def _torch_row(label: str, model, contract, data) -> dict:
     return row
 
 
-def _calibrate_onnx(path: Path, val) -> float:
+def _calibrate_onnx(path: Path, val, threads: int = 0) -> float:
     """Fit this file's own temperature on val (INT8 logits differ a little from fp32's) and write it into its contract."""
-    model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
+    model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
     temperature = fit_temperature(model.raw_outputs(val.images), val.labels)
     proto = onnx.load(str(path))
     set_contract(proto, model.contract.replace(temperature=temperature))
@@ -217,9 +252,9 @@ def _calibrate_onnx(path: Path, val) -> float:
     return temperature
 
 
-def _onnx_row(label: str, path: Path, data: dict, timed: bool = True) -> dict:
+def _onnx_row(label: str, path: Path, data: dict, timed: bool = True, threads: int = 0) -> dict:
     """Scores and calibration on every split; ``timed=False`` when the caller times this file beside another."""
-    model = OnnxModel(path, threads=0, providers=["CPUExecutionProvider"])
+    model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
     c = model.contract
     row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "temperature": c.temperature}
     if timed:
@@ -242,20 +277,20 @@ def _reliability_plot(report: dict, out: Path) -> None:
     report["paths"]["reliability"] = str(path)
 
 
-def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: dict) -> int:
+def _int8(cfg: ExportConfig, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: dict) -> int:
     contract = read_onnx_contract(fp32_path)
     train = data["train"]
-    idx = stratified_sample(train.labels, args.calib_size, args.seed)
+    idx = stratified_sample(train.labels, cfg.calib_size, cfg.seed)
     reader = FaceCalibrationReader(train.images[idx], contract)
-    keep = [k.strip() for k in args.keep_float.split(",") if k.strip() and k.strip() != "none"]
-    int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, args.calib_method, keep_float=keep)
-    _calibrate_onnx(int8_path, data["val"])
-    int8_row = _onnx_row("onnx int8", int8_path, data, timed=False)
+    keep = [k.strip() for k in cfg.keep_float.split(",") if k.strip() and k.strip() != "none"]
+    int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, cfg.calib_method, keep_float=keep)
+    _calibrate_onnx(int8_path, data["val"], cfg.threads)
+    int8_row = _onnx_row("onnx int8", int8_path, data, timed=False, threads=cfg.threads)
     # the speed-up comes from one interleaved timing of both files, not from two separate moments
     fp32_row["latency_ms"], int8_row["latency_ms"] = onnx_latency_ms(fp32_path, int8_path)
     report["artefacts"].append(int8_row)
     report["paths"]["int8"] = str(int8_path)
-    report["calibration"] = {"images": int(len(idx)), "method": args.calib_method, "keep_float": keep}
+    report["calibration"] = {"images": int(len(idx)), "method": cfg.calib_method, "keep_float": keep}
     drop = 100 * (fp32_row["val"]["accuracy"] - int8_row["val"]["accuracy"])
     report["ratios"] = {
         "int8_size_reduction": fp32_row["file_kb"] / int8_row["file_kb"],
@@ -264,9 +299,9 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     }
     if "test" in fp32_row:
         report["ratios"]["int8_test_accuracy_drop_points"] = 100 * (fp32_row["test"]["accuracy"] - int8_row["test"]["accuracy"])
-    if drop > args.max_drop:
-        msg = f"INT8 loses {drop:.2f} points of val accuracy (max {args.max_drop})"
-        if not args.force:
+    if drop > cfg.max_drop:
+        msg = f"INT8 loses {drop:.2f} points of val accuracy (max {cfg.max_drop})"
+        if not cfg.force:
             # The other stages' outputs and the report stay: they show why the gate failed.
             int8_path.unlink()
             report["paths"].pop("int8")
@@ -278,40 +313,40 @@ def _int8(args, fp32_path: Path, data: dict, out: Path, report: dict, fp32_row: 
     return 0
 
 
-def _quantize_only(args, source: Path, out: Path, report: dict, final_dir: Path) -> int:
+def _quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict, final_dir: Path) -> int:
     contract = read_onnx_contract(source)
-    root = args.data_root or contract.provenance.get("data_root")
+    root = cfg.data_root or contract.provenance.get("data_root")
     if not root:
         raise DataError("quantizing an ONNX file needs --data-root for calibration images")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layout = contract.provenance.get("layout")
-        protocol = args.protocol or contract.provenance.get("protocol") or ("fer2013" if layout == "fer2013" else None)
+        protocol = cfg.protocol or contract.provenance.get("protocol") or ("fer2013" if layout == "fer2013" else None)
         manifest = discover(root, protocol, label_mode=contract.provenance.get("label_mode") if protocol == "ferplus" else None)
     if manifest.classes != list(contract.classes):
         raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
     data = {s: load_split(manifest, s, contract.channels, contract.input_size) for s in manifest.splits}
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
-    _calibrate_onnx(fp32_path, data["val"])
-    fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not args.int8)
+    _calibrate_onnx(fp32_path, data["val"], cfg.threads)
+    fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not cfg.int8, threads=cfg.threads)
     report["artefacts"].append(fp32_row)
-    code = _int8(args, fp32_path, data, out, report, fp32_row) if args.int8 else 0
+    code = _int8(cfg, fp32_path, data, out, report, fp32_row) if cfg.int8 else 0
     _reliability_plot(report, out)
     write_report(out, report, final_dir)
     _print_summary(report)
     return code
 
 
-def train_config(args: argparse.Namespace, source: dict, **stage: object) -> TrainConfig:
+def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:
     """A stage's TrainConfig: the source checkpoint's data protocol, the stage's own settings, then --train-option."""
     saved = source.get("train_args", {})
-    values: dict = {"protocol": saved.get("protocol"), "label_mode": saved.get("label_mode"), "seed": args.seed,
-                    "no_progress": True, **stage}  # fmt: skip
-    if args.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
-        values.update(teacher=[args.distill_from], kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature)
+    values: dict = {"protocol": saved.get("protocol"), "label_mode": saved.get("label_mode"), "seed": cfg.seed,
+                    "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}  # fmt: skip
+    if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
+        values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for item in args.train_option:
+    for item in cfg.train_option:
         key, sep, text = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         if not sep or key not in known:
@@ -323,19 +358,19 @@ def train_config(args: argparse.Namespace, source: dict, **stage: object) -> Tra
     return TrainConfig(**values)
 
 
-def _distill(args, out: Path, report: dict) -> Path:
-    teacher = load_checkpoint(args.distill_from)
-    root = args.data_root or teacher.get("manifest", {}).get("root")
+def _distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
+    teacher = load_checkpoint(cfg.distill_from)
+    root = cfg.data_root or teacher.get("manifest", {}).get("root")
     if not root:
         raise DataError("distillation needs --data-root")
-    common = {"data_root": root, "model": args.student, "model_arg": list(args.student_arg), "epochs": args.epochs,
+    common = {"data_root": root, "arch": cfg.arch, "arch_arg": list(cfg.arch_arg), "epochs": cfg.epochs,
               "out_dir": str(out)}  # fmt: skip
-    _train_stage(args, out / "student_kd", train_config(args, teacher, **common, name="student_kd"), "student training")
+    _train_stage(cfg, out / "student_kd", train_config(cfg, teacher, **common, name="student_kd"), "student training")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
-    if args.compare_baseline:
-        alone = train_config(args, teacher, **common, name="student_alone")
+    if cfg.compare_baseline:
+        alone = train_config(cfg, teacher, **common, name="student_alone")
         alone.teacher = None
-        _train_stage(args, out / "student_alone", alone, "baseline student training")
+        _train_stage(cfg, out / "student_alone", alone, "baseline student training")
         kd_m = json.loads((out / "student_kd" / "metrics.json").read_text())
         alone_m = json.loads((out / "student_alone" / "metrics.json").read_text())
         report["distillation"] = {
@@ -346,16 +381,16 @@ def _distill(args, out: Path, report: dict) -> Path:
     return out / "student_kd" / "best.pt"
 
 
-def _train_stage(args: argparse.Namespace, run_dir: Path, cfg: TrainConfig, what: str) -> None:
+def _train_stage(cfg: ExportConfig, run_dir: Path, train: TrainConfig, what: str) -> None:
     """One training run inside the export; with --resume a finished run is kept and a started one continued."""
-    if args.resume and _finished(run_dir):
+    if cfg.resume and _finished(run_dir):
         print(f"fer-export: {what}: finished earlier, kept ({run_dir})")
         return
-    if args.resume and (run_dir / "last.pt").exists():
+    if cfg.resume and (run_dir / "last.pt").exists():
         print(f"fer-export: {what}: resuming from {run_dir / 'last.pt'}")
-        fit(cfg, resume=str(run_dir / "last.pt"))
+        fit(train, resume=str(run_dir / "last.pt"))
         return
-    fit(cfg)
+    fit(train)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -363,9 +398,9 @@ def _finished(run_dir: Path) -> bool:
     return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
 
 
-def _prune(args, state, model, contract, data, out: Path, report: dict):
+def _prune(cfg: ExportConfig, state, model, contract, data, out: Path, report: dict):
     before_macs, before_params = count_flops_params(model, contract)
-    pruned = prune_channels(model, contract, ratio=args.prune, flops_speedup=args.prune_flops, steps=args.prune_steps)
+    pruned = prune_channels(model, contract, ratio=cfg.prune, flops_speedup=cfg.prune_flops, steps=cfg.prune_steps)
     after_macs, after_params = count_flops_params(pruned, contract)
     pruned_state = {**{k: v for k, v in state.items() if k not in ("format", "format_version", "optimizer", "scheduler",
                                                                        "scaler", "ema_state_dict")},  # fmt: skip
@@ -375,16 +410,16 @@ def _prune(args, state, model, contract, data, out: Path, report: dict):
     row = _torch_row("pruned (no fine-tune)", pruned, contract, data)
     report["artefacts"].append(row)
     ckpt = init_path
-    if args.finetune_epochs > 0:
-        root = args.data_root or state.get("manifest", {}).get("root")
-        cfg = train_config(args, state, init=str(init_path), data_root=root, epochs=args.finetune_epochs,
-                           lr=args.finetune_lr, warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
-        _train_stage(args, out / "pruned_finetune", cfg, "fine-tuning the pruned model")
+    if cfg.finetune_epochs > 0:
+        root = cfg.data_root or state.get("manifest", {}).get("root")
+        finetune = train_config(cfg, state, init=str(init_path), data_root=root, epochs=cfg.finetune_epochs,
+                           lr=cfg.finetune_lr, warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
+        _train_stage(cfg, out / "pruned_finetune", finetune, "fine-tuning the pruned model")
         ckpt = out / "pruned_finetune" / "best.pt"
         ft_model, _ = model_from_checkpoint(load_checkpoint(ckpt))
         report["artefacts"].append(_torch_row("pruned + fine-tuned", ft_model, contract, data))
     report["pruning"] = {
-        "ratio": args.prune, "flops_target": args.prune_flops, "macs_before": before_macs, "macs_after": after_macs,
+        "ratio": cfg.prune, "flops_target": cfg.prune_flops, "macs_before": before_macs, "macs_after": after_macs,
         "params_before": before_params, "params_after": after_params, "flops_reduction": before_macs / after_macs,
     }  # fmt: skip
     print(f"fer-export: pruned MACs {before_macs / 1e6:.1f}M -> {after_macs / 1e6:.1f}M "

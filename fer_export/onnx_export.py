@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import METADATA_KEY, ModelContract
+from fer_runtime.outputs import atomic_path
 from fer_runtime.session import OnnxModel
 
 MIN_AGREEMENT = 0.999
@@ -30,13 +31,8 @@ def set_contract(model_proto: onnx.ModelProto, contract: ModelContract) -> None:
 
 
 def save_onnx_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model_proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, opset: int = 17) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_runtime.data import atomic_write_text
+from fer_runtime.outputs import atomic_write_text
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
 
@@ -41,6 +41,7 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
     lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | temperature | test ECE "
               "before / after | latency ms (b1, 1 thr) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in report["artefacts"]:
+
         def f(key, split, fmt="{:.4f}", row=row):
             v = row.get(split, {}).get(key)
             return fmt.format(v) if v is not None else "-"

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 import cv2
-import numpy as np
 
-from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier, FaceResult
+from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier
 from fer_runtime.contract import ContractError
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import DetectorError
@@ -26,6 +23,7 @@ from fer_runtime.outputs import (
     check_output_dir,
     check_output_file,
 )
+from fer_runtime.pipeline import run_pipeline
 from fer_runtime.sources import SourceError, open_source
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
@@ -72,138 +70,7 @@ def gui_available() -> bool:
     return bool(gui) and "NONE" not in gui[0].upper()
 
 
-BOX_COLOUR = (0, 200, 0)  # BGR
-
-
-def draw(frame: np.ndarray, faces: list[FaceResult], fps: float) -> np.ndarray:
-    """Per face: its box, a label with the calibrated confidence on a solid tab, and a confidence bar; FPS top left."""
-    out = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for f in faces:
-        x, y, w, h = (int(round(v)) for v in f.box)
-        cv2.rectangle(out, (x, y), (x + w, y + h), BOX_COLOUR, 2)
-        text = f"{f.label} {f.confidence:.0%}"
-        (tw, th), base = cv2.getTextSize(text, font, 0.55, 1)
-        top = max(0, y - th - base - 6)
-        cv2.rectangle(out, (x - 1, top), (x + max(tw + 8, w) + 1, y), BOX_COLOUR, -1)
-        cv2.putText(out, text, (x + 4, y - base - 3), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-        bar_y = min(out.shape[0] - 6, y + h + 4)
-        cv2.rectangle(out, (x, bar_y), (x + w, bar_y + 6), (60, 60, 60), -1)
-        cv2.rectangle(out, (x, bar_y), (x + int(round(w * f.confidence)), bar_y + 6), BOX_COLOUR, -1)
-    cv2.putText(out, f"{fps:.1f} FPS", (8, 20), font, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov"}
-
-
-def describe(faces: list[FaceResult]) -> str:
-    """'happy 0.91, neutral 0.55' for a line of headless output."""
-    return ", ".join(f"{f.label} {f.confidence:.2f}" for f in faces) or "no face"
-
-
-def run_pipeline(
-    clf: FaceExpressionClassifier,
-    source,
-    display: bool = False,
-    save: str | None = None,
-    json_path: str | None = None,
-    max_frames: int | None = None,
-    echo=None,
-    crops: bool = False,
-) -> dict:
-    """Process every frame the source yields; outputs are flushed even on Ctrl-C or SIGTERM.
-
-    Image sources are classified one file at a time (``clf.process_image``), video and cameras as a stream
-    with tracking and smoothing (``clf.process_frame``). ``echo`` gets one readable line per image, or per
-    second of video.
-    """
-    independent = bool(getattr(source, "independent", False))
-    writer = None
-    jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in finally
-    frames = faces_total = 0
-    corrupt: list[str] = []
-    labels: dict[str, int] = {}
-    start = time.perf_counter()
-    fps, next_line = 0.0, 1.0
-    interrupted = False
-    timer = clf.timer
-    try:
-        it = iter(source)
-        while max_frames is None or frames < max_frames:
-            with timer("capture"):
-                frame = next(it, None)
-            if frame is None:
-                break
-            if frame.image is None or frame.image.size == 0:
-                corrupt.append(frame.name or f"frame {frame.index}")
-                if echo and independent:
-                    echo(f"{frame.name}: unreadable, skipped")
-                continue
-            t0 = time.perf_counter()
-            faces = clf.process_image(frame.image, crops) if independent else clf.process_frame(frame.image)
-            frames += 1
-            faces_total += len(faces)
-            for f in faces:
-                labels[f.label] = labels.get(f.label, 0) + 1
-            if jsonl:
-                record = {"frame": frame.index, "timestamp": round(frame.timestamp, 4),
-                          "faces": [f.to_dict(clf.classes) for f in faces]}  # fmt: skip
-                if frame.name:
-                    record["file"] = frame.name
-                jsonl.write(json.dumps(record) + "\n")
-            if echo and independent:
-                echo(f"{frame.name}: {describe(faces)}")
-            elif echo and frame.timestamp >= next_line:
-                echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
-                next_line = frame.timestamp + 1.0
-            if display or save:
-                with timer("draw"):
-                    annotated = draw(frame.image.copy(), faces, fps)
-                if save and independent:
-                    _save_image(annotated, save, frame.name, len(source.paths) > 1)
-                elif save:
-                    if writer is None:
-                        h, w = annotated.shape[:2]
-                        writer = cv2.VideoWriter(save, cv2.VideoWriter_fourcc(*"mp4v"), source.fps or 25.0, (w, h))
-                        if not writer.isOpened():
-                            raise SourceError(f"cannot write video {save}")
-                    writer.write(annotated)
-                if display:
-                    cv2.imshow("fer-run (q to quit)", annotated)
-                    if cv2.waitKey(0 if independent and len(source.paths) == 1 else 1) & 0xFF in (ord("q"), 27):
-                        break
-            timer.samples["frame"].append(time.perf_counter() - t0)
-            elapsed = time.perf_counter() - start
-            fps = frames / elapsed if elapsed > 0 else 0.0
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if writer is not None:
-            writer.release()
-        if jsonl:
-            jsonl.close()
-        source.close()
-        if display:
-            cv2.destroyAllWindows()
-    elapsed = time.perf_counter() - start
-    return {
-        "frames": frames, "faces": faces_total, "corrupt_frames": len(corrupt), "corrupt": corrupt, "labels": labels,
-        "seconds": elapsed, "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
-        "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(),
-    }  # fmt: skip
-
-
-def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:
-    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images."""
-    target = Path(save) / name if many else Path(save)
-    if many:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}{target.suffix}")
-    if not cv2.imwrite(str(tmp), image):
-        tmp.unlink(missing_ok=True)
-        raise SourceError(f"cannot write image {target}: use a file name ending in .png or .jpg")
-    os.replace(tmp, target)
 
 
 def check_save_target(save: str, source) -> None:
@@ -227,19 +94,30 @@ def check_save_target(save: str, source) -> None:
 @click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
 @click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar", show_default=True)
 @click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
-@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
-              help="detect on a frame this wide")
-@click.option("--detect-every", type=click.IntRange(min=1), default=DEFAULT_DETECT_EVERY, show_default=True,
-              help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect "
-              "on every frame)")
-@click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
-              help="EMA weight of past probabilities (0 off)")
+@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True, help="detect on a frame this wide")
+@click.option(
+    "--detect-every",
+    type=click.IntRange(min=1),
+    default=DEFAULT_DETECT_EVERY,
+    show_default=True,
+    help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect on every frame)",
+)
+@click.option(
+    "--smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.7,
+    show_default=True,
+    help="EMA weight of past probabilities (0 off)",
+)
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
 @click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
-@click.option("--save", default=None,
-              help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images")
+@click.option(
+    "--save",
+    default=None,
+    help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images",
+)
 @click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")

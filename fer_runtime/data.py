@@ -33,6 +33,7 @@ import numpy as np
 
 from fer_runtime import fer_csv, ferplus
 from fer_runtime.contract import to_model_layout
+from fer_runtime.outputs import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +92,6 @@ class SplitManifest:
     def counts(self) -> dict[str, list[int]]:
         return {name: np.bincount([y for _, y in items], minlength=len(self.classes)).tolist()
                 for name, items in self.splits.items()}  # fmt: skip
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a whole file or nothing: a temporary file beside it, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def resolve_data_root(given: str | None, manifest_root: str | None = None) -> str:
@@ -501,16 +491,13 @@ def _read_cache(cache_file: Path, items, targets) -> DecodedSplit | None:
 def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
     kept = set(decoded.paths)
     keep = np.asarray([rel in kept for rel, _ in items])
-    tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}.npz")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
-                 formats=json.dumps(decoded.formats))  # fmt: skip
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
+                     formats=json.dumps(decoded.formats))  # fmt: skip
     except OSError as exc:
         log.warning("could not write decode cache %s: %s", cache_file, exc)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_skipped_log(path: Path, decoded: dict[str, DecodedSplit]) -> int:

@@ -11,18 +11,21 @@ import cv2
 import numpy as np
 
 TEMPLATE_SIDE = 32  # faces are matched at this width, whatever their size in the frame
+RESCALE_BELOW = 0.8  # a weaker match than this also tries the face a little larger and smaller
+RESCALE_FACTORS = (0.9, 1.1)
 
 
 class FaceFollower:
     """One face's template from its last detection; ``follow`` finds it again in a later frame."""
 
-    def __init__(self, gray: np.ndarray, box: tuple[float, float, float, float], search: float = 0.6,
+    def __init__(self, gray: np.ndarray, box: tuple[float, float, float, float], search: float = 0.8,
                  min_score: float = 0.55):  # fmt: skip
         x, y, w, h = box
         self.scale = TEMPLATE_SIDE / max(w, 1.0)
         self.box, self.search, self.min_score = box, search, min_score
         self.template = self._patch(gray, box)
         self.score = 1.0
+        self.missed_detections = 0  # full detections in a row that did not find this face while it was followed
 
     def _patch(self, gray: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray | None:
         x, y, w, h = (int(round(v)) for v in box)
@@ -33,23 +36,38 @@ class FaceFollower:
         return cv2.resize(gray[y0:y1, x0:x1], None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
 
     def follow(self, gray: np.ndarray) -> tuple[float, float, float, float] | None:
-        """The face's box in this frame, or None when it is no longer found (detect again)."""
+        """The face's box in this frame, or None when it is no longer found (detect again).
+
+        Matched at the template's scale first; when that match is weak the face may have grown or shrunk, so
+        the neighbouring scales are tried too and the box takes the size of the best one.
+        """
         if self.template is None:
             return None
+        best = self._match(gray, 1.0)
+        if best[0] < RESCALE_BELOW:
+            best = max([best, *(self._match(gray, f) for f in RESCALE_FACTORS)], key=lambda m: m[0])
+        self.score, box = best
+        if box is None or self.score < self.min_score:
+            return None
+        self.box = box
+        return box
+
+    def _match(self, gray: np.ndarray, factor: float) -> tuple[float, tuple[float, float, float, float] | None]:
+        """(score, box) of the template in a window around the last box, the face taken ``factor`` times its size."""
         x, y, w, h = self.box
+        w, h = w * factor, h * factor
+        cx, cy = x + self.box[2] / 2, y + self.box[3] / 2
         pad_x, pad_y = w * self.search, h * self.search
-        wx0, wy0 = max(0, int(x - pad_x)), max(0, int(y - pad_y))
-        wx1, wy1 = min(gray.shape[1], int(x + w + pad_x)), min(gray.shape[0], int(y + h + pad_y))
+        wx0, wy0 = max(0, int(cx - w / 2 - pad_x)), max(0, int(cy - h / 2 - pad_y))
+        wx1, wy1 = min(gray.shape[1], int(cx + w / 2 + pad_x)), min(gray.shape[0], int(cy + h / 2 + pad_y))
         window = gray[wy0:wy1, wx0:wx1]
-        if window.size == 0:
-            return None
-        small = cv2.resize(window, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+        scale = TEMPLATE_SIDE / max(w, 1.0)
         th, tw = self.template.shape
+        if window.size == 0 or window.shape[0] * scale < th or window.shape[1] * scale < tw:
+            return 0.0, None
+        small = cv2.resize(window, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         if small.shape[0] < th or small.shape[1] < tw:
-            return None
+            return 0.0, None
         result = cv2.matchTemplate(small, self.template, cv2.TM_CCOEFF_NORMED)
-        _, self.score, _, (mx, my) = cv2.minMaxLoc(result)
-        if self.score < self.min_score:
-            return None
-        self.box = (wx0 + mx / self.scale, wy0 + my / self.scale, w, h)
-        return self.box
+        _, score, _, (mx, my) = cv2.minMaxLoc(result)
+        return float(score), (wx0 + mx / scale, wy0 + my / scale, w, h)

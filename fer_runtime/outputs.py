@@ -6,8 +6,11 @@ Exit codes shared by every command: 0 done, 1 internal error, 2 usage or input e
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -17,6 +20,24 @@ EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 class OutputError(ValueError):
     """An output location that cannot be written."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same suffix, so writers pick the format by it) that becomes ``path`` when
+    the block ends cleanly and is removed when it does not: a whole file or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -60,12 +81,33 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return path
 
 
+# One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command
+RENAMED_FLAGS = {
+    "fer-train": {"--model": "--arch", "--model-arg": "--arch-arg"},
+    "fer-export": {"--student": "--arch", "--student-arg": "--arch-arg"},
+    "fer-bench": {"--models": "--model", "--torch": "--ckpt"},
+}
+
+
+def check_renamed_flags(prog: str, argv: list[str] | None) -> None:
+    """An old flag spelling is a ValueError naming today's, not argparse's bare "unrecognized arguments"."""
+    renamed = RENAMED_FLAGS.get(prog, {})
+    for token in sys.argv[1:] if argv is None else argv:
+        flag = token.split("=", 1)[0]
+        if flag in renamed:
+            raise ValueError(f"{flag} is now {renamed[flag]} (one flag per thing in every command: README, Command grammar)")
+
+
 class FerCommand(click.Command):
     """A click command whose usage and input errors are one ``PROG: error: ...`` line with exit code 2,
     like the argparse commands; Ctrl-C exits 130."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
         try:
+            try:
+                check_renamed_flags(self.name, args)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
             click.echo(f"{self.name}: error: {exc.format_message()}", err=True)

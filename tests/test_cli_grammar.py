@@ -1,0 +1,76 @@
+"""The README's command-grammar table is what the five commands accept: one flag per thing, nothing missing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from benchmarks.bench import main as bench_main  # noqa: E402
+from fer_export.cli import build_parser as export_parser  # noqa: E402
+from fer_export.cli import main as export_main  # noqa: E402
+from fer_runtime.cli import main as run_main  # noqa: E402
+from fer_train.evaluate import build_parser as eval_parser  # noqa: E402
+from fer_train.train import build_parser as train_parser  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+COMMANDS = ["fer-train", "fer-eval", "fer-export", "fer-run", "fer-bench"]
+
+
+def _help_flags(command: str) -> set[str]:
+    if command in ("fer-run", "fer-bench"):
+        text = CliRunner().invoke(run_main if command == "fer-run" else bench_main, ["--help"]).output
+    else:
+        text = {"fer-train": train_parser, "fer-eval": eval_parser, "fer-export": export_parser}[command]().format_help()
+    # the option list only: a flag at the start of its help entry, or after a comma (aliases, click's --x / --no-x)
+    return set(re.findall(r"(?:^|\n)\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text)) | set(re.findall(r"[,/] (--[a-z][a-z0-9-]*)", text))
+
+
+def _grammar_table() -> list[tuple[list[str], dict[str, bool]]]:
+    lines = README.read_text().split("## Command grammar")[1].splitlines()
+    rows = []
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 + len(COMMANDS) and cells[1].startswith("`--"):
+            flags = [f.split()[0] for f in re.findall(r"`(--[^`]+)`", cells[1])]
+            rows.append((flags, {cmd: cell == "✓" for cmd, cell in zip(COMMANDS, cells[2:])}))
+    return rows
+
+
+def test_the_readme_table_matches_every_command_help():
+    rows = _grammar_table()
+    assert len(rows) >= 10
+    helps = {cmd: _help_flags(cmd) for cmd in COMMANDS}
+    for flags, has in rows:
+        for flag in flags:
+            for cmd, expected in has.items():
+                assert (flag in helps[cmd]) == expected, f"{cmd} {'lacks' if expected else 'has'} {flag}"
+
+
+@pytest.mark.parametrize(
+    "main, argv, old, new",
+    [
+        (export_main, ["--student", "vgg"], "--student", "--arch"),
+        (export_main, ["--student-arg=width=0.5"], "--student-arg", "--arch-arg"),
+        (bench_main, ["--models", "m.onnx"], "--models", "--model"),
+        (bench_main, ["--torch", "x.pt"], "--torch", "--ckpt"),
+    ],
+)
+def test_old_flag_spellings_get_one_line_naming_the_new_flag(main, argv, old, new, capsys):
+    if main is bench_main:
+        result = CliRunner().invoke(main, argv)
+        code, lines = result.exit_code, result.output.strip().splitlines()
+    else:
+        code, lines = main(argv), capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"error: {old} is now {new}" in lines[0], lines
+
+
+def test_fer_export_names_the_flag_for_a_positional_source(capsys):
+    assert export_main(["runs/r/best.pt", "--int8"]) == 2
+    assert capsys.readouterr().err.strip() == ("fer-export: error: name the source with its flag: --ckpt runs/r/best.pt "
+                                               "(--ckpt for a checkpoint, --model for an ONNX file)")  # fmt: skip
+    assert export_main(["m.onnx"]) == 2 and "--model m.onnx" in capsys.readouterr().err
