@@ -170,45 +170,12 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
                            f"{cache[key].skipped[0][0]}", err=True)  # fmt: skip
         decoded = cache[key]
         labels, image_paths = decoded.labels, decoded.paths
-        rows[name] = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
-                      "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
-                      "skipped_images": len(decoded.skipped), "temperature": c.temperature}  # fmt: skip
-        try:
-            mapping = class_mapping(c.classes, classes)
-        except DataError as exc:
-            if isinstance(model, OnnxModel):
-                raise
-            rows[name]["quality"] = None
-            rows[name]["note"] = f"not scored: {exc}"
-            continue
-        if len(classes) < c.num_classes:
-            rows[name]["note"] = (f"scored as a {len(classes)}-way task: the data has {len(classes)} of the model's "
-                                  f"{c.num_classes} classes (no {', '.join(x for x in c.classes if x not in classes)})")
-            click.echo(f"fer-bench: note: {name} {rows[name]['note']}", err=True)
-        raw = model.raw_outputs(decoded.images)
-        before = calibrated_probabilities(raw, c.output, 1.0)[:, mapping]  # columns in data class order
-        after = calibrated_probabilities(raw, c.output, c.temperature)[:, mapping]
-        preds[name] = after.argmax(1)
-        rows[name]["quality"] = metrics(labels, preds[name], classes)
-        rows[name]["calibration"] = {"temperature": c.temperature, "reliability_before": reliability(before, labels),
-                                     "reliability_after": reliability(after, labels)}  # fmt: skip
-        rows[name]["calibration"].update(ece_before=rows[name]["calibration"]["reliability_before"]["ece"],
-                                         ece_after=rows[name]["calibration"]["reliability_after"]["ece"])  # fmt: skip
+        rows[name], predicted = _score(name, model, decoded, classes)
+        if predicted is not None:
+            preds[name] = predicted
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
-    # Speed: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32.
-    with click.progressbar(length=3, label="timing (interleaved)", file=None if progress else io.StringIO()) as bar:
-        lat1 = time_sessions(one, 1, calls)
-        bar.update(1)
-        latn = time_sessions(allc, 1, calls)
-        bar.update(1)
-        thr = time_sessions(allc, 32, max(3, calls // 5))
-        bar.update(1)
-    for n in one:
-        rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
-        rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
-        rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0) if isinstance(one[n], OnnxModel) else None
+    lat1 = _time(one, allc, calls, progress, rows)
     agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).mean()) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
     ratios = {}
     for a in one:
@@ -228,6 +195,53 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     results["outputs"] = outputs
     _print_table(results)
     return results
+
+
+def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, np.ndarray | None]:
+    """One model's row: file facts, quality and calibration on the decoded split (None predictions: not scored)."""
+    c = model.contract
+    row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
+           "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
+           "skipped_images": len(decoded.skipped), "temperature": c.temperature}  # fmt: skip
+    try:
+        mapping = class_mapping(c.classes, classes)
+    except DataError as exc:
+        if isinstance(model, OnnxModel):
+            raise
+        row.update(quality=None, note=f"not scored: {exc}")
+        return row, None
+    if len(classes) < c.num_classes:
+        row["note"] = (f"scored as a {len(classes)}-way task: the data has {len(classes)} of the model's "
+                       f"{c.num_classes} classes (no {', '.join(x for x in c.classes if x not in classes)})")  # fmt: skip
+        click.echo(f"fer-bench: note: {name} {row['note']}", err=True)
+    labels = decoded.labels
+    raw = model.raw_outputs(decoded.images)
+    before = calibrated_probabilities(raw, c.output, 1.0)[:, mapping]  # columns in data class order
+    after = calibrated_probabilities(raw, c.output, c.temperature)[:, mapping]
+    predicted = after.argmax(1)
+    row["quality"] = metrics(labels, predicted, classes)
+    row["calibration"] = {"temperature": c.temperature, "reliability_before": reliability(before, labels),
+                          "reliability_after": reliability(after, labels)}  # fmt: skip
+    row["calibration"].update(ece_before=row["calibration"]["reliability_before"]["ece"],
+                              ece_after=row["calibration"]["reliability_after"]["ece"])  # fmt: skip
+    return row, predicted
+
+
+def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict[str, list[float]]:
+    """Speed into ``rows``: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32."""
+    with click.progressbar(length=3, label="timing (interleaved)", file=None if progress else io.StringIO()) as bar:
+        lat1 = time_sessions(one, 1, calls)
+        bar.update(1)
+        latn = time_sessions(allc, 1, calls)
+        bar.update(1)
+        thr = time_sessions(allc, 32, max(3, calls // 5))
+        bar.update(1)
+    for n in one:
+        rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
+        rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
+        rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0) if isinstance(one[n], OnnxModel) else None
+    return lat1
 
 
 def _unique_names(paths: list[Path]) -> list[str]:

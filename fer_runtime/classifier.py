@@ -19,7 +19,7 @@ from fer_runtime.track import IouTracker, iou
 SHIPPED_MODELS = {"ferplus": "ferplus.int8.onnx", "fer2013": "fer2013.int8.onnx"}
 DEFAULT_MODEL = "ferplus"
 # full-frame detection on one frame in this many (and whenever a followed face is lost)
-DEFAULT_DETECT_EVERY = 5
+DEFAULT_DETECT_EVERY = 8
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3

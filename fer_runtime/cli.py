@@ -94,30 +94,19 @@ def check_save_target(save: str, source) -> None:
 @click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
 @click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar", show_default=True)
 @click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
-@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True, help="detect on a frame this wide")
-@click.option(
-    "--detect-every",
-    type=click.IntRange(min=1),
-    default=DEFAULT_DETECT_EVERY,
-    show_default=True,
-    help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect on every frame)",
-)
-@click.option(
-    "--smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.7,
-    show_default=True,
-    help="EMA weight of past probabilities (0 off)",
-)
+@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
+              help="detect on a frame this wide")
+@click.option("--detect-every", type=click.IntRange(min=1), default=DEFAULT_DETECT_EVERY, show_default=True,
+              help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect "
+              "on every frame)")
+@click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
+              help="EMA weight of past probabilities (0 off)")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
 @click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
-@click.option(
-    "--save",
-    default=None,
-    help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images",
-)
+@click.option("--save", default=None,
+              help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images")
 @click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")

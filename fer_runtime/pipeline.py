@@ -40,6 +40,43 @@ def describe(faces: list[FaceResult]) -> str:
     return ", ".join(f"{f.label} {f.confidence:.2f}" for f in faces) or "no face"
 
 
+class RunOutputs:
+    """What a run writes: JSONL records, an annotated video or annotated images. Closed however the run ends."""
+
+    def __init__(self, source, save: str | None, json_path: str | None):
+        self.source, self.save = source, save
+        self.independent = bool(getattr(source, "independent", False))
+        self.jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in close()
+        self.writer = None
+
+    def record(self, frame, faces: list[FaceResult], classes) -> None:
+        if self.jsonl:
+            record = {"frame": frame.index, "timestamp": round(frame.timestamp, 4),
+                      "faces": [f.to_dict(classes) for f in faces]}  # fmt: skip
+            if frame.name:
+                record["file"] = frame.name
+            self.jsonl.write(json.dumps(record) + "\n")
+
+    def annotated(self, frame, image: np.ndarray) -> None:
+        if not self.save:
+            return
+        if self.independent:
+            _save_image(image, self.save, frame.name, len(self.source.paths) > 1)
+            return
+        if self.writer is None:
+            h, w = image.shape[:2]
+            self.writer = cv2.VideoWriter(self.save, cv2.VideoWriter_fourcc(*"mp4v"), self.source.fps or 25.0, (w, h))
+            if not self.writer.isOpened():
+                raise SourceError(f"cannot write video {self.save}")
+        self.writer.write(image)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        if self.jsonl:
+            self.jsonl.close()
+
+
 def run_pipeline(
     clf: FaceExpressionClassifier,
     source,
@@ -57,8 +94,7 @@ def run_pipeline(
     second of video.
     """
     independent = bool(getattr(source, "independent", False))
-    writer = None
-    jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in finally
+    outputs = RunOutputs(source, save, json_path)
     frames = faces_total = 0
     corrupt: list[str] = []
     labels: dict[str, int] = {}
@@ -84,43 +120,23 @@ def run_pipeline(
             faces_total += len(faces)
             for f in faces:
                 labels[f.label] = labels.get(f.label, 0) + 1
-            if jsonl:
-                record = {"frame": frame.index, "timestamp": round(frame.timestamp, 4),
-                          "faces": [f.to_dict(clf.classes) for f in faces]}  # fmt: skip
-                if frame.name:
-                    record["file"] = frame.name
-                jsonl.write(json.dumps(record) + "\n")
-            if echo and independent:
-                echo(f"{frame.name}: {describe(faces)}")
-            elif echo and frame.timestamp >= next_line:
-                echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
+            outputs.record(frame, faces, clf.classes)
+            if echo and (independent or frame.timestamp >= next_line):
+                echo(f"{frame.name}: {describe(faces)}" if independent else f"{frame.timestamp:7.1f}s: {describe(faces)}")
                 next_line = frame.timestamp + 1.0
             if display or save:
                 with timer("draw"):
                     annotated = draw(frame.image.copy(), faces, fps)
-                if save and independent:
-                    _save_image(annotated, save, frame.name, len(source.paths) > 1)
-                elif save:
-                    if writer is None:
-                        h, w = annotated.shape[:2]
-                        writer = cv2.VideoWriter(save, cv2.VideoWriter_fourcc(*"mp4v"), source.fps or 25.0, (w, h))
-                        if not writer.isOpened():
-                            raise SourceError(f"cannot write video {save}")
-                    writer.write(annotated)
-                if display:
-                    cv2.imshow("fer-run (q to quit)", annotated)
-                    if cv2.waitKey(0 if independent and len(source.paths) == 1 else 1) & 0xFF in (ord("q"), 27):
-                        break
+                outputs.annotated(frame, annotated)
+                if display and _show(annotated, wait_for_key=independent and len(source.paths) == 1):
+                    break
             timer.samples["frame"].append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start
             fps = frames / elapsed if elapsed > 0 else 0.0
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if writer is not None:
-            writer.release()
-        if jsonl:
-            jsonl.close()
+        outputs.close()
         source.close()
         if display:
             cv2.destroyAllWindows()
@@ -130,6 +146,12 @@ def run_pipeline(
         "seconds": elapsed, "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
         "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(),
     }  # fmt: skip
+
+
+def _show(image: np.ndarray, wait_for_key: bool) -> bool:
+    """Show the frame in the window; True when the user asked to quit (q or Esc)."""
+    cv2.imshow("fer-run (q to quit)", image)
+    return cv2.waitKey(0 if wait_for_key else 1) & 0xFF in (ord("q"), 27)
 
 
 def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:
