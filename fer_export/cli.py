@@ -30,7 +30,7 @@ from fer_export.report import onnx_latency_ms, write_report
 from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
-from fer_runtime.outputs import OutputError, check_output_dir, check_renamed_flags
+from fer_runtime.outputs import HelpFormatter, OutputError, check_output_dir, check_renamed_flags
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
@@ -39,13 +39,9 @@ from fer_train.models import ModelError
 from fer_train.train import fit
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The usage examples as written, and every option's default."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     D = ExportConfig()
-    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default=D.ckpt, metavar="CKPT", help="fer-train checkpoint to export (RUN/best.pt)")
     p.add_argument("--model", default=D.model, metavar="MODEL.onnx", help="an exported ONNX model to quantize")
     p.add_argument("--out-dir", default=D.out_dir, help="parent folder; one subfolder per export")
@@ -60,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=D.threads, help="torch and ONNX Runtime threads for training and "
                    "scoring (0: all cores); latency is always timed at batch 1, one thread")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress in the training stages")
-    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--seed", type=int, default=D.seed, help="for calibration sampling and training stages")
     g = p.add_argument_group("distillation")
     g.add_argument("--distill-from", default=D.distill_from, metavar="TEACHER.pt", help="train a student from this teacher")
     g.add_argument("--arch", default=D.arch, help="the student's architecture (registry name or timm:<name>)")
     g.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE", help="architecture option")
-    g.add_argument("--kd-alpha", type=float, default=D.kd_alpha)
-    g.add_argument("--kd-temperature", type=float, default=D.kd_temperature)
+    g.add_argument("--kd-alpha", type=float, default=D.kd_alpha, help="weight of the distillation term")
+    g.add_argument("--kd-temperature", type=float, default=D.kd_temperature, help="softmax temperature of the KD term")
     g.add_argument("--compare-baseline", action="store_true", help="also train the student alone, same recipe")
     g.add_argument("--epochs", type=int, default=D.epochs, help="student training epochs")
     g.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
@@ -75,13 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune", type=float, default=D.prune, metavar="RATIO", help="fraction of channels to remove")
     g.add_argument("--prune-flops", type=float, default=D.prune_flops, metavar="X", help="prune until FLOPs drop X-fold")
     g.add_argument("--prune-steps", type=int, default=D.prune_steps, help="iterative pruning steps")
-    g.add_argument("--finetune-epochs", type=int, default=D.finetune_epochs)
-    g.add_argument("--finetune-lr", type=float, default=D.finetune_lr)
+    g.add_argument("--finetune-epochs", type=int, default=D.finetune_epochs, help="epochs after pruning")
+    g.add_argument("--finetune-lr", type=float, default=D.finetune_lr, help="peak learning rate after pruning")
     g = p.add_argument_group("ONNX and INT8")
-    g.add_argument("--opset", type=int, default=D.opset)
+    g.add_argument("--opset", type=int, default=D.opset, help="ONNX opset")
     g.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model")
     g.add_argument("--calib-size", type=int, default=D.calib_size, help="stratified training images for calibration")
-    g.add_argument("--calib-method", default=D.calib_method, choices=["minmax", "entropy", "percentile"])
+    g.add_argument("--calib-method", default=D.calib_method, choices=["minmax", "entropy", "percentile"],
+                   help="INT8 activation range calibration")
     g.add_argument("--keep-float", default=D.keep_float,
                    help="comma list kept in float: first_conv, classifier, avg_pool, node names; 'none' quantizes all")
     g.add_argument("--max-drop", type=float, default=D.max_drop, help="max INT8 accuracy drop on val, in points")

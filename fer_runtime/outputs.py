@@ -6,6 +6,7 @@ Exit codes shared by every command: 0 done, 1 internal error, 2 usage or input e
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -79,6 +80,16 @@ def check_output_file(path: str | Path, what: str) -> Path:
         raise OutputError(f"{what} {path}: {parent} is not a folder")
     _probe(parent, what, path)
     return path
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """argparse help with the description as written and every option's default (an unset one or an off switch
+    says nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 # One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command

@@ -13,7 +13,7 @@ import torch
 
 from fer_runtime.data import DataError, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
-from fer_runtime.outputs import OutputError, atomic_write_text, check_output_dir
+from fer_runtime.outputs import HelpFormatter, OutputError, atomic_write_text, check_output_dir
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
@@ -21,18 +21,18 @@ from fer_train.metrics import metrics_table, plot_confusion_matrix
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, nargs="+", help="RUN/best.pt; several: an ensemble (mean of softmax)")
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score")
     p.add_argument("--tta", default="none", choices=["none", "flip", "tencrop"], help="test-time augmentation")
     p.add_argument("--no-dedup", action="store_true",
                    help="skip the second figure on the images that have no pixel-identical copy in train")
     p.add_argument("--out-dir", default=None, help="where to write metrics (default: beside the checkpoint)")
     p.add_argument("--no-ema", action="store_true", help="use raw weights even if the checkpoint has EMA weights")
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: ~/.cache/fer-toolchain)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     return p
 

@@ -74,3 +74,13 @@ def test_fer_export_names_the_flag_for_a_positional_source(capsys):
     assert capsys.readouterr().err.strip() == ("fer-export: error: name the source with its flag: --ckpt runs/r/best.pt "
                                                "(--ckpt for a checkpoint, --model for an ONNX file)")  # fmt: skip
     assert export_main(["m.onnx"]) == 2 and "--model m.onnx" in capsys.readouterr().err
+
+
+def test_fer_export_flags_default_to_export_config():
+    """ExportConfig is the one source of fer-export's defaults: the parsed command line equals the dataclass."""
+    from fer_export.cli import parse_config
+    from fer_export.config import ExportConfig
+
+    assert parse_config(["--ckpt", "run/best.pt"]) == ExportConfig(ckpt="run/best.pt")
+    text = " ".join(export_parser().format_help().split())
+    assert "(default: entropy)" in text and "(default: None)" not in text and "(default: False)" not in text
