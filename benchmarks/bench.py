@@ -24,7 +24,7 @@ from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import ContractError
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
-from fer_runtime.outputs import FerCommand, OutputError, check_output_dir, check_output_file
+from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 
@@ -294,13 +294,11 @@ def _write(results, out_dir: Path, preds, labels, image_paths, classes, predicti
             click.echo("fer-bench: matplotlib not installed; plots skipped (pip install matplotlib)", err=True)
         written = []
         if predictions:
-            tmp = Path(predictions).with_name(f".{Path(predictions).name}.tmp{os.getpid()}")
-            with open(tmp, "w", newline="") as fh:
+            with atomic_path(predictions) as tmp, open(tmp, "w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(["path", "label", *[f"pred:{n}" for n in preds]])
                 for i, p in enumerate(image_paths[: len(labels)]):
                     w.writerow([p, classes[labels[i]], *[classes[preds[n][i]] for n in preds]])
-            os.replace(tmp, predictions)
             written.append(Path(predictions))
         for name in names:
             os.replace(stage / name, out_dir / name)
