@@ -1,7 +1,10 @@
-"""Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work.
+"""What the five commands share about their outputs and their command lines.
 
-Exit codes shared by every command: 0 done, 1 internal error, 2 usage or input error (this module's
-``OutputError`` among them), 3 a failed quality gate (fer-export's INT8 drop), 130 interrupted.
+- Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work;
+  files written whole or not at all (``atomic_path``).
+- Exit codes: 0 done, 1 internal error, 2 usage or input error (this module's ``OutputError`` among them),
+  3 a failed quality gate (fer-export's INT8 drop), 130 interrupted.
+- One help format and one flag grammar (README, "Command grammar"), with the old spellings refused by name.
 """
 
 from __future__ import annotations
