@@ -84,3 +84,4 @@ def test_fer_export_flags_default_to_export_config():
     assert parse_config(["--ckpt", "run/best.pt"]) == ExportConfig(ckpt="run/best.pt")
     text = " ".join(export_parser().format_help().split())
     assert "(default: entropy)" in text and "(default: None)" not in text and "(default: False)" not in text
+

@@ -398,3 +398,14 @@ def test_the_contract_names_the_first_conv_and_classifier_and_quantization_reads
     other = [n for n, op in nodes.items() if op == "Conv"][-1]
     assert float_node_names(path, ["first_conv", "classifier"], {**layers, "first_conv": other}) == [other, layers["classifier"]]
     assert float_node_names(path, ["first_conv"], {}) == [next(n for n, op in nodes.items() if op == "Conv")]  # fallback
+
+
+def test_export_training_stages_keep_the_source_runs_protocol_and_selection_metric():
+    from fer_export.cli import train_config
+    from fer_export.config import ExportConfig
+
+    source = {"train_args": {"protocol": "ferplus", "label_mode": "crossentropy", "monitor": "accuracy", "lr": 9.0}}
+    cfg = train_config(ExportConfig(ckpt="x.pt", threads=1, train_option=["batch_size=16"]), source, epochs=2)
+    assert (cfg.protocol, cfg.label_mode, cfg.monitor, cfg.epochs, cfg.batch_size, cfg.threads) == (
+        "ferplus", "crossentropy", "accuracy", 2, 16, 1)
+    assert cfg.lr is None  # optimisation is the stage's own, not the source run's
