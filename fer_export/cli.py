@@ -34,6 +34,7 @@ from fer_runtime.outputs import HelpFormatter, OutputError, check_output_dir, ch
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
+from fer_train.engine import evaluate
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
 from fer_train.train import fit
@@ -227,15 +228,14 @@ def _manifest(state: dict, data_root: str | None) -> SplitManifest:
 
 
 def _torch_row(label: str, model, contract, data) -> dict:
-    from fer_train.engine import predict_logits
-
+    """The PyTorch model's size and scores, from fer-train's own ``evaluate``."""
     macs, params = count_flops_params(model, contract)
     row = {"name": label, "params": params, "macs": macs}
     for split in ("val", "test"):
         if split in data:
             images = torch.from_numpy(np.ascontiguousarray(data[split].images))
-            logits = predict_logits(model, images, contract, torch.device("cpu"))
-            row[split] = _score(logits.softmax(1).numpy(), data[split].labels, list(contract.classes))
+            metrics, _ = evaluate(model, images, torch.from_numpy(data[split].labels), contract, torch.device("cpu"))
+            row[split] = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "loss")}
     return row
 
 
