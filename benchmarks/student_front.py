@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 from functools import partial
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench import machine_info
 from fer_export.onnx_export import export_onnx
 from fer_export.prune import count_flops_params
 from fer_export.quantize import FaceCalibrationReader, quantize_int8
@@ -49,15 +49,6 @@ CANDIDATES = [
     ("vgg w0.75 (teacher)", "vgg", ["width=0.75", "pool=2"]),
 ]
 CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(text.split("flags\t\t:", 1)[1].split("\n", 1)[0].split()) if "flags\t\t:" in text else set()
-    return sorted(f for f in flags if f.startswith("avx512") or f in ("avx2", "amx_bf16", "avx_vnni"))
 
 
 def build_int8(label: str, arch: str, options: list[str], calib: np.ndarray, folder: Path) -> dict:
@@ -104,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     incumbent = None
     if "fer package INT8 (TFLite)" in samples:
         incumbent = {**percentiles(samples["fer package INT8 (TFLite)"]), "file_kb": incumbent_kb}
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "flags": cpu_flags()},
+    result = {"machine": machine_info(threads_all=1),
               "command": " ".join(["python benchmarks/student_front.py", *(argv if argv is not None else sys.argv[1:])]),
               "candidates": rows, "incumbent_latency_b1_1thread": incumbent}  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     lines = ["# Student candidates: INT8 latency (batch 1, one thread, interleaved)", "",
-             f"CPU flags: {', '.join(result['machine']['flags']) or 'unknown'}. Command: `{result['command']}`.", "",
+             f"CPU: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_features']) or 'features unknown'}).",
+             f"Command: `{result['command']}`.", "",
              "| candidate | MACs | params | INT8 KB | p50 ms | p95 ms | vs fer package |",
              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in sorted(rows, key=lambda r: r["latency_b1_1thread"]["p50_ms"]):
