@@ -36,8 +36,10 @@ lint: $(PY)
 # into models/ and benchmarked against the fer package. About 100 minutes per model on 2 cores with native
 # bf16 (AVX512-BF16), both models side by side at one thread each.
 SHARED ?= ../shared/data
-RECIPES := ferplus fer2013
+# each shipped model: its recipe (models/recipes/NAME.toml) and the run that recipe writes
+RECIPE_ferplus := ferplus
 RUN_ferplus := runs/ferplus_vgg_w0375_ce_e50
+RECIPE_fer2013 := fer2013
 RUN_fer2013 := runs/fer2013_vgg_w0375_e50
 # teachers for distilled students (not shipped): about 5 minutes an epoch at one thread each, two side by side
 RUN_teacher_ferplus := runs/teacher_ferplus_vgg_w075_e40
@@ -46,7 +48,8 @@ EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
 
 models: $(PY)
 	$(PIP) install -q -e '.[train]'
-	for m in $(RECIPES); do $(MAKE) --no-print-directory model-$$m; done
+	$(MAKE) --no-print-directory -j2 teacher-ferplus teacher-fer2013
+	$(MAKE) --no-print-directory -j2 model-ferplus model-fer2013
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
 
@@ -56,7 +59,7 @@ train = if [ -f $(1)/metrics.json ] && grep -q '"complete": true' $(1)/metrics.j
 	else $(VENV)/bin/fer-train --config models/recipes/$(2).toml; fi
 
 model-%: $(PY)
-	@$(call train,$(RUN_$*),$*)
+	@$(call train,$(RUN_$*),$(RECIPE_$*))
 	rm -rf exports/$*
 	$(VENV)/bin/fer-export --ckpt $(RUN_$*)/best.pt $(EXPORT) --name $*
 	$(VENV)/bin/fer-eval --ckpt $(RUN_$*)/best.pt --split test
@@ -84,6 +87,7 @@ teachers: $(PY)
 
 teacher-%: $(PY)
 	@$(call train,$(RUN_teacher_$*),teacher_$*)
-	$(VENV)/bin/fer-eval --ckpt $(RUN_teacher_$*)/best.pt --split test --tta flip
+	test -f $(RUN_teacher_$*)/eval_test_flip.json || \
+	  $(VENV)/bin/fer-eval --ckpt $(RUN_teacher_$*)/best.pt --split test --tta flip
 
 .PHONY: models bench teachers

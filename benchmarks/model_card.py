@@ -10,11 +10,14 @@ import json
 import sys
 from pathlib import Path
 
+from fer_runtime.outputs import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
+# the recipe of each shipped file; its run is the export's source checkpoint (export_report.json)
 SHIPPED = {
-    "ferplus": {"title": "FER+ (the fer-run default)", "run": "runs/ferplus_vgg_w0375_ce_e50", "export": "exports/ferplus",
+    "ferplus": {"title": "FER+ (the fer-run default)", "recipe": "ferplus", "export": "exports/ferplus",
                 "bench": "benchmarks/results/ferplus", "split": "FER2013Test, majority labels (FER+ protocol)"},
-    "fer2013": {"title": "FER2013", "run": "runs/fer2013_vgg_w0375_e50", "export": "exports/fer2013",
+    "fer2013": {"title": "FER2013", "recipe": "fer2013", "export": "exports/fer2013",
                 "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
 }  # fmt: skip
 
@@ -62,22 +65,49 @@ def _hardest(bench: dict, name: str, n: int = 3) -> list[str]:
     return [f"{c} ({pc[c]['f1']:.3f})" for c in sorted(pc, key=lambda c: pc[c]["f1"])[:n]]
 
 
-def _section(key: str, spec: dict) -> list[str]:
-    bench = _load(ROOT / spec["bench"] / "results.json")
-    export = _load(ROOT / spec["export"] / "export_report.json")
-    history = _load(ROOT / spec["run"] / "history.json")
-    config = _load(ROOT / spec["run"] / "config.json")
+def _arch(config: dict) -> tuple[str, list[str]]:
     # runs from before fer-train's --model became --arch record the architecture as model / model_arg
-    arch, arch_arg = config.get("arch", config.get("model")), config.get("arch_arg", config.get("model_arg"))
-    metrics = _load(ROOT / spec["run"] / "metrics.json")
-    dedup = ROOT / spec["run"] / "eval_test.json"
+    return config.get("arch", config.get("model")), config.get("arch_arg", config.get("model_arg"))
+
+
+def _teacher(config: dict, root: Path) -> list[str]:
+    """The distillation teacher(s) a student learned from: recipe, validation, test with its TTA, training time."""
+    lines = []
+    for ckpt in config.get("teacher") or []:
+        run = Path(ckpt).parent
+        t_config, t_history = _load(root / run / "config.json"), _load(root / run / "history.json")
+        best = _load(root / run / "metrics.json")["best"]
+        tta = config.get("teacher_tta", "none")
+        test = _load(root / run / ("eval_test.json" if tta == "none" else f"eval_test_{tta}.json"))
+        recipe = f"teacher_{t_config['protocol']}"
+        lines.append(f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}, targets "
+                     f"{config['teacher_targets']}, teacher TTA {tta}) from the teacher `{run}`: recipe "
+                     f"[`models/recipes/{recipe}.toml`](recipes/{recipe}.toml), `{_arch(t_config)[0]}` "
+                     f"{_arch(t_config)[1]}, {len(t_history)} epochs, "
+                     f"{sum(h['train_seconds'] for h in t_history) / 60:.0f} min of training steps; validation "
+                     f"{best['metric']} {best['value']:.4f} (epoch {best['epoch']}), test (`fer-eval --tta {tta}`) "
+                     f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}. Not shipped.")  # fmt: skip
+    return lines + [""] if lines else []
+
+
+def _section(key: str, spec: dict, root: Path) -> list[str]:
+    bench = _load(root / spec["bench"] / "results.json")
+    export = _load(root / spec["export"] / "export_report.json")
+    run = Path(export["source"]).parent
+    history = _load(root / run / "history.json")
+    config = _load(root / run / "config.json")
+    arch, arch_arg = _arch(config)
+    metrics = _load(root / run / "metrics.json")
+    dedup = root / run / "eval_test.json"
     fp32 = next(r for r in export["artefacts"] if r["name"] == "pytorch")
     int8_name = f"{key}.int8.onnx"
     train_min = sum(h["train_seconds"] for h in history) / 60
     m = bench["machine"]
+    recipe = spec["recipe"]
     lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
-             f"Recipe: [`models/recipes/{key}.toml`](recipes/{key}.toml) (`fer-train --config models/recipes/{key}.toml`), "
-             f"then `fer-export --ckpt {spec['run']}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
+             f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
+             f"(`fer-train --config models/recipes/{recipe}.toml`), "
+             f"then `fer-export --ckpt {run}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
              f"--name {key}` (`make models`). Architecture `{arch}` {arch_arg}: {fp32['params']:,} "
              f"parameters, {fp32['macs'] / 1e6:.1f}M MACs per face. Selected on validation "
              f"({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch {metrics['best']['epoch']} of "
@@ -86,7 +116,7 @@ def _section(key: str, spec: dict) -> list[str]:
              f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "
              f"thread(s)), amp {config['amp_resolved']}, on {m['cpu']} ({m['cores']} cores, "
              f"{', '.join(m['cpu_features'])}), no GPU.", "",
-             f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
+             *_teacher(config, root), f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
              *_quality_table(bench), ""]  # fmt: skip
     if dedup.is_file():
         d = _load(dedup)
@@ -105,7 +135,8 @@ def _section(key: str, spec: dict) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(root: Path = ROOT) -> int:
+    """Write root/models/MODEL_CARD.md from the files the build left under root."""
     parts = ["# Model card: shipped FER models", "",
              "Two INT8 models ship, each with its fp32 source so `fer-bench` can compare them out of the box. Both were "
              "trained by this project's own commands on `../shared/data` (the repaired FER2013 copy and FER+), "
@@ -119,10 +150,10 @@ def main() -> int:
              "| `fer2013.int8.onnx` | angry, disgust, fear, happy, neutral, sad, surprise | `fer-run --model fer2013` |",
              "| `fer2013.onnx` | the same | its fp32 source |", ""]  # fmt: skip
     for key, spec in SHIPPED.items():
-        parts += _section(key, spec)
+        parts += _section(key, spec, root)
     parts += (ROOT / "benchmarks" / "model_card_limits.md").read_text().splitlines()
-    (ROOT / "models" / "MODEL_CARD.md").write_text("\n".join(parts) + "\n")
-    print("model_card: wrote models/MODEL_CARD.md")
+    atomic_write_text(root / "models" / "MODEL_CARD.md", "\n".join(parts) + "\n")
+    print(f"model_card: wrote {root / 'models' / 'MODEL_CARD.md'}")
     return 0
 
 
