@@ -7,17 +7,18 @@ Every figure in the card is copied from those files, so the card and ``make benc
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 from fer_runtime.outputs import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-# the recipe of each shipped file; its run is the export's source checkpoint (export_report.json)
+# each shipped file; its run is the export's source checkpoint (export_report.json), its recipe the one naming that run
 SHIPPED = {
-    "ferplus": {"title": "FER+ (the fer-run default)", "recipe": "ferplus", "export": "exports/ferplus",
+    "ferplus": {"title": "FER+ (the fer-run default)", "export": "exports/ferplus",
                 "bench": "benchmarks/results/ferplus", "split": "FER2013Test, majority labels (FER+ protocol)"},
-    "fer2013": {"title": "FER2013", "recipe": "fer2013", "export": "exports/fer2013",
+    "fer2013": {"title": "FER2013", "export": "exports/fer2013",
                 "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
 }  # fmt: skip
 
@@ -70,24 +71,38 @@ def _arch(config: dict) -> tuple[str, list[str]]:
     return config.get("arch", config.get("model")), config.get("arch_arg", config.get("model_arg"))
 
 
+def _recipe(run: Path, root: Path) -> str:
+    """The recipe in models/recipes/ that writes this run (its `name`)."""
+    for path in sorted((root / "models" / "recipes").glob("*.toml")):
+        if re.search(rf'^name = "{re.escape(run.name)}"', path.read_text(), re.MULTILINE):
+            return path.stem
+    raise SystemExit(f"model_card: no recipe in models/recipes/ writes {run}")
+
+
+def _run_line(run: Path, root: Path, tta: str) -> str:
+    config, history = _load(root / run / "config.json"), _load(root / run / "history.json")
+    best, recipe = _load(root / run / "metrics.json")["best"], _recipe(run, root)
+    arch, arch_arg = _arch(config)
+    line = (f"`{run}`: recipe [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml), `{arch}` {arch_arg}, "
+            f"{len(history)} epochs, {sum(h['train_seconds'] for h in history) / 60:.0f} min of training steps; "
+            f"validation {best['metric']} {best['value']:.4f} (epoch {best['epoch']})")  # fmt: skip
+    test = root / run / ("eval_test.json" if tta == "none" else f"eval_test_{tta}.json")
+    if test.is_file():
+        t = _load(test)
+        line += f", test (`fer-eval --tta {tta}`) accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}"
+    return line
+
+
 def _teacher(config: dict, root: Path) -> list[str]:
     """The distillation teacher(s) a student learned from: recipe, validation, test with its TTA, training time."""
-    lines = []
-    for ckpt in config.get("teacher") or []:
-        run = Path(ckpt).parent
-        t_config, t_history = _load(root / run / "config.json"), _load(root / run / "history.json")
-        best = _load(root / run / "metrics.json")["best"]
-        tta = config.get("teacher_tta", "none")
-        test = _load(root / run / ("eval_test.json" if tta == "none" else f"eval_test_{tta}.json"))
-        recipe = f"teacher_{t_config['protocol']}"
-        lines.append(f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}, targets "
-                     f"{config['teacher_targets']}, teacher TTA {tta}) from the teacher `{run}`: recipe "
-                     f"[`models/recipes/{recipe}.toml`](recipes/{recipe}.toml), `{_arch(t_config)[0]}` "
-                     f"{_arch(t_config)[1]}, {len(t_history)} epochs, "
-                     f"{sum(h['train_seconds'] for h in t_history) / 60:.0f} min of training steps; validation "
-                     f"{best['metric']} {best['value']:.4f} (epoch {best['epoch']}), test (`fer-eval --tta {tta}`) "
-                     f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}. Not shipped.")  # fmt: skip
-    return lines + [""] if lines else []
+    teachers = config.get("teacher") or []
+    if not teachers:
+        return []
+    tta = config.get("teacher_tta", "none")
+    who = "one teacher" if len(teachers) == 1 else f"an ensemble of {len(teachers)} (the mean of their softmax)"
+    return [f"Distilled from {who} (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}, "
+            f"{config['teacher_targets']} targets, teacher TTA {tta}); no teacher file ships:", "",
+            *[f"- {_run_line(Path(t).parent, root, tta)}" for t in teachers], ""]  # fmt: skip
 
 
 def _section(key: str, spec: dict, root: Path) -> list[str]:
@@ -103,7 +118,7 @@ def _section(key: str, spec: dict, root: Path) -> list[str]:
     int8_name = f"{key}.int8.onnx"
     train_min = sum(h["train_seconds"] for h in history) / 60
     m = bench["machine"]
-    recipe = spec["recipe"]
+    recipe = _recipe(run, root)
     lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
              f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
              f"(`fer-train --config models/recipes/{recipe}.toml`), "

@@ -20,10 +20,13 @@ def _write(path: Path, obj: object) -> None:
 
 def _run(root: Path, name: str, protocol: str, accuracy: float, **config: object) -> str:
     run = f"runs/{name}"
-    _write(root / run / "config.json", {"protocol": protocol, "arch": "vgg", "arch_arg": ["width=0.3"], "threads": 1,
-                                        "amp_resolved": "bf16", **config})  # fmt: skip
+    arch = {} if "model" in config else {"arch": "vgg", "arch_arg": ["width=0.3"]}
+    _write(root / run / "config.json", {"protocol": protocol, **arch, "threads": 1, "amp_resolved": "bf16", **config})
     _write(root / run / "history.json", [{"train_seconds": 60.0}, {"train_seconds": 120.0}])
     _write(root / run / "metrics.json", {"best": {"metric": "accuracy", "value": accuracy, "epoch": 2}})
+    recipe = root / "models" / "recipes" / f"{name}_recipe.toml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(f'# the recipe\narch = "vgg"\nname = "{name}"\n')
     return run
 
 
@@ -34,8 +37,10 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
     if with_teacher:
         teacher = _run(root, f"teacher_{key}", key, 0.9123, arch="vgg", arch_arg=["width=0.75"])
         _write(root / teacher / "eval_test_flip.json", {"accuracy": 0.8912, "macro_f1": 0.7345})
-        config = {"teacher": [f"{teacher}/best.pt"], "teacher_tta": "flip", "teacher_targets": "cached",
-                  "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
+        # a second member from before fer-train's --model became --arch, with no test figure of its own
+        other = _run(root, f"other_{key}", key, 0.8790, model="vgg", model_arg=["width=0.375"])
+        config = {"teacher": [f"{teacher}/best.pt", f"{other}/best.pt"], "teacher_tta": "flip",
+                  "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
     run = _run(root, f"student_{key}", key, 0.8811, **config)
     _write(root / "exports" / key / "export_report.json",
            {"source": f"{run}/best.pt", "artefacts": [{"name": "pytorch", "params": 585496, "macs": 41.8e6}]})
@@ -63,16 +68,29 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "on Test CPU (2 cores, avx2)" in card
     # the hardest classes are the three lowest F1
     assert "Hard classes (the lowest F1 of `ferplus.int8.onnx`): angry (0.100), contempt (0.200), disgust (0.300)" in card
-    # the teacher of a distilled student, with its TTA'd test figure; the undistilled model has no teacher line
-    assert card.count("Distilled (KD alpha 0.7") == 1
-    assert "from the teacher `runs/teacher_ferplus`" in card and "test (`fer-eval --tta flip`) accuracy 0.8912" in card
+    assert "Recipe: [`models/recipes/student_ferplus_recipe.toml`]" in card
+    # the teachers of a distilled student, with their TTA'd test figures; the undistilled model has no teacher lines
+    assert card.count("Distilled from an ensemble of 2 (the mean of their softmax) (KD alpha 0.7") == 1
+    assert ("- `runs/teacher_ferplus`: recipe [`models/recipes/teacher_ferplus_recipe.toml`]"
+            "(recipes/teacher_ferplus_recipe.toml), `vgg` ['width=0.75'], 2 epochs, 3 min of training steps; "
+            "validation accuracy 0.9123 (epoch 2), test (`fer-eval --tta flip`) accuracy 0.8912, macro-F1 0.7345") in card
+    assert "- `runs/other_ferplus`: recipe [`models/recipes/other_ferplus_recipe.toml`]" in card
+    assert "`vgg` ['width=0.375']" in card and "validation accuracy 0.8790 (epoch 2)\n" in card
     assert "- fer package INT8 (TFLite): no contempt" in card
 
 
 def test_a_missing_build_file_is_named(tmp_path):
     _build(tmp_path, "ferplus", with_teacher=True)
     _build(tmp_path, "fer2013", with_teacher=False)
-    (tmp_path / "runs" / "teacher_ferplus" / "eval_test_flip.json").unlink()
-    with pytest.raises(SystemExit, match="eval_test_flip.json is missing: run make models first"):
+    (tmp_path / "exports" / "fer2013" / "export_report.json").unlink()
+    with pytest.raises(SystemExit, match="fer2013/export_report.json is missing: run make models first"):
         model_card.main(tmp_path)
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
+
+
+def test_a_run_with_no_recipe_is_named(tmp_path):
+    _build(tmp_path, "ferplus", with_teacher=True)
+    _build(tmp_path, "fer2013", with_teacher=False)
+    (tmp_path / "models" / "recipes" / "other_ferplus_recipe.toml").unlink()
+    with pytest.raises(SystemExit, match="no recipe in models/recipes/ writes runs/other_ferplus"):
+        model_card.main(tmp_path)
