@@ -6,10 +6,14 @@ ensemble ``fer-eval`` scores, so a teacher can be picked on validation before di
 
 ``teacher_targets`` scores the teachers once, on the un-augmented training images, instead of on
 every batch: no teacher cost per step (not with mixup/cutmix, whose batches are new images).
+``stored_teacher_targets`` keeps them on disk beside the decode cache, so a resumed run, or
+another student of the same teachers, does not score them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DataError
+from fer_runtime.outputs import atomic_path
 from fer_train.augment import normalize
 from fer_train.engine import Teacher
 
@@ -105,3 +110,38 @@ def teacher_targets(
         member = torch.cat(chunks)
         probs = member if probs is None else probs + member
     return (probs / len(teachers)).clamp_min(1e-12).log()
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stored_teacher_targets(
+    teachers: list[LoadedTeacher], images_u8: np.ndarray, device: torch.device, tta: str, cache_dir: Path
+) -> tuple[torch.Tensor, Path | None]:
+    """``teacher_targets``, read from ``cache_dir`` when the same teacher files scored the same images before.
+
+    The key is the teachers' file contents, the TTA, the device type and the images' bytes. Returns the targets and
+    the file they were read from (None: scored now, then stored).
+    """
+    h = hashlib.sha1(f"targets-v1|{tta}|{device.type}|{images_u8.shape}".encode())
+    for t in teachers:
+        h.update(_file_digest(t.path).encode() if Path(t.path).is_file() else t.path.encode())
+    h.update(np.ascontiguousarray(images_u8).tobytes())
+    path = Path(cache_dir) / f"teacher-targets-{h.hexdigest()[:20]}.pt"
+    if path.is_file():
+        try:
+            targets = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            targets = None  # a damaged cache file: score again and replace it
+        if isinstance(targets, torch.Tensor) and targets.shape[0] == len(images_u8):
+            return targets, path
+    targets = teacher_targets(teachers, images_u8, device, tta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(targets, tmp)
+    return targets, None

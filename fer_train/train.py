@@ -28,6 +28,7 @@ from fer_runtime.data import (
     PROTOCOLS,
     DataError,
     SplitManifest,
+    default_cache_dir,
     discover,
     load_split,
     resolve_data_root,
@@ -61,7 +62,7 @@ from fer_train.engine import (
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import ModelError, count_parameters, create_model, parse_arch_args
-from fer_train.teacher import check_teachers, load_teacher, make_teacher, teacher_paths, teacher_targets
+from fer_train.teacher import check_teachers, load_teacher, make_teacher, stored_teacher_targets, teacher_paths
 
 RUN_STATE: dict = {}  # the run folder of the run in progress, for the interrupt message
 
@@ -518,12 +519,13 @@ def make_distillation(args: argparse.Namespace, teachers: list, data: PreparedDa
         return Distillation(args.kd_alpha, args.kd_temperature, teacher=make_teacher(teachers, contract, session.device,
                                                                                      args.teacher_tta))  # fmt: skip
     started = time.perf_counter()
-    targets = teacher_targets(teachers, data.decoded["train"].images, session.device, args.teacher_tta)
+    targets, stored = stored_teacher_targets(teachers, data.decoded["train"].images, session.device, args.teacher_tta,
+                                             Path(args.cache_dir or default_cache_dir()))  # fmt: skip
     if session.is_main:
         agree = (targets.argmax(1) == data.tensors["train"][1]).float().mean().item()
+        how = f"read from {stored}" if stored else f"{time.perf_counter() - started:.0f}s"
         print(f"fer-train: {len(teachers)} teacher(s) scored the {len(targets)} training images once (tta "
-              f"{args.teacher_tta}, {time.perf_counter() - started:.0f}s); their top class matches the label for "
-              f"{agree:.1%}")  # fmt: skip
+              f"{args.teacher_tta}, {how}); their top class matches the label for {agree:.1%}")  # fmt: skip
     return Distillation(args.kd_alpha, args.kd_temperature, targets=targets)
 
 

@@ -16,7 +16,7 @@ from fer_runtime.session import OnnxModel
 from fer_train.checkpoint import fit_modules_to_state_dict, load_checkpoint, model_from_checkpoint
 from fer_train.losses import distillation_loss
 from fer_train.models import create_model, list_models
-from fer_train.teacher import LoadedTeacher, load_teacher, make_teacher, teacher_targets
+from fer_train.teacher import LoadedTeacher, load_teacher, make_teacher, stored_teacher_targets, teacher_targets
 from fer_train.train import main as train_main
 
 CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.3,), crop_margin=0.15,
@@ -346,6 +346,35 @@ def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_o
     torch.testing.assert_close(targets.exp(), torch.full((10, 3), 1 / 3))
 
 
+def test_stored_teacher_targets_are_scored_once_per_teacher_file_tta_and_images(tmp_path):
+    calls = []
+
+    def net(batch):
+        calls.append(len(batch))
+        return batch.mean((2, 3)).repeat(1, 3) * torch.tensor([1.0, 2.0, 3.0])
+
+    (tmp_path / "t.pt").write_bytes(b"teacher one")
+    teacher = LoadedTeacher(str(tmp_path / "t.pt"), ModelContract(classes=("a", "b", "c")), net)
+    images = np.random.default_rng(0).integers(0, 256, (10, 1, 48, 48), dtype=np.uint8)
+    cpu, cache = torch.device("cpu"), tmp_path / "cache"
+    first, stored = stored_teacher_targets([teacher], images, cpu, "none", cache)
+    assert stored is None and calls == [10]
+    again, stored = stored_teacher_targets([teacher], images, cpu, "none", cache)
+    assert stored is not None and stored.parent == cache and calls == [10]  # read back, not scored
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(first, teacher_targets([teacher], images, cpu))
+    calls.clear()
+    assert stored_teacher_targets([teacher], images, cpu, "flip", cache)[1] is None  # another TTA
+    assert stored_teacher_targets([teacher], images[:9], cpu, "none", cache)[1] is None  # other images
+    (tmp_path / "t.pt").write_bytes(b"teacher two")
+    assert stored_teacher_targets([teacher], images, cpu, "none", cache)[1] is None  # the teacher file changed
+    assert calls == [20, 9, 10]  # flip: each image and its mirror in one batch
+    stored.write_bytes(b"damaged")  # a damaged file is scored again and replaced
+    (tmp_path / "t.pt").write_bytes(b"teacher one")
+    assert stored_teacher_targets([teacher], images, cpu, "none", cache)[1] is None
+    assert stored_teacher_targets([teacher], images, cpu, "none", cache)[1] == stored
+
+
 def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
     run, root = trained_run
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
@@ -353,6 +382,8 @@ def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
             "--teacher", str(run / "best.pt"), "--teacher-targets", "cached", "--teacher-tta", "flip"]  # fmt: skip
     assert train_main([*args, "--name", "c"]) == 0
     assert "1 teacher(s) scored the 96 training images once (tta flip" in capsys.readouterr().out
+    assert train_main([*args, "--name", "c2"]) == 0  # the same teacher on the same images: read back
+    assert "1 teacher(s) scored the 96 training images once (tta flip, read from " in capsys.readouterr().out
     assert json.loads((tmp_path / "c" / "config.json").read_text())["teacher_targets"] == "cached"
     assert train_main([*args, "--name", "m", "--mixup", "0.2"]) == 2
     assert "cannot follow mixup/cutmix" in capsys.readouterr().err and not (tmp_path / "m").exists()
