@@ -48,7 +48,6 @@ EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
 
 models: $(PY)
 	$(PIP) install -q -e '.[train]'
-	$(MAKE) --no-print-directory -j2 teacher-ferplus teacher-fer2013
 	$(MAKE) --no-print-directory -j2 model-ferplus model-fer2013
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
