@@ -79,18 +79,14 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "- fer package INT8 (TFLite): no contempt" in card
 
 
-def test_a_missing_build_file_is_named(tmp_path):
+@pytest.mark.parametrize("missing, message", [
+    ("exports/fer2013/export_report.json", "fer2013/export_report.json is missing: run make models first"),
+    ("models/recipes/other_ferplus_recipe.toml", "no recipe in models/recipes/ writes runs/other_ferplus"),
+])  # fmt: skip
+def test_a_missing_build_file_or_recipe_is_named_and_no_card_is_written(tmp_path, missing, message):
     _build(tmp_path, "ferplus", with_teacher=True)
     _build(tmp_path, "fer2013", with_teacher=False)
-    (tmp_path / "exports" / "fer2013" / "export_report.json").unlink()
-    with pytest.raises(SystemExit, match="fer2013/export_report.json is missing: run make models first"):
+    (tmp_path / missing).unlink()
+    with pytest.raises(SystemExit, match=message):
         model_card.main(tmp_path)
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
-
-
-def test_a_run_with_no_recipe_is_named(tmp_path):
-    _build(tmp_path, "ferplus", with_teacher=True)
-    _build(tmp_path, "fer2013", with_teacher=False)
-    (tmp_path / "models" / "recipes" / "other_ferplus_recipe.toml").unlink()
-    with pytest.raises(SystemExit, match="no recipe in models/recipes/ writes runs/other_ferplus"):
-        model_card.main(tmp_path)
