@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import cv2
 
-from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier
+from fer_runtime.classifier import DEFAULT_DETECT_EVERY, DEFAULT_THREADS, FaceExpressionClassifier
 from fer_runtime.contract import ContractError
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import DetectorError
@@ -101,7 +101,8 @@ def check_save_target(save: str, source) -> None:
               "on every frame)")
 @click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
               help="EMA weight of past probabilities (0 off)")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="ONNX Runtime threads (0: all cores)")
+@click.option("--threads", type=click.IntRange(min=0), default=DEFAULT_THREADS, show_default=True,
+              help="ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and detection")
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
 @click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
