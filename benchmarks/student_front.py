@@ -41,6 +41,8 @@ CANDIDATES = [
     ("vgg w0.375 depths 1-1-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,1,2,2]"]),
     ("vgg w0.5 depths 1-1-2-2", "vgg", ["width=0.5", "pool=2", "depths=[1,1,2,2]"]),
     ("vgg w0.375 depths 2-2-2-1", "vgg", ["width=0.375", "pool=2", "depths=[2,2,2,1]"]),
+    ("vgg w0.375 depths 1-1-1-1", "vgg", ["width=0.375", "pool=2", "depths=[1,1,1,1]"]),
+    ("vgg w0.5 depths 1-1-1-1", "vgg", ["width=0.5", "pool=2", "depths=[1,1,1,1]"]),
     ("vgg w0.3", "vgg", ["width=0.3", "pool=2"]),
     ("vgg w0.25", "vgg", ["width=0.25", "pool=2"]),
     ("vgg w0.25 depths 1-2-2-2", "vgg", ["width=0.25", "pool=2", "depths=[1,2,2,2]"]),

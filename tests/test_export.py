@@ -440,3 +440,31 @@ def test_export_training_stages_keep_the_source_runs_protocol_and_selection_metr
     assert (cfg.protocol, cfg.label_mode, cfg.monitor, cfg.epochs, cfg.batch_size, cfg.threads) == (
         "ferplus", "crossentropy", "accuracy", 2, 16, 1)
     assert cfg.lr is None  # optimisation is the stage's own, not the source run's
+
+
+def test_int8_max_pool_after_the_float_first_conv_stays_float_in_the_runtime(tmp_path):
+    import onnxruntime as ort
+
+    from fer_runtime.session import DISABLED_OPTIMIZERS
+
+    torch.manual_seed(0)
+    model = create_model("vgg", 3, 1, width=0.25, depths=[1, 1, 1, 1]).eval()
+    fp32 = export_onnx(model, CONTRACT, tmp_path / "v.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (32, 1, 48, 48), dtype=np.uint8)
+    int8 = quantize_int8(fp32, tmp_path / "v.int8.onnx", FaceCalibrationReader(images, CONTRACT), keep_float=["first_conv"])
+
+    def optimized(disabled: list[str]) -> onnx.GraphProto:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"opt{len(disabled)}.onnx")
+        ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return onnx.load(options.optimized_model_filepath).graph
+
+    def pool_runs_on_uint8(graph: onnx.GraphProto) -> bool:
+        first_q = next(n for n in graph.node if n.op_type == "QuantizeLinear")
+        return any(n.op_type == "MaxPool" and first_q.output[0] in n.input for n in graph.node)
+
+    assert pool_runs_on_uint8(optimized([]))  # ORT's default: the Q moves above the pool
+    assert not pool_runs_on_uint8(optimized(DISABLED_OPTIMIZERS))
+    plain = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    batch = CONTRACT.normalize(images)
+    np.testing.assert_array_equal(OnnxModel(int8).run(batch), plain.run(None, {"input": batch})[0])
