@@ -37,18 +37,15 @@ from fer_train.models import create_model, parse_arch_args
 # 48x48x24, against 9 us for the NHWC uint8 pool behind a second, quantized conv).
 CANDIDATES = [
     ("vgg w0.375 (shipped)", "vgg", ["width=0.375", "pool=2"]),
-    ("vgg w0.375 depths 1-2-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,2,2,2]"]),
     ("vgg w0.375 depths 1-1-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,1,2,2]"]),
-    ("vgg w0.5 depths 1-1-2-2", "vgg", ["width=0.5", "pool=2", "depths=[1,1,2,2]"]),
-    ("vgg w0.375 depths 2-2-2-1", "vgg", ["width=0.375", "pool=2", "depths=[2,2,2,1]"]),
+    ("vgg w0.375 depths 1-1-1-2", "vgg", ["width=0.375", "pool=2", "depths=[1,1,1,2]"]),
+    ("vgg w0.375 depths 1-1-2-1", "vgg", ["width=0.375", "pool=2", "depths=[1,1,2,1]"]),
     ("vgg w0.375 depths 1-1-1-1", "vgg", ["width=0.375", "pool=2", "depths=[1,1,1,1]"]),
     ("vgg w0.5 depths 1-1-1-1", "vgg", ["width=0.5", "pool=2", "depths=[1,1,1,1]"]),
-    ("vgg w0.3", "vgg", ["width=0.3", "pool=2"]),
-    ("vgg w0.25", "vgg", ["width=0.25", "pool=2"]),
+    ("vgg w0.3 depths 1-1-2-2", "vgg", ["width=0.3", "pool=2", "depths=[1,1,2,2]"]),
+    ("vgg w0.25 depths 1-1-2-2", "vgg", ["width=0.25", "pool=2", "depths=[1,1,2,2]"]),
     ("vgg w0.25 depths 1-2-2-2", "vgg", ["width=0.25", "pool=2", "depths=[1,2,2,2]"]),
     ("mobile w0.5", "mobile", ["width=0.5"]),
-    ("mobile w1.0", "mobile", ["width=1.0"]),
-    ("vgg w0.75 (teacher)", "vgg", ["width=0.75", "pool=2"]),
 ]
 CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
