@@ -24,7 +24,7 @@ test-runtime:
 	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RUNTIME_VENV)/bin/python -m pip install -q . pytest onnx scikit-image
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
-	  tests/test_calibration.py
+	  tests/test_calibration.py tests/test_decision_rule.py
 
 lint: $(PY)
 	$(VENV)/bin/ruff check .

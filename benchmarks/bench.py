@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks.data import bench_manifest, class_mapping, load_for
+from benchmarks.data import bench_manifest, load_for, shared_classes
 from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import ContractError
@@ -26,11 +26,30 @@ from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
 from fer_runtime.profiling import percentiles, time_interleaved
-from fer_runtime.session import OnnxModel, calibrated_probabilities
+from fer_runtime.session import PRIOR_CHOICES, OnnxModel, decision_probabilities
 
 ROUNDS = 10
 # The instruction sets that decide INT8 and bf16 speed: without VNNI, INT8 gains far less over fp32.
 LATENCY_CPU_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma", "f16c"}
+
+
+# numpy's CPUID names -> the kernel's /proc/cpuinfo names
+NUMPY_CPU_FEATURES = {"AVX2": "avx2", "FMA3": "fma", "F16C": "f16c", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni",
+                      "AVX512BF16": "avx512_bf16", "AVXVNNI": "avx_vnni"}  # fmt: skip
+
+
+def cpu_features_seen() -> list[str] | None:
+    """The latency-relevant instruction sets this process sees through CPUID (numpy's dispatch table), which is what
+    ONNX Runtime and TFLite choose their kernels by; under ``run-avx2`` AVX-512 and VNNI are hidden here although
+    /proc/cpuinfo still lists them. None where numpy does not say."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return None
+    return sorted(name for key, name in NUMPY_CPU_FEATURES.items() if features.get(key))
 
 
 def machine_info(threads_all: int) -> dict:
@@ -46,13 +65,16 @@ def machine_info(threads_all: int) -> dict:
                 break
     except OSError:
         pass
+    seen = cpu_features_seen()
+    kernel = sorted(flags & LATENCY_CPU_FLAGS)
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__, "python": platform.python_version(),
             "threads_all": threads_all, "platform": platform.platform(),
-            "cpu_features": sorted(flags & LATENCY_CPU_FLAGS)}  # fmt: skip
+            "cpu_features": seen if seen is not None else kernel, "cpu_features_kernel": kernel,
+            "avx512_hidden": seen is not None and "avx512f" in kernel and "avx512f" not in seen}  # fmt: skip
 
 
-def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    return classification_metrics(y_true, y_pred, classes)
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], other: str | None = None) -> dict:
+    return classification_metrics(y_true, y_pred, classes, other)
 
 
 def param_count(path: Path) -> int | None:
@@ -101,7 +123,8 @@ def default_models() -> list[str]:
 @click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
 @click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True,
+              help="train, val, test, or all (every image: for a set kept for evaluation only, such as CK+)")
 @click.option("--out-dir", default="bench_results", show_default=True)
 @click.option("--predictions", default=None, help="per-image predictions CSV")
 @click.option("--pipeline", "pipeline_video", multiple=True,
@@ -113,9 +136,12 @@ def default_models() -> list[str]:
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime threads for scoring and the multi-thread timings (0: all cores); batch-1 latency is "
               "also timed at one thread")
+@click.option("--prior", type=click.Choice(PRIOR_CHOICES), default="model", show_default=True,
+              help="decision rule: each model's own (fitted on validation), the training prior (raw argmax), or a "
+              "balanced prior")
 @click.option("--no-progress", is_flag=True, help="no progress bar while timing")
 def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
-         incumbent, threads, no_progress):  # fmt: skip
+         incumbent, threads, prior, no_progress):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     try:
         check_output_dir(out_dir)
@@ -124,7 +150,8 @@ def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions
         data = bench_manifest(data_root, protocol, manifest)
         models = [str(resolve_model(m)) for m in model_paths] or default_models()
         results = run(models, data, split, Path(out_dir), predictions,
-                      pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress)  # fmt: skip
+                      pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress,
+                      prior=prior)  # fmt: skip
     except (DataError, ContractError, OutputError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
@@ -143,12 +170,13 @@ def _load_incumbent(threads: int) -> tuple | None:
 
 
 def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
-        incumbent: bool = False, *, threads: int = 0, progress: bool = True) -> dict:  # fmt: skip
+        incumbent: bool = False, *, threads: int = 0, progress: bool = True, prior: str = "model") -> dict:  # fmt: skip
     threads_all = threads or os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
-    one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=threads_all, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
+    one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"], prior=prior) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=threads_all, providers=["CPUExecutionProvider"], prior=prior)
+            for n, p in zip(names, paths)}  # fmt: skip
     classes = manifest.classes
     if split not in manifest.splits:
         raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
@@ -157,7 +185,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
 
         one[NAME], allc[NAME] = pair
     rows: dict[str, dict] = {}
-    preds: dict[str, np.ndarray] = {}
+    preds: dict[str, list[str]] = {}  # per image: the predicted class, or "" where the model was not scored
     cache: dict[tuple, object] = {}
     labels = image_paths = None
     for name, model in allc.items():
@@ -176,7 +204,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     lat1 = _time(one, allc, calls, progress, rows)
-    agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).mean()) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
+    agreement = {f"{a} vs {b}": _agreement(preds[a], preds[b]) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
     ratios = {}
     for a in one:
         for b in one:
@@ -188,7 +216,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
         "data": {"root": manifest.root, "split": split, "protocol": manifest.protocol, "layout": manifest.layout,
                  "images": int(len(labels)), "classes": classes},
         "machine": machine_info(threads_all), "models": rows, "agreement": agreement, "ratios": ratios,
-        "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]),
+        "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": prior,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = _write(results, out_dir, preds, labels, image_paths, classes, predictions, samples=lat1)
@@ -197,34 +225,46 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     return results
 
 
-def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, np.ndarray | None]:
-    """One model's row: file facts, quality and calibration on the decoded split (None predictions: not scored)."""
+def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[str] | None]:
+    """One model's row: file facts, quality under its decision rule and calibration, on the classes it shares with
+    the data (None predictions: not scored)."""
     c = model.contract
+    tau = getattr(model, "prior_correction", c.prior_correction)
     row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
            "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
-           "skipped_images": len(decoded.skipped), "temperature": c.temperature}  # fmt: skip
+           "skipped_images": len(decoded.skipped), "temperature": c.temperature, "prior_correction": tau}  # fmt: skip
     try:
-        mapping = class_mapping(c.classes, classes)
+        shared = shared_classes(c.classes, classes, decoded.labels)
     except DataError as exc:
         if isinstance(model, OnnxModel):
             raise
         row.update(quality=None, note=f"not scored: {exc}")
         return row, None
-    if len(classes) < c.num_classes:
-        row["note"] = (f"scored as a {len(classes)}-way task: the data has {len(classes)} of the model's "
-                       f"{c.num_classes} classes (no {', '.join(x for x in c.classes if x not in classes)})")  # fmt: skip
-        click.echo(f"fer-bench: note: {name} {row['note']}", err=True)
-    labels = decoded.labels
-    raw = model.raw_outputs(decoded.images)
-    before = calibrated_probabilities(raw, c.output, 1.0)[:, mapping]  # columns in data class order
-    after = calibrated_probabilities(raw, c.output, c.temperature)[:, mapping]
-    predicted = after.argmax(1)
-    row["quality"] = metrics(labels, predicted, classes)
-    row["calibration"] = {"temperature": c.temperature, "reliability_before": reliability(before, labels),
-                          "reliability_after": reliability(after, labels)}  # fmt: skip
-    row["calibration"].update(ece_before=row["calibration"]["reliability_before"]["ece"],
-                              ece_after=row["calibration"]["reliability_after"]["ece"])  # fmt: skip
-    return row, predicted
+    if shared.note():
+        row["note"] = shared.note()
+        click.echo(f"fer-bench: note: {name}: {row['note']}", err=True)
+    raw = model.raw_outputs(decoded.images[shared.keep])
+    probs = decision_probabilities(raw, c, tau)
+    predicted = shared.from_model[probs.argmax(1)]
+    other = "other" if shared.extra else None
+    row["quality"] = metrics(shared.labels, predicted, shared.classes, other)
+    raw_argmax = shared.from_model[decision_probabilities(raw, c, 0.0).argmax(1)]
+    row["quality_train_prior"] = {k: v for k, v in metrics(shared.labels, raw_argmax, shared.classes, other).items()
+                                  if k in ("accuracy", "macro_f1", "balanced_accuracy")}  # fmt: skip
+    before = reliability(decision_probabilities(raw, c.replace(temperature=1.0), 0.0), shared.label_in_model)
+    after = reliability(decision_probabilities(raw, c, 0.0), shared.label_in_model)
+    row["calibration"] = {"temperature": c.temperature, "reliability_before": before, "reliability_after": after,
+                          "ece_before": before["ece"], "ece_after": after["ece"],
+                          "ece_decision_rule": reliability(probs, shared.label_in_model)["ece"]}  # fmt: skip
+    names = [""] * len(decoded.labels)
+    for i, k in zip(np.flatnonzero(shared.keep), probs.argmax(1)):
+        names[i] = c.classes[k]
+    return row, names
+
+
+def _agreement(a: list[str], b: list[str]) -> float:
+    both = [(x, y) for x, y in zip(a, b) if x and y]
+    return float(np.mean([x == y for x, y in both])) if both else float("nan")
 
 
 def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict[str, list[float]]:
@@ -264,12 +304,16 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
         model, contract = model_from_checkpoint(load_checkpoint(ckpt))
     except CheckpointError as exc:
         raise DataError(f"--ckpt: {exc}") from None
-    mapping = class_mapping(contract.classes, classes)
     decoded = load_for(manifest, split, contract)
-    logits = predict_logits(model, torch.from_numpy(np.ascontiguousarray(decoded.images)), contract, torch.device("cpu"))
+    shared = shared_classes(contract.classes, classes, decoded.labels)
+    images = np.ascontiguousarray(decoded.images[shared.keep])
+    top = predict_logits(model, torch.from_numpy(images), contract, torch.device("cpu")).numpy().argmax(1)
     name = f"pytorch:{Path(ckpt).name}"
-    preds[name] = logits.numpy()[:, mapping].argmax(1)
-    rows[name] = {"file": str(ckpt), "quality": metrics(decoded.labels, preds[name], classes)}
+    preds[name] = [""] * len(decoded.labels)
+    for i, k in zip(np.flatnonzero(shared.keep), top):
+        preds[name][i] = contract.classes[k]
+    rows[name] = {"file": str(ckpt), "note": "raw argmax (no temperature or decision rule)",
+                  "quality": metrics(shared.labels, shared.from_model[top], shared.classes, "other" if shared.extra else None)}
 
 
 def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
@@ -298,7 +342,7 @@ def _write(results, out_dir: Path, preds, labels, image_paths, classes, predicti
                 w = csv.writer(fh)
                 w.writerow(["path", "label", *[f"pred:{n}" for n in preds]])
                 for i, p in enumerate(image_paths[: len(labels)]):
-                    w.writerow([p, classes[labels[i]], *[classes[preds[n][i]] for n in preds]])
+                    w.writerow([p, classes[labels[i]], *[preds[n][i] for n in preds]])
             written.append(Path(predictions))
         for name in names:
             os.replace(stage / name, out_dir / name)
@@ -316,15 +360,19 @@ def markdown_report(r: dict) -> str:
     classes = r["data"]["classes"]
     lines = [f"# fer-bench: {r['data']['split']} split of {r['data']['root']} ({r['data']['images']} images, "
              f"protocol {r['data'].get('protocol')})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, CPU features {', '.join(m.get('cpu_features', [])) or 'unknown'}, "
+             f"Machine: {m['cpu']}, {m['cores']} cores, CPU features this process saw "
+             f"{', '.join(m.get('cpu_features', [])) or 'unknown'}"
+             f"{' (AVX-512 hidden: the AVX2 code path)' if m.get('avx512_hidden') else ''}, "
              f"onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
              f"Command: `{r['command']}`", "",
-             "| model | accuracy | macro-F1 | ECE (T = 1 / calibrated) | temperature | size KB | params | "
-             "b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms | b32 img/s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             f"Decision rule: `--prior {r.get('prior', 'model')}` (tau: the prior correction applied after the "
+             "temperature; accuracy, macro-F1 and balanced accuracy are read under it).", "",
+             "| model | accuracy | macro-F1 | balanced acc. | ECE (T = 1 / calibrated) | temperature | tau | size KB | "
+             "params | b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms | b32 img/s | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, row in r["models"].items():
         q, cal = row.get("quality"), row.get("calibration")
-        acc, f1 = (_cell(q["accuracy"]), _cell(q["macro_f1"])) if q else ("-", "-")
+        acc, f1, bal = (_cell(q["accuracy"]), _cell(q["macro_f1"]), _cell(q["balanced_accuracy"])) if q else ("-",) * 3
         ece = f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
         if "latency_b1_1thread" in row:
             l1, ln = row["latency_b1_1thread"], row["latency_b1_all_threads"]
@@ -332,19 +380,23 @@ def markdown_report(r: dict) -> str:
                      f"{row['throughput_b32_img_per_s']:.0f} | {_cell(row.get('peak_rss_mb'), '{:.0f}')}")  # fmt: skip
         else:
             speed = "- | - | - | -"
-        lines.append(f"| {name} | {acc} | {f1} | {ece} | {row.get('temperature', '-')} | {row.get('file_kb', '-')} | "
-                     f"{row.get('params') or '-'} | {speed} |")  # fmt: skip
+        lines.append(f"| {name} | {acc} | {f1} | {bal} | {ece} | {row.get('temperature', '-')} | "
+                     f"{row.get('prior_correction', '-')} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
+                     f"{speed} |")  # fmt: skip
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
     lines += ["", *notes] if notes else []
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
-    lines += ["", "## Per-class F1", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for key, title in (("f1", "Per-class F1"), ("recall", "Per-class recall")):
+        lines += ["", f"## {title}", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+        for name, row in scored.items():
+            pc = row["quality"]["per_class"]
+            lines.append(f"| {name} | " + " | ".join(f"{pc[c][key]:.3f}" if c in pc else "-" for c in classes) + " |")
     for name, row in scored.items():
-        pc = row["quality"]["per_class"]
-        lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in classes) + " |")
-    for name, row in scored.items():
+        q = row["quality"]
+        columns = q["classes"] + ([q["other"]] if q.get("other") else [])
         lines += ["", f"## Confusion matrix: {name} (rows true, columns predicted)", "",
-                  "| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]  # fmt: skip
-        for c, counts in zip(classes, row["quality"]["confusion_matrix"]):
+                  "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
+        for c, counts in zip(q["classes"], q["confusion_matrix"]):
             lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
     lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {v:.4f}" for k, v in r["agreement"].items()]
     lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
@@ -367,7 +419,6 @@ def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path
     import matplotlib.pyplot as plt
 
     written = []
-    classes = r["data"]["classes"]
     timed = {n: row for n, row in r["models"].items() if "latency_b1_1thread" in row and row.get("quality")}
     if timed:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -394,17 +445,19 @@ def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path
         n = len(scored)
         fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.0), squeeze=False)
         for ax, (name, row) in zip(axes[0], scored.items()):
-            cm = np.asarray(row["quality"]["confusion_matrix"], float)
+            q = row["quality"]
+            cm = np.asarray(q["confusion_matrix"], float)
+            rows_, cols = q["classes"], q["classes"] + ([q["other"]] if q.get("other") else [])
             norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
             im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-            for i in range(len(classes)):
-                for j in range(len(classes)):
+            for i in range(len(rows_)):
+                for j in range(len(cols)):
                     ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
                             color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
-            ax.set_title(f"{name}: accuracy {row['quality']['accuracy']:.3f}, macro-F1 {row['quality']['macro_f1']:.3f}\n"
+            ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
                          "count and share of the true class (row)", fontsize=8)  # fmt: skip
-            ax.set_xticks(range(len(classes)), classes, rotation=60, fontsize=7)
-            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+            ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
+            ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
             ax.set_xlabel("predicted", fontsize=8)
             ax.set_ylabel("true", fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
@@ -439,12 +492,14 @@ def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path
 
 
 def _print_table(r: dict) -> None:
-    click.echo(f"{'model':<28} {'acc':>7} {'F1':>7} {'ECE':>7} {'KB':>8} {'b1 1thr p50':>12} {'b32 img/s':>10}")
+    click.echo(f"{'model':<28} {'acc':>7} {'F1':>7} {'bal.acc':>7} {'ECE':>7} {'KB':>8} {'b1 1thr p50':>12} "
+               f"{'b32 img/s':>10}")  # fmt: skip
     for name, row in r["models"].items():
         q, cal = row.get("quality") or {}, row.get("calibration") or {}
         lat = row.get("latency_b1_1thread", {}).get("p50_ms")
         thr = row.get("throughput_b32_img_per_s")
         click.echo(f"{name[:28]:<28} {_cell(q.get('accuracy')):>7} {_cell(q.get('macro_f1')):>7} "
+                   f"{_cell(q.get('balanced_accuracy')):>7} "
                    f"{_cell(cal.get('ece_after')):>7} {row.get('file_kb', '-')!s:>8} "
                    f"{(f'{lat:.3f} ms' if lat else '-'):>12} {(f'{thr:.0f}' if thr else '-'):>10}")  # fmt: skip
     for k, v in r["ratios"].items():

@@ -27,11 +27,18 @@ from fer_export.onnx_export import ExportError, export_onnx, parity_check, save_
 from fer_export.prune import PruneError, count_flops_params, prune_channels
 from fer_export.quantize import FaceCalibrationReader, QuantizationError, quantize_int8, stratified_sample
 from fer_export.report import onnx_latency_ms, write_report
-from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
+from fer_runtime.calibration import (
+    calibration_summary,
+    fit_prior_correction,
+    fit_temperature,
+    plot_reliability,
+    reliability,
+    training_prior,
+)
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
 from fer_runtime.outputs import HelpFormatter, OutputError, check_output_dir, check_renamed_flags
-from fer_runtime.session import OnnxModel, calibrated_probabilities
+from fer_runtime.session import OnnxModel, decision_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
 from fer_train.engine import evaluate
@@ -204,8 +211,11 @@ def _run_stages(cfg: ExportConfig, source: Path | None, out: Path, name: str, fi
     if cfg.distill_from:
         provenance["teacher_checkpoint"] = str(Path(cfg.distill_from).resolve())
     contract = contract.replace(provenance=provenance)
+    sampler = state.get("train_args", {}).get("sampler", "random")
+    contract = contract.replace(class_prior=training_prior(data["train"].labels, contract.num_classes, sampler,
+                                                           data["train"].targets))  # fmt: skip
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
-    _calibrate_onnx(fp32_path, data["val"], cfg.threads)
+    report["decision_rule"] = {"onnx fp32": _calibrate_onnx(fp32_path, data["val"], cfg.threads)}
     parity_images = data["val"].images[:2000]
     report["parity"] = parity_check(model, fp32_path, parity_images)
     print(f"fer-export: ONNX parity on {report['parity']['images']} val images: top-1 agreement "
@@ -239,28 +249,39 @@ def _torch_row(label: str, model, contract, data) -> dict:
     return row
 
 
-def _calibrate_onnx(path: Path, val, threads: int = 0) -> float:
-    """Fit this file's own temperature on val (INT8 logits differ a little from fp32's) and write it into its contract."""
+def _calibrate_onnx(path: Path, val, threads: int = 0) -> dict:
+    """Fit this file's own temperature on val (INT8 logits differ a little from fp32's), then its prior correction
+    (after the temperature, on the same split), and write both into its contract. Returns the fit."""
     model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
-    temperature = fit_temperature(model.raw_outputs(val.images), val.labels)
+    raw = model.raw_outputs(val.images)
+    c = model.contract
+    temperature = fit_temperature(raw, val.labels)
+    fit = {"temperature": temperature}
+    if c.class_prior:
+        fit.update(fit_prior_correction(raw, val.labels, temperature, c.class_prior, c.output))
     proto = onnx.load(str(path))
-    set_contract(proto, model.contract.replace(temperature=temperature))
+    set_contract(proto, c.replace(temperature=temperature, prior_correction=fit.get("prior_correction", 0.0)))
     save_onnx_atomic(proto, path)
-    return temperature
+    return fit
 
 
 def _onnx_row(label: str, path: Path, data: dict, timed: bool = True, threads: int = 0) -> dict:
     """Scores and calibration on every split; ``timed=False`` when the caller times this file beside another."""
     model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
     c = model.contract
-    row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "temperature": c.temperature}
+    row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "temperature": c.temperature,
+           "prior_correction": c.prior_correction}  # fmt: skip
     if timed:
         row["latency_ms"] = onnx_latency_ms(path)[0]
     for split in ("val", "test"):
         if split in data:
-            raw = model.raw_outputs(data[split].images)
-            row[split] = _score(calibrated_probabilities(raw, c.output, c.temperature), data[split].labels, list(c.classes))
-            row[split]["calibration"] = calibration_summary(raw, data[split].labels, c.temperature, c.output)
+            raw, labels = model.raw_outputs(data[split].images), data[split].labels
+            # the figures under the shipped decision rule, and the raw argmax's (the training prior) beside them
+            row[split] = _score(decision_probabilities(raw, c), labels, list(c.classes))
+            raw_argmax = _score(decision_probabilities(raw, c, 0.0), labels, list(c.classes))
+            row[split]["train_prior"] = {k: raw_argmax[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+            row[split]["calibration"] = calibration_summary(raw, labels, c.temperature, c.output)
+            row[split]["calibration"]["ece_decision_rule"] = reliability(decision_probabilities(raw, c), labels)["ece"]
     return row
 
 
@@ -281,7 +302,7 @@ def _int8(cfg: ExportConfig, fp32_path: Path, data: dict, out: Path, report: dic
     reader = FaceCalibrationReader(train.images[idx], contract)
     keep = [k.strip() for k in cfg.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, cfg.calib_method, keep_float=keep)
-    _calibrate_onnx(int8_path, data["val"], cfg.threads)
+    report.setdefault("decision_rule", {})["onnx int8"] = _calibrate_onnx(int8_path, data["val"], cfg.threads)
     int8_row = _onnx_row("onnx int8", int8_path, data, timed=False, threads=cfg.threads)
     # the speed-up comes from one interleaved timing of both files, not from two separate moments
     fp32_row["latency_ms"], int8_row["latency_ms"] = onnx_latency_ms(fp32_path, int8_path)
@@ -325,7 +346,13 @@ def _quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict, fin
     data = {s: load_split(manifest, s, contract.channels, contract.input_size) for s in manifest.splits}
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
-    _calibrate_onnx(fp32_path, data["val"], cfg.threads)
+    if not contract.class_prior:  # a file exported before the decision rule: the prior of its training split
+        prior = training_prior(data["train"].labels, contract.num_classes, contract.provenance.get("sampler", "random"),
+                               data["train"].targets)  # fmt: skip
+        proto = onnx.load(str(fp32_path))
+        set_contract(proto, contract.replace(class_prior=prior))
+        save_onnx_atomic(proto, fp32_path)
+    report["decision_rule"] = {"onnx fp32": _calibrate_onnx(fp32_path, data["val"], cfg.threads)}
     fp32_row = _onnx_row("onnx fp32", fp32_path, data, timed=not cfg.int8, threads=cfg.threads)
     report["artefacts"].append(fp32_row)
     code = _int8(cfg, fp32_path, data, out, report, fp32_row) if cfg.int8 else 0

@@ -38,8 +38,11 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
         report = json.loads(text.replace(json.dumps(str(out_dir))[1:-1], json.dumps(str(final_dir))[1:-1]))
     atomic_write_text(json_path, json.dumps(report, indent=2))
     lines = [f"# Export report: {report.get('name', out_dir.name)}", "", f"Source: `{report.get('source')}`", ""]
-    lines += ["| artefact | params | MACs | file KB | val acc | val F1 | test acc | test F1 | temperature | test ECE "
-              "before / after | latency ms (b1, 1 thr) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["ONNX rows are scored under each file's decision rule (temperature, then prior correction tau, both fitted "
+              "on val).", "",
+              "| artefact | params | MACs | file KB | val acc | val F1 | val bal. acc | test acc | test F1 | test bal. acc | "
+              "temperature | tau | test ECE before / after | latency ms (b1, 1 thr) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in report["artefacts"]:
 
         def f(key, split, fmt="{:.4f}", row=row):
@@ -49,9 +52,18 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
         lines.append(
             f"| {row['name']} | {row.get('params', '-')} | {row.get('macs', '-')} | "
             f"{row['file_kb'] if row.get('file_kb') else '-'} | {f('accuracy', 'val')} | {f('macro_f1', 'val')} | "
-            f"{f('accuracy', 'test')} | {f('macro_f1', 'test')} | {row.get('temperature', '-')} | {_ece(row)} | "
+            f"{f('balanced_accuracy', 'val')} | {f('accuracy', 'test')} | {f('macro_f1', 'test')} | "
+            f"{f('balanced_accuracy', 'test')} | {row.get('temperature', '-')} | {row.get('prior_correction', '-')} | "
+            f"{_ece(row)} | "
             f"{format(row['latency_ms'], '.3f') if row.get('latency_ms') else '-'} |"
         )
+    for name, fit in report.get("decision_rule", {}).items():
+        if "grid" in fit:
+            lines += ["", f"## Decision rule of {name}: tau {fit['prior_correction']} (val accuracy floor "
+                      f"{fit['accuracy_floor']:.4f})", "", "| tau | val acc | val macro-F1 | val bal. acc |",
+                      "|---:|---:|---:|---:|"]  # fmt: skip
+            lines += [f"| {r['tau']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['balanced_accuracy']:.4f} |"
+                      for r in fit["grid"]]  # fmt: skip
     for key in ("parity", "ratios", "notes", "paths"):
         if report.get(key):
             lines += ["", f"## {key}", "", "```json", json.dumps(report[key], indent=2), "```"]

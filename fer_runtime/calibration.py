@@ -12,10 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.metrics import classification_metrics
 from fer_runtime.session import calibrated_probabilities
 
 BINS = 15
 T_RANGE = (0.05, 20.0)
+# The prior correction (tau) is chosen from this grid on validation: the best mean of macro-F1 and balanced accuracy
+# whose accuracy stays within ACCURACY_FLOOR of the raw argmax's (tau 0). Fixed before any test split was read.
+PRIOR_CORRECTION_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+ACCURACY_FLOOR = 0.005
+# what each fer-train --sampler does to the class frequencies a model sees: image weights count ** -power
+SAMPLER_POWER = {"random": 0.0, "sqrt": 0.5, "balanced": 1.0}
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -42,6 +49,36 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             b = lo + golden * (hi - lo)
             fb = nll(logits, labels, np.exp(b))
     return float(round(np.exp((lo + hi) / 2), 4))
+
+
+def training_prior(labels: np.ndarray, num_classes: int, sampler: str = "random",
+                   targets: np.ndarray | None = None) -> tuple[float, ...]:  # fmt: skip
+    """The class frequencies a model trained on these labels saw: each image's target (its one-hot label, or its
+    vote distribution) weighted by the sampler's per-image weight."""
+    labels = np.asarray(labels, np.int64)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.maximum(counts, 1.0)[labels] ** -SAMPLER_POWER[sampler]
+    rows = np.asarray(targets, np.float64) if targets is not None else np.eye(num_classes)[labels]
+    prior = (rows * weights[:, None]).sum(0)
+    prior = np.maximum(prior / prior.sum(), 1e-4)  # a class never seen still gets a finite log
+    return tuple(round(float(p), 6) for p in prior / prior.sum())
+
+
+def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, temperature: float, prior: tuple[float, ...],
+                         kind: str = "logits") -> dict:  # fmt: skip
+    """The tau of softmax(logits / T - tau * log(prior)) picked on validation (``PRIOR_CORRECTION_GRID``), and the
+    validation scores of every tau tried."""
+    classes = [str(k) for k in range(np.asarray(logits).shape[1])]
+    log_prior = np.log(np.asarray(prior, np.float32))
+    rows = []
+    for tau in PRIOR_CORRECTION_GRID:
+        pred = calibrated_probabilities(logits, kind, temperature, tau * log_prior if tau else None).argmax(1)
+        m = classification_metrics(labels, pred, classes)
+        rows.append({"tau": tau, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                     "balanced_accuracy": m["balanced_accuracy"]})  # fmt: skip
+    floor = rows[0]["accuracy"] - ACCURACY_FLOOR
+    best = max((r for r in rows if r["accuracy"] >= floor), key=lambda r: (r["macro_f1"] + r["balanced_accuracy"]) / 2)
+    return {"prior_correction": best["tau"], "accuracy_floor": floor, "grid": rows}
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict:

@@ -84,8 +84,9 @@ class FaceExpressionClassifier:
         smoothing: float = 0.7,
         threads: int = DEFAULT_THREADS,
         providers: list[str] | None = None,
+        prior: str = "model",
     ):
-        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers)
+        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers, prior=prior)
         self.contract = self.model.contract
         self.classes = self.contract.classes
         self.detector = create_detector(detector, detector_model, detect_width)

@@ -18,7 +18,12 @@ METADATA_KEY = "fer_contract"
 # Version 3 dropped the input conditioning of models trained on a blurred FER2013 copy and added
 # ``temperature``. Older files are refused: such a model was trained on images unlike
 # real faces, and a file without conditioning was still made before the repaired data.
-CONTRACT_VERSION = 3
+# Version 4 added the decision rule (``class_prior``, ``prior_correction``); a version 3 file has none.
+CONTRACT_VERSION = 4
+OLDEST_READABLE_VERSION = 3
+
+
+MAX_PRIOR_CORRECTION = 2.0
 
 
 class ContractError(ValueError):
@@ -39,6 +44,12 @@ class ModelContract:
     # Softmax temperature fitted on the validation split (calibrated confidence): probabilities are
     # softmax(logits / temperature). 1.0: not calibrated.
     temperature: float = 1.0
+    # The decision rule. ``class_prior``: the class frequencies the model was trained with (its sampler's, in class
+    # order; empty: unknown). ``prior_correction`` (tau), fitted on validation after the temperature: probabilities
+    # are softmax(logits / temperature - tau * log(class_prior)). 0 keeps the training prior (the raw argmax); 1
+    # divides it out, as if every class were equally likely.
+    class_prior: tuple[float, ...] = ()
+    prior_correction: float = 0.0
     # ONNX node names of layers that export and quantization treat specially ("first_conv", "classifier"),
     # recorded at export from the network's own modules instead of guessed from node order.
     layers: dict[str, str] = field(default_factory=dict)
@@ -50,6 +61,7 @@ class ModelContract:
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "class_prior", tuple(float(p) for p in self.class_prior))
         self.validate()
 
     def validate(self) -> None:
@@ -71,6 +83,14 @@ class ModelContract:
             raise ContractError(f"temperature must be in [0.05, 20], got {self.temperature}")
         if not 0.0 <= self.crop_margin < 1.0:
             raise ContractError(f"crop_margin must be in [0, 1), got {self.crop_margin}")
+        prior = self.class_prior
+        if prior and (len(prior) != self.num_classes or not all(0.0 < p <= 1.0 for p in prior)
+                      or abs(sum(prior) - 1.0) > 1e-3):  # fmt: skip
+            raise ContractError(f"class_prior must hold one frequency in (0, 1] per class, summing to 1, got {list(prior)}")
+        if not 0.0 <= self.prior_correction <= MAX_PRIOR_CORRECTION:
+            raise ContractError(f"prior_correction must be in [0, {MAX_PRIOR_CORRECTION}], got {self.prior_correction}")
+        if self.prior_correction and not prior:
+            raise ContractError("prior_correction needs a class_prior")
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +107,7 @@ class ModelContract:
         data["input_size"] = list(self.input_size)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        data["class_prior"] = list(self.class_prior)
         data["version"] = CONTRACT_VERSION
         return data
 
@@ -104,10 +125,10 @@ class ModelContract:
             raise ContractError(
                 f"contract version {version} is newer than this runtime understands ({CONTRACT_VERSION})"
             )
-        if version < CONTRACT_VERSION:
+        if version < OLDEST_READABLE_VERSION:
             raise ContractError(
-                f"contract version {version} comes from an older fer-toolchain (this one reads version "
-                f"{CONTRACT_VERSION}): export the model again with fer-export"
+                f"contract version {version} comes from an older fer-toolchain (this one reads versions "
+                f"{OLDEST_READABLE_VERSION}-{CONTRACT_VERSION}): export the model again with fer-export"
             )
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -26,7 +26,8 @@ DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 class OnnxModel:
     """Loads an ONNX classifier and its ``fer_contract``; returns class probabilities."""
 
-    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None, prior: str = "model"):
+        """``prior``: the decision rule (``PRIOR_CHOICES``): the model's own, the training prior, or a balanced one."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -43,6 +44,7 @@ class OnnxModel:
         except Exception as exc:
             raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
         self.contract: ModelContract = contract_from_session(self.session, self.path)
+        self.prior_correction = prior_correction_for(self.contract, prior)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -50,8 +52,8 @@ class OnnxModel:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities: softmax(logits / the contract's temperature)."""
-        return calibrated_probabilities(self.run(batch), self.contract.output, self.contract.temperature)
+        """Class probabilities under the decision rule: softmax(logits / temperature - tau * log(class prior))."""
+        return decision_probabilities(self.run(batch), self.contract, self.prior_correction)
 
     def raw_outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 N x C x H x W (model colour order, model size) -> the model's raw outputs N x K."""
@@ -59,19 +61,44 @@ class OnnxModel:
         return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
 
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 N x C x H x W (model colour order, model size) -> calibrated probabilities N x K."""
-        c = self.contract
-        return calibrated_probabilities(self.raw_outputs(images, batch_size), c.output, c.temperature)
+        """uint8 N x C x H x W (model colour order, model size) -> probabilities under the decision rule, N x K."""
+        return decision_probabilities(self.raw_outputs(images, batch_size), self.contract, self.prior_correction)
 
 
-def calibrated_probabilities(out: np.ndarray, kind: str = "logits", temperature: float = 1.0) -> np.ndarray:
-    """A model's raw output (logits, or probabilities) -> softmax(logits / temperature), float32."""
+# fer-run --prior / fer-bench --prior: the contract's own rule, the training prior (raw argmax), or a balanced prior
+PRIOR_CHOICES = ("model", "train", "balanced")
+
+
+def prior_correction_for(contract: ModelContract, prior: str) -> float:
+    """The tau a ``--prior`` choice stands for with this model."""
+    if prior not in PRIOR_CHOICES:
+        raise ContractError(f"prior must be one of {', '.join(PRIOR_CHOICES)}, got {prior!r}")
+    if prior == "balanced" and not contract.class_prior:
+        raise ContractError("this model's contract records no class prior, so it cannot be balanced: use --prior model")
+    return {"model": contract.prior_correction, "train": 0.0, "balanced": 1.0}[prior]
+
+
+def decision_probabilities(out: np.ndarray, contract: ModelContract, prior_correction: float | None = None) -> np.ndarray:
+    """Raw outputs -> the probabilities the decision rule reads: softmax(logits / T - tau * log(class prior)).
+
+    ``prior_correction``: tau (None: the contract's own).
+    """
+    tau = contract.prior_correction if prior_correction is None else prior_correction
+    shift = tau * np.log(np.asarray(contract.class_prior, np.float32)) if tau and contract.class_prior else None
+    return calibrated_probabilities(out, contract.output, contract.temperature, shift)
+
+
+def calibrated_probabilities(out: np.ndarray, kind: str = "logits", temperature: float = 1.0,
+                             shift: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """A model's raw output (logits, or probabilities) -> softmax(logits / temperature - shift), float32."""
     out = np.asarray(out, dtype=np.float32)
     if kind == "probabilities":
-        if temperature == 1.0:
+        if temperature == 1.0 and shift is None:
             return out
         out = np.log(np.clip(out, 1e-12, None))
     out = out / np.float32(temperature)
+    if shift is not None:
+        out = out - shift
     out = out - out.max(axis=1, keepdims=True)
     np.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)

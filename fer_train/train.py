@@ -414,7 +414,7 @@ def prepare_data(args: argparse.Namespace, resume_state: dict | None, session: S
         classes=manifest.classes, input_size=(args.input_size, args.input_size), channels=args.channels,
         mean=args.mean, std=args.std, crop_margin=args.crop_margin,
         provenance={"data_root": manifest.root, "layout": manifest.layout, "protocol": manifest.protocol,
-                    "label_mode": manifest.label_mode},
+                    "label_mode": manifest.label_mode, "sampler": args.sampler},
     )  # fmt: skip
     if resume_state is not None and list(contract_of(resume_state).classes) != manifest.classes:
         raise CheckpointError("the checkpoint's classes differ from the data's class folders")

@@ -40,3 +40,28 @@ def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def brightness_classifier(path: Path, contract: ModelContract, slopes=(-4.0, 0.0, 4.0), offsets=(0.0, 1.5, 0.0)) -> Path:
+    """logits = slopes * mean(normalised input) + offsets: dark faces are the first class, bright ones the last, and
+    the middle the rest; the labels of a brightness ramp are known in advance."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, k = contract.channels, contract.num_classes
+    weights = {"fc_w": np.tile(np.asarray(slopes, np.float32)[:, None] / c, (1, c)),
+               "fc_b": np.asarray(offsets, np.float32)}  # fmt: skip
+    assert weights["fc_w"].shape == (k, c)
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1)]  # fmt: skip
+    h, w = contract.input_size
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])]
+    graph = helper.make_graph(nodes, "brightness", inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items()])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: contract.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

