@@ -44,6 +44,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def missing_dirs(path: str | Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first: what a ``mkdir(parents=True)`` would create."""
+    missing = []
+    for folder in [Path(path), *Path(path).parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty_dirs(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def write_error(exc: OSError, path: str | Path | None = None) -> OutputError:
+    """An OSError while writing (a full disk, a vanished folder) as one line naming the file."""
+    where = path or exc.filename or "an output"
+    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
+
+
 def _nearest_existing(path: Path) -> Path:
     for parent in [path, *path.parents]:
         if parent.exists():
