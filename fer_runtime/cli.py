@@ -99,7 +99,7 @@ def check_outputs_apart(source: str | None, outputs: dict[str, str | None]) -> N
         return
     for flag, path in given.items():
         if _is_or_inside(path, Path(source)):
-            where = "is" if path.resolve() == Path(source).resolve() else "is inside"
+            where = "is inside" if Path(source).resolve() in path.resolve().parents else "is"
             raise OutputError(f"{flag} {path} {where} the input {source}: write the output somewhere else")
 
 

@@ -1,0 +1,391 @@
+"""Faults a careful user meets: outputs over inputs, a full disk, malformed contracts, huge inputs, signals, odd files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fer_runtime import pipeline
+from fer_runtime.cli import DEMO_IMAGE
+from fer_runtime.cli import main as run_cli
+from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
+from fer_runtime.data import MAX_IMAGE_PIXELS, ImageTooLarge, read_image
+from fer_runtime.profiling import StageTimer
+from fer_runtime.session import OnnxModel
+
+CLASSES = ("angry", "happy", "sad")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
+
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES), seed=1)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from benchmarks.make_video import write_moving_face_video
+
+    return write_moving_face_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=24, fps=24)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KB tmpfs: a real full disk where this machine lets the test mount one (root, no sandbox), else skipped."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+                              timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("cannot run mount here")
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
+
+
+def _fill(folder: Path, leave: int = 2048) -> None:
+    """Fill a small file system until about ``leave`` bytes are free."""
+    st = os.statvfs(folder)
+    with suppress(OSError), open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+def _run(*args) -> tuple[int, list[str]]:
+    result = CliRunner().invoke(run_cli, [*map(str, args), "--no-display"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output.strip().splitlines()
+
+
+def _digest(path: Path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+def _one_error(code: int, lines: list[str], *words: str) -> None:
+    errors = [line for line in lines if line.startswith("fer-run: error: ")]
+    assert code == 2 and len(errors) == 1 and all(w in errors[0] for w in words), lines
+    assert not any(line.startswith("fer-run: wrote") for line in lines), lines
+
+
+# --------------------------------------------------------------------------- 1. outputs over inputs
+
+
+def test_an_output_that_is_or_is_inside_an_input_or_another_output_is_refused(model, video, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(DEMO_IMAGE.read_bytes())
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(video.read_bytes())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(DEMO_IMAGE.read_bytes())
+    os.link(photo, tmp_path / "hardlink.png")
+    cases = [
+        (["--source", photo, "--save", photo], ["--save", "is the input"]),
+        (["--source", photo, "--save", tmp_path / "hardlink.png"], ["--save", "is the input"]),
+        (["--source", clip, "--json", clip], ["--json", "is the input"]),
+        (["--source", folder, "--save", folder], ["--save", "is the input"]),
+        (["--source", folder, "--json", folder / "out.jsonl"], ["--json", "is inside the input"]),
+        (["--source", clip, "--save", tmp_path / "same.mp4", "--json", tmp_path / "same.mp4"], ["are the same file"]),
+        (["--source", clip, "--save", tmp_path / "same.mp4", "--json", tmp_path / "." / "same.mp4"], ["are the same file"]),
+    ]
+    before = {p: _digest(p) for p in (photo, clip, folder)}
+    for args, words in cases:
+        code, lines = _run(*args, "--model", model)
+        _one_error(code, lines, *words)
+        assert {p: _digest(p) for p in before} == before, args
+    assert not (tmp_path / "same.mp4").exists() and not (folder / "out.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- 2. a full disk
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "filler")
+
+
+def test_fer_run_video_on_a_full_disk_is_one_line_and_leaves_nothing(model, video, full_disk):
+    code, lines = _run("--source", video, "--model", model, "--save", full_disk / "y.mp4")
+    _one_error(code, lines, "cannot write", "y.mp4")
+    assert _leftovers(full_disk) == []
+    code, lines = _run("--source", video, "--model", model, "--save", full_disk / "y.mp4", "--json", full_disk / "y.jsonl")
+    _one_error(code, lines, "cannot write")
+    assert _leftovers(full_disk) == []
+
+
+def test_fer_run_jsonl_and_image_on_a_full_disk(model, video, full_disk):
+    _fill(full_disk, leave=1024)
+    code, lines = _run("--source", video, "--model", model, "--json", full_disk / "y.jsonl")
+    _one_error(code, lines, "cannot write", "y.jsonl", "No space left on device")
+    code, lines = _run("--source", DEMO_IMAGE, "--model", model, "--save", full_disk / "y.png")
+    _one_error(code, lines, "cannot write", "No space left on device")
+    assert _leftovers(full_disk) == []
+
+
+def test_a_video_that_does_not_read_back_whole_is_not_reported_written(model, video, tmp_path, monkeypatch):
+    """What FFmpeg does on a full disk (warns, writes a file that does not open), without needing a mount."""
+    real = pipeline.open_video_writer
+
+    class Truncating:
+        def __init__(self, path, fps, size):
+            self.path, self.writer = Path(path), real(path, fps, size)
+
+        def isOpened(self):  # noqa: N802 - OpenCV's name
+            return self.writer.isOpened()
+
+        def write(self, image):
+            self.writer.write(image)
+
+        def release(self):
+            self.writer.release()
+            data = self.path.read_bytes()
+            self.path.write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(pipeline, "open_video_writer", Truncating)
+    out = tmp_path / "y.mp4"
+    code, lines = _run("--source", video, "--model", model, "--save", out, "--json", tmp_path / "y.jsonl")
+    _one_error(code, lines, "cannot write", "y.mp4", "did not finalise")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 3. the contract against the graph and types
+
+
+def _model_with(path: Path, contract: dict, inputs: int = 1, output_rank: int = 2, classes: int = 3,
+                size: tuple = (48, 48), channels: int = 1) -> Path:  # fmt: skip
+    """A one-node graph (ReduceMean to N x K, or a Reshape) carrying ``contract`` as raw JSON, unchecked."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = [f"input{i}" for i in range(inputs)]
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", channels, *size]) for n in names]
+    w = numpy_helper.from_array(np.ones((channels * size[0] * size[1], classes), np.float32), "w")
+    shape = numpy_helper.from_array(np.asarray([-1, channels * size[0] * size[1]], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["input0", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["out2"])]
+    out_shape: list = ["batch", classes]
+    if output_rank == 4:
+        shape4 = numpy_helper.from_array(np.asarray([-1, classes, 1, 1], np.int64), "shape4")
+        nodes.append(helper.make_node("Reshape", ["out2", "shape4"], ["logits"]))
+        out_shape = ["batch", classes, 1, 1]
+        inits = [w, shape, shape4]
+    else:
+        nodes.append(helper.make_node("Identity", ["out2"], ["logits"]))
+        inits = [w, shape]
+    for n in names[1:]:
+        nodes.append(helper.make_node("Identity", [n], [f"{n}_unused"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)]
+    outputs += [helper.make_tensor_value_info(f"{n}_unused", TensorProto.FLOAT, None) for n in names[1:]]
+    graph = helper.make_graph(nodes, "g", graph_inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, {METADATA_KEY: json.dumps(contract)})
+    onnx.save(m, str(path))
+    return path
+
+
+BASE = {"classes": list(CLASSES), "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5],
+        "output": "logits", "version": 3}  # fmt: skip
+
+
+@pytest.mark.parametrize("change, graph, field", [
+    ({"classes": [f"c{i}" for i in range(100_000)]}, {}, "classes"),
+    ({"classes": [f"c{i}" for i in range(9)]}, {"classes": 8}, "classes"),
+    ({"classes": [f"c{i}" for i in range(7)]}, {"classes": 8}, "classes"),
+    ({}, {"inputs": 2}, "2 inputs"),
+    ({}, {"output_rank": 4}, "output"),
+    ({"input_size": [100000, 100000]}, {}, "input_size"),
+    ({"input_size": [64, 64]}, {}, "input_size"),
+    ({"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}, {}, "channels"),
+    ({"mean": [float("nan")]}, {}, "mean"),
+    ({"std": [float("inf")]}, {}, "std"),
+    ({"channels": 1.0}, {}, "channels"),
+    ({"input_size": None}, {}, "input_size"),
+    ({"temperature": "1"}, {}, "temperature"),
+    ({"classes": "abc"}, {}, "classes"),
+    ({"classes": [1, 2, 3]}, {}, "classes"),
+    ({"crop_margin": [0.1]}, {}, "crop_margin"),
+    ({"version": "3"}, {}, "version"),
+])  # fmt: skip
+def test_a_malformed_contract_or_one_that_does_not_fit_its_graph_is_one_line(model, tmp_path, change, graph, field):
+    path = _model_with(tmp_path / "bad.onnx", {**BASE, **change}, **graph)
+    with pytest.raises(ContractError, match=field):
+        OnnxModel(path)
+    code, lines = _run("--source", DEMO_IMAGE, "--model", path, "--json", tmp_path / "o.jsonl")
+    _one_error(code, lines, field)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_contract_that_fits_its_graph_loads(tmp_path):
+    assert OnnxModel(_model_with(tmp_path / "ok.onnx", BASE)).contract.num_classes == 3
+
+
+# --------------------------------------------------------------------------- 4. bounded memory
+
+
+def _huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black gray PNG of any size, a few hundred KB on disk, written without holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(1)
+    row = bytes(width + 1)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def _peak_rss_mb(code: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    peak_line = "print('VmHWM', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)"
+    wrapped = f"import re, sys; sys.argv = ['x', *{list(args)!r}]\ntry:\n    {code}\nfinally:\n    {peak_line}"
+    proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=120)
+    peak = [line for line in proc.stdout.splitlines() if line.startswith("VmHWM")]
+    return float(peak[-1].split()[1]) if peak else float("nan"), proc
+
+
+def test_a_photo_larger_than_any_camera_is_refused_from_its_header_in_bounded_memory(model, tmp_path):
+    big = _huge_png(tmp_path / "huge.png", 20000, 20000)  # 400 megapixels: 400 MB decoded
+    with pytest.raises(ImageTooLarge, match="20000x20000"):
+        read_image(big)
+    peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(big), "--model", str(model),
+                              "--no-display")  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "huge.png is 20000x20000 pixels, over the 50 megapixels read" in proc.stdout
+    assert peak < 300, peak  # the import of cv2 and onnxruntime is about 150 MB; the decode would be 400 more
+
+
+def test_a_large_jpeg_is_decoded_reduced():
+    side = int((MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((side, side), np.uint8))
+    assert ok
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fer-big-{os.getpid()}.jpg"
+    try:
+        jpeg.tofile(str(path))
+        img = read_image(path)
+    finally:
+        path.unlink(missing_ok=True)
+    assert img is not None and img.shape[0] == (side + 1) // 2
+
+
+def test_timing_samples_stay_bounded_for_a_long_session():
+    timer = StageTimer(size=1000)
+    for i in range(50_000):
+        timer.samples["frame"].append(0.001 * (1 + i % 10))
+    s = timer.summary()["frame"]
+    assert len(timer.samples["frame"].values) == 1000 and s["n"] == 50_000
+    assert s["mean_ms"] == pytest.approx(5.5) and 4.0 <= s["p50_ms"] <= 7.0
+
+
+# --------------------------------------------------------------------------- 6. signals and counts
+
+
+def test_records_never_outnumber_the_frames_of_the_saved_video(model, video, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = pipeline.draw
+
+    def draw_then_interrupt(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "draw", draw_then_interrupt)
+    out, saved = tmp_path / "o.jsonl", tmp_path / "o.mp4"
+    code, lines = _run("--source", video, "--model", model, "--json", out, "--save", saved)
+    assert code == 130, lines
+    cap = cv2.VideoCapture(str(saved))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert len(out.read_text().splitlines()) == frames == 5
+
+
+def test_a_second_sigterm_while_finalising_still_gives_the_summary(model, video, tmp_path, monkeypatch):
+    from fer_runtime.classifier import FaceExpressionClassifier
+
+    real_frame, real_close = FaceExpressionClassifier.process_frame, pipeline.RunOutputs.close
+    seen = {"n": 0}
+
+    def frame_then_sigterm(self, image):
+        seen["n"] += 1
+        if seen["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_frame(self, image)
+
+    def close_under_a_second_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_close(self)
+
+    monkeypatch.setattr(FaceExpressionClassifier, "process_frame", frame_then_sigterm)
+    monkeypatch.setattr(pipeline.RunOutputs, "close", close_under_a_second_sigterm)
+    out = tmp_path / "o.jsonl"
+    code, lines = _run("--source", video, "--model", model, "--json", out)
+    assert code == 130, lines
+    assert any("(interrupted)" in line for line in lines) and lines[-1] == f"fer-run: wrote {out}"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_a_truncated_video_counts_every_frame_it_did_not_read(model, tmp_path):
+    path = tmp_path / "t.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        writer.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 4 // 10])
+    code, lines = _run("--source", path, "--model", model)
+    summary = next(line for line in lines if line.startswith("fer-run: ") and "frames," in line)
+    read = int(summary.split()[1])
+    skipped = int(summary.split("; ")[1].split()[0])
+    unread = int(summary.split("the video ended early: ")[1].split()[0])
+    assert code == 0 and read + skipped + unread == 200, summary
+
+
+def test_an_unreadable_image_is_not_reported_written(model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "o.png"
+    code, lines = _run("--source", bad, "--model", model, "--save", out)
+    assert code == 0 and "1 unreadable images skipped (bad.png)" in lines[-1], lines
+    assert not out.exists() and not any(line.startswith("fer-run: wrote") for line in lines)
+
+
+def test_gifs_are_refused_as_a_source_and_counted_in_a_folder(model, tmp_path):
+    gif = tmp_path / "anim.gif"
+    gif.write_bytes(b"GIF89a" + bytes(20))
+    code, lines = _run("--source", gif, "--model", model)
+    _one_error(code, lines, "anim.gif", "GIF images are not read")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(DEMO_IMAGE.read_bytes())
+    (folder / "b.gif").write_bytes(gif.read_bytes())
+    (folder / "c.jpg").write_bytes(DEMO_IMAGE.read_bytes())
+    code, lines = _run("--source", folder, "--model", model)
+    assert code == 0 and "1 files in a format not read left out (b.gif" in lines[-1], lines
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "b.gif").write_bytes(gif.read_bytes())
+    code, lines = _run("--source", only, "--model", model)
+    _one_error(code, lines, "no images in folder", "1 GIF files")
