@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ PROTOCOLS = ("folders", "fer2013", "ferplus")
 CSV_ROW = "#"  # "fer2013.csv#12": data row 12 (0-based) of that file
 FERPLUS_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 KAGGLE_CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+CACHE_FILE = re.compile(r"(train|val|test)-[0-9a-f]{20}\.npz")  # a decoded split in the cache (load_split)
 
 
 class DataError(ValueError):
@@ -140,18 +142,46 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def scan_class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
-    """class name -> sorted image paths relative to root. Errors on no classes or an empty class."""
+def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None = None) -> dict[str, list[str]]:
+    """class name -> sorted image paths relative to root. Errors on no classes or an empty class.
+
+    Folders that are not classes are left out with a warning: ``exclude`` (resolved path -> what it is, e.g. the run's
+    --out-dir or the decode cache), fer-train run folders and decode caches. Files in formats not read are counted."""
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
+    kept = []
+    for d in dirs:
+        reason = _not_a_class(d, exclude or {})
+        if reason:
+            warnings.warn(f"{d} left out of the classes: it is {reason}", stacklevel=4)
+        else:
+            kept.append(d)
+    if not kept:
         raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
     found = {}
-    for d in dirs:
+    for d in kept:
         files = sorted(str(p.relative_to(root)) for p in d.rglob("*") if _is_image(p))
+        unsupported = sum(1 for p in d.rglob("*") if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
+        if unsupported:
+            warnings.warn(f"class folder {d}: {unsupported} files in a format not read (GIF, HEIC, AVIF) left out; "
+                          "convert them to PNG to use them", stacklevel=4)  # fmt: skip
         if not files:
             raise DataError(f"class folder {d} has no images")
         found[d.name] = files
     return found
+
+
+def _not_a_class(folder: Path, exclude: dict[Path, str]) -> str | None:
+    """What a folder under the data root is when it is not a class: a run, a folder of runs, a decode cache."""
+    resolved = folder.resolve()
+    if resolved in exclude:
+        return exclude[resolved]
+    if (folder / "split_manifest.json").is_file():
+        return "a fer-train run"
+    if any((sub / "split_manifest.json").is_file() for sub in folder.iterdir() if sub.is_dir()):
+        return "a folder of fer-train runs"
+    if any(CACHE_FILE.fullmatch(f.name) for f in folder.iterdir()):
+        return "a decode cache"
+    return None
 
 
 def _check_same_classes(per_split: dict[str, dict[str, list[str]]]) -> list[str]:
@@ -197,8 +227,11 @@ def discover(
     test_split: float | None = None,
     seed: int = 0,
     label_mode: str | None = None,
+    exclude: dict[Path, str] | None = None,
 ) -> SplitManifest:
-    """Find classes and build train/val/test splits for any supported layout or protocol."""
+    """Find classes and build train/val/test splits for any supported layout or protocol.
+
+    ``exclude``: folders under the root that are not classes (resolved path -> what they are, for the warning)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data root not found: {root}")
@@ -213,13 +246,17 @@ def discover(
         raise DataError(f"data root is a file but not a CSV: {root}")
     if label_mode is not None and protocol != "ferplus":
         raise DataError(f"--label-mode {label_mode} is for --protocol ferplus (FER+ vote labels) only")
+    if protocol in ("fer2013", "ferplus") and (val_split or test_split):
+        warnings.warn(f"--val-split and --test-split are ignored: --protocol {protocol} has its own validation and test "
+                      "splits", stacklevel=2)  # fmt: skip
+    exclude = {Path(p).resolve(): what for p, what in (exclude or {}).items()}
     try:
         if protocol == "ferplus":
             manifest = _discover_ferplus(root, label_mode or "majority")
         elif protocol == "fer2013":
-            manifest = _discover_fer2013(root)
+            manifest = _discover_fer2013(root, exclude)
         else:
-            manifest = _discover_folders(root, val_split, test_split, seed)
+            manifest = _discover_folders(root, val_split, test_split, seed, exclude)
     except (fer_csv.CsvDataError, ValueError) as exc:
         raise DataError(str(exc)) from None
     for name, items in manifest.splits.items():
@@ -234,7 +271,7 @@ def _kaggle_csv(root: Path) -> Path | None:
     return next((root / n for n in KAGGLE_CSV_NAMES if (root / n).is_file()), None)
 
 
-def _discover_fer2013(root: Path) -> SplitManifest:
+def _discover_fer2013(root: Path, exclude: dict[Path, str]) -> SplitManifest:
     note = "FER2013 protocol: train=Training, val=PublicTest, test=PrivateTest"
     csv_file = _kaggle_csv(root) if root.is_file() or not (root / "train").is_dir() else None
     if csv_file is not None:
@@ -245,7 +282,7 @@ def _discover_fer2013(root: Path) -> SplitManifest:
                              [note + f" (from {csv_file.name}; emotion codes mapped to class names)"], "fer2013")  # fmt: skip
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"--protocol fer2013 needs {root}/train and {root}/test (Kaggle image folders) or fer2013.csv")
-    found = {s: scan_class_folders(root / s, root) for s in ("train", "test")}
+    found = {s: scan_class_folders(root / s, root, exclude) for s in ("train", "test")}
     classes = _check_same_classes(found)
     test_items = _labelled(found["test"], classes)
     public = [it for it in test_items if Path(it[0]).name.startswith("PublicTest_")]
@@ -306,12 +343,13 @@ def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
     return SplitManifest(str(base.resolve()), list(ferplus.CLASSES), layout, splits, notes, "ferplus", label_mode, targets)
 
 
-def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int) -> SplitManifest:
+def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int,
+                      exclude: dict[Path, str]) -> SplitManifest:  # fmt: skip
     notes: list[str] = []
     has = {s: (root / s).is_dir() for s in SPLITS}
     if has["train"]:
         present = [s for s in SPLITS if has[s]]
-        found = {s: scan_class_folders(root / s, root) for s in present}
+        found = {s: scan_class_folders(root / s, root, exclude) for s in present}
         classes = _check_same_classes(found)
         splits = {s: _labelled(found[s], classes) for s in present}
         if has["val"]:
@@ -333,8 +371,9 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
             raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
         if test_split:
             notes.append("--test-split ignored: the layout has folders per split")
+        _warn_thin_splits(splits, classes, val_split)
         return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders")
-    found = scan_class_folders(root, root)
+    found = scan_class_folders(root, root, exclude)
     classes = sorted(found)
     test_frac = 0.0 if test_split is None else test_split
     val_frac = 0.1 if val_split is None else val_split
@@ -346,7 +385,23 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
         raise DataError("the validation split is empty: raise --val-split")
     splits = {"train": train, "val": val, **({"test": test} if test else {})}
     notes.append(f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}")
+    _warn_thin_splits(splits, classes, val_frac)
     return SplitManifest(str(root.resolve()), classes, "class-folders", splits, notes, "folders")
+
+
+def _warn_thin_splits(splits: dict[str, list[tuple[str, int]]], classes: list[str], val_split: float | None) -> None:
+    """Data that trains but cannot be trusted: a class with one training image or none in val, a tiny training split."""
+    train = Counter(y for _, y in splits["train"])
+    val = Counter(y for _, y in splits.get("val", []))
+    for k, name in enumerate(classes):
+        if train[k] < 2:
+            warnings.warn(f"class '{name}' has {train[k]} training image(s): too few to learn it", stacklevel=4)
+        if splits.get("val") and not val[k]:
+            warnings.warn(f"class '{name}' has no validation image: validation cannot score it", stacklevel=4)
+    if val_split and val_split >= 0.5:
+        n = len(splits["train"])
+        warnings.warn(f"--val-split {val_split} leaves {n} of {n + len(splits.get('val', []))} images for training",
+                      stacklevel=4)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- decoding

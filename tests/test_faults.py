@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import cv2
@@ -43,22 +44,27 @@ def video(tmp_path_factory):
     return write_moving_face_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=24, fps=24)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 256 KB tmpfs: a real full disk where this machine lets the test mount one (root, no sandbox), else skipped."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
+@contextmanager
+def _tmpfs(folder: Path, size: str):
+    """A small tmpfs: a real full disk where this machine lets the test mount one (root, no sandbox), else skipped."""
+    folder.mkdir()
     try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
                               timeout=10)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         pytest.skip("cannot run mount here")
     if proc.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        yield mnt
+        yield folder
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
+        subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    with _tmpfs(tmp_path / "full", "256k") as mnt:
+        yield mnt
 
 
 def _fill(folder: Path, leave: int = 2048) -> None:
@@ -389,3 +395,109 @@ def test_gifs_are_refused_as_a_source_and_counted_in_a_folder(model, tmp_path):
     (only / "b.gif").write_bytes(gif.read_bytes())
     code, lines = _run("--source", only, "--model", model)
     _one_error(code, lines, "no images in folder", "1 GIF files")
+
+
+# --------------------------------------------------------------------------- fer-train: a full disk, SIGTERM, discovery
+
+TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off"]
+
+
+def test_fer_train_on_a_disk_that_fills_mid_run_stays_resumable(tree_factory, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import fer_train.train as train_module
+    from fer_train.checkpoint import load_checkpoint
+
+    root = tree_factory("train-val-test", per_class=8)
+    with _tmpfs(tmp_path / "disk", "8m") as disk:
+        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: _fill(disk, leave=4096))
+        argv = ["--data-root", str(root), "--out-dir", str(disk), "--name", "r", "--epochs", "3", *TINY]
+        assert train_module.main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        last = disk / "r" / "last.pt"
+        expected = (f"fer-train: error: cannot write {disk / 'r'}/(best|last).pt: No space left on device; {last} holds "
+                    f"the last finished epoch \\(continue with --resume {last}\\)")  # fmt: skip
+        assert len(lines) == 1 and re.fullmatch(expected, lines[0]), lines
+        assert not [p.name for p in (disk / "r").iterdir() if p.name.startswith(".")]  # no temporary file left
+        assert load_checkpoint(last)["epoch"] == 1
+        (disk / "filler").unlink()
+        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: None)
+        assert train_module.main(["--resume", str(last)]) == 0
+        assert load_checkpoint(last)["epoch"] == 3
+
+
+def test_fer_train_that_cannot_write_its_first_checkpoint_leaves_no_run_folder(tree_factory, tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import fer_train.train as train_module
+
+    def failing_save(state, path):
+        Path(path).write_bytes(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+
+    root = tree_factory("train-val-test", per_class=8)
+    argv = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--epochs", "1", *TINY]
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", failing_save)
+        assert train_module.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fer-train: error: cannot write {tmp_path / 'r'}"), lines
+    assert not (tmp_path / "r").exists()
+    assert train_module.main(argv) == 0  # the same command runs again under its name
+
+
+def test_sigterm_stops_fer_train_like_ctrl_c(tree_factory, tmp_path):
+    pytest.importorskip("torch")
+    import time
+
+    root = tree_factory("train-val-test", per_class=8)
+    argv = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--epochs", "500", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "fer_train", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    last = tmp_path / "r" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (f"fer-train: interrupted; {last} holds the last finished epoch (continue "
+                                               f"with --resume {last})")  # fmt: skip
+
+
+def test_runs_and_the_cache_under_the_data_root_are_not_classes(tree_factory, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from fer_train.train import main as train_main
+
+    root = tree_factory("class-folders", per_class=10)
+    argv = ["--data-root", str(root), "--out-dir", str(root / "runs"), "--cache-dir", str(root / "cache"), "--epochs", "1",
+            *TINY]  # fmt: skip
+    assert train_main([*argv, "--name", "first"]) == 0
+    capsys.readouterr()
+    assert train_main([*argv, "--name", "second"]) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((root / "runs" / "second" / "split_manifest.json").read_text())
+    assert manifest["classes"] == list(CLASSES)
+    assert f"{root / 'runs'} left out of the classes: it is the --out-dir runs are written to" in err
+    assert f"{root / 'cache'} left out of the classes: it is the decode cache" in err
+    from fer_runtime.data import discover
+
+    with pytest.warns(UserWarning) as caught:
+        assert discover(root).classes == list(CLASSES)  # found by their content, without being told
+    assert {str(w.message).split(": it is ")[1] for w in caught} == {"a folder of fer-train runs", "a decode cache"}
+
+
+def test_data_that_trains_but_cannot_be_trusted_is_warned_about(tree_factory, tmp_path):
+    from fer_runtime.data import discover
+
+    root = tree_factory("class-folders", per_class=6)
+    lonely = root / "zzz"
+    lonely.mkdir()
+    (lonely / "one.png").write_bytes(next((root / "happy").iterdir()).read_bytes())
+    (lonely / "anim.gif").write_bytes(b"GIF89a" + bytes(20))
+    with pytest.warns(UserWarning) as caught:
+        discover(root, val_split=0.999)
+    text = "\n".join(str(w.message) for w in caught)
+    assert "class 'zzz' has 1 training image(s)" in text and "class 'zzz' has no validation image" in text
+    assert "--val-split 0.999 leaves" in text and "1 files in a format not read (GIF" in text
+    fer2013 = tree_factory("fer2013", per_class=4)
+    with pytest.warns(UserWarning, match="--val-split and --test-split are ignored: --protocol fer2013"):
+        discover(fer2013, "fer2013", val_split=0.2)
