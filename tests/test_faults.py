@@ -542,3 +542,29 @@ def test_the_incumbent_is_installed_only_from_files_with_the_pinned_hashes(tmp_p
     with pytest.raises(IncumbentUnavailable, match=message):
         fetch_incumbent(tmp_path / "cache")
     assert list((tmp_path / "cache" / "incumbent").iterdir()) == []
+
+
+def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_by_fer_bench(tree_factory, tmp_path):
+    """Conv + global pool take any size, so only the contract bounds the input: 100000 x 100000 would be 37 GiB."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from benchmarks.bench import main as bench_main
+
+    from .onnx_models import tiny_classifier
+
+    path = tiny_classifier(tmp_path / "dyn.onnx", ModelContract(classes=CLASSES))
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    contract = {**BASE, "input_size": [100000, 100000]}
+    proto.metadata_props[0].value = json.dumps(contract)
+    onnx.save(proto, str(path))
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(bench_main, ["--model", str(path), "--data-root", str(tree_factory("train-test", 4)),
+                                             "--out-dir", str(out), "--no-incumbent", "--calls", "1"])  # fmt: skip
+    assert result.exit_code == 2 and result.output.startswith("fer-bench: error: ") and "input_size" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    proto.metadata_props[0].value = json.dumps(BASE)  # the same graph with a sane size runs at that size
+    onnx.save(proto, str(path))
+    assert OnnxModel(path).run(np.zeros((1, 1, 48, 48), np.float32)).shape == (1, 3)
