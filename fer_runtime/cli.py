@@ -78,14 +78,17 @@ def gui_available() -> bool:
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov"}
 
 
-def _is_or_inside(output: Path, source: Path) -> bool:
-    out, src = output.resolve(), source.resolve()
-    if out == src or src in out.parents:
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
         return True
     try:
-        return out.exists() and os.path.samefile(out, src)  # a hard link
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # a hard link
     except OSError:
         return False
+
+
+def _is_or_inside(output: Path, source: Path) -> bool:
+    return _same_file(output, source) or source.resolve() in output.resolve().parents
 
 
 def check_outputs_apart(source: str | None, outputs: dict[str, str | None]) -> None:
@@ -93,7 +96,7 @@ def check_outputs_apart(source: str | None, outputs: dict[str, str | None]) -> N
     given = {flag: Path(p) for flag, p in outputs.items() if p}
     if len(given) == 2:
         (flag_a, a), (flag_b, b) = given.items()
-        if _is_or_inside(a, b) or _is_or_inside(b, a):
+        if _same_file(a, b):
             raise OutputError(f"{flag_a} {a} and {flag_b} {b} are the same file: give each output its own name")
     if source is None or "://" in source or not Path(source).exists():
         return

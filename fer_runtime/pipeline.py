@@ -91,9 +91,6 @@ class RunOutputs:
     def close(self) -> None:
         """Finalise every output; raises OutputError (after removing them) when one could not be written whole."""
         try:
-            if self.jsonl:
-                self.jsonl.close()
-                self.written.append(self.json_path)
             if self.writer is not None:
                 self.writer.release()
                 self.writer = None
@@ -101,6 +98,9 @@ class RunOutputs:
                     raise OSError(errno.ENOSPC, "the video did not finalise (is the disk full?)", self.save)
                 os.replace(self.video_tmp, self.save)
                 self.written.append(self.save)
+            if self.jsonl:
+                self.jsonl.close()
+                self.written.append(self.json_path)
         except OSError as exc:
             self.abort()
             raise write_error(exc, exc.filename or self.json_path) from None

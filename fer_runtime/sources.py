@@ -45,9 +45,10 @@ class ImageSource:
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
             try:
-                yield Frame(i, float(i), read_image(p), p.name)
+                image, error = read_image(p), ""
             except ImageTooLarge as exc:
-                yield Frame(i, float(i), None, p.name, str(exc))
+                image, error = None, str(exc)
+            yield Frame(i, float(i), image, p.name, error)
 
     def close(self) -> None:
         pass
