@@ -159,8 +159,13 @@ def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None
         raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
     found = {}
     for d in kept:
-        files = sorted(str(p.relative_to(root)) for p in d.rglob("*") if _is_image(p))
-        unsupported = sum(1 for p in d.rglob("*") if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
+        files, unsupported = [], 0
+        for p in d.rglob("*"):
+            if _is_image(p):
+                files.append(str(p.relative_to(root)))
+            elif p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+                unsupported += 1
+        files.sort()
         if unsupported:
             warnings.warn(f"class folder {d}: {unsupported} files in a format not read (GIF, HEIC, AVIF) left out; "
                           "convert them to PNG to use them", stacklevel=4)  # fmt: skip
@@ -177,10 +182,12 @@ def _not_a_class(folder: Path, exclude: dict[Path, str]) -> str | None:
         return exclude[resolved]
     if (folder / "split_manifest.json").is_file():
         return "a fer-train run"
-    if any((sub / "split_manifest.json").is_file() for sub in folder.iterdir() if sub.is_dir()):
-        return "a folder of fer-train runs"
-    if any(CACHE_FILE.fullmatch(f.name) for f in folder.iterdir()):
-        return "a decode cache"
+    with os.scandir(folder) as entries:  # one pass, no stat per image of a large class
+        for entry in entries:
+            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "split_manifest.json")):
+                return "a folder of fer-train runs"
+            if CACHE_FILE.fullmatch(entry.name):
+                return "a decode cache"
     return None
 
 

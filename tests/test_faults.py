@@ -544,7 +544,7 @@ def test_the_incumbent_is_installed_only_from_files_with_the_pinned_hashes(tmp_p
     assert list((tmp_path / "cache" / "incumbent").iterdir()) == []
 
 
-def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_by_fer_bench(tree_factory, tmp_path):
+def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_in_bounded_memory(tree_factory, tmp_path):
     """Conv + global pool take any size, so only the contract bounds the input: 100000 x 100000 would be 37 GiB."""
     pytest.importorskip("onnx")
     import onnx
@@ -565,6 +565,10 @@ def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_by_fer_b
                                              "--out-dir", str(out), "--no-incumbent", "--calls", "1"])  # fmt: skip
     assert result.exit_code == 2 and result.output.startswith("fer-bench: error: ") and "input_size" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(DEMO_IMAGE), "--model", str(path),
+                              "--no-display")  # fmt: skip
+    assert proc.returncode == 2 and "input_size" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert peak < 300, peak
     proto.metadata_props[0].value = json.dumps(BASE)  # the same graph with a sane size runs at that size
     onnx.save(proto, str(path))
     assert OnnxModel(path).run(np.zeros((1, 1, 48, 48), np.float32)).shape == (1, 3)
