@@ -79,9 +79,9 @@ class ModelContract:
             raise ContractError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ContractError("mean and std need one value per channel")
-        if not np.isfinite([*self.mean, *self.std, self.temperature, self.crop_margin]).all():
-            raise ContractError(f"mean, std, temperature and crop_margin must be finite, got mean {list(self.mean)}, std "
-                                f"{list(self.std)}, temperature {self.temperature}, crop_margin {self.crop_margin}")  # fmt: skip
+        for name in ("mean", "std", "temperature", "crop_margin"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ContractError(f"{name} must be finite, got {getattr(self, name)}")
         if any(s <= 0 for s in self.std):
             raise ContractError("std values must be positive")
         if not isinstance(self.output, str) or self.output not in ("logits", "probabilities"):
