@@ -574,3 +574,12 @@ def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_in_bound
     proto.metadata_props[0].value = json.dumps(BASE)  # the same graph with a sane size runs at that size
     onnx.save(proto, str(path))
     assert OnnxModel(path).run(np.zeros((1, 1, 48, 48), np.float32)).shape == (1, 3)
+
+
+def test_a_model_that_gives_nan_still_writes_valid_json():
+    from fer_runtime.classifier import FaceResult
+
+    probs = np.asarray([np.nan, 0.5, np.inf], np.float32)
+    record = FaceResult((1.0, 2.0, 3.0, 4.0), 0, "happy", float("nan"), probs, "happy", probs).to_dict(CLASSES)
+    text = json.dumps(record, allow_nan=False)  # raises on a bare NaN
+    assert json.loads(text)["probabilities"] == {"angry": None, "happy": 0.5, "sad": None}
