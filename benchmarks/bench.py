@@ -24,7 +24,16 @@ from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import ContractError
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
-from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
+from fer_runtime.outputs import (
+    FerCommand,
+    OutputError,
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    missing_dirs,
+    remove_empty_dirs,
+    write_error,
+)
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import PRIOR_CHOICES, OnnxModel, decision_probabilities
 
@@ -143,6 +152,7 @@ def default_models() -> list[str]:
 def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
          incumbent, threads, prior, no_progress):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
+    created = missing_dirs(out_dir)
     try:
         check_output_dir(out_dir)
         if predictions:
@@ -152,8 +162,9 @@ def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions
         results = run(models, data, split, Path(out_dir), predictions,
                       pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress,
                       prior=prior)  # fmt: skip
-    except (DataError, ContractError, OutputError) as exc:
-        click.echo(f"fer-bench: error: {exc}", err=True)
+    except (DataError, ContractError, OutputError, OSError) as exc:
+        remove_empty_dirs(created)  # a failed run leaves no empty --out-dir behind
+        click.echo(f"fer-bench: error: {write_error(exc) if isinstance(exc, OSError) else exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
 

@@ -37,7 +37,14 @@ from fer_runtime.calibration import (
 )
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
-from fer_runtime.outputs import HelpFormatter, OutputError, check_output_dir, check_renamed_flags
+from fer_runtime.outputs import (
+    HelpFormatter,
+    OutputError,
+    check_output_dir,
+    check_renamed_flags,
+    missing_dirs,
+    remove_empty_dirs,
+)
 from fer_runtime.session import OnnxModel, decision_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
@@ -166,6 +173,7 @@ def export(cfg: ExportConfig) -> int:
         raise OutputError(f"{final_dir} already exists: pick another --name or replace it with --overwrite")
     if staging.exists() and not cfg.resume:
         shutil.rmtree(staging)
+    created = missing_dirs(staging)  # an --out-dir this export makes goes again if the export fails
     staging.mkdir(parents=True, exist_ok=True)
     try:
         code = _run_stages(cfg, source, staging, name, final_dir)
@@ -175,6 +183,7 @@ def export(cfg: ExportConfig) -> int:
                   file=sys.stderr)  # fmt: skip
         else:
             shutil.rmtree(staging, ignore_errors=True)  # no partial outputs on failure
+            remove_empty_dirs(created[1:])
         raise
     if final_dir.exists():
         shutil.rmtree(final_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.metrics import classification_metrics
+from fer_runtime.outputs import atomic_path
 from fer_runtime.session import calibrated_probabilities
 
 BINS = 15
@@ -140,6 +141,7 @@ def plot_reliability(curves: dict[str, dict], path: Path, title: str = "") -> Pa
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +58,19 @@ class FaceResult:
 
     def to_dict(self, classes: tuple[str, ...]) -> dict:
         return {
-            "box": [round(v, 1) for v in self.box],
+            "box": [_number(v, 1) for v in self.box],
             "track_id": self.track_id,
             "label": self.label,
-            "confidence": round(float(self.confidence), 4),
+            "confidence": _number(self.confidence),
             "raw_label": self.raw_label,
-            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, self.probs)},
+            "probabilities": {c: _number(p) for c, p in zip(classes, self.probs)},
         }
+
+
+def _number(value: float, digits: int = 4) -> float | None:
+    """A JSON number, or null for NaN and infinity (which JSON has no spelling for)."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
 
 
 def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:

@@ -54,6 +54,11 @@ def summary(stats: dict, images: bool) -> str:
     if stats["corrupt"]:
         names = ", ".join(stats["corrupt"][:5]) + (", ..." if len(stats["corrupt"]) > 5 else "")
         line += f"; {len(stats['corrupt'])} unreadable {what} skipped ({names})"
+    if stats.get("unread_frames"):
+        line += f"; the video ended early: {stats['unread_frames']} more frames it lists could not be read"
+    if stats.get("unsupported"):
+        names = ", ".join(stats["unsupported"][:5]) + (", ..." if len(stats["unsupported"]) > 5 else "")
+        line += f"; {len(stats['unsupported'])} files in a format not read left out ({names}: convert them to PNG)"
     line += " (interrupted)" if stats["interrupted"] else ""
     return line + (" (source lost after retries)" if stats["source_lost"] else "")
 
@@ -72,6 +77,34 @@ def gui_available() -> bool:
 
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mkv", ".mov"}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # a hard link
+    except OSError:
+        return False
+
+
+def _is_or_inside(output: Path, source: Path) -> bool:
+    return _same_file(output, source) or source.resolve() in output.resolve().parents
+
+
+def check_outputs_apart(source: str | None, outputs: dict[str, str | None]) -> None:
+    """No output may be, or be inside, the input, and two outputs may not be one file: each would destroy the other."""
+    given = {flag: Path(p) for flag, p in outputs.items() if p}
+    if len(given) == 2:
+        (flag_a, a), (flag_b, b) = given.items()
+        if _same_file(a, b):
+            raise OutputError(f"{flag_a} {a} and {flag_b} {b} are the same file: give each output its own name")
+    if source is None or "://" in source or not Path(source).exists():
+        return
+    for flag, path in given.items():
+        if _is_or_inside(path, Path(source)):
+            where = "is inside" if Path(source).resolve() in path.resolve().parents else "is"
+            raise OutputError(f"{flag} {path} {where} the input {source}: write the output somewhere else")
 
 
 def check_save_target(save: str, source) -> None:
@@ -133,6 +166,7 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
             "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
         )
     try:
+        check_outputs_apart(source, {"--save": save, "--json": json_path})
         if json_path:
             check_output_file(json_path, "--json")
         clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
@@ -151,22 +185,36 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     try:
         echo = click.echo if not display else None
         stats = run_pipeline(clf, src, display, save, json_path, max_frames, echo=echo, crops=crops)
-    except SourceError as exc:
+    except (SourceError, OutputError) as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
+    late: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, f: late.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = _report(stats, src, profile)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    code = EXIT_INTERRUPTED if late else code
+    if code:
+        sys.exit(code)
+
+
+def _report(stats: dict, src, profile: bool) -> int:
+    """The summary, the profile and what was written; the exit code."""
+    stats["unsupported"] = getattr(src, "unsupported", [])
     click.echo(summary(stats, bool(getattr(src, "independent", False))))
     if profile:
         for stage, p in stats["stages"].items():
             click.echo(f"  {stage:<10} p50 {p['p50_ms']:.3f} ms  p95 {p['p95_ms']:.3f} ms  (n={p['n']})")
-    outputs = [p for p in (save, json_path) if p]
-    if outputs:
-        click.echo("fer-run: wrote " + ", ".join(str(Path(p)) for p in outputs))
+    if stats["written"]:
+        click.echo("fer-run: wrote " + ", ".join(str(Path(p)) for p in stats["written"]))
     if stats["interrupted"]:
-        sys.exit(EXIT_INTERRUPTED)
-    if stats["source_lost"]:
-        sys.exit(EXIT_INTERNAL)
+        return EXIT_INTERRUPTED
+    return EXIT_INTERNAL if stats["source_lost"] else 0
 
 
 if __name__ == "__main__":

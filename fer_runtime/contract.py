@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,8 @@ METADATA_KEY = "fer_contract"
 # Version 4 added the decision rule (``class_prior``, ``prior_correction``); a version 3 file has none.
 CONTRACT_VERSION = 4
 OLDEST_READABLE_VERSION = 3
-
-
 MAX_PRIOR_CORRECTION = 2.0
+MAX_INPUT_SIDE = 512  # pixels: far above any face model's input, far below one that would take gigabytes per crop
 
 
 class ContractError(ValueError):
@@ -57,6 +57,21 @@ class ModelContract:
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
+        # types first, one line naming the field: str("abc") would make three classes, int(1.5) would pass as 1
+        if isinstance(self.classes, (str, bytes)) or not _sequence_of(self.classes, str):
+            raise ContractError(f"classes must be a list of class names, got {self.classes!r:.80}")
+        if not _sequence_of(self.input_size, Integral) or len(self.input_size) != 2:
+            raise ContractError(f"input_size must be [height, width] in whole pixels, got {self.input_size!r:.80}")
+        if not _sequence_of([self.channels], Integral):
+            raise ContractError(f"channels must be the whole number 1 or 3, got {self.channels!r:.80}")
+        for name in ("mean", "std"):
+            if not _sequence_of(getattr(self, name), Real):
+                raise ContractError(f"{name} must be a list of numbers, one per channel, got {getattr(self, name)!r:.80}")
+        if not _sequence_of(self.class_prior, Real):
+            raise ContractError(f"class_prior must be a list of numbers, one per class, got {self.class_prior!r:.80}")
+        for name in ("temperature", "crop_margin", "prior_correction"):
+            if not _sequence_of([getattr(self, name)], Real):
+                raise ContractError(f"{name} must be a number, got {getattr(self, name)!r:.80}")
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "input_size", tuple(int(s) for s in self.input_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -69,15 +84,19 @@ class ModelContract:
             raise ContractError("contract has no classes")
         if len(set(self.classes)) != len(self.classes):
             raise ContractError(f"contract has duplicate classes: {list(self.classes)}")
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise ContractError(f"input_size must be [height, width], got {list(self.input_size)}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1 or max(self.input_size) > MAX_INPUT_SIDE:
+            raise ContractError(f"input_size must be [height, width] of 1 to {MAX_INPUT_SIDE} pixels, got "
+                                f"{list(self.input_size)}")  # fmt: skip
         if self.channels not in (1, 3):
             raise ContractError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ContractError("mean and std need one value per channel")
+        for name in ("mean", "std", "temperature", "crop_margin", "class_prior", "prior_correction"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ContractError(f"{name} must be finite, got {getattr(self, name)}")
         if any(s <= 0 for s in self.std):
             raise ContractError("std values must be positive")
-        if self.output not in ("logits", "probabilities"):
+        if not isinstance(self.output, str) or self.output not in ("logits", "probabilities"):
             raise ContractError(f"output must be 'logits' or 'probabilities', got {self.output!r}")
         if not 0.05 <= self.temperature <= 20.0:
             raise ContractError(f"temperature must be in [0.05, 20], got {self.temperature}")
@@ -120,7 +139,9 @@ class ModelContract:
         missing = [k for k in required if k not in data]
         if missing:
             raise ContractError(f"contract is missing {', '.join(missing)}")
-        version = int(data.get("version", 1))
+        version = data.get("version", 1)
+        if not _sequence_of([version], Integral):
+            raise ContractError(f"contract version must be a whole number, got {version!r:.40}")
         if version > CONTRACT_VERSION:
             raise ContractError(
                 f"contract version {version} is newer than this runtime understands ({CONTRACT_VERSION})"
@@ -160,6 +181,13 @@ class ModelContract:
         out -= mean
         out /= std
         return out
+
+
+def _sequence_of(values: Any, kinds: type | tuple[type, ...]) -> bool:
+    """A list, tuple or array whose items are all ``kinds`` (numbers exclude bools; Integral excludes 1.0)."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        return False
+    return all(isinstance(v, kinds) and not isinstance(v, bool) for v in values)
 
 
 def to_model_layout(crop: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:

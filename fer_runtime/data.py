@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -38,15 +39,25 @@ from fer_runtime.outputs import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# image formats OpenCV does not decode as images (or only as video): named and counted where they are left out
+UNSUPPORTED_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif"}
+# Larger than any camera's photo; a 20000 x 20000 PNG would take 1.2 GB decoded. JPEGs over it are decoded
+# reduced (libjpeg scales while decoding), other formats are refused from their header, before any decode.
+MAX_IMAGE_PIXELS = 50_000_000
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("folders", "fer2013", "ferplus")
 CSV_ROW = "#"  # "fer2013.csv#12": data row 12 (0-based) of that file
 FERPLUS_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 KAGGLE_CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
+CACHE_FILE = re.compile(r"(train|val|test)-[0-9a-f]{20}\.npz")  # a decoded split in the cache (load_split)
 
 
 class DataError(ValueError):
     """The data root cannot be used as given."""
+
+
+class ImageTooLarge(DataError):
+    """An image whose header says it is over MAX_IMAGE_PIXELS (and that cannot be decoded reduced)."""
 
 
 @dataclass
@@ -131,18 +142,53 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def scan_class_folders(folder: Path, root: Path) -> dict[str, list[str]]:
-    """class name -> sorted image paths relative to root. Errors on no classes or an empty class."""
+def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None = None) -> dict[str, list[str]]:
+    """class name -> sorted image paths relative to root. Errors on no classes or an empty class.
+
+    Folders that are not classes are left out with a warning: ``exclude`` (resolved path -> what it is, e.g. the run's
+    --out-dir or the decode cache), fer-train run folders and decode caches. Files in formats not read are counted."""
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
+    kept = []
+    for d in dirs:
+        reason = _not_a_class(d, exclude or {})
+        if reason:
+            warnings.warn(f"{d} left out of the classes: it is {reason}", stacklevel=4)
+        else:
+            kept.append(d)
+    if not kept:
         raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
     found = {}
-    for d in dirs:
-        files = sorted(str(p.relative_to(root)) for p in d.rglob("*") if _is_image(p))
+    for d in kept:
+        files, unsupported = [], 0
+        for p in d.rglob("*"):
+            if _is_image(p):
+                files.append(str(p.relative_to(root)))
+            elif p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+                unsupported += 1
+        files.sort()
+        if unsupported:
+            warnings.warn(f"class folder {d}: {unsupported} files in a format not read (GIF, HEIC, AVIF) left out; "
+                          "convert them to PNG to use them", stacklevel=4)  # fmt: skip
         if not files:
             raise DataError(f"class folder {d} has no images")
         found[d.name] = files
     return found
+
+
+def _not_a_class(folder: Path, exclude: dict[Path, str]) -> str | None:
+    """What a folder under the data root is when it is not a class: a run, a folder of runs, a decode cache."""
+    resolved = folder.resolve()
+    if resolved in exclude:
+        return exclude[resolved]
+    if (folder / "split_manifest.json").is_file():
+        return "a fer-train run"
+    with os.scandir(folder) as entries:  # one pass, no stat per image of a large class
+        for entry in entries:
+            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "split_manifest.json")):
+                return "a folder of fer-train runs"
+            if CACHE_FILE.fullmatch(entry.name):
+                return "a decode cache"
+    return None
 
 
 def _check_same_classes(per_split: dict[str, dict[str, list[str]]]) -> list[str]:
@@ -188,8 +234,11 @@ def discover(
     test_split: float | None = None,
     seed: int = 0,
     label_mode: str | None = None,
+    exclude: dict[Path, str] | None = None,
 ) -> SplitManifest:
-    """Find classes and build train/val/test splits for any supported layout or protocol."""
+    """Find classes and build train/val/test splits for any supported layout or protocol.
+
+    ``exclude``: folders under the root that are not classes (resolved path -> what they are, for the warning)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data root not found: {root}")
@@ -204,13 +253,17 @@ def discover(
         raise DataError(f"data root is a file but not a CSV: {root}")
     if label_mode is not None and protocol != "ferplus":
         raise DataError(f"--label-mode {label_mode} is for --protocol ferplus (FER+ vote labels) only")
+    if protocol in ("fer2013", "ferplus") and (val_split or test_split):
+        warnings.warn(f"--val-split and --test-split are ignored: --protocol {protocol} has its own validation and test "
+                      "splits", stacklevel=2)  # fmt: skip
+    exclude = {Path(p).resolve(): what for p, what in (exclude or {}).items()}
     try:
         if protocol == "ferplus":
             manifest = _discover_ferplus(root, label_mode or "majority")
         elif protocol == "fer2013":
-            manifest = _discover_fer2013(root)
+            manifest = _discover_fer2013(root, exclude)
         else:
-            manifest = _discover_folders(root, val_split, test_split, seed)
+            manifest = _discover_folders(root, val_split, test_split, seed, exclude)
     except (fer_csv.CsvDataError, ValueError) as exc:
         raise DataError(str(exc)) from None
     for name, items in manifest.splits.items():
@@ -225,7 +278,7 @@ def _kaggle_csv(root: Path) -> Path | None:
     return next((root / n for n in KAGGLE_CSV_NAMES if (root / n).is_file()), None)
 
 
-def _discover_fer2013(root: Path) -> SplitManifest:
+def _discover_fer2013(root: Path, exclude: dict[Path, str]) -> SplitManifest:
     note = "FER2013 protocol: train=Training, val=PublicTest, test=PrivateTest"
     csv_file = _kaggle_csv(root) if root.is_file() or not (root / "train").is_dir() else None
     if csv_file is not None:
@@ -236,7 +289,7 @@ def _discover_fer2013(root: Path) -> SplitManifest:
                              [note + f" (from {csv_file.name}; emotion codes mapped to class names)"], "fer2013")  # fmt: skip
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"--protocol fer2013 needs {root}/train and {root}/test (Kaggle image folders) or fer2013.csv")
-    found = {s: scan_class_folders(root / s, root) for s in ("train", "test")}
+    found = {s: scan_class_folders(root / s, root, exclude) for s in ("train", "test")}
     classes = _check_same_classes(found)
     test_items = _labelled(found["test"], classes)
     public = [it for it in test_items if Path(it[0]).name.startswith("PublicTest_")]
@@ -297,12 +350,13 @@ def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
     return SplitManifest(str(base.resolve()), list(ferplus.CLASSES), layout, splits, notes, "ferplus", label_mode, targets)
 
 
-def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int) -> SplitManifest:
+def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int,
+                      exclude: dict[Path, str]) -> SplitManifest:  # fmt: skip
     notes: list[str] = []
     has = {s: (root / s).is_dir() for s in SPLITS}
     if has["train"]:
         present = [s for s in SPLITS if has[s]]
-        found = {s: scan_class_folders(root / s, root) for s in present}
+        found = {s: scan_class_folders(root / s, root, exclude) for s in present}
         classes = _check_same_classes(found)
         splits = {s: _labelled(found[s], classes) for s in present}
         if has["val"]:
@@ -324,8 +378,9 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
             raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
         if test_split:
             notes.append("--test-split ignored: the layout has folders per split")
+        _warn_thin_splits(splits, classes, val_split)
         return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders")
-    found = scan_class_folders(root, root)
+    found = scan_class_folders(root, root, exclude)
     classes = sorted(found)
     test_frac = 0.0 if test_split is None else test_split
     val_frac = 0.1 if val_split is None else val_split
@@ -337,19 +392,37 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
         raise DataError("the validation split is empty: raise --val-split")
     splits = {"train": train, "val": val, **({"test": test} if test else {})}
     notes.append(f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}")
+    _warn_thin_splits(splits, classes, val_frac)
     return SplitManifest(str(root.resolve()), classes, "class-folders", splits, notes, "folders")
+
+
+def _warn_thin_splits(splits: dict[str, list[tuple[str, int]]], classes: list[str], val_split: float | None) -> None:
+    """Data that trains but cannot be trusted: a class with one training image or none in val, a tiny training split."""
+    train = Counter(y for _, y in splits["train"])
+    val = Counter(y for _, y in splits.get("val", []))
+    for k, name in enumerate(classes):
+        if train[k] < 2:
+            warnings.warn(f"class '{name}' has {train[k]} training image(s): too few to learn it", stacklevel=4)
+        if splits.get("val") and not val[k]:
+            warnings.warn(f"class '{name}' has no validation image: validation cannot score it", stacklevel=4)
+    if val_split and val_split >= 0.5:
+        n = len(splits["train"])
+        warnings.warn(f"--val-split {val_split} leaves {n} of {n + len(splits.get('val', []))} images for training",
+                      stacklevel=4)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- decoding
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
-    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8."""
+    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8.
+
+    An image over MAX_IMAGE_PIXELS is decoded reduced (JPEG) or refused with ``ImageTooLarge``."""
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    img = cv2.imdecode(buf, _decode_flags(buf, path)) if buf.size else None
     if img is None:
         return None
     if img.dtype != np.uint8:
@@ -361,6 +434,72 @@ def read_image(path: str | Path) -> np.ndarray | None:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     return img
+
+
+def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
+    size = image_header_size(buf[:262144].tobytes())
+    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
+        return cv2.IMREAD_UNCHANGED
+    if buf[:2].tobytes() == b"\xff\xd8":
+        for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
+            if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
+                return flag
+    raise ImageTooLarge(f"{Path(path).name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
+                        "megapixels read: scale it down first")  # fmt: skip
+
+
+def image_header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP, WebP, GIF or PNM header; None for other formats or a damaged header."""
+    import struct
+
+    try:
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", head[16:24])
+        if head[:2] == b"BM":
+            w, h = struct.unpack("<ii", head[18:26])
+            return abs(w), abs(h)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", head[6:10])
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head[:1] == b"P" and head[1:2] in b"123456":
+            lines = (line.split(b"#")[0] for line in head[2:200].split(b"\n"))
+            values = [int(v) for v in b" ".join(lines).split()[:2]]
+            return values[0], values[1]
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(head)
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """The frame header (SOFn) of a JPEG, found by walking its marker segments."""
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
 
 
 def read_source(root: Path, source: str) -> np.ndarray | None:

@@ -2,8 +2,9 @@
 
 - Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work;
   files written whole or not at all (``atomic_path``).
-- Exit codes: 0 done, 1 internal error, 2 usage or input error (this module's ``OutputError`` among them),
-  3 a failed quality gate (fer-export's INT8 drop), 130 interrupted.
+- Exit codes: 0 done, 1 internal error, 2 usage or input error (this module's ``OutputError`` among them, and an
+  output that cannot be written, e.g. a full disk: ``write_error``), 3 a failed quality gate (fer-export's INT8
+  drop), 130 interrupted (Ctrl-C or SIGTERM).
 - One help format and one flag grammar (README, "Command grammar"), with the old spellings refused by name.
 """
 
@@ -42,6 +43,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def missing_dirs(path: str | Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first: what a ``mkdir(parents=True)`` would create."""
+    missing = []
+    for folder in [Path(path), *Path(path).parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty_dirs(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def write_error(exc: OSError, path: str | Path | None = None) -> OutputError:
+    """An OSError while writing (a full disk, a vanished folder) as one line naming the file."""
+    where = path or exc.filename or "an output"
+    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
 
 
 def _nearest_existing(path: Path) -> Path:

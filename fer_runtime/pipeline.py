@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
-from fer_runtime.outputs import atomic_path
+from fer_runtime.outputs import atomic_path, write_error
 from fer_runtime.sources import SourceError
 
 BOX_COLOUR = (0, 200, 0)  # BGR
@@ -41,13 +47,21 @@ def describe(faces: list[FaceResult]) -> str:
 
 
 class RunOutputs:
-    """What a run writes: JSONL records, an annotated video or annotated images. Closed however the run ends."""
+    """What a run writes: JSONL records, an annotated video or annotated images. Closed however the run ends.
+
+    The JSONL is written as the run goes (it can be followed live); the video goes to a temporary name and becomes
+    ``save`` only once it has been finalised and reads back whole. A write that fails (a full disk) removes what the
+    run wrote and raises ``OutputError``: no output is left half-written under its name.
+    """
 
     def __init__(self, source, save: str | None, json_path: str | None):
-        self.source, self.save = source, save
+        self.source, self.save, self.json_path = source, save, json_path
         self.independent = bool(getattr(source, "independent", False))
         self.jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in close()
         self.writer = None
+        self.video_tmp: Path | None = None
+        self.video_frames = 0
+        self.written: list[str] = []  # outputs that exist, whole, at the end
 
     def record(self, frame, faces: list[FaceResult], classes) -> None:
         if self.jsonl:
@@ -62,19 +76,82 @@ class RunOutputs:
             return
         if self.independent:
             _save_image(image, self.save, frame.name, len(self.source.paths) > 1)
+            if self.save not in self.written:
+                self.written.append(self.save)
             return
         if self.writer is None:
             h, w = image.shape[:2]
-            self.writer = cv2.VideoWriter(self.save, cv2.VideoWriter_fourcc(*"mp4v"), self.source.fps or 25.0, (w, h))
+            self.video_tmp = _temporary_name(Path(self.save))
+            self.writer = open_video_writer(self.video_tmp, self.source.fps or 25.0, (w, h))
             if not self.writer.isOpened():
                 raise SourceError(f"cannot write video {self.save}")
         self.writer.write(image)
+        self.video_frames += 1
 
     def close(self) -> None:
+        """Finalise every output; raises OutputError (after removing them) when one could not be written whole."""
+        try:
+            if self.writer is not None:
+                self.writer.release()
+                self.writer = None
+                if not _video_is_whole(self.video_tmp, self.video_frames):
+                    raise OSError(errno.ENOSPC, "the video did not finalise (is the disk full?)", self.save)
+                os.replace(self.video_tmp, self.save)
+                self.written.append(self.save)
+            if self.jsonl:
+                self.jsonl.close()
+                self.written.append(self.json_path)
+        except OSError as exc:
+            self.abort()
+            raise write_error(exc, exc.filename or self.json_path) from None
+
+    def abort(self) -> None:
+        """A write failed: close and remove the JSONL and the unfinished video, whatever state they are in."""
         if self.writer is not None:
             self.writer.release()
-        if self.jsonl:
-            self.jsonl.close()
+        if self.jsonl is not None:
+            try:
+                self.jsonl.close()
+            except OSError:
+                pass  # the buffered rest cannot be written either; the file goes
+        self.jsonl = self.writer = None
+        for path in (self.json_path, self.video_tmp):
+            if path:
+                Path(path).unlink(missing_ok=True)
+        self.written = [p for p in self.written if p != self.json_path]
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
+    return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def _video_is_whole(path: Path, frames: int) -> bool:
+    """The finished file opens and holds the frames written: FFmpeg only warns when the disk fills, the file is broken."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) >= frames
+    finally:
+        cap.release()
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """Finalising outputs is not cut short: a SIGINT or SIGTERM that arrives meanwhile is noted, not raised."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    note = lambda signum, frame: caught.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_pipeline(
@@ -112,7 +189,7 @@ def run_pipeline(
             if frame.image is None or frame.image.size == 0:
                 corrupt.append(frame.name or f"frame {frame.index}")
                 if echo and independent:
-                    echo(f"{frame.name}: unreadable, skipped")
+                    echo(f"{frame.name}: {frame.error or 'unreadable'}, skipped")
                 continue
             t0 = time.perf_counter()
             faces = clf.process_image(frame.image, crops) if independent else clf.process_frame(frame.image)
@@ -120,7 +197,6 @@ def run_pipeline(
             faces_total += len(faces)
             for f in faces:
                 labels[f.label] = labels.get(f.label, 0) + 1
-            outputs.record(frame, faces, clf.classes)
             if echo and (independent or frame.timestamp >= next_line):
                 echo(f"{frame.name}: {describe(faces)}" if independent else f"{frame.timestamp:7.1f}s: {describe(faces)}")
                 next_line = frame.timestamp + 1.0
@@ -129,22 +205,33 @@ def run_pipeline(
                     annotated = draw(frame.image.copy(), faces, fps)
                 outputs.annotated(frame, annotated)
                 if display and _show(annotated, wait_for_key=independent and len(source.paths) == 1):
+                    outputs.record(frame, faces, clf.classes)
                     break
+            # the record last: an interrupt between the outputs leaves a frame unrecorded, never a record without its frame
+            outputs.record(frame, faces, clf.classes)
             timer.samples["frame"].append(time.perf_counter() - t0)
             elapsed = time.perf_counter() - start
             fps = frames / elapsed if elapsed > 0 else 0.0
     except KeyboardInterrupt:
         interrupted = True
+    except OSError as exc:
+        outputs.abort()
+        raise write_error(exc) from None
     finally:
-        outputs.close()
-        source.close()
-        if display:
-            cv2.destroyAllWindows()
+        with _signals_deferred() as caught:
+            try:
+                outputs.close()
+            finally:
+                source.close()
+                if display:
+                    cv2.destroyAllWindows()
+        interrupted = interrupted or bool(caught)
     elapsed = time.perf_counter() - start
     return {
         "frames": frames, "faces": faces_total, "corrupt_frames": len(corrupt), "corrupt": corrupt, "labels": labels,
-        "seconds": elapsed, "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
-        "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(),
+        "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
+        "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
+        "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(), "written": outputs.written,
     }  # fmt: skip
 
 
@@ -155,10 +242,14 @@ def _show(image: np.ndarray, wait_for_key: bool) -> bool:
 
 
 def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:
-    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images."""
+    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images.
+
+    Encoded in memory and written by Python, so a full disk is an OSError rather than a silently short file."""
     target = Path(save) / name if many else Path(save)
     if many:
         target.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(target.suffix or ".png", image)
+    if not ok:
+        raise SourceError(f"cannot write image {target}: use a file name ending in .png or .jpg")
     with atomic_path(target) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise SourceError(f"cannot write image {target}: use a file name ending in .png or .jpg")
+        tmp.write_bytes(encoded.tobytes())

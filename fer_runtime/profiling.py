@@ -40,11 +40,40 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 10, cal
     return samples
 
 
-class StageTimer:
-    """Accumulates per-stage wall times: ``with timer('detect'): ...``."""
+class Reservoir:
+    """Timing samples of a stage with bounded memory: an exact count and mean, and a uniform random sample of at
+    most ``size`` values for the percentiles, however long a camera session runs (reservoir sampling)."""
 
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = defaultdict(list)
+    def __init__(self, size: int = 10_000, seed: int = 0) -> None:
+        self.size, self.count, self.total = size, 0, 0.0
+        self.values: list[float] = []
+        self._rng = np.random.default_rng(seed)
+
+    def append(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if len(self.values) < self.size:
+            self.values.append(value)
+            return
+        slot = int(self._rng.integers(self.count))
+        if slot < self.size:
+            self.values[slot] = value
+
+    def __len__(self) -> int:
+        return self.count
+
+    def summary(self) -> dict[str, float]:
+        stats = percentiles(self.values)
+        if self.count:
+            stats.update(mean_ms=self.total / self.count * 1000.0, n=self.count)
+        return stats
+
+
+class StageTimer:
+    """Accumulates per-stage wall times: ``with timer('detect'): ...``; memory stays bounded (``Reservoir``)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.samples: dict[str, Reservoir] = defaultdict(lambda: Reservoir(size))
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -55,4 +84,4 @@ class StageTimer:
             self.samples[stage].append(time.perf_counter() - t0)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {stage: percentiles(s) for stage, s in self.samples.items()}
+        return {stage: s.summary() for stage, s in self.samples.items()}

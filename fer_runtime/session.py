@@ -44,6 +44,7 @@ class OnnxModel:
         except Exception as exc:
             raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
         self.contract: ModelContract = contract_from_session(self.session, self.path)
+        check_graph(self.session, self.contract, self.path)
         self.prior_correction = prior_correction_for(self.contract, prior)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -63,6 +64,44 @@ class OnnxModel:
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 N x C x H x W (model colour order, model size) -> probabilities under the decision rule, N x K."""
         return decision_probabilities(self.raw_outputs(images, batch_size), self.contract, self.prior_correction)
+
+
+def check_graph(session, contract: ModelContract, path: Path) -> None:
+    """The contract against the graph's own inputs and outputs, once at load: one image input N x C x H x W whose
+    static sizes match channels and input_size, and a first output N x K with K the number of classes."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise ContractError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a classifier takes one "
+                            "image batch")  # fmt: skip
+    shape, kind = inputs[0].shape, inputs[0].type
+    if kind != "tensor(float)":
+        raise ContractError(f"{path}: the input is {kind}, not float32 (tensor(float))")
+    if len(shape) != 4:
+        raise ContractError(f"{path}: the input has shape {shape}; an image batch is N x C x H x W")
+    if isinstance(shape[1], int) and shape[1] != contract.channels:
+        raise ContractError(f"{path}: contract channels {contract.channels} does not fit the graph's input {shape}")
+    if any(isinstance(g, int) and g != d for g, d in zip(shape[2:], contract.input_size)):
+        raise ContractError(f"{path}: contract input_size {list(contract.input_size)} does not fit the graph's input {shape}")
+    out = outputs[0].shape
+    if len(out) != 2:
+        raise ContractError(f"{path}: the output has shape {out}; a classifier gives N x classes")
+    if isinstance(out[1], int) and out[1] != contract.num_classes:
+        raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives {out[1]} "
+                            "outputs")  # fmt: skip
+    if not isinstance(out[1], int):
+        _check_output_by_running(session, contract, path)
+
+
+def _check_output_by_running(session, contract: ModelContract, path: Path) -> None:
+    """A graph whose class count is not static: one blank image tells it (the input is bounded by the contract)."""
+    x = np.zeros((1, contract.channels, *contract.input_size), np.float32)
+    try:
+        out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        raise ContractError(f"{path} does not run on a {contract.input_size} input: {str(exc).splitlines()[0][:200]}") from None
+    if out.ndim != 2 or out.shape[1] != contract.num_classes:
+        raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives "
+                            f"{out.shape} outputs")  # fmt: skip
 
 
 # fer-run --prior / fer-bench --prior: the contract's own rule, the training prior (raw argmax), or a balanced prior

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_runtime.data import IMAGE_EXTENSIONS, read_image
+from fer_runtime.data import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageTooLarge, read_image
 
 MAX_BAD_FRAMES = 25  # consecutive undecodable frames before a video counts as ended
 
@@ -26,6 +26,7 @@ class Frame:
     timestamp: float  # seconds since the source started (or video position)
     image: np.ndarray | None  # None: a corrupt frame, counted and skipped
     name: str = ""
+    error: str = ""  # why ``image`` is None, when known
 
 
 class ImageSource:
@@ -39,10 +40,15 @@ class ImageSource:
         self.paths = paths
         self.fps = 0.0
         self.lost = False
+        self.unsupported: list[str] = []  # files of image formats OpenCV does not read here (GIF, ...): named, not read
 
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
-            yield Frame(i, float(i), read_image(p), p.name)
+            try:
+                image, error = read_image(p), ""
+            except ImageTooLarge as exc:
+                image, error = None, str(exc)
+            yield Frame(i, float(i), image, p.name, error)
 
     def close(self) -> None:
         pass
@@ -59,6 +65,7 @@ class VideoSource:
             raise SourceError(f"cannot open video {path}: not a video OpenCV can read")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
         self.lost = False
+        self.unread = 0  # frames the container lists that were never reached (a truncated or damaged tail)
 
     def __iter__(self) -> Iterator[Frame]:
         """Every frame; one that does not decode comes as ``image=None`` (counted, skipped) and the video goes on."""
@@ -70,6 +77,7 @@ class VideoSource:
                 # OpenCV stops at a damaged frame; the container may still hold good ones after it
                 failures += 1
                 if i >= total - 1 or failures > MAX_BAD_FRAMES:
+                    self.unread = max(0, total - i)
                     return
                 yield Frame(i, i / self.fps, None)
                 i += 1
@@ -154,6 +162,10 @@ class LiveSource:
         self.cap.release()
 
 
+def _kinds(names: list[str]) -> str:
+    return "/".join(sorted({Path(n).suffix.lower()[1:].upper() for n in names}))
+
+
 def open_source(camera: int | None = None, source: str | None = None,
                 capture_factory: Callable[[int | str], object] = cv2.VideoCapture):  # fmt: skip
     if (camera is None) == (source is None):
@@ -167,9 +179,17 @@ def open_source(camera: int | None = None, source: str | None = None,
         raise SourceError(f"source not found: {source}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        unsupported = sorted(p.name for p in path.iterdir() if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
         if not files:
-            raise SourceError(f"no images in folder {source}")
-        return ImageSource(files)
+            extra = f" ({len(unsupported)} {_kinds(unsupported)} files, a format not read: convert them to PNG)"
+            extra = extra if unsupported else ""
+            raise SourceError(f"no images in folder {source}{extra}")
+        images = ImageSource(files)
+        images.unsupported = unsupported
+        return images
+    if path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+        raise SourceError(f"{source}: {path.suffix.lower()[1:].upper()} images are not read (animated or not, they are "
+                          "not taken for video); convert it to PNG, or to MP4 for an animation")  # fmt: skip
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path])
     return VideoSource(str(path))

@@ -6,6 +6,7 @@ so a foreign pickle is never executed.
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import CONTRACT_VERSION, ContractError, ModelContract
-from fer_runtime.outputs import atomic_path
+from fer_runtime.outputs import OutputError, atomic_path
 from fer_train.models import create_model
 
 FORMAT = "fer-checkpoint"
@@ -29,7 +30,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
+            full = shutil.disk_usage(tmp.parent).free < 1 << 20
+            reason = "No space left on device" if full else str(exc).strip().splitlines()[-1][:200]
+            raise OutputError(f"cannot write {path}: {reason}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from fer_runtime.data import DataError, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
-from fer_runtime.outputs import HelpFormatter, OutputError, atomic_write_text, check_output_dir
+from fer_runtime.outputs import HelpFormatter, OutputError, atomic_write_text, check_output_dir, write_error
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
@@ -85,12 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             metrics["without_train_copies"] = {"num_samples": int(unseen.sum()), "accuracy": dedup["accuracy"],
                                                "macro_f1": dedup["macro_f1"]}  # fmt: skip
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt[0]).resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"eval_{args.split}" + ("" if args.tta == "none" else f"_{args.tta}")
     stem += f"_ensemble{len(members)}" if len(members) > 1 else ""
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
-    atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
-    plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{args.split} ({args.tta})")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
+        atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
+        plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{args.split} ({args.tta})")
+    except OSError as exc:  # a full disk: each file is whole or absent (atomic writes)
+        print(f"fer-eval: error: {write_error(exc)}", file=sys.stderr)
+        return 2
     print(metrics_table(metrics))
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} ({metrics['num_samples']} "
           f"images, tta {args.tta}, {len(members)} model(s)) -> {out_dir / (stem + '.json')}")  # fmt: skip

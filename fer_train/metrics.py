@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.metrics import classification_metrics, confusion_matrix
+from fer_runtime.outputs import atomic_path
 
 __all__ = ["classification_metrics", "confusion_matrix", "metrics_table", "plot_confusion_matrix", "plot_curves"]
 
@@ -43,7 +44,8 @@ def plot_confusion_matrix(metrics: dict, path: Path, title: str = "") -> None:
                     color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
     ax.set_title(title or f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -76,5 +78,6 @@ def plot_curves(history: list[dict], path: Path, monitor: str | None = None) -> 
         if len(epochs) <= 10:
             ax.set_xticks(epochs)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

