@@ -154,7 +154,7 @@ class FaceExpressionClassifier:
         timer = self.timer
         with timer("detect"):
             h, w = image.shape[:2]
-            detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self.detector(image)
+            detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self._left_to_right(image)
         with timer("preprocess"):
             faces = [image] if crops else [crop_face(image, d, self.contract.crop_margin) for d in detections]
             batch = self.contract.preprocess(faces) if faces else None
@@ -165,6 +165,9 @@ class FaceExpressionClassifier:
             k = int(p.argmax())
             results.append(FaceResult(det.box, i, self.classes[k], float(p[k]), p, self.classes[k], p))
         return results
+
+    def _left_to_right(self, image: np.ndarray) -> list[Detection]:
+        return sorted(self.detector(image), key=lambda d: d.box[0])
 
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer

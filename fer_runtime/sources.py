@@ -23,26 +23,34 @@ class SourceError(RuntimeError):
 @dataclass
 class Frame:
     index: int
-    timestamp: float  # seconds since the source started (or video position)
+    timestamp: float | None  # seconds since the source started (or video position); None for photos
     image: np.ndarray | None  # None: a corrupt frame, counted and skipped
     name: str = ""
 
 
 class ImageSource:
-    """Image files, each classified on its own (no tracking or smoothing across files)."""
+    """Image files, each classified on its own (no tracking or smoothing across files).
+
+    A photo has no time: its frames carry ``timestamp=None`` and are named by their path relative to ``root``
+    (the folder given), or by their file name.
+    """
 
     independent = True
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], root: Path | None = None):
         if not paths:
             raise SourceError("no images found")
         self.paths = paths
+        self.root = root
         self.fps = 0.0
         self.lost = False
 
+    def name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() if self.root is not None else path.name
+
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
-            yield Frame(i, float(i), read_image(p), p.name)
+            yield Frame(i, None, read_image(p), self.name(p))
 
     def close(self) -> None:
         pass
@@ -52,6 +60,7 @@ class VideoSource:
     """A video file: every frame is kept, in order."""
 
     independent = False
+    timeline = True  # frame timestamps are positions in the file: a window plays them at the file's frame rate
 
     def __init__(self, path: str):
         self.cap = cv2.VideoCapture(path)
@@ -154,6 +163,17 @@ class LiveSource:
         self.cap.release()
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, subfolders included (e.g. one per class), in a stable order; hidden
+    files and folders are skipped."""
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in rel) and p.is_file():
+            files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def open_source(camera: int | None = None, source: str | None = None,
                 capture_factory: Callable[[int | str], object] = cv2.VideoCapture):  # fmt: skip
     if (camera is None) == (source is None):
@@ -166,10 +186,10 @@ def open_source(camera: int | None = None, source: str | None = None,
     if not path.exists():
         raise SourceError(f"source not found: {source}")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = folder_images(path)
         if not files:
-            raise SourceError(f"no images in folder {source}")
-        return ImageSource(files)
+            raise SourceError(f"no images in folder {source} or its subfolders")
+        return ImageSource(files, root=path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path])
     return VideoSource(str(path))

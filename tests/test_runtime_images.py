@@ -220,3 +220,38 @@ def test_input_faults_share_one_error_format(model, tmp_path, monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     r = CliRunner().invoke(run_cli, ["--source", str(one), "--model", str(model), "--display"])
     assert r.exit_code == 2 and r.output.startswith("fer-run: error: no window possible")
+
+
+def test_a_folder_of_class_subfolders_is_searched_and_named_by_relative_path(model, photos, tmp_path):
+    (photos / ".hidden").mkdir(exist_ok=True)
+    (photos / ".hidden" / "x.jpg").write_bytes(next(photos.rglob("*.jpg")).read_bytes())
+    out = tmp_path / "tree.jsonl"
+    r = _run("--source", photos, "--model", model, "--crops", "--json", out)
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg") if ".hidden" not in p.parts)
+    assert [rec["file"] for rec in records] == expected and len(expected) == 12
+    assert "happy/p01.jpg: " in r.output
+    assert all("timestamp" not in rec for rec in records)  # a photo has no time; its record names the file
+
+
+def test_saved_stills_carry_no_fps_counter(model, tmp_path):
+    import fer_runtime.pipeline as pipeline
+
+    drawn = []
+    real = pipeline.draw
+
+    def spy(frame, faces, fps=None):
+        drawn.append(fps)
+        return real(frame, faces, fps)
+
+    pipeline.draw = spy
+    try:
+        r = _run("--source", DEMO_IMAGE, "--model", model, "--save", tmp_path / "one.png")
+    finally:
+        pipeline.draw = real
+    assert r.exit_code == 0, r.output
+    assert drawn == [None]
+    saved = cv2.imread(str(tmp_path / "one.png"))
+    b, g, red = (saved[:30, :120, i].astype(int) for i in range(3))
+    assert not ((red > 180) & (g > 180) & (b < 90)).any()  # no yellow counter in the corner
