@@ -26,6 +26,9 @@ from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
 from fer_runtime.profiling import percentiles, time_interleaved
+from fer_runtime.providers import PROVIDER_HELP, ProviderChoice, ProviderError
+from fer_runtime.providers import describe as describe_provider
+from fer_runtime.providers import resolve as resolve_provider
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 
 ROUNDS = 10
@@ -66,13 +69,13 @@ def param_count(path: Path) -> int | None:
                    if not t.name.endswith(("_scale", "_zero_point")) and int(np.prod(t.dims)) > 1))  # fmt: skip
 
 
-def peak_rss_mb(path: Path, threads: int) -> float:
+def peak_rss_mb(path: Path, threads: int, provider: str = "cpu") -> float:
     """Peak resident memory of a fresh process that loads the model and runs batch 32."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so the child would
     # report this (large) benchmark process's own peak.
     code = (
         "import re, numpy as np; from fer_runtime.session import OnnxModel;"
-        f"m = OnnxModel({str(path)!r}, threads={threads}); c = m.contract;"
+        f"m = OnnxModel({str(path)!r}, threads={threads}, provider={provider!r}); c = m.contract;"
         "x = np.zeros((32, c.channels, *c.input_size), np.float32); [m.run(x) for _ in range(5)];"
         "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)"
     )
@@ -113,19 +116,21 @@ def default_models() -> list[str]:
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime threads for scoring and the multi-thread timings (0: all cores); batch-1 latency is "
               "also timed at one thread")
+@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
 @click.option("--no-progress", is_flag=True, help="no progress bar while timing")
 def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
-         incumbent, threads, no_progress):  # fmt: skip
+         incumbent, threads, provider, no_progress):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     try:
         check_output_dir(out_dir)
         if predictions:
             check_output_file(predictions, "--predictions")
+        choice = resolve_provider(provider)
         data = bench_manifest(data_root, protocol, manifest)
         models = [str(resolve_model(m)) for m in model_paths] or default_models()
-        results = run(models, data, split, Path(out_dir), predictions,
-                      pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress)  # fmt: skip
-    except (DataError, ContractError, OutputError) as exc:
+        results = run(models, data, split, Path(out_dir), predictions, pipeline_video, torch_ckpt, calls, incumbent,
+                      threads=threads, progress=not no_progress, provider=choice)  # fmt: skip
+    except (DataError, ContractError, OutputError, ProviderError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"fer-bench: wrote {results['outputs']}")
@@ -143,12 +148,16 @@ def _load_incumbent(threads: int) -> tuple | None:
 
 
 def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
-        incumbent: bool = False, *, threads: int = 0, progress: bool = True) -> dict:  # fmt: skip
+        incumbent: bool = False, *, threads: int = 0, progress: bool = True,
+        provider: ProviderChoice | str = "cpu") -> dict:  # fmt: skip
     threads_all = threads or os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
-    one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=threads_all, providers=["CPUExecutionProvider"]) for n, p in zip(names, paths)}
+    one = {n: OnnxModel(p, threads=1, provider=provider) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=threads_all, provider=provider) for n, p in zip(names, paths)}
+    provider = next(iter(one.values())).provider if one else resolve_provider(provider)
+    if provider.request == "auto":
+        click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
     classes = manifest.classes
     if split not in manifest.splits:
         raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
@@ -183,11 +192,13 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
             if a != b and rows[a]["latency_b1_1thread"]["p50_ms"] <= rows[b]["latency_b1_1thread"]["p50_ms"]:
                 ratios[f"{a} speed-up over {b} (b1, 1 thread, p50)"] = (
                     rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
-    pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video for n, r in _pipeline(v, names, paths).items()} or None
+    pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video
+                for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
     results = {
         "data": {"root": manifest.root, "split": split, "protocol": manifest.protocol, "layout": manifest.layout,
                  "images": int(len(labels)), "classes": classes},
-        "machine": machine_info(threads_all), "models": rows, "agreement": agreement, "ratios": ratios,
+        "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
+        "models": rows, "agreement": agreement, "ratios": ratios,
         "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]),
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +251,7 @@ def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict
         rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
         rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0) if isinstance(one[n], OnnxModel) else None
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name) if isinstance(one[n], OnnxModel) else None
     return lat1
 
 
@@ -272,10 +283,10 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
     rows[name] = {"file": str(ckpt), "quality": metrics(decoded.labels, preds[name], classes)}
 
 
-def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
+def _pipeline(video: str, names: list[str], paths: list[Path], provider: ProviderChoice) -> dict:
     from benchmarks.pipeline import pipeline_report
 
-    return {name: pipeline_report(path, video) for name, path in zip(names, paths)}
+    return {name: pipeline_report(path, video, provider) for name, path in zip(names, paths)}
 
 
 def _write(results, out_dir: Path, preds, labels, image_paths, classes, predictions, samples=None) -> list[str]:
@@ -317,7 +328,7 @@ def markdown_report(r: dict) -> str:
     lines = [f"# fer-bench: {r['data']['split']} split of {r['data']['root']} ({r['data']['images']} images, "
              f"protocol {r['data'].get('protocol')})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, CPU features {', '.join(m.get('cpu_features', [])) or 'unknown'}, "
-             f"onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
+             f"onnxruntime {m['onnxruntime']} on {m.get('provider', 'cpu')}, Python {m['python']}", "",
              f"Command: `{r['command']}`", "",
              "| model | accuracy | macro-F1 | ECE (T = 1 / calibrated) | temperature | size KB | params | "
              "b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms | b32 img/s | peak RSS MB |",

@@ -12,6 +12,7 @@ from fer_runtime.contract import ContractError
 from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.follow import FaceFollower
 from fer_runtime.profiling import StageTimer
+from fer_runtime.providers import ProviderChoice
 from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker, iou
 
@@ -84,8 +85,9 @@ class FaceExpressionClassifier:
         smoothing: float = 0.7,
         threads: int = DEFAULT_THREADS,
         providers: list[str] | None = None,
+        provider: str | ProviderChoice | None = None,
     ):
-        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers)
+        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers, provider=provider)
         self.contract = self.model.contract
         self.classes = self.contract.classes
         self.detector = create_detector(detector, detector_model, detect_width)

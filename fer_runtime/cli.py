@@ -24,6 +24,8 @@ from fer_runtime.outputs import (
     check_output_file,
 )
 from fer_runtime.pipeline import run_pipeline
+from fer_runtime.providers import PROVIDER_HELP
+from fer_runtime.providers import describe as describe_provider
 from fer_runtime.sources import SourceError, open_source
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
@@ -103,6 +105,7 @@ def check_save_target(save: str, source) -> None:
               help="EMA weight of past probabilities (0 off)")
 @click.option("--threads", type=click.IntRange(min=0), default=DEFAULT_THREADS, show_default=True,
               help="ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and detection")
+@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
 @click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
@@ -111,7 +114,7 @@ def check_save_target(save: str, source) -> None:
 @click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")
-def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
+def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads, provider,
          crops, demo, display, save, json_path, max_frames, profile):  # fmt: skip
     """Real-time facial expression recognition (ONNX Runtime + OpenCV)."""
     if demo and (camera is not None or source is not None):
@@ -131,7 +134,10 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     try:
         if json_path:
             check_output_file(json_path, "--json")
-        clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads)
+        clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
+                                       provider=provider)  # fmt: skip
+        if clf.model.provider.request == "auto":
+            click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
         src = _open(camera, source, default_camera)
         if crops and not getattr(src, "independent", False):
             src.close()

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: ~/.cache/fer-toolchain)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all cores, torch's own default)")
     return p
 
 
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.threads < 0:
-            raise ValueError(f"--threads must be 0 (torch default) or more, got {args.threads}")
+            raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device here (a CPU build of torch, no driver, or no GPU "
+                             "visible); --device auto or cpu runs on the CPU")  # fmt: skip
         check_output_dir(args.out_dir or Path(args.ckpt[0]).resolve().parent)
         states = [load_checkpoint(c) for c in args.ckpt]
         members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, help="continue from RUN/last.pt; with --epochs 0 only evaluates")
     g.add_argument("--stop-after", type=int, default=None, help="end this sitting after N more epochs (resume later)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=S)
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch default)")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads for torch (0: all cores, torch's own default)")
     g.add_argument("--no-progress", action="store_true", default=S)
     g = p.add_argument_group("distillation (used by fer-export)")
     g.add_argument("--teacher", nargs="+", default=S, metavar="MODEL",
@@ -205,7 +205,7 @@ def resolve_options(given: dict, resume: str | None = None, stop_after: int | No
     if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
         raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
     if merged["threads"] < 0:
-        raise DataError(f"--threads must be 0 (torch default) or more, got {merged['threads']}")
+        raise DataError(f"--threads must be 0 (all cores) or more, got {merged['threads']}")
     return argparse.Namespace(**merged), resume_state
 
 
