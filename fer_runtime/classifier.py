@@ -162,6 +162,16 @@ class FaceExpressionClassifier:
             batch = self.contract.preprocess(faces) if faces else None
         with timer("classify"):
             probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
+        return self._results(detections, probs)
+
+    def process_crops(self, crops: list[np.ndarray]) -> list[FaceResult]:
+        """Face crops (BGR or gray uint8, any size), classified in one batch: one result per crop, its box the
+        whole crop; the same probabilities and labels as ``process_image(crop, crops=True)`` for each."""
+        boxes = [Detection((0.0, 0.0, float(c.shape[1]), float(c.shape[0])), 1.0) for c in crops]
+        return self._results(boxes, self.classify_crops(crops))
+
+    def _results(self, detections: list[Detection], probs: np.ndarray) -> list[FaceResult]:
+        """One photo's faces (or a batch of crops): each labelled on its own, numbered in order, no smoothing."""
         results = []
         for i, (det, p) in enumerate(zip(detections, probs)):
             k = int(p.argmax())
