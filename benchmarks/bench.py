@@ -24,7 +24,7 @@ from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
-from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file
+from fer_runtime.outputs import FerCommand, OutputError, atomic_path, check_output_dir, check_output_file, version_option
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.providers import PROVIDER_HELP, ProviderChoice, ProviderError
 from fer_runtime.providers import describe as describe_provider
@@ -126,6 +126,7 @@ def int8_pairs(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
 
 
 @click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("fer-bench")
 @click.option("--model", "model_paths", multiple=True,
               help="ONNX file, or a shipped model by name (ferplus, fer2013); repeatable (default: the shipped fp32 "
               "file whose classes fit the data, and its own INT8)")

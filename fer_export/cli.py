@@ -30,7 +30,7 @@ from fer_export.report import onnx_latency_ms, write_report
 from fer_runtime.calibration import calibration_summary, fit_temperature, plot_reliability
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
-from fer_runtime.outputs import HelpFormatter, OutputError, check_output_dir, check_renamed_flags
+from fer_runtime.outputs import FerArgumentParser, HelpFormatter, OutputError, check_output_dir, check_renamed_flags
 from fer_runtime.session import OnnxModel, calibrated_probabilities
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
@@ -42,7 +42,7 @@ from fer_train.train import fit
 
 def build_parser() -> argparse.ArgumentParser:
     D = ExportConfig()
-    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=HelpFormatter)
+    p = FerArgumentParser("fer-export", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default=D.ckpt, metavar="CKPT", help="fer-train checkpoint to export (RUN/best.pt)")
     p.add_argument("--model", default=D.model, metavar="MODEL.onnx", help="an exported ONNX model to quantize")
     p.add_argument("--out-dir", default=D.out_dir, help="parent folder; one subfolder per export")

@@ -22,6 +22,7 @@ from fer_runtime.outputs import (
     OutputError,
     check_output_dir,
     check_output_file,
+    version_option,
 )
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import PROVIDER_HELP
@@ -33,14 +34,16 @@ DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
 
 def _open(camera: int | None, source: str | None, default_camera: bool):
     """The source; with no --camera or --source and no camera here, the bundled demo photo instead."""
-    if not default_camera:
-        return open_source(camera, source)
     logging = cv2.utils.logging
     level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # OpenCV's own lines about a missing /dev/video0 say nothing to a user
+    # OpenCV's own lines about a missing camera ("[ERROR:0@0.081] ... Camera index out of range") come before and
+    # say less than fer-run's one line
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
         return open_source(camera, source)
     except SourceError:
+        if not default_camera:
+            raise
         click.echo("fer-run: no camera 0 on this machine; showing the bundled demo photo instead (fer-run --demo)")
         return open_source(None, str(DEMO_IMAGE))
     finally:
@@ -91,6 +94,7 @@ def check_save_target(save: str, source) -> None:
 
 
 @click.command("fer-run", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("fer-run")
 @click.option("--camera", type=click.IntRange(min=0), default=None, help="camera index (e.g. 0)")
 @click.option("--source", default=None, help="video file, image, folder of images, or stream URL")
 @click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
@@ -136,8 +140,6 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
             check_output_file(json_path, "--json")
         clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
                                        provider=provider)  # fmt: skip
-        if clf.model.provider.request == "auto":
-            click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
         src = _open(camera, source, default_camera)
         if crops and not getattr(src, "independent", False):
             src.close()
@@ -147,6 +149,8 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     except (ContractError, DetectorError, SourceError, OutputError, ValueError) as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    if clf.model.provider.request == "auto":
+        click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
     # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -13,14 +13,14 @@ import torch
 
 from fer_runtime.data import DataError, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
-from fer_runtime.outputs import HelpFormatter, OutputError, atomic_write_text, check_output_dir
+from fer_runtime.outputs import FerArgumentParser, HelpFormatter, OutputError, atomic_write_text, check_output_dir
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
+    p = FerArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, nargs="+", help="RUN/best.pt; several: an ensemble (mean of softmax)")
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")

@@ -36,7 +36,14 @@ from fer_runtime.data import (
 )
 from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
-from fer_runtime.outputs import EXIT_INTERRUPTED, OutputError, atomic_write_text, check_output_dir, check_renamed_flags
+from fer_runtime.outputs import (
+    EXIT_INTERRUPTED,
+    FerArgumentParser,
+    OutputError,
+    atomic_write_text,
+    check_output_dir,
+    check_renamed_flags,
+)
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import (
     CheckpointError,
@@ -70,7 +77,7 @@ DEFAULTS = default_options()  # TrainConfig: the one source of every option's de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
+    p = FerArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
     S = argparse.SUPPRESS  # unset options fall back to the checkpoint (on --resume) or DEFAULTS
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default=S, help="image folders, fer2013.csv or a FER+ folder (see README); "

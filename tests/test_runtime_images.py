@@ -255,3 +255,31 @@ def test_saved_stills_carry_no_fps_counter(model, tmp_path):
     saved = cv2.imread(str(tmp_path / "one.png"))
     b, g, red = (saved[:30, :120, i].astype(int) for i in range(3))
     assert not ((red > 180) & (g > 180) & (b < 90)).any()  # no yellow counter in the corner
+
+
+def test_a_missing_camera_is_fer_runs_one_line_without_opencvs(model):
+    import subprocess
+    import sys
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    camera = cv2.VideoCapture(7)
+    if camera.isOpened():
+        camera.release()
+        pytest.skip("this machine has a camera 7")
+    proc = subprocess.run([sys.executable, "-c", "from fer_runtime.cli import main; main()", "--camera", "7", "--model",
+                           str(model), "--no-display"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("fer-run: error: cannot open camera 7"), proc.stderr
+
+
+@pytest.mark.parametrize("command", ["fer_runtime.cli", "benchmarks.bench"])
+def test_version(command):
+    import subprocess
+    import sys
+
+    from fer_runtime import version
+
+    proc = subprocess.run([sys.executable, "-c", f"from {command} import main; main()", "--version"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    name = "fer-run" if command == "fer_runtime.cli" else "fer-bench"
+    assert proc.returncode == 0 and proc.stdout == f"{name} {version()}\n", proc
