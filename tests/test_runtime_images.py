@@ -283,3 +283,13 @@ def test_version(command):
                           text=True, timeout=60)  # fmt: skip
     name = "fer-run" if command == "fer_runtime.cli" else "fer-bench"
     assert proc.returncode == 0 and proc.stdout == f"{name} {version()}\n", proc
+
+
+def test_console_lines_list_faces_from_left_to_right():
+    from fer_runtime.classifier import FaceResult
+    from fer_runtime.pipeline import describe
+
+    def face(x, label):
+        return FaceResult((x, 10.0, 50.0, 50.0), 0, label, 0.9, np.ones(3), label, np.ones(3))
+
+    assert describe([face(300.0, "sad"), face(20.0, "happy"), face(150.0, "angry")]) == "happy 0.90, angry 0.90, sad 0.90"
