@@ -293,3 +293,20 @@ def test_console_lines_list_faces_from_left_to_right():
         return FaceResult((x, 10.0, 50.0, 50.0), 0, label, 0.9, np.ones(3), label, np.ones(3))
 
     assert describe([face(300.0, "sad"), face(20.0, "happy"), face(150.0, "angry")]) == "happy 0.90, angry 0.90, sad 0.90"
+
+
+def test_ck_plus_class_folders_give_one_record_per_image(tmp_path):
+    from .conftest import SHARED
+
+    ckplus = SHARED / "data" / "ckplus"
+    if not ckplus.is_dir():
+        pytest.skip("needs ../shared/data/ckplus")
+    from fer_runtime.sources import folder_images
+
+    out = tmp_path / "ck.jsonl"
+    r = CliRunner().invoke(run_cli, ["--source", str(ckplus), "--crops", "--json", str(out), "--no-display"])
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    files = folder_images(ckplus)
+    assert len(records) == len(files) == 981  # CK+'s 981 images in seven class folders
+    assert {rec["file"].split("/")[0] for rec in records} == {p.name for p in ckplus.iterdir() if p.is_dir()}
