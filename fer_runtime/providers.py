@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 # short names for the providers onnxruntime builds ship; any other listed provider is named by its lower-cased stem
 SHORT_NAMES = {
-    "cpu": CPU, "cuda": CUDA, "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+    "cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "openvino": "OpenVINOExecutionProvider",
     "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider",
     "migraphx": "MIGraphXExecutionProvider", "qnn": "QNNExecutionProvider", "webgpu": "WebGpuExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider", "cann": "CANNExecutionProvider", "azure": "AzureExecutionProvider",
@@ -104,10 +105,14 @@ def resolve(request: str = "auto") -> ProviderChoice:
         names = ", ".join(["auto", *(short_name(p) for p in have)])
         hint = f"; for CUDA: {GPU_INSTALL}" if wanted == CUDA else ""
         raise ProviderError(f"--provider {request}: this onnxruntime has no {wanted} (it has: {names}){hint}")
-    if wanted == CUDA and cuda_device_count() < 1:
+    if wanted in (CUDA, TENSORRT) and cuda_device_count() < 1:
         raise ProviderError(f"--provider {request}: no CUDA device answers on this machine (no driver, or no GPU "
                             "visible: check nvidia-smi and CUDA_VISIBLE_DEVICES); --provider cpu runs on the CPU")  # fmt: skip
-    return ProviderChoice(request, (wanted,) if wanted == CPU else (wanted, CPU))
+    if wanted == CPU:
+        return ProviderChoice(request, (CPU,))
+    # TensorRT hands what it cannot build to CUDA (ORT's documented order), then everything else to the CPU
+    behind = (CUDA, CPU) if wanted == TENSORRT and CUDA in have else (CPU,)
+    return ProviderChoice(request, (wanted, *behind))
 
 
 def check_started(choice: ProviderChoice, started: list[str], log: str = "") -> ProviderChoice:

@@ -55,9 +55,8 @@ def test_auto_takes_cuda_with_a_device_and_the_cpu_behind_it(fake_ort):
 
 
 @pytest.mark.parametrize("request_, expected", [
-    ("cpu", (CPU,)), ("tensorrt", ("TensorrtExecutionProvider", CPU)), ("TensorrtExecutionProvider",
-                                                                         ("TensorrtExecutionProvider", CPU)),
-    ("cuda", (CUDA, CPU)),
+    ("cpu", (CPU,)), ("tensorrt", ("TensorrtExecutionProvider", CUDA, CPU)),
+    ("TensorrtExecutionProvider", ("TensorrtExecutionProvider", CUDA, CPU)), ("cuda", (CUDA, CPU)),
 ])  # fmt: skip
 def test_explicit_requests_get_exactly_that_provider(fake_ort, request_, expected):
     fake_ort(GPU_BUILD, devices=1)
