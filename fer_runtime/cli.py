@@ -50,11 +50,12 @@ def _open(camera: int | None, source: str | None, default_camera: bool):
         logging.setLogLevel(level)
 
 
-def summary(stats: dict, images: bool) -> str:
+def summary(stats: dict, images: bool, rate: bool = True) -> str:
+    """The last line of a run; ``rate`` False where a window held the photos (the time was the viewer's)."""
     what = "images" if images else "frames"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))
     line = (f"fer-run: {stats['frames']} {what}, {stats['faces']} faces" + (f" ({counts})" if counts else "")
-            + f", {stats['fps']:.1f} {'images' if images else 'frames'}/s")  # fmt: skip
+            + (f", {stats['fps']:.1f} {what}/s" if rate else ""))  # fmt: skip
     if stats["corrupt"]:
         names = ", ".join(stats["corrupt"][:5]) + (", ..." if len(stats["corrupt"]) > 5 else "")
         line += f"; {len(stats['corrupt'])} unreadable {what} skipped ({names})"
@@ -161,7 +162,8 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
         sys.exit(EXIT_USAGE)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo(summary(stats, bool(getattr(src, "independent", False))))
+    independent = bool(getattr(src, "independent", False))
+    click.echo(summary(stats, independent, rate=not (display and independent)))
     if profile:
         for stage, p in stats["stages"].items():
             click.echo(f"  {stage:<10} p50 {p['p50_ms']:.3f} ms  p95 {p['p95_ms']:.3f} ms  (n={p['n']})")
