@@ -1,5 +1,5 @@
-# Quick start (README): `make run` installs the runtime and runs fer-run on camera 0 (or, with no camera,
-# on the bundled demo photo);
+# Quick start (README): `make run` installs the runtime (the CPU build of ONNX Runtime, `.[cpu]`) and runs fer-run on
+# camera 0 (or, with no camera, on the bundled demo photo);
 # `make test` installs everything for development and runs the test suite (CI runs this).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,11 +10,11 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 run: $(PY)
-	$(PIP) install -q .
+	$(PIP) install -q '.[cpu]'
 	$(VENV)/bin/fer-run
 
 test: $(PY)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[cpu,dev]'
 	$(PY) -m pytest
 
 # The runtime tests again in a venv with the base install only (no torch): what `make run` users have.
@@ -22,9 +22,9 @@ RUNTIME_VENV ?= .venv-runtime
 test-runtime:
 	python3 -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/python -m pip install -q . pytest onnx scikit-image
+	$(RUNTIME_VENV)/bin/python -m pip install -q '.[cpu]' pytest onnx scikit-image
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
-	  tests/test_calibration.py tests/test_decision_rule.py
+	  tests/test_calibration.py tests/test_decision_rule.py tests/test_providers.py tests/test_api.py
 
 lint: $(PY)
 	$(VENV)/bin/ruff check .
@@ -47,7 +47,7 @@ RUN_teacher_fer2013 := runs/teacher_fer2013_vgg_w075_e40
 EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
 
 models: $(PY)
-	$(PIP) install -q -e '.[train]'
+	$(PIP) install -q -e '.[cpu,train]'
 	$(MAKE) --no-print-directory -j2 model-ferplus model-fer2013
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
@@ -81,7 +81,7 @@ bench: $(PY)
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 
 teachers: $(PY)
-	$(PIP) install -q -e '.[train]'
+	$(PIP) install -q -e '.[cpu,train]'
 	$(MAKE) --no-print-directory -j2 teacher-ferplus teacher-fer2013
 
 teacher-%: $(PY)

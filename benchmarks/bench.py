@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.data import bench_manifest, load_for, shared_classes
 from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
-from fer_runtime.contract import ContractError
+from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import (
@@ -32,9 +32,13 @@ from fer_runtime.outputs import (
     check_output_file,
     missing_dirs,
     remove_empty_dirs,
+    version_option,
     write_error,
 )
 from fer_runtime.profiling import percentiles, time_interleaved
+from fer_runtime.providers import PROVIDER_HELP, ProviderChoice, ProviderError
+from fer_runtime.providers import describe as describe_provider
+from fer_runtime.providers import resolve as resolve_provider
 from fer_runtime.session import PRIOR_CHOICES, OnnxModel, decision_probabilities
 
 ROUNDS = 10
@@ -97,13 +101,13 @@ def param_count(path: Path) -> int | None:
                    if not t.name.endswith(("_scale", "_zero_point")) and int(np.prod(t.dims)) > 1))  # fmt: skip
 
 
-def peak_rss_mb(path: Path, threads: int) -> float:
+def peak_rss_mb(path: Path, threads: int, provider: str = "cpu") -> float:
     """Peak resident memory of a fresh process that loads the model and runs batch 32."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so the child would
     # report this (large) benchmark process's own peak.
     code = (
         "import re, numpy as np; from fer_runtime.session import OnnxModel;"
-        f"m = OnnxModel({str(path)!r}, threads={threads}); c = m.contract;"
+        f"m = OnnxModel({str(path)!r}, threads={threads}, provider={provider!r}); c = m.contract;"
         "x = np.zeros((32, c.channels, *c.input_size), np.float32); [m.run(x) for _ in range(5)];"
         "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)"
     )
@@ -118,23 +122,52 @@ def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dic
     return time_interleaved({n: partial(s.run, inputs[n]) for n, s in sessions.items()}, ROUNDS, calls)
 
 
-def default_models() -> list[str]:
+SHIPPED_PAIRS = ("ferplus", "fer2013")
+DEFAULT_OUT_DIR = "runs/bench"  # runs/ is git-ignored: a benchmark from the repo root rewrites no tracked file
+
+
+def default_models(data_classes: list[str]) -> list[str]:
+    """With no --model: the shipped fp32 file and its own INT8 whose classes fit the data: the same classes first
+    (FER2013 data gets the FER2013 pair, not FER+ scored 7-way), else the smallest set that holds them all."""
     from fer_models import MODELS_DIR
 
-    shipped = ["ferplus.onnx", "ferplus.int8.onnx", "fer2013.onnx", "fer2013.int8.onnx"]
-    return [str(MODELS_DIR / name) for name in shipped if (MODELS_DIR / name).is_file()]
+    fits = []
+    for name in SHIPPED_PAIRS:
+        fp32, int8 = MODELS_DIR / f"{name}.onnx", MODELS_DIR / f"{name}.int8.onnx"
+        if not (fp32.is_file() and int8.is_file()):
+            continue
+        classes = read_onnx_contract(fp32).classes
+        if set(data_classes) <= set(classes):
+            fits.append((len(classes) - len(data_classes), name, [str(fp32), str(int8)]))
+    if not fits:
+        raise DataError(f"no shipped model has all of the data's classes {data_classes}: pass --model FILE.onnx")
+    return min(fits)[2]
+
+
+def int8_pairs(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
+    """(fp32, INT8) names of the models whose own INT8 file (X.int8.onnx beside X.onnx) is in the same run: the only
+    pairs whose agreement and speed-up say something about quantization."""
+    by_path = {p.resolve(): n for n, p in zip(names, paths)}
+    pairs = []
+    for name, path in zip(names, paths):
+        if path.name.endswith(".int8.onnx"):
+            fp32 = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx").resolve()
+            if fp32 in by_path:
+                pairs.append((by_path[fp32], name))
+    return pairs
 
 
 @click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("fer-bench")
 @click.option("--model", "model_paths", multiple=True,
               help="ONNX file, or a shipped model by name (ferplus, fer2013); repeatable (default: the shipped fp32 "
-              "and INT8 files)")
+              "file whose classes fit the data, and its own INT8)")
 @click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
 @click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
 @click.option("--split", default="test", show_default=True,
               help="train, val, test, or all (every image: for a set kept for evaluation only, such as CK+)")
-@click.option("--out-dir", default="bench_results", show_default=True)
+@click.option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True, help="where the report goes")
 @click.option("--predictions", default=None, help="per-image predictions CSV")
 @click.option("--pipeline", "pipeline_video", multiple=True,
               help="video for end-to-end fer-run FPS and box quality against every-frame detection (repeatable)")
@@ -148,25 +181,26 @@ def default_models() -> list[str]:
 @click.option("--prior", type=click.Choice(PRIOR_CHOICES), default="model", show_default=True,
               help="decision rule: each model's own (fitted on validation), the training prior (raw argmax), or a "
               "balanced prior")
+@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
 @click.option("--no-progress", is_flag=True, help="no progress bar while timing")
 def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
-         incumbent, threads, prior, no_progress):  # fmt: skip
+         incumbent, threads, prior, provider, no_progress):  # fmt: skip
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
     created = missing_dirs(out_dir)
     try:
         check_output_dir(out_dir)
         if predictions:
             check_output_file(predictions, "--predictions")
+        choice = resolve_provider(provider)
         data = bench_manifest(data_root, protocol, manifest)
-        models = [str(resolve_model(m)) for m in model_paths] or default_models()
-        results = run(models, data, split, Path(out_dir), predictions,
-                      pipeline_video, torch_ckpt, calls, incumbent, threads=threads, progress=not no_progress,
-                      prior=prior)  # fmt: skip
-    except (DataError, ContractError, OutputError, OSError) as exc:
+        models = [str(resolve_model(m)) for m in model_paths] or default_models(data.classes)
+        results = run(models, data, split, Path(out_dir), predictions, pipeline_video, torch_ckpt, calls, incumbent,
+                      threads=threads, progress=not no_progress, provider=choice, prior=prior)  # fmt: skip
+    except (DataError, ContractError, OutputError, ProviderError, OSError) as exc:
         remove_empty_dirs(created)  # a failed run leaves no empty --out-dir behind
         click.echo(f"fer-bench: error: {write_error(exc) if isinstance(exc, OSError) else exc}", err=True)
         sys.exit(2)
-    click.echo(f"fer-bench: wrote {results['outputs']}")
+    click.echo("fer-bench: wrote " + ", ".join(results["outputs"]))
 
 
 def _load_incumbent(threads: int) -> tuple | None:
@@ -181,13 +215,16 @@ def _load_incumbent(threads: int) -> tuple | None:
 
 
 def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
-        incumbent: bool = False, *, threads: int = 0, progress: bool = True, prior: str = "model") -> dict:  # fmt: skip
+        incumbent: bool = False, *, threads: int = 0, progress: bool = True,
+        provider: ProviderChoice | str = "cpu", prior: str = "model") -> dict:  # fmt: skip
     threads_all = threads or os.cpu_count() or 1
     paths = [Path(p) for p in model_paths]
     names = _unique_names(paths)
-    one = {n: OnnxModel(p, threads=1, providers=["CPUExecutionProvider"], prior=prior) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=threads_all, providers=["CPUExecutionProvider"], prior=prior)
-            for n, p in zip(names, paths)}  # fmt: skip
+    one = {n: OnnxModel(p, threads=1, provider=provider, prior=prior) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=threads_all, provider=provider, prior=prior) for n, p in zip(names, paths)}
+    provider = next(iter(one.values())).provider if one else resolve_provider(provider)
+    if provider.request == "auto":
+        click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
     classes = manifest.classes
     if split not in manifest.splits:
         raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
@@ -215,18 +252,14 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     if torch_ckpt:
         _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
     lat1 = _time(one, allc, calls, progress, rows)
-    agreement = {f"{a} vs {b}": _agreement(preds[a], preds[b]) for i, a in enumerate(preds) for b in list(preds)[i + 1:]}
-    ratios = {}
-    for a in one:
-        for b in one:
-            if a != b and rows[a]["latency_b1_1thread"]["p50_ms"] <= rows[b]["latency_b1_1thread"]["p50_ms"]:
-                ratios[f"{a} speed-up over {b} (b1, 1 thread, p50)"] = (
-                    rows[b]["latency_b1_1thread"]["p50_ms"] / rows[a]["latency_b1_1thread"]["p50_ms"])  # fmt: skip
-    pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video for n, r in _pipeline(v, names, paths).items()} or None
+    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
+    pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video
+                for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
     results = {
         "data": {"root": manifest.root, "split": split, "protocol": manifest.protocol, "layout": manifest.layout,
                  "images": int(len(labels)), "classes": classes},
-        "machine": machine_info(threads_all), "models": rows, "agreement": agreement, "ratios": ratios,
+        "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
+        "models": rows, "agreement": agreement, "ratios": ratios,
         "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": prior,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +267,19 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
     results["outputs"] = outputs
     _print_table(results)
     return results
+
+
+def _comparisons(rows: dict, preds: dict, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Agreement and speed-up of each INT8 file over its own fp32 file, and each model's speed-up over the fer
+    package's; never between unrelated models."""
+    from benchmarks.incumbent import NAME
+
+    p50 = {n: row["latency_b1_1thread"]["p50_ms"] for n, row in rows.items() if "latency_b1_1thread" in row}
+    agreement = {f"{q} vs {f}": _agreement(preds[q], preds[f]) for f, q in pairs if f in preds and q in preds}
+    ratios = {f"{q} speed-up over {f} (b1, 1 thread, p50)": p50[f] / p50[q] for f, q in pairs}
+    if NAME in p50:
+        ratios.update({f"{n} speed-up over the {NAME} (b1, 1 thread, p50)": p50[NAME] / p50[n] for n in p50 if n != NAME})
+    return agreement, ratios
 
 
 def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[str] | None]:
@@ -291,7 +337,7 @@ def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict
         rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
         rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0) if isinstance(one[n], OnnxModel) else None
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name) if isinstance(one[n], OnnxModel) else None
     return lat1
 
 
@@ -327,10 +373,10 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
                   "quality": metrics(shared.labels, shared.from_model[top], shared.classes, "other" if shared.extra else None)}
 
 
-def _pipeline(video: str, names: list[str], paths: list[Path]) -> dict:
+def _pipeline(video: str, names: list[str], paths: list[Path], provider: ProviderChoice) -> dict:
     from benchmarks.pipeline import pipeline_report
 
-    return {name: pipeline_report(path, video) for name, path in zip(names, paths)}
+    return {name: pipeline_report(path, video, provider) for name, path in zip(names, paths)}
 
 
 def _write(results, out_dir: Path, preds, labels, image_paths, classes, predictions, samples=None) -> list[str]:
@@ -374,7 +420,7 @@ def markdown_report(r: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, CPU features this process saw "
              f"{', '.join(m.get('cpu_features', [])) or 'unknown'}"
              f"{' (AVX-512 hidden: the AVX2 code path)' if m.get('avx512_hidden') else ''}, "
-             f"onnxruntime {m['onnxruntime']}, Python {m['python']}", "",
+             f"onnxruntime {m['onnxruntime']} on {m.get('provider', 'cpu')}, Python {m['python']}", "",
              f"Command: `{r['command']}`", "",
              f"Decision rule: `--prior {r.get('prior', 'model')}` (tau: the prior correction applied after the "
              "temperature; accuracy, macro-F1 and balanced accuracy are read under it).", "",

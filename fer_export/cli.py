@@ -38,6 +38,7 @@ from fer_runtime.calibration import (
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
 from fer_runtime.outputs import (
+    FerArgumentParser,
     HelpFormatter,
     OutputError,
     check_output_dir,
@@ -56,7 +57,7 @@ from fer_train.train import fit
 
 def build_parser() -> argparse.ArgumentParser:
     D = ExportConfig()
-    p = argparse.ArgumentParser("fer-export", description=__doc__, formatter_class=HelpFormatter)
+    p = FerArgumentParser("fer-export", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default=D.ckpt, metavar="CKPT", help="fer-train checkpoint to export (RUN/best.pt)")
     p.add_argument("--model", default=D.model, metavar="MODEL.onnx", help="an exported ONNX model to quantize")
     p.add_argument("--out-dir", default=D.out_dir, help="parent folder; one subfolder per export")

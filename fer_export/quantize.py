@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +91,19 @@ def float_node_names(model_path: Path, keep_float: list[str], layers: dict[str, 
     return names
 
 
+@contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """ORT's quantizer prints its histogram calibration steps (entropy, percentile) and logs notes through the root
+    logger; fer-export reports what matters itself. Errors still raise."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def quantize_int8(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -105,11 +123,12 @@ def quantize_int8(
         excluded = float_node_names(prepped, keep_float or [], contract.layers)
         raw = Path(tmp) / "int8.onnx"
         extra = {"CalibMovingAverage": True} if method == "minmax" else {}
-        quantize_static(
-            str(prepped), str(raw), calibration, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method],
-            nodes_to_exclude=excluded, extra_options=extra,
-        )  # fmt: skip
+        with quiet_quantizer():
+            quantize_static(
+                str(prepped), str(raw), calibration, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method],
+                nodes_to_exclude=excluded, extra_options=extra,
+            )  # fmt: skip
         proto = onnx.load(str(raw))
     set_contract(proto, contract)
     save_onnx_atomic(proto, int8_path)

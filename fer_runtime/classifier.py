@@ -13,6 +13,7 @@ from fer_runtime.contract import ContractError
 from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.follow import FaceFollower
 from fer_runtime.profiling import StageTimer
+from fer_runtime.providers import ProviderChoice
 from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker, iou
 
@@ -91,9 +92,11 @@ class FaceExpressionClassifier:
         smoothing: float = 0.7,
         threads: int = DEFAULT_THREADS,
         providers: list[str] | None = None,
+        provider: str | ProviderChoice | None = None,
         prior: str = "model",
     ):
-        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers, prior=prior)
+        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers, provider=provider,
+                               prior=prior)  # fmt: skip
         self.contract = self.model.contract
         self.classes = self.contract.classes
         self.detector = create_detector(detector, detector_model, detect_width)
@@ -162,17 +165,30 @@ class FaceExpressionClassifier:
         timer = self.timer
         with timer("detect"):
             h, w = image.shape[:2]
-            detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self.detector(image)
+            detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self._left_to_right(image)
         with timer("preprocess"):
             faces = [image] if crops else [crop_face(image, d, self.contract.crop_margin) for d in detections]
             batch = self.contract.preprocess(faces) if faces else None
         with timer("classify"):
             probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
+        return self._results(detections, probs)
+
+    def process_crops(self, crops: list[np.ndarray]) -> list[FaceResult]:
+        """Face crops (BGR or gray uint8, any size), classified in one batch: one result per crop, its box the
+        whole crop; the same probabilities and labels as ``process_image(crop, crops=True)`` for each."""
+        boxes = [Detection((0.0, 0.0, float(c.shape[1]), float(c.shape[0])), 1.0) for c in crops]
+        return self._results(boxes, self.classify_crops(crops))
+
+    def _results(self, detections: list[Detection], probs: np.ndarray) -> list[FaceResult]:
+        """One photo's faces (or a batch of crops): each labelled on its own, numbered in order, no smoothing."""
         results = []
         for i, (det, p) in enumerate(zip(detections, probs)):
             k = int(p.argmax())
             results.append(FaceResult(det.box, i, self.classes[k], float(p[k]), p, self.classes[k], p))
         return results
+
+    def _left_to_right(self, image: np.ndarray) -> list[Detection]:
+        return sorted(self.detector(image), key=lambda d: d.box[0])
 
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer

@@ -22,8 +22,11 @@ from fer_runtime.outputs import (
     OutputError,
     check_output_dir,
     check_output_file,
+    version_option,
 )
 from fer_runtime.pipeline import run_pipeline
+from fer_runtime.providers import PROVIDER_HELP
+from fer_runtime.providers import describe as describe_provider
 from fer_runtime.session import PRIOR_CHOICES
 from fer_runtime.sources import SourceError, open_source
 
@@ -32,25 +35,28 @@ DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
 
 def _open(camera: int | None, source: str | None, default_camera: bool):
     """The source; with no --camera or --source and no camera here, the bundled demo photo instead."""
-    if not default_camera:
-        return open_source(camera, source)
     logging = cv2.utils.logging
     level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # OpenCV's own lines about a missing /dev/video0 say nothing to a user
+    # OpenCV's own lines about a missing camera ("[ERROR:0@0.081] ... Camera index out of range") come before and
+    # say less than fer-run's one line
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
         return open_source(camera, source)
     except SourceError:
+        if not default_camera:
+            raise
         click.echo("fer-run: no camera 0 on this machine; showing the bundled demo photo instead (fer-run --demo)")
         return open_source(None, str(DEMO_IMAGE))
     finally:
         logging.setLogLevel(level)
 
 
-def summary(stats: dict, images: bool) -> str:
+def summary(stats: dict, images: bool, rate: bool = True) -> str:
+    """The last line of a run; ``rate`` False where a window held the photos (the time was the viewer's)."""
     what = "images" if images else "frames"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))
     line = (f"fer-run: {stats['frames']} {what}, {stats['faces']} faces" + (f" ({counts})" if counts else "")
-            + f", {stats['fps']:.1f} {'images' if images else 'frames'}/s")  # fmt: skip
+            + (f", {stats['fps']:.1f} {what}/s" if rate else ""))  # fmt: skip
     if stats["corrupt"]:
         names = ", ".join(stats["corrupt"][:5]) + (", ..." if len(stats["corrupt"]) > 5 else "")
         line += f"; {len(stats['corrupt'])} unreadable {what} skipped ({names})"
@@ -123,6 +129,7 @@ def check_save_target(save: str, source) -> None:
 
 
 @click.command("fer-run", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("fer-run")
 @click.option("--camera", type=click.IntRange(min=0), default=None, help="camera index (e.g. 0)")
 @click.option("--source", default=None, help="video file, image, folder of images, or stream URL")
 @click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
@@ -140,6 +147,7 @@ def check_save_target(save: str, source) -> None:
 @click.option("--prior", type=click.Choice(PRIOR_CHOICES), default="model", show_default=True,
               help="decision rule: the model's own (fitted on validation), the training prior (the raw argmax), or a "
               "balanced prior (every expression equally likely: posed faces, balanced sets)")
+@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
 @click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
 @click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
 @click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
@@ -149,7 +157,7 @@ def check_save_target(save: str, source) -> None:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")
 def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads, prior,
-         crops, demo, display, save, json_path, max_frames, profile):  # fmt: skip
+         provider, crops, demo, display, save, json_path, max_frames, profile):  # fmt: skip
     """Real-time facial expression recognition (ONNX Runtime + OpenCV)."""
     if demo and (camera is not None or source is not None):
         raise click.UsageError("--demo runs on the bundled photo: give no --camera or --source with it")
@@ -170,7 +178,7 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
         if json_path:
             check_output_file(json_path, "--json")
         clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
-                                       prior=prior)  # fmt: skip
+                                       prior=prior, provider=provider)  # fmt: skip
         src = _open(camera, source, default_camera)
         if crops and not getattr(src, "independent", False):
             src.close()
@@ -180,6 +188,8 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     except (ContractError, DetectorError, SourceError, OutputError, ValueError) as exc:
         click.echo(f"fer-run: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    if clf.model.provider.request == "auto":
+        click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
     # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -194,7 +204,7 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
     late: list[int] = []
     previous = {signum: signal.signal(signum, lambda s, f: late.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _report(stats, src, profile)
+        code = _report(stats, src, profile, display)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -203,10 +213,11 @@ def main(camera, source, model_path, detector, detector_model, detect_width, det
         sys.exit(code)
 
 
-def _report(stats: dict, src, profile: bool) -> int:
+def _report(stats: dict, src, profile: bool, display: bool) -> int:
     """The summary, the profile and what was written; the exit code."""
     stats["unsupported"] = getattr(src, "unsupported", [])
-    click.echo(summary(stats, bool(getattr(src, "independent", False))))
+    independent = bool(getattr(src, "independent", False))
+    click.echo(summary(stats, independent, rate=not (display and independent)))
     if profile:
         for stage, p in stats["stages"].items():
             click.echo(f"  {stage:<10} p50 {p['p50_ms']:.3f} ms  p95 {p['p95_ms']:.3f} ms  (n={p['n']})")

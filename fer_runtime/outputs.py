@@ -121,6 +121,37 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class FerArgumentParser(argparse.ArgumentParser):
+    """argparse with the commands' error format: one ``PROG: error: ...`` line and exit code 2, no usage block; and
+    ``--version``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                          help="print the fer-toolchain version and exit")  # fmt: skip
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+def _version() -> str:
+    from fer_runtime import version
+
+    return version()
+
+
+def version_option(prog: str):
+    """``--version`` for the click commands: ``PROG VERSION``, read when asked (importlib.metadata)."""
+
+    def show(ctx: click.Context, _param, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog} {_version()}")
+            ctx.exit(0)
+
+    return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
+                        help="print the fer-toolchain version and exit")  # fmt: skip
+
+
 # One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command
 RENAMED_FLAGS = {
     "fer-train": {"--model": "--arch", "--model-arg": "--arch-arg"},

@@ -22,8 +22,9 @@ from fer_runtime.sources import SourceError
 BOX_COLOUR = (0, 200, 0)  # BGR
 
 
-def draw(frame: np.ndarray, faces: list[FaceResult], fps: float) -> np.ndarray:
-    """Per face: its box, a label with the calibrated confidence on a solid tab, and a confidence bar; FPS top left."""
+def draw(frame: np.ndarray, faces: list[FaceResult], fps: float | None = None) -> np.ndarray:
+    """Per face: its box, a label with the calibrated confidence on a solid tab, and a confidence bar; the FPS top
+    left when given (video and cameras; a photo has no frame rate)."""
     out = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     font = cv2.FONT_HERSHEY_SIMPLEX
     for f in faces:
@@ -37,13 +38,15 @@ def draw(frame: np.ndarray, faces: list[FaceResult], fps: float) -> np.ndarray:
         bar_y = min(out.shape[0] - 6, y + h + 4)
         cv2.rectangle(out, (x, bar_y), (x + w, bar_y + 6), (60, 60, 60), -1)
         cv2.rectangle(out, (x, bar_y), (x + int(round(w * f.confidence)), bar_y + 6), BOX_COLOUR, -1)
-    cv2.putText(out, f"{fps:.1f} FPS", (8, 20), font, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
+    if fps is not None:
+        cv2.putText(out, f"{fps:.1f} FPS", (8, 20), font, 0.6, (0, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
 def describe(faces: list[FaceResult]) -> str:
-    """'happy 0.91, neutral 0.55' for a line of headless output."""
-    return ", ".join(f"{f.label} {f.confidence:.2f}" for f in faces) or "no face"
+    """'happy 0.91, neutral 0.55' for a line of headless output: faces from left to right."""
+    ordered = sorted(faces, key=lambda f: f.box[0])
+    return ", ".join(f"{f.label} {f.confidence:.2f}" for f in ordered) or "no face"
 
 
 class RunOutputs:
@@ -65,8 +68,10 @@ class RunOutputs:
 
     def record(self, frame, faces: list[FaceResult], classes) -> None:
         if self.jsonl:
-            record = {"frame": frame.index, "timestamp": round(frame.timestamp, 4),
-                      "faces": [f.to_dict(classes) for f in faces]}  # fmt: skip
+            record = {"frame": frame.index}
+            if frame.timestamp is not None:  # photos have no time: their records name the file instead
+                record["timestamp"] = round(frame.timestamp, 4)
+            record["faces"] = [f.to_dict(classes) for f in faces]
             if frame.name:
                 record["file"] = frame.name
             self.jsonl.write(json.dumps(record) + "\n")
@@ -172,6 +177,7 @@ def run_pipeline(
     """
     independent = bool(getattr(source, "independent", False))
     outputs = RunOutputs(source, save, json_path)
+    window = Window(source) if display else None
     frames = faces_total = 0
     corrupt: list[str] = []
     labels: dict[str, int] = {}
@@ -197,14 +203,16 @@ def run_pipeline(
             faces_total += len(faces)
             for f in faces:
                 labels[f.label] = labels.get(f.label, 0) + 1
-            if echo and (independent or frame.timestamp >= next_line):
-                echo(f"{frame.name}: {describe(faces)}" if independent else f"{frame.timestamp:7.1f}s: {describe(faces)}")
+            if echo and independent:
+                echo(f"{frame.name}: {describe(faces)}")
+            elif echo and frame.timestamp >= next_line:
+                echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
                 next_line = frame.timestamp + 1.0
             if display or save:
                 with timer("draw"):
-                    annotated = draw(frame.image.copy(), faces, fps)
+                    annotated = draw(frame.image.copy(), faces, None if independent else fps)
                 outputs.annotated(frame, annotated)
-                if display and _show(annotated, wait_for_key=independent and len(source.paths) == 1):
+                if window is not None and window.show(annotated, frame.timestamp):
                     outputs.record(frame, faces, clf.classes)
                     break
             # the record last: an interrupt between the outputs leaves a frame unrecorded, never a record without its frame
@@ -223,8 +231,8 @@ def run_pipeline(
                 outputs.close()
             finally:
                 source.close()
-                if display:
-                    cv2.destroyAllWindows()
+                if window is not None:
+                    window.close()
         interrupted = interrupted or bool(caught)
     elapsed = time.perf_counter() - start
     return {
@@ -235,10 +243,57 @@ def run_pipeline(
     }  # fmt: skip
 
 
-def _show(image: np.ndarray, wait_for_key: bool) -> bool:
-    """Show the frame in the window; True when the user asked to quit (q or Esc)."""
-    cv2.imshow("fer-run (q to quit)", image)
-    return cv2.waitKey(0 if wait_for_key else 1) & 0xFF in (ord("q"), 27)
+WINDOW_TITLE = "fer-run (q to quit)"
+QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc
+# How often a waiting window looks at its keys and whether it was closed; Ctrl-C and SIGTERM, whose handlers run
+# between these calls, end a run within this too.
+POLL_MS = 50
+
+
+class Window:
+    """fer-run's window. A video file plays at its own frame rate (the frame's position in the file is its time on
+    screen), a camera as it comes, one photo stays until q, Esc or the window is closed. ``show`` is True when the
+    user asked to stop; Ctrl-C and SIGTERM come through as KeyboardInterrupt between short waits."""
+
+    def __init__(self, source) -> None:
+        self.single_image = bool(getattr(source, "independent", False)) and len(source.paths) == 1
+        self.timeline = bool(getattr(source, "timeline", False))
+        self.clock = time.perf_counter
+        self.start: float | None = None
+
+    def show(self, image: np.ndarray, timestamp: float | None) -> bool:
+        cv2.imshow(WINDOW_TITLE, image)
+        if self.single_image:
+            return self._wait(None)
+        if self.timeline and timestamp is not None:
+            if self.start is None:
+                self.start = self.clock() - timestamp
+            return self._wait(self.start + timestamp)
+        return self._poll(1)
+
+    def _wait(self, until: float | None) -> bool:
+        """Keys and the close button looked at every POLL_MS until ``until`` (perf_counter time; None: forever)."""
+        while True:
+            left_ms = POLL_MS if until is None else int((until - self.clock()) * 1000)
+            if left_ms < 1:
+                return self._poll(1)
+            if self._poll(min(left_ms, POLL_MS)):
+                return True
+
+    def _poll(self, ms: int) -> bool:
+        if cv2.waitKey(ms) & 0xFF in QUIT_KEYS:
+            return True
+        return not self.is_open()
+
+    def is_open(self) -> bool:
+        try:
+            return cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:  # some backends raise for a window that is gone
+            return False
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()
+        cv2.waitKey(1)  # lets the GUI backend take the window down before the process goes on or exits
 
 
 def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:

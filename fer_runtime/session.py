@@ -7,15 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.contract import ContractError, ModelContract, contract_from_session
-
-
-def available_providers(prefer_cuda: bool = True) -> list[str]:
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
-    order = (["CUDAExecutionProvider"] if prefer_cuda else []) + ["CPUExecutionProvider"]
-    return [p for p in order if p in have]
-
+from fer_runtime.providers import CPU, ProviderChoice, captured_stderr, check_started, import_onnxruntime, resolve
 
 # ORT moves an INT8 model's first QuantizeLinear above a max pool that follows a float first conv, so
 # the pool runs on uint8 NCHW, a plain loop (VGG w0.375 depths 1-1-2-2: 0.451 -> 0.309 ms with this
@@ -24,11 +16,17 @@ DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
 class OnnxModel:
-    """Loads an ONNX classifier and its ``fer_contract``; returns class probabilities."""
+    """Loads an ONNX classifier and its ``fer_contract``; returns class probabilities.
 
-    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None, prior: str = "model"):
-        """``prior``: the decision rule (``PRIOR_CHOICES``): the model's own, the training prior, or a balanced one."""
-        import onnxruntime as ort
+    ``provider``: ``--provider``'s value or a resolved ``ProviderChoice`` (default auto: CUDA only where a device
+    answers); ``providers``: ORT's provider list as is (export and its checks pin the CPU). ``self.provider`` says
+    what runs the model; a provider asked for by name that does not start is a ``ProviderError``. ``prior``: the
+    decision rule (``PRIOR_CHOICES``): the model's own, the training prior, or a balanced one.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None,
+                 provider: str | ProviderChoice | None = None, prior: str = "model"):  # fmt: skip
+        ort = import_onnxruntime()
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -38,11 +36,18 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if providers:
+            choice = ProviderChoice("given", tuple(providers))
+        else:
+            choice = provider if isinstance(provider, ProviderChoice) else resolve(provider or "auto")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers or available_providers(),
-                                                disabled_optimizers=DISABLED_OPTIMIZERS)
+            # a provider other than the CPU that fails to start makes ORT print errors and fall back: caught here
+            with captured_stderr(enabled=choice.providers != (CPU,)) as log:
+                self.session = ort.InferenceSession(str(self.path), options, providers=list(choice.providers),
+                                                    disabled_optimizers=DISABLED_OPTIMIZERS)  # fmt: skip
         except Exception as exc:
             raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        self.provider = check_started(choice, self.session.get_providers(), "".join(log))
         self.contract: ModelContract = contract_from_session(self.session, self.path)
         check_graph(self.session, self.contract, self.path)
         self.prior_correction = prior_correction_for(self.contract, prior)

@@ -23,24 +23,32 @@ class SourceError(RuntimeError):
 @dataclass
 class Frame:
     index: int
-    timestamp: float  # seconds since the source started (or video position)
+    timestamp: float | None  # seconds since the source started (or video position); None for photos
     image: np.ndarray | None  # None: a corrupt frame, counted and skipped
     name: str = ""
     error: str = ""  # why ``image`` is None, when known
 
 
 class ImageSource:
-    """Image files, each classified on its own (no tracking or smoothing across files)."""
+    """Image files, each classified on its own (no tracking or smoothing across files).
+
+    A photo has no time: its frames carry ``timestamp=None`` and are named by their path relative to ``root``
+    (the folder given), or by their file name.
+    """
 
     independent = True
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], root: Path | None = None):
         if not paths:
             raise SourceError("no images found")
         self.paths = paths
+        self.root = root
         self.fps = 0.0
         self.lost = False
         self.unsupported: list[str] = []  # files of image formats OpenCV does not read here (GIF, ...): named, not read
+
+    def name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix() if self.root is not None else path.name
 
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
@@ -48,7 +56,7 @@ class ImageSource:
                 image, error = read_image(p), ""
             except ImageTooLarge as exc:
                 image, error = None, str(exc)
-            yield Frame(i, float(i), image, p.name, error)
+            yield Frame(i, None, image, self.name(p), error)
 
     def close(self) -> None:
         pass
@@ -58,6 +66,7 @@ class VideoSource:
     """A video file: every frame is kept, in order."""
 
     independent = False
+    timeline = True  # frame timestamps are positions in the file: a window plays them at the file's frame rate
 
     def __init__(self, path: str):
         self.cap = cv2.VideoCapture(path)
@@ -166,6 +175,17 @@ def _kinds(names: list[str]) -> str:
     return "/".join(sorted({Path(n).suffix.lower()[1:].upper() for n in names}))
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under ``folder``, subfolders included (e.g. one per class), in a stable order; hidden
+    files and folders are skipped."""
+    files = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in rel) and p.is_file():
+            files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def open_source(camera: int | None = None, source: str | None = None,
                 capture_factory: Callable[[int | str], object] = cv2.VideoCapture):  # fmt: skip
     if (camera is None) == (source is None):
@@ -178,13 +198,14 @@ def open_source(camera: int | None = None, source: str | None = None,
     if not path.exists():
         raise SourceError(f"source not found: {source}")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        unsupported = sorted(p.name for p in path.iterdir() if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS)
+        files = folder_images(path)
+        unsupported = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                             if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS and p.is_file())  # fmt: skip
         if not files:
             extra = f" ({len(unsupported)} {_kinds(unsupported)} files, a format not read: convert them to PNG)"
             extra = extra if unsupported else ""
-            raise SourceError(f"no images in folder {source}{extra}")
-        images = ImageSource(files)
+            raise SourceError(f"no images in folder {source} or its subfolders{extra}")
+        images = ImageSource(files, root=path)
         images.unsupported = unsupported
         return images
     if path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:

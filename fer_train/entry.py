@@ -15,6 +15,10 @@ def run_entry(module: str, prog: str) -> int:
     try:
         target = importlib.import_module(module)
     except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "onnxruntime":
+            print(f"{prog}: error: {prog} needs ONNX Runtime: pip install 'fer-toolchain[cpu,train]' (or [gpu,train] "
+                  "for onnxruntime-gpu)", file=sys.stderr)  # fmt: skip
+            return 2
         if (exc.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
         print(f"{prog}: error: {prog} needs the training extra (no module {exc.name!r}): "

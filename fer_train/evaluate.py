@@ -13,14 +13,21 @@ import torch
 
 from fer_runtime.data import DataError, load_split, run_manifest
 from fer_runtime.data_report import has_copy_in
-from fer_runtime.outputs import HelpFormatter, OutputError, atomic_write_text, check_output_dir, write_error
+from fer_runtime.outputs import (
+    FerArgumentParser,
+    HelpFormatter,
+    OutputError,
+    atomic_write_text,
+    check_output_dir,
+    write_error,
+)
 from fer_train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
+    p = FerArgumentParser("fer-eval", description="Evaluate a fer-train checkpoint, or an ensemble of them.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, nargs="+", help="RUN/best.pt; several: an ensemble (mean of softmax)")
     p.add_argument("--data-root", default=None, help="default: the data root the run was trained on")
@@ -33,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="unreadable images are fatal")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: ~/.cache/fer-toolchain)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all cores, torch's own default)")
     return p
 
 
@@ -41,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.threads < 0:
-            raise ValueError(f"--threads must be 0 (torch default) or more, got {args.threads}")
+            raise ValueError(f"--threads must be 0 (all cores) or more, got {args.threads}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device here (a CPU build of torch, no driver, or no GPU "
+                             "visible); --device auto or cpu runs on the CPU")  # fmt: skip
         check_output_dir(args.out_dir or Path(args.ckpt[0]).resolve().parent)
         states = [load_checkpoint(c) for c in args.ckpt]
         members = [model_from_checkpoint(st, prefer_ema=not args.no_ema) for st in states]

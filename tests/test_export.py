@@ -468,3 +468,17 @@ def test_int8_max_pool_after_the_float_first_conv_stays_float_in_the_runtime(tmp
     plain = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     batch = CONTRACT.normalize(images)
     np.testing.assert_array_equal(OnnxModel(int8).run(batch), plain.run(None, {"input": batch})[0])
+
+
+def test_quantization_prints_nothing_of_its_own(tmp_path, capfd):
+    """ORT's histogram calibration prints five lines and logs notes through the root logger: fer-export keeps them out."""
+    from fer_train.models import create_model
+
+    torch.manual_seed(0)
+    contract = ModelContract(classes=("a", "b", "c"))
+    fp32 = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
+    capfd.readouterr()
+    calib = np.random.default_rng(0).integers(0, 255, (32, 1, 48, 48), dtype=np.uint8)
+    quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(calib, contract), method="entropy")
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == "", out

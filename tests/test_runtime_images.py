@@ -220,3 +220,93 @@ def test_input_faults_share_one_error_format(model, tmp_path, monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     r = CliRunner().invoke(run_cli, ["--source", str(one), "--model", str(model), "--display"])
     assert r.exit_code == 2 and r.output.startswith("fer-run: error: no window possible")
+
+
+def test_a_folder_of_class_subfolders_is_searched_and_named_by_relative_path(model, photos, tmp_path):
+    (photos / ".hidden").mkdir(exist_ok=True)
+    (photos / ".hidden" / "x.jpg").write_bytes(next(photos.rglob("*.jpg")).read_bytes())
+    out = tmp_path / "tree.jsonl"
+    r = _run("--source", photos, "--model", model, "--crops", "--json", out)
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    expected = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.jpg") if ".hidden" not in p.parts)
+    assert [rec["file"] for rec in records] == expected and len(expected) == 12
+    assert "happy/p01.jpg: " in r.output
+    assert all("timestamp" not in rec for rec in records)  # a photo has no time; its record names the file
+
+
+def test_saved_stills_carry_no_fps_counter(model, tmp_path):
+    import fer_runtime.pipeline as pipeline
+
+    drawn = []
+    real = pipeline.draw
+
+    def spy(frame, faces, fps=None):
+        drawn.append(fps)
+        return real(frame, faces, fps)
+
+    pipeline.draw = spy
+    try:
+        r = _run("--source", DEMO_IMAGE, "--model", model, "--save", tmp_path / "one.png")
+    finally:
+        pipeline.draw = real
+    assert r.exit_code == 0, r.output
+    assert drawn == [None]
+    saved = cv2.imread(str(tmp_path / "one.png"))
+    b, g, red = (saved[:30, :120, i].astype(int) for i in range(3))
+    assert not ((red > 180) & (g > 180) & (b < 90)).any()  # no yellow counter in the corner
+
+
+def test_a_missing_camera_is_fer_runs_one_line_without_opencvs(model):
+    import subprocess
+    import sys
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    camera = cv2.VideoCapture(7)
+    if camera.isOpened():
+        camera.release()
+        pytest.skip("this machine has a camera 7")
+    proc = subprocess.run([sys.executable, "-c", "from fer_runtime.cli import main; main()", "--camera", "7", "--model",
+                           str(model), "--no-display"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("fer-run: error: cannot open camera 7"), proc.stderr
+
+
+@pytest.mark.parametrize("command", ["fer_runtime.cli", "benchmarks.bench"])
+def test_version(command):
+    import subprocess
+    import sys
+
+    from fer_runtime import version
+
+    proc = subprocess.run([sys.executable, "-c", f"from {command} import main; main()", "--version"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    name = "fer-run" if command == "fer_runtime.cli" else "fer-bench"
+    assert proc.returncode == 0 and proc.stdout == f"{name} {version()}\n", proc
+
+
+def test_console_lines_list_faces_from_left_to_right():
+    from fer_runtime.classifier import FaceResult
+    from fer_runtime.pipeline import describe
+
+    def face(x, label):
+        return FaceResult((x, 10.0, 50.0, 50.0), 0, label, 0.9, np.ones(3), label, np.ones(3))
+
+    assert describe([face(300.0, "sad"), face(20.0, "happy"), face(150.0, "angry")]) == "happy 0.90, angry 0.90, sad 0.90"
+
+
+def test_ck_plus_class_folders_give_one_record_per_image(tmp_path):
+    from .conftest import SHARED
+
+    ckplus = SHARED / "data" / "ckplus"
+    if not ckplus.is_dir():
+        pytest.skip("needs ../shared/data/ckplus")
+    from fer_runtime.sources import folder_images
+
+    out = tmp_path / "ck.jsonl"
+    r = CliRunner().invoke(run_cli, ["--source", str(ckplus), "--crops", "--json", str(out), "--no-display"])
+    assert r.exit_code == 0, r.output
+    records = _records(out)
+    files = folder_images(ckplus)
+    assert len(records) == len(files) == 981  # CK+'s 981 images in seven class folders
+    assert {rec["file"].split("/")[0] for rec in records} == {p.name for p in ckplus.iterdir() if p.is_dir()}

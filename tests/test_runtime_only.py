@@ -1,4 +1,4 @@
-"""Run in a venv made with ``pip install .`` and the test tools only (``make test-runtime``, part of CI)."""
+"""Run in a venv made with ``pip install .[cpu]`` and the test tools only (``make test-runtime``, part of CI)."""
 
 from __future__ import annotations
 

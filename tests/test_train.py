@@ -38,6 +38,46 @@ def test_train_writes_run_folder_and_learns(tree_factory, tmp_path):
     state = load_checkpoint(run / "best.pt")
     assert state["contract"]["classes"] == ["angry", "happy", "sad"]
     assert state["model"] == {"name": "vgg", "kwargs": {"width": 0.125}}
+    # best.pt: what evaluation and export need; the optimizer state (twice the weights) only in last.pt
+    last = load_checkpoint(run / "last.pt")
+    assert "optimizer" not in state and "rng_state" not in state and last["optimizer"] is not None
+    assert (run / "best.pt").stat().st_size < (run / "last.pt").stat().st_size
+
+
+def test_best_pt_evaluates_but_does_not_resume(tree_factory, tmp_path, capsys):
+    run = _train(tree_factory("train-val-test", per_class=8), tmp_path, "b", "--epochs", "2")
+    capsys.readouterr()
+    assert train_main(["--resume", str(run / "best.pt"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no optimizer state" in err[0] and "last.pt" in err[0], err
+    assert train_main(["--resume", str(run / "last.pt"), "--epochs", "3"]) == 0
+
+
+def test_the_final_report_scores_best_pt_in_fp32(tree_factory, tmp_path, monkeypatch):
+    """The figure of record is the one fer-eval and fer-export give: fp32, not the bf16 autocast of training."""
+    from fer_train import train as train_module
+
+    amps = []
+    real = train_module.evaluate
+
+    def spy(*args, **kwargs):
+        amps.append(kwargs.get("amp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    args = ["--data-root", str(tree_factory("train-val-test", per_class=4)), "--out-dir", str(tmp_path), "--name", "a",
+            *[a if a != "off" else "bf16" for a in TINY], "--epochs", "1"]  # fmt: skip
+    assert train_main(args) == 0
+    assert amps == ["bf16", "off", "off"]  # the epoch's validation, then best.pt on val and test
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    from fer_train.train import progress_wanted
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not progress_wanted(False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert progress_wanted(False) and not progress_wanted(True)
 
 
 @pytest.mark.parametrize("layout", [[], ["--channels-last"]], ids=["nchw", "channels-last"])

@@ -1,12 +1,15 @@
 """fer-run's window for real, under Xvfb (Debian's xvfb and x11-apps packages); skipped where they are absent.
 
-The screenshot is kept as a test artifact in ``test-artifacts/`` (not in git).
+The screenshot is kept as a test artifact in ``test-artifacts/`` (not in git). A window must end within a second of
+Ctrl-C, SIGTERM or its close button, and a video in a window plays at the file's frame rate.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 
 from fer_runtime.contract import ModelContract
-from fer_runtime.pipeline import BOX_COLOUR
+from fer_runtime.pipeline import BOX_COLOUR, WINDOW_TITLE
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -32,28 +35,106 @@ def _free_display() -> int:
     pytest.skip("no free X display number")
 
 
-def test_the_window_shows_boxes_labels_confidence_and_fps(tmp_path):
-    pytest.importorskip("skimage")
-    pytest.importorskip("onnx")
-    from benchmarks.make_video import write_moving_face_video
-
-    from .onnx_models import tiny_classifier
-    from .xwd import read_xwd
-
-    model = tiny_classifier(tmp_path / "m.onnx", ModelContract(classes=("angry", "happy", "sad")))
-    video = write_moving_face_video(tmp_path / "v.mp4", frames=900, fps=30)
+@pytest.fixture(scope="module")
+def xserver():
+    """A bare Xvfb screen (no window manager): the environment for fer-run's window."""
     display = _free_display()
     server = subprocess.Popen(["Xvfb", f":{display}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    env = {**os.environ, "DISPLAY": f":{display}", "QT_QPA_PLATFORM": "xcb"}
+    socket, ready = Path(f"/tmp/.X11-unix/X{display}"), time.time() + 15
+    while not socket.exists() and time.time() < ready:
+        time.sleep(0.1)
+    try:
+        yield f":{display}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
+
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "m.onnx", ModelContract(classes=("angry", "happy", "sad")))
+
+
+def _fer_run(display: str, *args) -> subprocess.Popen:
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    # SIGINT at its default in the child, so that Python turns it into KeyboardInterrupt as in a terminal (a parent
+    # that ignores SIGINT, e.g. a background job, would hand the ignore down)
+    return subprocess.Popen([sys.executable, "-c", "from fer_runtime.cli import main; main()", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+
+
+def _stop(run: subprocess.Popen | None) -> None:
+    if run is not None and run.poll() is None:
+        run.kill()
+        run.wait(timeout=20)
+
+
+@pytest.mark.parametrize("how, source, code", [
+    ("sigterm", "--demo", 130), ("ctrl-c", "--demo", 130), ("close", "--demo", 0), ("sigterm", "image", 130),
+])  # fmt: skip
+def test_a_photo_in_a_window_ends_within_a_second(xserver, model, how, source, code):
+    from .xclose import close_window, window_exists
+
+    args = ["--demo"] if source == "--demo" else ["--source", Path(__file__).resolve().parents[1] / "fer_runtime" / "assets"
+                                                  / "demo_face.jpg"]  # fmt: skip
+    run = _fer_run(xserver, *args, "--model", model)
+    try:
+        deadline = time.time() + 60
+        while run.poll() is None and not window_exists(xserver, WINDOW_TITLE) and time.time() < deadline:
+            time.sleep(0.2)
+        assert run.poll() is None, f"fer-run ended before its window showed: {run.communicate()}"
+        time.sleep(1.0)  # the window is up and fer-run waits for the user
+        assert run.poll() is None, "a photo in a window stays until the user ends it"
+        start = time.time()
+        if how == "close":
+            assert close_window(xserver, WINDOW_TITLE)
+        else:
+            run.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=10)
+        took = time.time() - start
+    finally:
+        _stop(run)
+    assert took < 1.0, f"fer-run took {took:.2f} s to end after {how}"
+    assert run.returncode == code, (stdout, stderr)
+    assert "Traceback" not in stderr and "fer-run: 1 images, 1 faces" in stdout
+    assert ("(interrupted)" in stdout) == (code == 130)
+
+
+def test_a_video_in_a_window_plays_at_the_files_frame_rate(xserver, model, tmp_path):
+    from benchmarks.make_video import write_moving_face_video
+
+    pytest.importorskip("skimage")
+    video = write_moving_face_video(tmp_path / "ten.mp4", frames=30, fps=10)  # 3 s of video
+    rates = {}
+    for mode in ("--display", "--no-display"):
+        run = _fer_run(xserver, "--source", video, "--model", model, mode)
+        try:
+            stdout, stderr = run.communicate(timeout=90)
+        finally:
+            _stop(run)
+        assert run.returncode == 0, stderr
+        rates[mode] = float(re.search(r"fer-run: 30 frames.*?, ([\d.]+) frames/s", stdout).group(1))
+    # 30 frames shown at 10 FPS: the last one 2.9 s after the first
+    assert 9.0 <= rates["--display"] <= 11.0, rates
+    assert rates["--no-display"] > 20, rates  # headless stays as fast as it can
+
+
+def test_the_window_shows_boxes_labels_confidence_and_fps(xserver, model, tmp_path):
+    pytest.importorskip("skimage")
+    from benchmarks.make_video import write_moving_face_video
+
+    from .xwd import read_xwd
+
+    video = write_moving_face_video(tmp_path / "v.mp4", frames=900, fps=30)
+    env = {**os.environ, "DISPLAY": xserver, "QT_QPA_PLATFORM": "xcb"}
     run = None
     try:
-        socket, ready = Path(f"/tmp/.X11-unix/X{display}"), time.time() + 15
-        while not socket.exists() and time.time() < ready:
-            time.sleep(0.1)
-        run = subprocess.Popen([sys.executable, "-c", "from fer_runtime.cli import main; main()", "--source", str(video),
-                                "--model", str(model), "--display"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+        run = _fer_run(xserver, "--source", video, "--model", model, "--display")
         shot, deadline = None, time.time() + 40
         while time.time() < deadline and run.poll() is None:
             time.sleep(0.5)
@@ -73,8 +154,4 @@ def test_the_window_shows_boxes_labels_confidence_and_fps(tmp_path):
         b, g, r = (shot[:, :, i].astype(int) for i in range(3))
         assert ((r > 180) & (g > 180) & (b < 90)).sum() > 20  # the FPS counter, in yellow (anti-aliased)
     finally:
-        if run is not None and run.poll() is None:
-            run.terminate()
-            run.wait(timeout=20)
-        server.terminate()
-        server.wait(timeout=10)
+        _stop(run)

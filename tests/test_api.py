@@ -1,0 +1,140 @@
+"""The Python API (fer_runtime.FaceExpressionRecognizer): plain records, BGR and RGB said plainly, crops in one
+batch, fer-run's probabilities; and the README's example runs as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import fer_runtime
+from fer_runtime import FaceExpressionRecognizer
+from fer_runtime.cli import DEMO_IMAGE
+from fer_runtime.contract import ModelContract
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("angry", "happy", "sad")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from .onnx_models import tiny_classifier
+
+    contract = ModelContract(classes=CLASSES, channels=3, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
+    return tiny_classifier(tmp_path_factory.mktemp("m") / "rgb.onnx", contract, seed=5)
+
+
+@pytest.fixture(scope="module")
+def fer(model):
+    return FaceExpressionRecognizer(model)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return type(value) in (str, int, float)
+
+
+def test_the_package_exports_the_api():
+    assert "FaceExpressionRecognizer" in fer_runtime.__all__
+    assert FaceExpressionRecognizer.__doc__ and FaceExpressionRecognizer.analyze.__doc__
+    assert FaceExpressionRecognizer.classify_crops.__doc__
+
+
+def test_analyze_a_path_gives_plain_records_like_fer_runs_jsonl(fer, model, tmp_path):
+    faces = fer.analyze(DEMO_IMAGE)
+    assert len(faces) == 1 and _plain(faces) and json.loads(json.dumps(faces)) == faces
+    face = faces[0]
+    assert set(face) == {"box", "emotions", "dominant_emotion", "confidence"}
+    assert list(face["emotions"]) == list(CLASSES) and abs(sum(face["emotions"].values()) - 1) < 1e-5
+    assert face["dominant_emotion"] == max(face["emotions"], key=face["emotions"].get)
+    assert face["confidence"] == face["emotions"][face["dominant_emotion"]]
+    out = tmp_path / "run.jsonl"
+    r = CliRunner().invoke(__import__("fer_runtime.cli", fromlist=["main"]).main,
+                           ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--json", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cli = json.loads(out.read_text())["faces"][0]
+    assert cli["label"] == face["dominant_emotion"] and cli["box"] == pytest.approx(face["box"], abs=0.5)
+    assert cli["probabilities"] == pytest.approx(face["emotions"], abs=1e-4)
+
+
+def test_the_probabilities_are_the_model_calls(fer):
+    """OnnxModel.probabilities on the contract's preprocessing: the one path the CLI takes too."""
+    crop = cv2.imread(str(DEMO_IMAGE))[60:170, 80:190]
+    clf = fer._clf
+    expected = clf.model.probabilities(clf.contract.preprocess([crop]))[0]
+    got = fer.analyze(crop, crops=True)[0]
+    assert list(got["emotions"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert got["box"] == [0, 0, 110, 110]
+
+
+def test_an_array_is_bgr_unless_told_rgb(fer):
+    bgr = cv2.imread(str(DEMO_IMAGE))
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    from_path = fer.analyze(DEMO_IMAGE)
+    assert fer.analyze(bgr) == from_path
+    assert fer.analyze(rgb, color="rgb") == from_path
+    swapped = fer.analyze(rgb)  # RGB read as BGR: a 3-channel model sees other colours
+    assert swapped[0]["emotions"] != from_path[0]["emotions"]
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    assert fer.analyze(rgba, color="rgb") == from_path
+
+
+def test_classify_crops_is_one_batch_in_order(fer, monkeypatch):
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (h, h, 3), dtype=np.uint8) for h in (48, 64, 100)] + [np.full((40, 40), 128, np.uint8)]
+    one_by_one = [fer.analyze(c, crops=True)[0] for c in crops]
+    calls = []
+    real = fer._clf.model.probabilities
+    monkeypatch.setattr(fer._clf.model, "probabilities", lambda batch: calls.append(len(batch)) or real(batch))
+    batch = fer.classify_crops(crops)
+    assert calls == [4]
+    assert [b["dominant_emotion"] for b in batch] == [o["dominant_emotion"] for o in one_by_one]
+    for b, o in zip(batch, one_by_one):
+        assert list(b["emotions"].values()) == pytest.approx(list(o["emotions"].values()), abs=1e-5)
+    assert fer.classify_crops([]) == []
+
+
+def test_no_face_is_an_empty_list(fer):
+    assert fer.analyze(np.full((240, 320, 3), 90, np.uint8)) == []
+
+
+@pytest.mark.parametrize("image, color, error, message", [
+    ("missing.jpg", "bgr", FileNotFoundError, "no image file"),
+    (np.zeros((10, 10, 3), np.float32), "bgr", ValueError, "must be uint8"),
+    (np.zeros((10, 10, 2), np.uint8), "bgr", ValueError, "H x W x 3"),
+    (np.zeros((10, 10, 3), np.uint8), "hsv", ValueError, "color must be 'bgr' or 'rgb'"),
+])  # fmt: skip
+def test_bad_input_says_what_is_wrong(fer, tmp_path, image, color, error, message):
+    with pytest.raises(error, match=message):
+        fer.analyze(tmp_path / image if isinstance(image, str) else image, color=color)
+
+
+def _readme_python_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Python API\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs_as_written():
+    from fer_models import MODELS_DIR
+
+    if not (MODELS_DIR / "ferplus.int8.onnx").is_file():
+        pytest.skip("the shipped model is not in models/")
+    code = _readme_python_block()
+    assert "FaceExpressionRecognizer" in code and "demo_face.jpg" in code
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, emotions = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"\[\d+, \d+, \d+, \d+\] \w+ [01]\.\d\d", first), first
+    assert "'happy':" in emotions and "'contempt':" in emotions
