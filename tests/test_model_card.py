@@ -43,17 +43,34 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
                   "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
     run = _run(root, f"student_{key}", key, 0.8811, **config)
     _write(root / "exports" / key / "export_report.json",
-           {"source": f"{run}/best.pt", "artefacts": [{"name": "pytorch", "params": 585496, "macs": 41.8e6}]})
-    row = {"file_kb": 605.9, "params": 585496, "temperature": 0.9,
-           "quality": {"accuracy": 0.8765, "macro_f1": 0.7012, "per_class": {c: {"f1": 0.1 * (i + 1)} for i, c in
-                                                                          enumerate(classes)},
+           {"source": f"{run}/best.pt", "artefacts": [{"name": "pytorch", "params": 585496, "macs": 41.8e6}],
+            "decision_rule": {"onnx int8": {"prior_correction": 0.3, "accuracy_floor": 0.8712, "grid": []}}})
+    row = {"file_kb": 605.9, "params": 585496, "temperature": 0.9, "prior_correction": 0.3,
+           "quality": {"accuracy": 0.8765, "macro_f1": 0.7012, "balanced_accuracy": 0.7234, "classes": classes,
+                       "per_class": {c: {"f1": 0.1 * (i + 1), "recall": 0.05 * (i + 1)} for i, c in enumerate(classes)},
                        "confusion_matrix": [[7] * len(classes)] * len(classes)},
+           "quality_train_prior": {"accuracy": 0.8801, "macro_f1": 0.6512, "balanced_accuracy": 0.6345},
            "calibration": {"ece_before": 0.03, "ece_after": 0.01},
            "latency_b1_1thread": {"p50_ms": 0.291, "p95_ms": 0.407}, "throughput_b32_img_per_s": 3000.0}  # fmt: skip
     _write(root / "benchmarks" / "results" / key / "results.json",
            {"data": {"classes": classes, "images": 3137},
             "machine": {"cpu": "Test CPU", "cores": 2, "cpu_features": ["avx2"]},
             "models": {f"{key}.int8.onnx": row, "fer package INT8 (TFLite)": {"file_kb": 91.0, "note": "no contempt"}}})
+    machine = {"cpu": "Test CPU", "cores": 2}
+    ck = {"data": {"classes": ["angry", "contempt", "happy"], "images": 981}, "machine": machine, "models": {}}
+    if (root / "benchmarks" / "results" / "ckplus" / "results.json").is_file():
+        ck = json.loads((root / "benchmarks" / "results" / "ckplus" / "results.json").read_text())
+    ck["models"][f"{key}.int8.onnx"] = {"quality": {
+        "num_samples": 981 if key == "ferplus" else 927, "accuracy": 0.7012, "macro_f1": 0.6512, "balanced_accuracy": 0.6611,
+        "per_class": {c: {"recall": 0.5} for c in ["angry", "contempt", "happy"] if key == "ferplus" or c != "contempt"}}}
+    _write(root / "benchmarks" / "results" / "ckplus" / "results.json", ck)
+    for folder, features, p50 in (("latency_native", ["avx2", "avx512f"], 0.2), ("latency_avx2", ["avx2"], 0.3)):
+        path = root / "benchmarks" / "results" / folder / "results.json"
+        lat = json.loads(path.read_text()) if path.is_file() else {
+            "machine": {**machine, "cpu_features": features},
+            "models": {"fer package (INT8 TFLite)": {"latency_b1_1thread": {"p50_ms": 0.4}}}}
+        lat["models"][f"{key}.int8.onnx"] = {"latency_b1_1thread": {"p50_ms": p50}}
+        _write(path, lat)
 
 
 def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
@@ -61,7 +78,15 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     _build(tmp_path, "fer2013", with_teacher=False)
     assert model_card.main(tmp_path) == 0
     card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
-    assert "| ferplus.int8.onnx | 0.8765 | 0.7012 | 0.0300 / 0.0100 | 0.9 | 605.9 | 585496 | 0.291 / 0.407 | 3000 |" in card
+    assert ("| ferplus.int8.onnx | 0.8765 | 0.7012 | 0.7234 | 0.0300 / 0.0100 | 0.9 | 0.3 | 605.9 | 585496 | 0.291 / 0.407 "
+            "| 3000 |") in card
+    assert "with tau 0.3, chosen on validation" in card and "(floor 0.8712)" in card
+    assert "`--prior train`): accuracy 0.8801, macro-F1 0.6512, balanced accuracy 0.6345" in card
+    # CK+: each file on the classes it shares with the set; latency natively and on the AVX2 path, one row per file
+    assert "| ferplus.int8.onnx | 981 | 0.7012 | 0.6512 | 0.6611 | 0.500 | 0.500 | 0.500 |" in card
+    assert "| fer2013.int8.onnx | 927 | 0.7012 | 0.6512 | 0.6611 | 0.500 | - | 0.500 |" in card
+    assert "| native | Test CPU: avx2, avx512f | ferplus.int8.onnx | 0.200 | 0.400 | 0.50 |" in card
+    assert "| AVX2 code path (`run-avx2`) | Test CPU: avx2 | fer2013.int8.onnx | 0.300 | 0.400 | 0.75 |" in card
     assert "`fer-export --ckpt runs/student_ferplus/best.pt" in card
     assert "validation (accuracy 0.8811 at epoch 2 of 2)" in card
     assert "2 epochs, 3 min of training steps" in card
