@@ -168,33 +168,59 @@ def _teacher(config: dict, root: Path) -> list[str]:
             *[f"- {_run_line(Path(t).parent, root, tta)}" for t in teachers], ""]  # fmt: skip
 
 
+def _source_run(export: dict) -> Path:
+    """The training run behind an export: its checkpoint's folder, or for a re-export of an ONNX file the run its
+    contract names."""
+    source = Path(export["source"])
+    if source.suffix != ".onnx":
+        return source.parent
+    ckpt = export.get("source_provenance", {}).get("source_checkpoint")
+    if not ckpt:
+        raise SystemExit(f"model_card: {source} names no source checkpoint: export it from its run")
+    return Path("runs") / Path(ckpt).parent.name
+
+
+def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> list[str]:
+    """Recipe, architecture, selection and training time; from the run folder when this machine has it."""
+    recipe = _recipe(run, root)
+    source = Path(export["source"])
+    how = (f"then `fer-export --ckpt {run}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
+           f"--name {key}` (`make models`).")  # fmt: skip
+    if source.suffix == ".onnx":
+        how += (f" These files: `fer-export --model {source} --int8 --calib-size 512 --calib-method entropy --out-dir "
+                f"exports --name {key}`, which fitted the decision rule on validation and quantized the fp32 file "
+                "again.")  # fmt: skip
+    lines = [f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
+             f"(`fer-train --config models/recipes/{recipe}.toml`), {how}", ""]
+    if not (root / run / "history.json").is_file():
+        model = export.get("source_provenance", {}).get("model", {})
+        return lines + [f"Architecture `{model.get('name', '?')}` {model.get('kwargs', {})}. The training run `{run}` "
+                        "is not on the machine that built this card (`make models` trains it again from the recipe), "
+                        "so its training log is not repeated here.", ""]  # fmt: skip
+    history, config = _load(root / run / "history.json"), _load(root / run / "config.json")
+    arch, arch_arg = _arch(config)
+    metrics = _load(root / run / "metrics.json")
+    fp32 = next(r for r in export["artefacts"] if r["name"] == "pytorch")
+    train_min = sum(h["train_seconds"] for h in history) / 60
+    lines[0] += (f" Architecture `{arch}` {arch_arg}: {fp32['params']:,} parameters, {fp32['macs'] / 1e6:.1f}M MACs "
+                 f"per face. Selected on validation ({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch "
+                 f"{metrics['best']['epoch']} of {len(history)}); test read once.")  # fmt: skip
+    return lines + [
+        f"Training: {len(history)} epochs, {train_min:.0f} min of training steps (median "
+        f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "
+        f"thread(s)), amp {config['amp_resolved']}, on {m['cpu']} ({m['cores']} cores, "
+        f"{', '.join(m['cpu_features'])}), no GPU.", "", *_teacher(config, root)]  # fmt: skip
+
+
 def _section(key: str, spec: dict, root: Path) -> list[str]:
     bench = _load(root / spec["bench"] / "results.json")
     export = _load(root / spec["export"] / "export_report.json")
-    run = Path(export["source"]).parent
-    history = _load(root / run / "history.json")
-    config = _load(root / run / "config.json")
-    arch, arch_arg = _arch(config)
-    metrics = _load(root / run / "metrics.json")
+    run = _source_run(export)
     dedup = root / run / "eval_test.json"
-    fp32 = next(r for r in export["artefacts"] if r["name"] == "pytorch")
     int8_name = f"{key}.int8.onnx"
-    train_min = sum(h["train_seconds"] for h in history) / 60
-    m = bench["machine"]
-    recipe = _recipe(run, root)
     lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
-             f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
-             f"(`fer-train --config models/recipes/{recipe}.toml`), "
-             f"then `fer-export --ckpt {run}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
-             f"--name {key}` (`make models`). Architecture `{arch}` {arch_arg}: {fp32['params']:,} "
-             f"parameters, {fp32['macs'] / 1e6:.1f}M MACs per face. Selected on validation "
-             f"({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch {metrics['best']['epoch']} of "
-             f"{len(history)}); test read once.", "",
-             f"Training: {len(history)} epochs, {train_min:.0f} min of training steps (median "
-             f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "
-             f"thread(s)), amp {config['amp_resolved']}, on {m['cpu']} ({m['cores']} cores, "
-             f"{', '.join(m['cpu_features'])}), no GPU.", "",
-             *_teacher(config, root), f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
+             *_training_lines(key, export, run, root, bench["machine"]),
+             f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
              *_quality_table(bench), ""]  # fmt: skip
     if dedup.is_file():
         d = _load(dedup)

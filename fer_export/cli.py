@@ -343,6 +343,8 @@ def _int8(cfg: ExportConfig, fp32_path: Path, data: dict, out: Path, report: dic
 
 def _quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict, final_dir: Path) -> int:
     contract = read_onnx_contract(source)
+    report["source_provenance"] = {k: contract.provenance[k] for k in ("source_checkpoint", "model", "metrics")
+                                   if k in contract.provenance}  # fmt: skip
     root = cfg.data_root or contract.provenance.get("data_root")
     if not root:
         raise DataError("quantizing an ONNX file needs --data-root for calibration images")

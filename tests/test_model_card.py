@@ -115,3 +115,19 @@ def test_a_missing_build_file_or_recipe_is_named_and_no_card_is_written(tmp_path
     with pytest.raises(SystemExit, match=message):
         model_card.main(tmp_path)
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
+
+
+def test_a_re_export_of_a_shipped_onnx_file_names_its_run_and_says_when_the_run_is_not_here(tmp_path):
+    _build(tmp_path, "ferplus", with_teacher=False)
+    _build(tmp_path, "fer2013", with_teacher=False)
+    _write(tmp_path / "exports" / "fer2013" / "export_report.json",
+           {"source": "models/fer2013.onnx", "artefacts": [{"name": "onnx fp32"}],
+            "source_provenance": {"source_checkpoint": "/elsewhere/runs/gone_fer2013/best.pt",
+                                  "model": {"name": "vgg", "kwargs": {"width": 0.375}}}})  # fmt: skip
+    recipe = tmp_path / "models" / "recipes" / "gone_fer2013.toml"
+    recipe.write_text('arch = "vgg"\nname = "gone_fer2013"\n')
+    assert model_card.main(tmp_path) == 0
+    card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
+    assert "`fer-export --model models/fer2013.onnx --int8 --calib-size 512" in card
+    assert "Recipe: [`models/recipes/gone_fer2013.toml`]" in card
+    assert "Architecture `vgg` {'width': 0.375}. The training run `runs/gone_fer2013` is not on the machine" in card
