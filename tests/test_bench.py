@@ -171,8 +171,8 @@ def test_agreement_and_speed_up_only_between_a_model_and_its_own_int8(tmp_path):
     names = [p.name for p in paths]
     assert int8_pairs(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
     rows = {n: {"latency_b1_1thread": {"p50_ms": ms}} for n, ms in zip([*names, NAME], [2.0, 1.0, 0.5, 4.0])}
-    preds = {n: np.array([0, 1, 1, 2]) for n in names}
-    preds["ferplus.int8.onnx"] = np.array([0, 1, 2, 2])
+    preds = {n: ["angry", "happy", "happy", "sad"] for n in names}
+    preds["ferplus.int8.onnx"] = ["angry", "happy", "sad", "sad"]
     agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
     assert agreement == {"ferplus.int8.onnx vs ferplus.onnx": 0.75}
     assert ratios["ferplus.int8.onnx speed-up over ferplus.onnx (b1, 1 thread, p50)"] == 2.0
