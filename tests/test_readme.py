@@ -2,8 +2,8 @@
 
 Each command is taken from the README's bash blocks and run in a scratch folder laid out like a checkout beside the
 shared data: the files a command names (clip.mp4, photos/, crops/) are made there, ``models`` points at the shipped
-files, and ``../shared/data/ferplus`` and ``../shared/data/fer2013`` hold a small copy of the real data (the first
-rows of each split) so that a benchmark takes seconds. Commands on the shared data skip where it is absent; templates
+files, and ``../shared/data/ferplus``, ``fer2013`` and ``ckplus`` hold a small copy of the real data (the first
+rows of each split or class) so that a benchmark takes seconds. Commands on the shared data skip where it is absent; templates
 with placeholders in capitals (runs/RUN, exports/NAME) are not commands to run as written.
 """
 
@@ -72,6 +72,13 @@ def _fer2013_subset(src: Path, dst: Path) -> None:
                     (dst / split / class_dir.name / f.name).symlink_to(f)
 
 
+def _ckplus_subset(src: Path, dst: Path, per_class: int = 3) -> None:
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[:per_class]:
+            (dst / class_dir.name / f.name).symlink_to(f)
+
+
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
     """A scratch 'repo root' with the files the README's commands name, and a small ../shared beside it."""
@@ -97,6 +104,8 @@ def checkout(tmp_path_factory):
         _ferplus_subset(data / "ferplus", base / "shared" / "data" / "ferplus")
     if (data / "fer2013" / "test").is_dir():
         _fer2013_subset(data / "fer2013", base / "shared" / "data" / "fer2013")
+    if (data / "ckplus").is_dir():
+        _ckplus_subset(data / "ckplus", base / "shared" / "data" / "ckplus")
     cache = base / "cache"
     cache.mkdir()
     incumbent = Path(os.environ.get("FER_CACHE_DIR_REAL", Path.home() / ".cache" / "fer-toolchain")) / "incumbent"
