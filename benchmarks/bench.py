@@ -286,10 +286,11 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     """One model's row: file facts, quality under its decision rule and calibration, on the classes it shares with
     the data (None predictions: not scored)."""
     c = model.contract
-    tau = getattr(model, "prior_correction", c.prior_correction)
+    tau = getattr(model, "prior_correction", c.prior_correction) if c.class_prior else 0.0  # no prior: its raw argmax
     row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
            "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
-           "skipped_images": len(decoded.skipped), "temperature": c.temperature, "prior_correction": tau}  # fmt: skip
+           "skipped_images": len(decoded.skipped), "temperature": c.temperature,
+           "prior_correction": tau if c.class_prior else None}  # fmt: skip
     try:
         shared = shared_classes(c.classes, classes, decoded.labels)
     except DataError as exc:
@@ -319,9 +320,9 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     return row, names
 
 
-def _agreement(a: list[str], b: list[str]) -> float:
+def _agreement(a: list[str], b: list[str]) -> float | None:
     both = [(x, y) for x, y in zip(a, b) if x and y]
-    return float(np.mean([x == y for x, y in both])) if both else float("nan")
+    return float(np.mean([x == y for x, y in both])) if both else None
 
 
 def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict[str, list[float]]:
@@ -437,8 +438,9 @@ def markdown_report(r: dict) -> str:
                      f"{row['throughput_b32_img_per_s']:.0f} | {_cell(row.get('peak_rss_mb'), '{:.0f}')}")  # fmt: skip
         else:
             speed = "- | - | - | -"
+        tau = row.get("prior_correction")
         lines.append(f"| {name} | {acc} | {f1} | {bal} | {ece} | {row.get('temperature', '-')} | "
-                     f"{row.get('prior_correction', '-')} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
+                     f"{'- (no prior)' if tau is None else tau} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
                      f"{speed} |")  # fmt: skip
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
     lines += ["", *notes] if notes else []
@@ -455,7 +457,7 @@ def markdown_report(r: dict) -> str:
                   "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
         for c, counts in zip(q["classes"], q["confusion_matrix"]):
             lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
-    lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {v:.4f}" for k, v in r["agreement"].items()]
+    lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
     lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
     if r.get("pipeline"):
         lines += ["", "## End-to-end pipeline (fer-run, headless)", ""]
@@ -562,7 +564,7 @@ def _print_table(r: dict) -> None:
     for k, v in r["ratios"].items():
         click.echo(f"  {k}: {v:.2f}x")
     for k, v in r["agreement"].items():
-        click.echo(f"  agreement {k}: {v:.4f}")
+        click.echo(f"  agreement {k}: {_cell(v)}")
 
 
 if __name__ == "__main__":

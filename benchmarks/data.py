@@ -40,9 +40,14 @@ def with_all_split(manifest: SplitManifest) -> SplitManifest:
     return manifest
 
 
+def canonical_class(name: str) -> str:
+    """A class name in the shipped models' words, lower case: the form two class lists are matched in."""
+    return CLASS_ALIASES.get(name.lower(), name.lower())
+
+
 def canonical_classes(manifest: SplitManifest) -> SplitManifest:
     """The manifest with its class names in the models' words (the labels' indices do not change)."""
-    manifest.classes = [CLASS_ALIASES.get(c.lower(), c) for c in manifest.classes]
+    manifest.classes = [canonical_class(c) for c in manifest.classes]
     return manifest
 
 
@@ -72,7 +77,8 @@ class SharedClasses:
 
 
 def shared_classes(model_classes: tuple[str, ...], data_classes: list[str], labels: np.ndarray) -> SharedClasses:
-    model_classes = list(model_classes)
+    model_classes = [canonical_class(c) for c in model_classes]  # a model trained on CK+'s own words still matches
+    data_classes = [canonical_class(c) for c in data_classes]
     shared = [c for c in data_classes if c in model_classes]
     if not shared:
         raise DataError(f"the model's classes {model_classes} share none with the data's {data_classes}")

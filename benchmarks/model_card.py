@@ -41,7 +41,8 @@ def _quality_table(bench: dict) -> list[str]:
         q, cal, lat = row.get("quality"), row.get("calibration"), row.get("latency_b1_1thread", {})
         acc = f"{q['accuracy']:.4f} | {q['macro_f1']:.4f} | {q['balanced_accuracy']:.4f}" if q else "not scored | - | -"
         ece = f"{cal['ece_before']:.4f} / {cal['ece_after']:.4f}" if cal else "-"
-        lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {row.get('prior_correction', '-')} | "
+        tau = row.get("prior_correction")
+        lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {'-' if tau is None else tau} | "
                      f"{row['file_kb']} | {row.get('params') or '-'} | {lat.get('p50_ms', 0):.3f} / "
                      f"{lat.get('p95_ms', 0):.3f} | {row.get('throughput_b32_img_per_s', 0):.0f} |")  # fmt: skip
     notes = [f"- {n}: {row['note']}" for n, row in bench["models"].items() if row.get("note")]

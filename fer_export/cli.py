@@ -52,7 +52,7 @@ from fer_train.config import TrainConfig
 from fer_train.engine import evaluate
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
-from fer_train.train import fit
+from fer_train.train import fit, load_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,8 +359,9 @@ def _quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict, fin
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
     if not contract.class_prior:  # a file exported before the decision rule: the prior of its training split
-        prior = training_prior(data["train"].labels, contract.num_classes, contract.provenance.get("sampler", "random"),
-                               data["train"].targets)  # fmt: skip
+        sampler, where = training_sampler(contract.provenance)
+        report["notes"].append(f"class_prior: the training split as sampler '{sampler}' showed it ({where})")
+        prior = training_prior(data["train"].labels, contract.num_classes, sampler, data["train"].targets)
         proto = onnx.load(str(fp32_path))
         set_contract(proto, contract.replace(class_prior=prior))
         save_onnx_atomic(proto, fp32_path)
@@ -372,6 +373,25 @@ def _quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict, fin
     write_report(out, report, final_dir)
     _print_summary(report)
     return code
+
+
+def training_sampler(provenance: dict) -> tuple[str, str]:
+    """The fer-train sampler a model was trained with, and where that was found: its contract, its run's
+    config.json, or the shipped recipe that writes its run; else "random" (a file exported before contracts
+    recorded it, with neither beside it)."""
+    if "sampler" in provenance:
+        return provenance["sampler"], "its contract"
+    run = Path(provenance.get("source_checkpoint", "")).parent
+    config = run / "config.json"
+    if run.name and config.is_file():
+        return json.loads(config.read_text()).get("sampler", "random"), str(config)
+    from fer_models import MODELS_DIR
+
+    for recipe in sorted((MODELS_DIR / "recipes").glob("*.toml")):
+        options = load_recipe(recipe)
+        if run.name and options.get("name") == run.name:
+            return options.get("sampler", "random"), f"the recipe {recipe.name}, which writes {run.name}"
+    return "random", "not recorded: the label frequencies"
 
 
 def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:

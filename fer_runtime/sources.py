@@ -175,13 +175,13 @@ def _kinds(names: list[str]) -> str:
     return "/".join(sorted({Path(n).suffix.lower()[1:].upper() for n in names}))
 
 
-def folder_images(folder: Path) -> list[Path]:
+def folder_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
     """The image files under ``folder``, subfolders included (e.g. one per class), in a stable order; hidden
     files and folders are skipped."""
     files = []
     for p in folder.rglob("*"):
         rel = p.relative_to(folder).parts
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in rel) and p.is_file():
+        if p.suffix.lower() in extensions and not any(part.startswith(".") for part in rel) and p.is_file():
             files.append(p)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -199,8 +199,7 @@ def open_source(camera: int | None = None, source: str | None = None,
         raise SourceError(f"source not found: {source}")
     if path.is_dir():
         files = folder_images(path)
-        unsupported = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                             if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS and p.is_file())  # fmt: skip
+        unsupported = sorted(p.relative_to(path).as_posix() for p in folder_images(path, UNSUPPORTED_IMAGE_EXTENSIONS))
         if not files:
             extra = f" ({len(unsupported)} {_kinds(unsupported)} files, a format not read: convert them to PNG)"
             extra = extra if unsupported else ""

@@ -482,3 +482,17 @@ def test_quantization_prints_nothing_of_its_own(tmp_path, capfd):
     quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(calib, contract), method="entropy")
     out = capfd.readouterr()
     assert out.out == "" and out.err == "", out
+
+
+def test_the_sampler_behind_a_training_prior_is_found_where_it_was_recorded(tmp_path):
+    from fer_export.cli import training_sampler
+
+    assert training_sampler({"sampler": "balanced"}) == ("balanced", "its contract")
+    run = tmp_path / "runs" / "some_run"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"sampler": "sqrt"}')
+    assert training_sampler({"source_checkpoint": str(run / "best.pt")})[0] == "sqrt"
+    # no run folder here: the shipped recipe that writes the run says it (fer2013.toml trains with sqrt sampling)
+    sampler, where = training_sampler({"source_checkpoint": "/gone/runs/fer2013_vgg_w0375_e50/best.pt"})
+    assert sampler == "sqrt" and "fer2013.toml" in where
+    assert training_sampler({"source_checkpoint": "/gone/runs/nobody/best.pt"})[0] == "random"
