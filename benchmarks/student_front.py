@@ -32,9 +32,8 @@ from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
 from fer_train.models import create_model, parse_arch_args
 
-# (label, architecture, options): the shipped student, cheaper first or last stages, narrower nets, and the teacher.
-# A single conv at 48x48 does not pay on ONNX Runtime: the MaxPool after it runs in plain NCHW (129-152 us at
-# 48x48x24, against 9 us for the NHWC uint8 pool behind a second, quantized conv).
+# (label, architecture, options): the shipped student and cheaper shapes around the AVX2 budget (at most 0.80x the
+# fer package's time on the AVX2 code path: about 25M MACs of this VGG family).
 CANDIDATES = [
     ("vgg w0.375 (shipped)", "vgg", ["width=0.375", "pool=2"]),
     ("vgg w0.375 depths 1-1-2-2", "vgg", ["width=0.375", "pool=2", "depths=[1,1,2,2]"]),

@@ -301,12 +301,12 @@ def test_help_shows_every_default_from_train_config():
 
 
 def test_an_older_checkpoint_contract_upgrades_unless_it_used_retired_conditioning():
-    from fer_runtime.contract import ContractError
+    from fer_runtime.contract import CONTRACT_VERSION, ContractError
     from fer_train.checkpoint import upgraded_contract
 
     v1 = {"classes": ["a", "b"], "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5], "output": "logits",
           "crop_margin": 0.1, "input_blur": 0.0, "input_deconv": 0.0, "provenance": {}, "version": 1}  # fmt: skip
     up = upgraded_contract(v1)
-    assert up["version"] == 3 and "input_blur" not in up and up["classes"] == ["a", "b"]
+    assert up["version"] == CONTRACT_VERSION and "input_blur" not in up and up["classes"] == ["a", "b"]
     with pytest.raises(ContractError, match="no longer supports"):
         upgraded_contract({**v1, "input_blur": 3.25, "input_deconv": 3e-4, "version": 2})
