@@ -11,8 +11,7 @@ from fer_runtime.contract import METADATA_KEY, ModelContract
 
 def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
     """Conv 3x3 stride 2 -> ReLU -> global average pool -> Gemm: a real network with the contract's shapes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     rng = np.random.default_rng(seed)
     c, k, hidden = contract.channels, contract.num_classes, 8
@@ -30,10 +29,18 @@ def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
         helper.make_node("Flatten", ["pool"], ["flat"]),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1),
     ]  # fmt: skip
+    return _save(path, "tiny", nodes, weights, contract)
+
+
+def _save(path: Path, name: str, nodes: list, weights: dict[str, np.ndarray], contract: ModelContract) -> Path:
+    """The graph N x C x H x W "input" -> N x K "logits" with the contract in its metadata, checked and saved."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     h, w = contract.input_size
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])],
-                              [numpy_helper.from_array(v, n) for n, v in weights.items()])  # fmt: skip
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", contract.channels, h, w])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", contract.num_classes])]
+    graph = helper.make_graph(nodes, name, inputs, outputs, [numpy_helper.from_array(v, n) for n, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, {METADATA_KEY: contract.to_json()})
@@ -45,8 +52,7 @@ def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
 def brightness_classifier(path: Path, contract: ModelContract, slopes=(-4.0, 0.0, 4.0), offsets=(0.0, 1.5, 0.0)) -> Path:
     """logits = slopes * mean(normalised input) + offsets: dark faces are the first class, bright ones the last, and
     the middle the rest; the labels of a brightness ramp are known in advance."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     c, k = contract.channels, contract.num_classes
     weights = {"fc_w": np.tile(np.asarray(slopes, np.float32)[:, None] / c, (1, c)),
@@ -54,14 +60,4 @@ def brightness_classifier(path: Path, contract: ModelContract, slopes=(-4.0, 0.0
     assert weights["fc_w"].shape == (k, c)
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]),
              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1)]  # fmt: skip
-    h, w = contract.input_size
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])]
-    graph = helper.make_graph(nodes, "brightness", inputs,
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])],
-                              [numpy_helper.from_array(v, n) for n, v in weights.items()])  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {METADATA_KEY: contract.to_json()})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _save(path, "brightness", nodes, weights, contract)
