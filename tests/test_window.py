@@ -124,27 +124,36 @@ def test_a_video_in_a_window_plays_at_the_files_frame_rate(xserver, model, tmp_p
     assert rates["--no-display"] > 20, rates  # headless stays as fast as it can
 
 
+def _overlay_shot(run: subprocess.Popen, env: dict, dump: Path) -> np.ndarray | None:
+    """A screenshot with fer-run's overlay on it, taken while the run goes on (None: none within 40 s)."""
+    from .xwd import read_xwd
+
+    deadline = time.time() + 40
+    while time.time() < deadline and run.poll() is None:
+        time.sleep(0.5)
+        with open(dump, "wb") as fh:
+            subprocess.run(["xwd", "-root", "-silent"], env=env, stdout=fh, timeout=10)
+        image = read_xwd(dump)
+        if np.all(image == np.asarray(BOX_COLOUR, np.uint8), axis=2).sum() > 200:  # box, label tab, confidence bar
+            return image
+    return None
+
+
 def test_the_window_shows_boxes_labels_confidence_and_fps(xserver, model, tmp_path):
     pytest.importorskip("skimage")
     from benchmarks.make_video import write_moving_face_video
 
-    from .xwd import read_xwd
-
-    video = write_moving_face_video(tmp_path / "v.mp4", frames=900, fps=30)
+    video = write_moving_face_video(tmp_path / "v.mp4", frames=300, fps=30)  # 10 s in the window: 20 screenshots
     env = {**os.environ, "DISPLAY": xserver, "QT_QPA_PLATFORM": "xcb"}
     run = None
     try:
-        run = _fer_run(xserver, "--source", video, "--model", model, "--display")
-        shot, deadline = None, time.time() + 40
-        while time.time() < deadline and run.poll() is None:
-            time.sleep(0.5)
-            dump = tmp_path / "screen.xwd"
-            with open(dump, "wb") as fh:
-                subprocess.run(["xwd", "-root", "-silent"], env=env, stdout=fh, timeout=10)
-            image = read_xwd(dump)
-            box = np.all(image == np.asarray(BOX_COLOUR, np.uint8), axis=2)
-            if box.sum() > 200:  # the overlay's box, label tab and confidence bar are on screen
-                shot = image
+        # two tries: twice in about ten full-suite runs beside two trainings, no screenshot of a 30 s run caught the
+        # overlay although fer-run drew every frame (cause not found); standalone and under load it always did
+        for _ in range(2):
+            _stop(run)
+            run = _fer_run(xserver, "--source", video, "--model", model, "--display")
+            shot = _overlay_shot(run, env, tmp_path / "screen.xwd")
+            if shot is not None:
                 break
         if shot is None:
             run.terminate()
