@@ -39,7 +39,7 @@ from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.providers import PROVIDER_HELP, ProviderChoice, ProviderError
 from fer_runtime.providers import describe as describe_provider
 from fer_runtime.providers import resolve as resolve_provider
-from fer_runtime.session import PRIOR_CHOICES, OnnxModel, decision_probabilities
+from fer_runtime.session import PRIOR_CHOICES, OnnxModel, calibrated_probabilities, decision_probabilities
 
 ROUNDS = 10
 # The instruction sets that decide INT8 and bf16 speed: without VNNI, INT8 gains far less over fp32.
@@ -306,11 +306,12 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     predicted = shared.from_model[probs.argmax(1)]
     other = "other" if shared.extra else None
     row["quality"] = metrics(shared.labels, predicted, shared.classes, other)
-    raw_argmax = shared.from_model[decision_probabilities(raw, c, 0.0).argmax(1)]
+    calibrated = decision_probabilities(raw, c, 0.0)  # the temperature alone: the raw argmax, and calibration
+    raw_argmax = shared.from_model[calibrated.argmax(1)]
     row["quality_train_prior"] = {k: v for k, v in metrics(shared.labels, raw_argmax, shared.classes, other).items()
                                   if k in ("accuracy", "macro_f1", "balanced_accuracy")}  # fmt: skip
-    before = reliability(decision_probabilities(raw, c.replace(temperature=1.0), 0.0), shared.label_in_model)
-    after = reliability(decision_probabilities(raw, c, 0.0), shared.label_in_model)
+    before = reliability(calibrated_probabilities(raw, c.output, 1.0), shared.label_in_model)
+    after = reliability(calibrated, shared.label_in_model)
     row["calibration"] = {"temperature": c.temperature, "reliability_before": before, "reliability_after": after,
                           "ece_before": before["ece"], "ece_after": after["ece"],
                           "ece_decision_rule": reliability(probs, shared.label_in_model)["ece"]}  # fmt: skip

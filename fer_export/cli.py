@@ -287,11 +287,12 @@ def _onnx_row(label: str, path: Path, data: dict, timed: bool = True, threads: i
         if split in data:
             raw, labels = model.raw_outputs(data[split].images), data[split].labels
             # the figures under the shipped decision rule, and the raw argmax's (the training prior) beside them
-            row[split] = _score(decision_probabilities(raw, c), labels, list(c.classes))
+            probs = decision_probabilities(raw, c)
+            row[split] = _score(probs, labels, list(c.classes))
             raw_argmax = _score(decision_probabilities(raw, c, 0.0), labels, list(c.classes))
             row[split]["train_prior"] = {k: raw_argmax[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
             row[split]["calibration"] = calibration_summary(raw, labels, c.temperature, c.output)
-            row[split]["calibration"]["ece_decision_rule"] = reliability(decision_probabilities(raw, c), labels)["ece"]
+            row[split]["calibration"]["ece_decision_rule"] = reliability(probs, labels)["ece"]
     return row
 
 
