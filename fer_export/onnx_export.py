@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import METADATA_KEY, ModelContract
+from fer_runtime.errors import FerError
 from fer_runtime.outputs import atomic_path
 from fer_runtime.session import OnnxModel
 
 MIN_AGREEMENT = 0.999
 
 
-class ExportError(RuntimeError):
+class ExportError(FerError, RuntimeError):
     """Export produced a model that does not behave like its source."""
 
 

@@ -7,9 +7,10 @@ import torch_pruning as tp
 from torch import nn
 
 from fer_runtime.contract import ModelContract
+from fer_runtime.errors import FerError
 
 
-class PruneError(ValueError):
+class PruneError(FerError, ValueError):
     pass
 
 

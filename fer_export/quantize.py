@@ -17,6 +17,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fer_export.onnx_export import save_onnx_atomic, set_contract
 from fer_runtime.contract import ModelContract, read_onnx_contract
+from fer_runtime.errors import FerError
 
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -25,7 +26,7 @@ CALIBRATION_METHODS = {
 }
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(FerError, RuntimeError):
     pass
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fer_runtime.errors import FerError
+
 METADATA_KEY = "fer_contract"
 # Version 3 dropped the input conditioning of models trained on a blurred FER2013 copy and added
 # ``temperature``. Older files are refused: such a model was trained on images unlike
@@ -26,7 +28,7 @@ MAX_PRIOR_CORRECTION = 2.0
 MAX_INPUT_SIDE = 512  # pixels: far above any face model's input, far below one that would take gigabytes per crop
 
 
-class ContractError(ValueError):
+class ContractError(FerError, ValueError):
     """A model's contract is missing or malformed."""
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_runtime.errors import FerError
 
-class DetectorError(RuntimeError):
+
+class DetectorError(FerError, RuntimeError):
     pass
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import click
 
-EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
+from fer_runtime.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerError  # noqa: F401
 
 
-class OutputError(ValueError):
+class OutputError(FerError, ValueError):
     """An output location that cannot be written."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fer_runtime.errors import FerError
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -36,7 +38,7 @@ PROVIDER_HELP = ("execution provider: auto (CUDA when a CUDA device and onnxrunt
                  "cuda, or another that onnxruntime lists (tensorrt, openvino, coreml, dml, ...)")  # fmt: skip
 
 
-class ProviderError(ValueError):
+class ProviderError(FerError, ValueError):
     """An execution provider that was asked for and cannot be had."""
 
 

@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 
 from fer_runtime.data import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageTooLarge, read_image
+from fer_runtime.errors import FerError
 
 MAX_BAD_FRAMES = 25  # consecutive undecodable frames before a video counts as ended
 
 
-class SourceError(RuntimeError):
+class SourceError(FerError, RuntimeError):
     pass
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import CONTRACT_VERSION, ContractError, ModelContract
+from fer_runtime.errors import FerError
 from fer_runtime.outputs import OutputError, atomic_path
 from fer_train.models import create_model
 
@@ -22,7 +23,7 @@ FORMAT = "fer-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FerError, ValueError):
     """A file is not a usable fer-train checkpoint."""
 
 

@@ -7,7 +7,7 @@ checkpoint's ``train_args`` all use these names. ``None`` means "decided from ot
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -76,6 +76,12 @@ class TrainConfig:
     teacher_targets: str = "online"
     kd_alpha: float = 0.7
     kd_temperature: float = 4.0
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainConfig:
+        """A run's ``config.json`` or a checkpoint's ``train_args``: the fields this version knows, the rest dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 # what a None default stands for, as --help shows it

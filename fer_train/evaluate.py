@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fer_runtime.data import DataError, load_split, run_manifest
-from fer_runtime.data_report import has_copy_in
+from fer_runtime.data.report import has_copy_in
 from fer_runtime.outputs import (
     FerArgumentParser,
     HelpFormatter,

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fer_runtime.errors import FerError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-class ModelError(ValueError):
+class ModelError(FerError, ValueError):
     """Unknown model name or unusable weights."""
 
 

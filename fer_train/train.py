@@ -36,8 +36,8 @@ from fer_runtime.data import (
     resolve_data_root,
     write_skipped_log,
 )
-from fer_runtime.data_report import data_report, write_data_report
-from fer_runtime.ferplus import LABEL_MODES
+from fer_runtime.data.ferplus import LABEL_MODES
+from fer_runtime.data.report import data_report, write_data_report
 from fer_runtime.outputs import (
     EXIT_INTERRUPTED,
     FerArgumentParser,

@@ -151,7 +151,7 @@ def test_with_no_model_the_shipped_pair_that_fits_the_data_is_benched():
 
     from benchmarks.bench import default_models
     from fer_runtime.data import DataError
-    from fer_runtime.ferplus import CLASSES as FERPLUS
+    from fer_runtime.data.ferplus import CLASSES as FERPLUS
 
     if not all((MODELS_DIR / f"{n}.onnx").is_file() for n in ("ferplus", "fer2013")):
         pytest.skip("the shipped models are not in models/")

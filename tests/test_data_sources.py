@@ -12,9 +12,9 @@ import pytest
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DataError, DecodedSplit, discover, load_split, read_image
-from fer_runtime.data_report import duplicate_summary, has_copy_in
-from fer_runtime.ferplus import CLASSES as FERPLUS_CLASSES
-from fer_runtime.ferplus import vote_target
+from fer_runtime.data.ferplus import CLASSES as FERPLUS_CLASSES
+from fer_runtime.data.ferplus import vote_target
+from fer_runtime.data.report import duplicate_summary, has_copy_in
 
 CODES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the challenge's emotion codes 0-6
 

@@ -247,7 +247,7 @@ def test_shipped_default_model_labels_astronaut(astronaut, tmp_path):
     """`fer-run --source IMAGE --no-display --json out.jsonl` with no --model uses the shipped FER+ INT8 file, and its
     JSONL carries calibrated probabilities over the 8 FER+ classes."""
     from fer_runtime.contract import read_onnx_contract
-    from fer_runtime.ferplus import CLASSES as FERPLUS
+    from fer_runtime.data.ferplus import CLASSES as FERPLUS
 
     out = tmp_path / "a.jsonl"
     code = "import sys; from fer_runtime.cli import main; main()"

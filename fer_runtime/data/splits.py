@@ -1,5 +1,4 @@
-"""The one data layer, torch-free: layouts and protocols, the split manifest, the decoder and its cache.
-
+"""Which images make up each split: the layouts and protocols, discovery, and the split manifest a run saves.
 Training, evaluation, export and the benchmark all read data through this module.
 
 A data root is one of:
@@ -18,46 +17,28 @@ image's vote distribution (``targets``).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from fer_runtime import fer_csv, ferplus
-from fer_runtime.contract import to_model_layout
-from fer_runtime.outputs import atomic_path, atomic_write_text
+from fer_runtime.data import fer_csv, ferplus
+from fer_runtime.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS
+from fer_runtime.data.root import resolve_data_root
+from fer_runtime.errors import DataError
+from fer_runtime.outputs import atomic_write_text
 
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-# image formats OpenCV does not decode as images (or only as video): named and counted where they are left out
-UNSUPPORTED_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif"}
-# Larger than any camera's photo; a 20000 x 20000 PNG would take 1.2 GB decoded. JPEGs over it are decoded
-# reduced (libjpeg scales while decoding), other formats are refused from their header, before any decode.
-MAX_IMAGE_PIXELS = 50_000_000
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("folders", "fer2013", "ferplus")
 CSV_ROW = "#"  # "fer2013.csv#12": data row 12 (0-based) of that file
 FERPLUS_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 KAGGLE_CSV_NAMES = ("fer2013.csv", "icml_face_data.csv")
 CACHE_FILE = re.compile(r"(train|val|test)-[0-9a-f]{20}\.npz")  # a decoded split in the cache (load_split)
-
-
-class DataError(ValueError):
-    """The data root cannot be used as given."""
-
-
-class ImageTooLarge(DataError):
-    """An image whose header says it is over MAX_IMAGE_PIXELS (and that cannot be decoded reduced)."""
 
 
 @dataclass
@@ -105,14 +86,6 @@ class SplitManifest:
                 for name, items in self.splits.items()}  # fmt: skip
 
 
-def resolve_data_root(given: str | None, manifest_root: str | None = None) -> str:
-    """``--data-root``, then ``FER_DATA_ROOT``, then the root a run's manifest was made from."""
-    root = given or os.environ.get("FER_DATA_ROOT") or manifest_root
-    if not root:
-        raise DataError("no data: pass --data-root ROOT (or set FER_DATA_ROOT)")
-    return root
-
-
 def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None = None) -> SplitManifest:
     """The splits a run was made with, found on this machine.
 
@@ -133,9 +106,6 @@ def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None =
         warnings.simplefilter("ignore")  # the rules' own warnings were shown when the run was made
         return discover(root, rules.get("protocol"), rules.get("val_split"), rules.get("test_split"),
                         rules.get("seed", 0), rules.get("label_mode"))  # fmt: skip
-
-
-# --------------------------------------------------------------------------- discovery
 
 
 def _is_image(path: Path) -> bool:
@@ -409,237 +379,3 @@ def _warn_thin_splits(splits: dict[str, list[tuple[str, int]]], classes: list[st
         n = len(splits["train"])
         warnings.warn(f"--val-split {val_split} leaves {n} of {n + len(splits.get('val', []))} images for training",
                       stacklevel=4)  # fmt: skip
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def read_image(path: str | Path) -> np.ndarray | None:
-    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8.
-
-    An image over MAX_IMAGE_PIXELS is decoded reduced (JPEG) or refused with ``ImageTooLarge``."""
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    img = cv2.imdecode(buf, _decode_flags(buf, path)) if buf.size else None
-    if img is None:
-        return None
-    if img.dtype != np.uint8:
-        top = 65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0)
-        img = np.clip(img.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = np.rint(img[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    return img
-
-
-def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
-    size = image_header_size(buf[:262144].tobytes())
-    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
-        return cv2.IMREAD_UNCHANGED
-    if buf[:2].tobytes() == b"\xff\xd8":
-        for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
-            if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
-                return flag
-    raise ImageTooLarge(f"{Path(path).name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
-                        "megapixels read: scale it down first")  # fmt: skip
-
-
-def image_header_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP, WebP, GIF or PNM header; None for other formats or a damaged header."""
-    import struct
-
-    try:
-        if head[:8] == b"\x89PNG\r\n\x1a\n":
-            return struct.unpack(">II", head[16:24])
-        if head[:2] == b"BM":
-            w, h = struct.unpack("<ii", head[18:26])
-            return abs(w), abs(h)
-        if head[:6] in (b"GIF87a", b"GIF89a"):
-            return struct.unpack("<HH", head[6:10])
-        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-            return _webp_size(head)
-        if head[:1] == b"P" and head[1:2] in b"123456":
-            lines = (line.split(b"#")[0] for line in head[2:200].split(b"\n"))
-            values = [int(v) for v in b" ".join(lines).split()[:2]]
-            return values[0], values[1]
-        if head[:2] == b"\xff\xd8":
-            return _jpeg_size(head)
-    except (struct.error, ValueError, IndexError):
-        return None
-    return None
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
-    if chunk == b"VP8L":
-        bits = int.from_bytes(head[21:25], "little")
-        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if chunk == b"VP8 ":
-        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
-    return None
-
-
-def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    """The frame header (SOFn) of a JPEG, found by walking its marker segments."""
-    i = 2
-    while i + 9 < len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = int.from_bytes(head[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
-        i += 2 + length
-    return None
-
-
-def read_source(root: Path, source: str) -> np.ndarray | None:
-    """A manifest item's image: a file, or a CSV data row."""
-    if CSV_ROW in source:
-        name, row = source.rsplit(CSV_ROW, 1)
-        return fer_csv.pixels(root / name, int(row))
-    return read_image(root / source)
-
-
-def decode_image(path: str | Path, channels: int, height: int, width: int) -> np.ndarray:
-    """One image file -> uint8 C x H x W in the model's colour mode and size, as training and the bench see it."""
-    img = read_image(path)
-    if img is None:
-        raise DataError(f"unreadable image {path}")
-    return to_model_layout(img, channels, height, width)
-
-
-def image_format(img: np.ndarray) -> str:
-    """'WxH gray' / 'WxH colour': what the data report counts."""
-    return f"{img.shape[1]}x{img.shape[0]} {'gray' if img.ndim == 2 else 'colour'}"
-
-
-@dataclass
-class DecodedSplit:
-    images: np.ndarray  # uint8, N x C x H x W, model colour order and size
-    labels: np.ndarray  # int64, N
-    paths: list[str]
-    skipped: list[tuple[str, str]]  # (source, reason)
-    targets: np.ndarray | None = None  # float32 N x K vote distributions (FER+ probability / crossentropy)
-    formats: dict[str, int] = field(default_factory=dict)  # original 'WxH mode' -> count
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FER_CACHE_DIR", Path.home() / ".cache" / "fer-toolchain"))
-
-
-def _cache_key(root: Path, items: list[tuple[str, int]], channels: int, height: int, width: int) -> str:
-    h = hashlib.sha1(f"v2|{channels}|{height}|{width}|{root}".encode())
-    stats: dict[str, str] = {}
-    for rel, label in items:
-        file = rel.split(CSV_ROW, 1)[0]
-        if file not in stats:
-            st = (root / file).stat()
-            stats[file] = f"{st.st_size}|{st.st_mtime_ns}"
-        h.update(f"{rel}|{label}|{stats[file]}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def load_split(
-    manifest: SplitManifest,
-    split: str,
-    channels: int,
-    input_size: tuple[int, int],
-    root: str | Path | None = None,
-    cache_dir: Path | None = None,
-    strict: bool = False,
-    progress: Callable[[Iterable, int, str], Iterator] | None = None,
-) -> DecodedSplit:
-    """Decode a split once into a uint8 array cached on disk; later calls read the cache."""
-    if split not in manifest.splits:
-        raise DataError(f"split '{split}' not in this data ({', '.join(manifest.splits)})")
-    root = Path(root or manifest.root)
-    if root.is_file():
-        root = root.parent
-    items = manifest.splits[split]
-    missing = sorted(f for f in {rel.split(CSV_ROW, 1)[0] for rel, _ in items} if not (root / f).exists())
-    if missing:
-        raise DataError(f"{len(missing)} files of split '{split}' are missing under {root}, e.g. {missing[0]}")
-    height, width = input_size
-    targets = np.asarray(manifest.targets[split], np.float32) if split in manifest.targets else None
-    cache_file = Path(cache_dir or default_cache_dir()) / f"{split}-{_cache_key(root, items, channels, height, width)}.npz"
-    cached = _read_cache(cache_file, items, targets)
-    if cached is None:
-        cached = _decode(root, items, split, channels, height, width, strict, progress, targets)
-        _write_cache(cache_file, cached, items)
-    if cached.skipped and strict:
-        raise DataError(f"{len(cached.skipped)} unreadable images in split '{split}', e.g. {cached.skipped[0][0]}")
-    if cached.skipped:
-        warnings.warn(f"skipped {len(cached.skipped)} unreadable images in split '{split}' "
-                      f"(listed in skipped_files.txt), e.g. {cached.skipped[0][0]}", stacklevel=2)  # fmt: skip
-    return cached
-
-
-def _decode(root, items, split, channels, height, width, strict, progress, targets) -> DecodedSplit:
-    images = np.empty((len(items), channels, height, width), dtype=np.uint8)
-    keep = np.zeros(len(items), dtype=bool)
-    skipped: list[tuple[str, str]] = []
-    formats: Counter = Counter()
-    iterator = progress(items, len(items), f"decoding {split}") if progress else items
-    for i, (rel, _) in enumerate(iterator):
-        try:
-            img = read_source(root, rel)
-        except (fer_csv.CsvDataError, ValueError, OSError) as exc:
-            img, reason = None, str(exc)
-        else:
-            reason = "not an image OpenCV can decode"
-        if img is None:
-            if strict:
-                raise DataError(f"unreadable image {root / rel} ({reason}); drop --strict to skip such files")
-            skipped.append((rel, reason))
-            continue
-        formats[image_format(img)] += 1
-        images[i] = to_model_layout(img, channels, height, width)
-        keep[i] = True
-    if not keep.any():
-        raise DataError(f"split '{split}' has no readable images")
-    return DecodedSplit(images[keep], np.asarray([y for _, y in items], np.int64)[keep],
-                        [rel for (rel, _), k in zip(items, keep) if k], skipped,
-                        None if targets is None else targets[keep], dict(formats))  # fmt: skip
-
-
-def _read_cache(cache_file: Path, items, targets) -> DecodedSplit | None:
-    if not cache_file.exists():
-        return None
-    try:
-        with np.load(cache_file, allow_pickle=False) as z:
-            images, labels, keep = z["images"], z["labels"], z["keep"]
-            skipped = [tuple(s) for s in json.loads(str(z["skipped"]))]
-            formats = json.loads(str(z["formats"]))
-    except Exception as exc:  # a damaged cache is rebuilt, never trusted
-        log.warning("ignoring unreadable cache %s: %s", cache_file, exc)
-        return None
-    return DecodedSplit(images, labels, [rel for (rel, _), k in zip(items, keep) if k], skipped,
-                        None if targets is None else targets[keep], formats)  # fmt: skip
-
-
-def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
-    kept = set(decoded.paths)
-    keep = np.asarray([rel in kept for rel, _ in items])
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file) as tmp:
-            np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
-                     formats=json.dumps(decoded.formats))  # fmt: skip
-    except OSError as exc:
-        log.warning("could not write decode cache %s: %s", cache_file, exc)
-
-
-def write_skipped_log(path: Path, decoded: dict[str, DecodedSplit]) -> int:
-    lines = [f"{split}\t{rel}\t{reason}" for split, d in decoded.items() for rel, reason in d.skipped]
-    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
-    return len(lines)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_runtime.data import DecodedSplit, SplitManifest
+from fer_runtime.data.decode import DecodedSplit
+from fer_runtime.data.splits import SplitManifest
 from fer_runtime.outputs import atomic_write_text
 
 SHARPNESS_RATIO_WARN = 1.5  # splits whose median sharpness differs more than this get a warning

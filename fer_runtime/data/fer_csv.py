@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.errors import FerError
+
 # The challenge's codes: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
 EMOTION_CODES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 CLASSES = tuple(sorted(EMOTION_CODES))  # the Kaggle image-folder names, alphabetical
@@ -20,7 +22,7 @@ USAGE_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 SIDE = 48
 
 
-class CsvDataError(ValueError):
+class CsvDataError(FerError, ValueError):
     """A CSV data file cannot be used as given."""
 
 

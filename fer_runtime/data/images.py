@@ -1,0 +1,123 @@
+"""Reading one image file: the one reader that training, the bench, fer-run and the API share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_runtime.contract import to_model_layout
+from fer_runtime.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+# image formats OpenCV does not decode as images (or only as video): named and counted where they are left out
+UNSUPPORTED_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif"}
+# Larger than any camera's photo; a 20000 x 20000 PNG would take 1.2 GB decoded. JPEGs over it are decoded
+# reduced (libjpeg scales while decoding), other formats are refused from their header, before any decode.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+class ImageTooLarge(DataError):
+    """An image whose header says it is over MAX_IMAGE_PIXELS (and that cannot be decoded reduced)."""
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8.
+
+    An image over MAX_IMAGE_PIXELS is decoded reduced (JPEG) or refused with ``ImageTooLarge``."""
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    img = cv2.imdecode(buf, _decode_flags(buf, path)) if buf.size else None
+    if img is None:
+        return None
+    if img.dtype != np.uint8:
+        top = 65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0)
+        img = np.clip(img.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        img = np.rint(img[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    return img
+
+
+def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
+    size = image_header_size(buf[:262144].tobytes())
+    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
+        return cv2.IMREAD_UNCHANGED
+    if buf[:2].tobytes() == b"\xff\xd8":
+        for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
+            if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
+                return flag
+    raise ImageTooLarge(f"{Path(path).name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
+                        "megapixels read: scale it down first")  # fmt: skip
+
+
+def image_header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP, WebP, GIF or PNM header; None for other formats or a damaged header."""
+    import struct
+
+    try:
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", head[16:24])
+        if head[:2] == b"BM":
+            w, h = struct.unpack("<ii", head[18:26])
+            return abs(w), abs(h)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", head[6:10])
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head[:1] == b"P" and head[1:2] in b"123456":
+            lines = (line.split(b"#")[0] for line in head[2:200].split(b"\n"))
+            values = [int(v) for v in b" ".join(lines).split()[:2]]
+            return values[0], values[1]
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(head)
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """The frame header (SOFn) of a JPEG, found by walking its marker segments."""
+    i = 2
+    while i + 9 < len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def decode_image(path: str | Path, channels: int, height: int, width: int) -> np.ndarray:
+    """One image file -> uint8 C x H x W in the model's colour mode and size, as training and the bench see it."""
+    img = read_image(path)
+    if img is None:
+        raise DataError(f"unreadable image {path}")
+    return to_model_layout(img, channels, height, width)
+
+
+def image_format(img: np.ndarray) -> str:
+    """'WxH gray' / 'WxH colour': what the data report counts."""
+    return f"{img.shape[1]}x{img.shape[0]} {'gray' if img.ndim == 2 else 'colour'}"

@@ -1,0 +1,172 @@
+"""Command-line options declared once, on the fields of each command's typed config.
+
+``option(default, help, ...)`` makes a dataclass field that is also a command-line option; ``config_options(Config)``
+turns every such field into a click option ``--field-name`` with that default, help and choices; ``given_options``
+returns the ones the user typed, so that a recipe (``--config``) or a resumed run fills the rest. ``FerCommand`` is
+the one place where a ``FerError`` becomes ``PROG: error: MESSAGE`` and its exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, Field, field, fields
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from fer_runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+class OptionError(FerError):
+    """A recipe or option the command does not know, or a value out of range."""
+
+
+def option(default: Any = None, help: str = "", *, choices: list | tuple | None = None, metavar: str | None = None,
+           multiple: bool = False, none_means: str | None = None) -> Any:  # fmt: skip
+    """A config field and its command-line option: default, help, choices and repeatability, declared once.
+
+    ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag.
+    """
+    meta = {"help": help, "choices": None if choices is None else list(choices), "metavar": metavar,
+            "multiple": multiple, "none_means": none_means}  # fmt: skip
+    if isinstance(default, list):
+        return field(default_factory=lambda d=tuple(default): list(d), metadata={"option": meta})
+    return field(default=default, metadata={"option": meta})
+
+
+def option_fields(cls: type) -> list[Field]:
+    """The fields of a config dataclass that are command-line options, in declaration order."""
+    return [f for f in fields(cls) if "option" in f.metadata]
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """Every field's default, as the command line would give it."""
+    return {f.name: defaults_of_field(f) for f in fields(cls)}
+
+
+def scalar_type(f: Field) -> type:
+    """The element type of a field annotated ``int``, ``float | None``, ``list[str]`` and the like."""
+    text = str(f.type).replace(" ", "").replace("|None", "").replace("Optional[", "")
+    if text.startswith("list["):
+        text = text[5:-1]
+    return _SCALARS.get(text.rstrip("]"), str)
+
+
+def _click_option(f: Field) -> Callable:
+    meta = f.metadata["option"]
+    kind = scalar_type(f)
+    default = defaults_of_field(f)
+    kw: dict[str, Any] = {"help": meta["help"], "show_default": True}
+    if kind is bool:
+        kw.update(is_flag=True, default=bool(default), show_default="on" if default else "off")
+    else:
+        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else kind
+        kw["default"] = tuple(default or ()) if meta["multiple"] else default
+        kw["multiple"] = meta["multiple"]
+        if meta["metavar"]:
+            kw["metavar"] = meta["metavar"]
+        if default is None or default == []:
+            kw["show_default"] = meta["none_means"] or "none"
+    return click.option(flag_of(f.name), f.name, **kw)
+
+
+def defaults_of_field(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+
+
+def config_options(cls: type) -> Callable:
+    """Decorator: one click option per option field of ``cls``."""
+
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(option_fields(cls)):
+            command = _click_option(f)(command)
+        return command
+
+    return decorate
+
+
+def as_field_value(f: Field, value: Any) -> Any:
+    """A click value as the field holds it: tuples as lists, choices in the field's own type."""
+    kind = scalar_type(f)
+    if isinstance(value, tuple | list):
+        return [kind(v) for v in value]
+    return value if value is None or kind is bool else kind(value)
+
+
+def given_options(cls: type, ctx: click.Context) -> dict[str, Any]:
+    """The options of ``cls`` typed on the command line (or set in the environment), as field values."""
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {f.name: as_field_value(f, ctx.params[f.name]) for f in option_fields(cls)
+            if f.name in ctx.params and ctx.get_parameter_source(f.name) in typed}  # fmt: skip
+
+
+def check_known(cls: type, options: dict, where: str) -> None:
+    unknown = sorted(set(options) - {f.name for f in fields(cls)})
+    if unknown:
+        raise OptionError(f"{where}: unknown option(s) {', '.join(unknown)}")
+
+
+def load_recipe(path: str | Path, cls: type, table: str | None = None) -> dict[str, Any]:
+    """A recipe file: a TOML table of ``cls``'s options, named as its fields (``arch_arg = ["width=0.5"]``).
+
+    ``base = "PATH.toml"`` starts from another recipe and changes only the keys given (an experiment over a shipped recipe).
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"{path} is not valid TOML: {exc}") from None
+    options = dict(data.get(table, data) if table else data)
+    base = options.pop("base", None)
+    check_known(cls, options, str(path))
+    if base is None:
+        return options
+    # an experiment names the recipe it changes: relative to its own folder, else to the working directory
+    base_path = next((p for p in (path.parent / base, Path(base)) if p.is_file()), path.parent / base)
+    if base_path.resolve() == path.resolve():
+        raise OptionError(f"{path}: a recipe cannot be its own base")
+    return {**load_recipe(base_path, cls, table), **options}
+
+
+class FerCommand(click.Command):
+    """A click command whose usage errors and ``FerError``s are one ``PROG: error: ...`` line and their exit code;
+    Ctrl-C exits 130."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", CONTEXT)
+        super().__init__(*args, **kwargs)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"{self.name}: error: {exc.format_message()}", err=True)
+            code = EXIT_USAGE
+        except FerError as exc:
+            click.echo(f"{self.name}: error: {exc}", err=True)
+            code = exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo(f"{self.name}: interrupted", err=True)
+            code = EXIT_INTERRUPTED
+        except OSError as exc:  # a disk that fills, a folder that vanishes mid-run: one line, not a traceback
+            click.echo(f"{self.name}: error: {exc}", err=True)
+            code = EXIT_INTERNAL
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
