@@ -56,9 +56,7 @@ def geometric(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     tx = (torch.rand(b, device=dev) * 2 - 1) * cfg.shift * 2  # grid units span [-1, 1]
     ty = (torch.rand(b, device=dev) * 2 - 1) * cfg.shift * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -105,9 +103,7 @@ def mix_batch(x: torch.Tensor, target: torch.Tensor, cfg: AugmentConfig) -> tupl
     return x, lam * target + (1 - lam) * target[perm]
 
 
-def train_transform(
-    images_u8: torch.Tensor, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
+def train_transform(images_u8: torch.Tensor, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     images_u8 = apply_policy(images_u8, cfg.policy)
     x = normalize(images_u8, mean, std)
     x = geometric(x, cfg)

@@ -147,7 +147,6 @@ class TrainBatches:
             yield idx, x, target
 
 
-
 @dataclass
 class Optimisation:
     """Optimizer, schedule, gradient scaling, accumulation, clipping, precision and the weight EMA: one step's rules."""
