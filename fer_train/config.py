@@ -1,81 +1,104 @@
-"""``TrainConfig``: every fer-train option and its default, in one place.
+"""``TrainConfig`` and ``EvalConfig``: every fer-train and fer-eval option, its default and its help, in one place.
 
-The command line (``fer-train``), recipe files (``--config recipe.toml``), a run's ``config.json`` and a
-checkpoint's ``train_args`` all use these names. ``None`` means "decided from other options": ``lr`` and
-``weight_decay`` by ``opt``, ``mean`` and ``std`` by ``channels``, ``data_root`` by ``FER_DATA_ROOT``.
+Each field is also the command's ``--field-name`` option (``fer_runtime.options``). The command line, recipe files
+(``--config recipe.toml``), a run's ``config.json`` and a checkpoint's ``train_args`` all use these names. ``None``
+means "decided from other options": ``lr`` and ``weight_decay`` by ``opt``, ``mean`` and ``std`` by ``channels``,
+``data_root`` by ``FER_DATA_ROOT`` (``fer_runtime.data.resolve_data_root``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+
+from fer_runtime.data.ferplus import LABEL_MODES
+from fer_runtime.data.splits import PROTOCOLS
+from fer_runtime.options import option
+
+DEVICES = ["auto", "cpu", "cuda"]
+THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
+CACHE = "~/.cache/fer-toolchain"
 
 
 @dataclass
 class TrainConfig:
     # data
-    data_root: str | None = None
-    protocol: str | None = None
-    label_mode: str | None = None
-    val_split: float | None = None
-    test_split: float | None = None
-    strict: bool = False
-    cache_dir: str | None = None
+    data_root: str | None = option(None, "image folders, fer2013.csv or a FER+ folder (see README)",
+                                   none_means="$FER_DATA_ROOT, then a resumed run's")  # fmt: skip
+    protocol: str | None = option(None, "fer2013: val=PublicTest, test=PrivateTest; ferplus: FER+ votes, val=FER2013Valid, "
+                                  "test=FER2013Test", choices=PROTOCOLS,
+                                  none_means="image folders (fer2013 for a .csv root)")  # fmt: skip
+    label_mode: str | None = option(None, "FER+ training labels (val/test are always majority)", choices=LABEL_MODES,
+                                    none_means="majority")  # fmt: skip
+    val_split: float | None = option(None, "fraction carved (stratified, seeded) for validation",
+                                     none_means="0.1 for class folders, else none")  # fmt: skip
+    test_split: float | None = option(None, "fraction carved for test (class-folder layout)", none_means="0")
+    strict: bool = option(False, "unreadable images are fatal")
+    cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     # model
-    arch: str = "vgg"
-    arch_arg: list[str] = field(default_factory=list)
-    pretrained: str | None = None
-    init: str | None = None
-    input_size: int = 48
-    channels: int = 1
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    crop_margin: float = 0.1
+    arch: str = option("vgg", "architecture: a registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
+    arch_arg: list[str] = option([], "architecture option, e.g. width=0.5 (repeat for several)", metavar="KEY=VALUE",
+                                 multiple=True)  # fmt: skip
+    pretrained: str | None = option(None, "local weights file ('hub' tries a timm download)")
+    init: str | None = option(None, "start from a checkpoint's architecture and weights (e.g. a pruned model)")
+    input_size: int = option(48, "input side in pixels")
+    channels: int = option(1, "1 (grey) or 3 (colour) input channels", choices=[1, 3])
+    mean: list[float] | None = option(None, "per-channel input mean (repeat once per channel)", multiple=True,
+                                      none_means="0.5 per channel")  # fmt: skip
+    std: list[float] | None = option(None, "per-channel input std (repeat once per channel)", multiple=True,
+                                     none_means="0.5 per channel")  # fmt: skip
+    crop_margin: float = option(0.1, "face-box margin recorded in the contract")
     # optimisation
-    epochs: int = 30
-    batch_size: int = 64
-    opt: str = "adamw"
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    accum_steps: int = 1
-    clip_grad: float = 0.0
-    loss: str = "ce"
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
-    sampler: str = "random"
+    epochs: int = option(30, "training epochs (0 with --resume: only evaluate)")
+    batch_size: int = option(64, "images per step")
+    opt: str = option("adamw", "AdamW, or SGD with Nesterov momentum", choices=["adamw", "sgd"])
+    lr: float | None = option(None, "peak learning rate", none_means="1e-3 with adamw, 0.05 with sgd")
+    weight_decay: float | None = option(None, "weight decay (not on biases and norms)",
+                                        none_means="0.05 with adamw, 5e-4 with sgd")  # fmt: skip
+    momentum: float = option(0.9, "SGD momentum")
+    warmup_epochs: float = option(1.0, "linear warmup, in epochs")
+    min_lr_ratio: float = option(0.01, "cosine floor as a fraction of --lr")
+    accum_steps: int = option(1, "gradient accumulation steps")
+    clip_grad: float = option(0.0, "gradient norm clip (0 off)")
+    loss: str = option("ce", "loss on the (soft) targets", choices=["ce", "weighted_ce", "focal"])
+    focal_gamma: float = option(2.0, "focal loss gamma")
+    label_smoothing: float = option(0.0, "label smoothing")
+    sampler: str = option("random", "class-balanced sampling", choices=["random", "balanced", "sqrt"])
     # augmentation
-    shift: float = 0.1
-    scale_min: float = 0.9
-    scale_max: float = 1.1
-    rotation: float = 10.0
-    no_hflip: bool = False
-    erasing: float = 0.0
-    policy: str = "none"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
+    shift: float = option(0.1, "random translation, fraction of side")
+    scale_min: float = option(0.9, "smallest random scale")
+    scale_max: float = option(1.1, "largest random scale")
+    rotation: float = option(10.0, "max degrees")
+    no_hflip: bool = option(False, "no random horizontal flips")
+    erasing: float = option(0.0, "RandomErasing probability")
+    policy: str = option("none", "augmentation policy", choices=["none", "randaugment", "autoaugment"])
+    mixup: float = option(0.0, "mixup alpha (0 off)")
+    cutmix: float = option(0.0, "cutmix alpha (0 off)")
+    mix_prob: float = option(1.0, "probability of mixing a batch")
     # run
-    amp: str = "auto"
-    channels_last: bool = False
-    grad_checkpointing: bool = False
-    ema: float = 0.0
-    monitor: str = "macro_f1"
-    patience: int = 0
-    seed: int = 0
-    deterministic: bool = False
-    out_dir: str = "runs"
-    name: str | None = None
-    device: str = "auto"
-    threads: int = 0
-    no_progress: bool = False
-    # distillation
-    teacher: list[str] | None = None
-    teacher_tta: str = "none"
-    teacher_targets: str = "online"
-    kd_alpha: float = 0.7
-    kd_temperature: float = 4.0
+    amp: str = option("auto", "auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32",
+                      choices=["auto", "bf16", "fp16", "off"])  # fmt: skip
+    channels_last: bool = option(False, "NHWC weights; about 10-20% faster CPU training steps on AVX2 (checkpoints stay NCHW)")
+    grad_checkpointing: bool = option(False, "timm models that support it")
+    ema: float = option(0.0, "EMA decay of weights, e.g. 0.999 (0 off)")
+    monitor: str = option("macro_f1", "validation metric for best.pt", choices=["macro_f1", "accuracy"])
+    patience: int = option(0, "early stop after N epochs without improvement (0 off)")
+    seed: int = option(0, "seed of splits, sampling and initialisation")
+    deterministic: bool = option(False, "deterministic torch algorithms")
+    out_dir: str = option("runs", "parent folder of the run folder")
+    name: str | None = option(None, "run folder name; an existing run is refused", none_means="MODEL-TIME")
+    device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
+    threads: int = option(0, THREADS_HELP)
+    no_progress: bool = option(False, "no per-batch progress bars")
+    # distillation (also what fer-export's distillation sets)
+    teacher: list[str] | None = option(None, "teacher checkpoint (.pt) or exported model (.onnx) for knowledge "
+                                       "distillation; repeated: averaged (mean probability)", metavar="MODEL",
+                                       multiple=True, none_means="none")  # fmt: skip
+    teacher_tta: str = option("none", "average each teacher over the batch and its mirror image", choices=["none", "flip"])
+    teacher_targets: str = option("online", "online: teachers score every augmented batch; cached: they score the "
+                                  "un-augmented training images once (no per-step cost; not with mixup/cutmix)",
+                                  choices=["online", "cached"])  # fmt: skip
+    kd_alpha: float = option(0.7, "weight of the KD term")
+    kd_temperature: float = option(4.0, "softmax temperature of the KD term")
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:
@@ -83,16 +106,30 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in known})
 
+    def split_rules(self) -> dict:
+        """How this run split its data, for ``run_manifest`` on a machine where the saved manifest's files are not."""
+        return {"protocol": self.protocol, "label_mode": self.label_mode, "val_split": self.val_split,
+                "test_split": self.test_split, "seed": self.seed}  # fmt: skip
 
-# what a None default stands for, as --help shows it
-NONE_MEANS = {
-    "data_root": "$FER_DATA_ROOT", "protocol": "image folders (fer2013 for a .csv root)", "label_mode": "majority",
-    "val_split": "0.1 for class folders, else none", "test_split": "0", "cache_dir": "~/.cache/fer-toolchain",
-    "pretrained": "none", "init": "none", "mean": "0.5 per channel", "std": "0.5 per channel",
-    "lr": "1e-3 with adamw, 0.05 with sgd", "weight_decay": "0.05 with adamw, 5e-4 with sgd", "name": "MODEL-TIME",
-    "teacher": "none",
-}  # fmt: skip
 
+@dataclass
+class EvalConfig:
+    ckpt: list[str] = option([], "RUN/best.pt (required); repeated: an ensemble (mean of softmax)", metavar="CKPT",
+                             multiple=True)  # fmt: skip
+    data_root: str | None = option(None, "the data to score", none_means="$FER_DATA_ROOT, then the run's")
+    split: str = option("test", "split to score", choices=["train", "val", "test"])
+    tta: str = option("none", "test-time augmentation", choices=["none", "flip", "tencrop"])
+    no_dedup: bool = option(False, "skip the second figure on the images that have no pixel-identical copy in train")
+    out_dir: str | None = option(None, "where to write metrics", none_means="beside the checkpoint")
+    no_ema: bool = option(False, "use raw weights even if the checkpoint has EMA weights")
+    strict: bool = option(False, "unreadable images are fatal")
+    cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
+    device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
+    threads: int = option(0, THREADS_HELP)
+
+
+# what a None default stands for, as fer-train's argparse --help shows it (until fer-train moves to click)
+NONE_MEANS = {f.name: f.metadata["option"]["none_means"] or "none" for f in fields(TrainConfig) if f.default is None}
 
 # option names before the one CLI grammar (fer-train --model was the architecture; --model is an ONNX file everywhere)
 RENAMED_OPTIONS = {"model": "arch", "model_arg": "arch_arg"}

@@ -219,7 +219,7 @@ def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path,
     root = tree_factory("train-val-test", per_class=24)
     runs = [_train(root, tmp_path, f"e{seed}", "--epochs", "4", "--seed", str(seed)) for seed in (0, 1)]
     ckpts = [str(r / "best.pt") for r in runs]
-    assert eval_main(["--ckpt", *ckpts, "--split", "test", "--tta", "flip"]) == 0
+    assert eval_main(["--ckpt", ckpts[0], "--ckpt", ckpts[1], "--split", "test", "--tta", "flip"]) == 0
     out = json.loads((runs[0] / "eval_test_flip_ensemble2.json").read_text())
     assert out["checkpoints"] == [str(Path(c).resolve()) for c in ckpts]
 
@@ -239,7 +239,7 @@ def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path,
     write_class_tree(tmp_path / "other", 12, np.random.default_rng(0), classes=("a", "b"))
     mismatched = _train(tmp_path / "other", tmp_path, "o", "--epochs", "1")
     capsys.readouterr()
-    assert eval_main(["--ckpt", ckpts[0], str(mismatched / "best.pt")]) == 2
+    assert eval_main(["--ckpt", ckpts[0], "--ckpt", str(mismatched / "best.pt")]) == 2
     assert "does not share classes" in capsys.readouterr().err
 
 
