@@ -37,6 +37,7 @@ from fer_runtime.calibration import (
 )
 from fer_runtime.contract import ContractError, read_onnx_contract
 from fer_runtime.data import PROTOCOLS, DataError, SplitManifest, discover, load_split, run_manifest
+from fer_runtime.options import load_recipe
 from fer_runtime.outputs import (
     FerArgumentParser,
     HelpFormatter,
@@ -52,7 +53,7 @@ from fer_train.config import TrainConfig
 from fer_train.engine import evaluate
 from fer_train.metrics import classification_metrics
 from fer_train.models import ModelError
-from fer_train.train import fit, load_recipe
+from fer_train.train import fit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,7 +390,7 @@ def training_sampler(provenance: dict) -> tuple[str, str]:
     from fer_models import MODELS_DIR
 
     for recipe in sorted((MODELS_DIR / "recipes").glob("*.toml")):
-        options = load_recipe(recipe)
+        options = load_recipe(recipe, TrainConfig, "train")
         if run.name and options.get("name") == run.name:
             return options.get("sampler", "random"), f"the recipe {recipe.name}, which writes {run.name}"
     return "random", "not recorded: the label frequencies"

@@ -8,7 +8,7 @@ means "decided from other options": ``lr`` and ``weight_decay`` by ``opt``, ``me
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from fer_runtime.data.ferplus import LABEL_MODES
 from fer_runtime.data.splits import PROTOCOLS
@@ -126,19 +126,3 @@ class EvalConfig:
     cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
     threads: int = option(0, THREADS_HELP)
-
-
-# what a None default stands for, as fer-train's argparse --help shows it (until fer-train moves to click)
-NONE_MEANS = {f.name: f.metadata["option"]["none_means"] or "none" for f in fields(TrainConfig) if f.default is None}
-
-# option names before the one CLI grammar (fer-train --model was the architecture; --model is an ONNX file everywhere)
-RENAMED_OPTIONS = {"model": "arch", "model_arg": "arch_arg"}
-
-
-def default_options() -> dict:
-    return asdict(TrainConfig())
-
-
-def upgrade_option_names(options: dict) -> dict:
-    """A checkpoint's ``train_args``, a ``config.json`` or a recipe written with the old option names, in today's."""
-    return {RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}

@@ -396,7 +396,7 @@ def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tm
     teachers = [str(run / "best.pt"), str(onnx_path)]
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
             "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off"]  # fmt: skip
-    assert train_main([*args, "--name", "s", "--teacher", *teachers, "--teacher-tta", "flip"]) == 0
+    assert train_main([*args, "--name", "s", "--teacher", teachers[0], "--teacher", teachers[1], "--teacher-tta", "flip"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (config["teacher"], config["teacher_tta"]) == (teachers, "flip")
     bad = tmp_path / "bad.onnx"

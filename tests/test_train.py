@@ -98,26 +98,44 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
     assert all(t.is_contiguous() for t in b["state_dict"].values())  # loads like an NCHW checkpoint
 
 
-def test_a_checkpoint_and_recipe_with_the_old_option_names_still_work(tree_factory, tmp_path, capsys):
-    """Before the one CLI grammar fer-train called the architecture ``model``/``model_arg``: runs in flight then must
-    resume, and old recipes load; the old flags get one line naming the new ones."""
-    root = tree_factory("train-val-test", per_class=12)
-    part = _train(root, tmp_path, "old", "--epochs", "2", "--stop-after", "1")
-    state = torch.load(part / "last.pt", weights_only=False)
-    args = state["train_args"]
-    args["model"], args["model_arg"] = args.pop("arch"), args.pop("arch_arg")  # a checkpoint from before the rename
-    torch.save(state, part / "last.pt")
-    assert train_main(["--resume", str(part / "last.pt")]) == 0  # width 0.125 again, or the weights would not load
-    assert load_checkpoint(part / "last.pt")["epoch"] == 2
-    recipe = tmp_path / "old.toml"
-    recipe.write_text('model = "vgg"\nmodel_arg = ["width=0.25"]\n')
-    from fer_train.train import load_recipe
+def test_options_come_from_defaults_then_the_resumed_run_then_the_recipe_then_the_flags(tmp_path, monkeypatch):
+    """The precedence, and the one data-root rule: --data-root (flag or recipe), then FER_DATA_ROOT, then the run's."""
+    from fer_runtime.options import load_recipe
+    from fer_train.config import TrainConfig
+    from fer_train.train import merged_config
 
-    assert load_recipe(recipe) == {"arch": "vgg", "arch_arg": ["width=0.25"]}
-    capsys.readouterr()
-    assert train_main(["--data-root", str(root), "--model", "vgg"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "fer-train: error: --model is now --arch (one flag per thing in every command: README, Command grammar)"]
+    saved = TrainConfig(data_root="/saved", lr=0.1, epochs=7, ema=0.9, arch_arg=["width=0.5"])
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("lr = 0.2\nepochs = 9\n")
+    monkeypatch.delenv("FER_DATA_ROOT", raising=False)
+    cfg = merged_config({**load_recipe(recipe, TrainConfig), "lr": 0.3}, saved)
+    assert (cfg.lr, cfg.epochs, cfg.ema, cfg.arch_arg, cfg.data_root) == (0.3, 9, 0.9, ["width=0.5"], "/saved")
+    assert (cfg.weight_decay, cfg.mean, cfg.std) == (0.05, [0.5], [0.5])  # decided by --opt and --channels
+    assert saved.weight_decay is None and saved.data_root == "/saved"  # resolved into a new config, not in place
+    monkeypatch.setenv("FER_DATA_ROOT", "/env")
+    assert merged_config({}, saved).data_root == "/env"
+    assert merged_config({"data_root": "/given"}, saved).data_root == "/given"
+    sgd = merged_config({"opt": "sgd", "channels": 3}, None)
+    assert (sgd.lr, sgd.weight_decay, sgd.mean, sgd.data_root) == (0.05, 5e-4, [0.5] * 3, "/env")
+
+
+def test_data_report_only_writes_the_report_and_no_run(tree_factory, tmp_path, capsys):
+    root = tree_factory("train-val-test", per_class=4)
+    out = tmp_path / "o"
+    assert train_main(["--data-root", str(root), "--out-dir", str(out), "--data-report-only", "--epochs", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["data_report.json", "data_report.md"]
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["root"] == str(root) and sum(report["images_per_class"]["train"].values()) == 12  # train decoded too
+    assert f"fer-train: data report in {out / 'data_report.json'}" in capsys.readouterr().out
+
+
+def test_a_recipe_names_its_base_and_changes_only_its_keys(tmp_path):
+    from fer_runtime.options import load_recipe
+    from fer_train.config import TrainConfig
+
+    (tmp_path / "base.toml").write_text('arch = "vgg"\narch_arg = ["width=0.375"]\nepochs = 50\n')
+    (tmp_path / "exp.toml").write_text('base = "base.toml"\narch_arg = ["width=0.25"]\n')
+    assert load_recipe(tmp_path / "exp.toml", TrainConfig) == {"arch": "vgg", "arch_arg": ["width=0.25"], "epochs": 50}
 
 
 def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
@@ -261,7 +279,8 @@ def test_native_bf16_detection_agrees_with_cpu_flags():
 
 
 def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path, capsys):
-    from fer_train.train import DEFAULTS, load_recipe
+    from fer_runtime.options import load_recipe
+    from fer_train.config import TrainConfig
     from fer_train.train import main as train_main
 
     root = Path(__file__).resolve().parents[1]
@@ -269,7 +288,7 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     assert {p.stem for p in recipes} >= {"ferplus", "fer2013"} and len(recipes) <= 4  # shipped models, their teachers
     recipes += sorted((root / "benchmarks" / "experiments").glob("*.toml"))
     for path in recipes:
-        assert set(load_recipe(path)) <= set(DEFAULTS)
+        assert TrainConfig(**load_recipe(path, TrainConfig))  # every key a TrainConfig field
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'data_root = "{tree_factory("train-val-test")}"\narch = "vgg"\narch_arg = ["width=0.125"]\n'
                       f'epochs = 3\nbatch_size = 8\nlr = 3e-3\nname = "from_recipe"\nout_dir = "{tmp_path}"\n'
@@ -280,24 +299,17 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     recipe.write_text(recipe.read_text() + "learning_rate = 1\n")
     assert train_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"fer-train: error: {recipe}: unknown fer-train option(s) learning_rate (known: see config.json of a run)"]
+    assert err == [f"fer-train: error: {recipe}: unknown option(s) learning_rate"]
 
 
-def test_help_shows_every_default_from_train_config():
-    from dataclasses import fields
+def test_help_shows_every_default_from_train_config(capsys):
+    from fer_train.train import main as train_main
 
-    from fer_train.config import TrainConfig
-    from fer_train.train import DEFAULTS, build_parser
-
-    assert set(DEFAULTS) == {f.name for f in fields(TrainConfig)}
-    parser = build_parser()
-    options = [a for a in parser._actions if a.dest in DEFAULTS]
-    assert {a.dest for a in options} == set(DEFAULTS)  # every config field is a flag
-    for action in options:
-        assert "(default: " in action.help, action.dest
-    helps = {a.dest: a.help for a in options}
-    assert helps["epochs"] == "(default: 30)" and helps["lr"].endswith("(default: 1e-3 with adamw, 0.05 with sgd)")
-    assert "(default: " in parser.format_help()
+    assert train_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs INTEGER training epochs (0 with --resume: only evaluate) [default: 30]" in text
+    assert "--lr FLOAT peak learning rate [default: (1e-3 with adamw, 0.05 with sgd)]" in text
+    assert "--teacher MODEL" in text and "--arch-arg KEY=VALUE" in text
 
 
 def test_an_older_checkpoint_contract_upgrades_unless_it_used_retired_conditioning():
