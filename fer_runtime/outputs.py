@@ -155,7 +155,6 @@ def version_option(prog: str):
 # One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command
 RENAMED_FLAGS = {
     "fer-train": {"--model": "--arch", "--model-arg": "--arch-arg"},
-    "fer-export": {"--student": "--arch", "--student-arg": "--arch-arg"},
     "fer-bench": {"--models": "--model", "--torch": "--ckpt"},
 }
 

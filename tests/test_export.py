@@ -279,14 +279,14 @@ def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path
         fit(cfg, resume=resume, stop_after=1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fer_export.cli.fit", one_epoch_then_killed)
-    with pytest.raises(KeyboardInterrupt):
-        export_main(argv)
+    monkeypatch.setattr("fer_export.training.fit", one_epoch_then_killed)
+    assert export_main(argv) == 130
+    assert "continue with --name k --resume" in capsys.readouterr().err
     staged = tmp_path / ".k.partial" / "student_kd"
     first_sitting = json.loads((staged / "history.json").read_text())
     assert [h["epoch"] for h in first_sitting] == [1]
 
-    monkeypatch.setattr("fer_export.cli.fit", fit)
+    monkeypatch.setattr("fer_export.training.fit", fit)
     capsys.readouterr()
     assert export_main([*argv, "--resume"]) == 0
     assert "student training: resuming from" in capsys.readouterr().out
@@ -335,6 +335,7 @@ def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_o
         def net(batch):
             seen[name] = batch.clone()
             return torch.zeros(len(batch), 3)
+
         return net
 
     raw = ModelContract(classes=("a", "b", "c"), mean=(0.5,), std=(0.5,))
@@ -432,13 +433,19 @@ def test_the_contract_names_the_first_conv_and_classifier_and_quantization_reads
 
 
 def test_export_training_stages_keep_the_source_runs_protocol_and_selection_metric():
-    from fer_export.cli import train_config
     from fer_export.config import ExportConfig
+    from fer_export.training import train_config
 
     source = {"train_args": {"protocol": "ferplus", "label_mode": "crossentropy", "monitor": "accuracy", "lr": 9.0}}
     cfg = train_config(ExportConfig(ckpt="x.pt", threads=1, train_option=["batch_size=16"]), source, epochs=2)
     assert (cfg.protocol, cfg.label_mode, cfg.monitor, cfg.epochs, cfg.batch_size, cfg.threads) == (
-        "ferplus", "crossentropy", "accuracy", 2, 16, 1)
+        "ferplus",
+        "crossentropy",
+        "accuracy",
+        2,
+        16,
+        1,
+    )
     assert cfg.lr is None  # optimisation is the stage's own, not the source run's
 
 
@@ -485,7 +492,7 @@ def test_quantization_prints_nothing_of_its_own(tmp_path, capfd):
 
 
 def test_the_sampler_behind_a_training_prior_is_found_where_it_was_recorded(tmp_path):
-    from fer_export.cli import training_sampler
+    from fer_export.calibrate import training_sampler
 
     assert training_sampler({"sampler": "balanced"}) == ("balanced", "its contract")
     run = tmp_path / "runs" / "some_run"
