@@ -12,8 +12,9 @@ from fer_export.onnx_export import save_onnx_atomic, set_contract
 from fer_runtime.calibration import fit_prior_correction, fit_temperature, training_prior
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit
+from fer_runtime.options import load_recipe
 from fer_runtime.session import OnnxModel
-from fer_train.train import load_recipe
+from fer_train.config import TrainConfig
 
 
 def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0) -> dict:
@@ -50,11 +51,11 @@ def training_sampler(provenance: dict) -> tuple[str, str]:
     run = Path(provenance.get("source_checkpoint", "")).parent
     config = run / "config.json"
     if run.name and config.is_file():
-        return json.loads(config.read_text()).get("sampler", "random"), str(config)
+        return TrainConfig.from_saved(json.loads(config.read_text())).sampler, str(config)
     from fer_models import MODELS_DIR
 
     for recipe in sorted((MODELS_DIR / "recipes").glob("*.toml")):
-        options = load_recipe(recipe)
-        if run.name and options.get("name") == run.name:
-            return options.get("sampler", "random"), f"the recipe {recipe.name}, which writes {run.name}"
+        options = TrainConfig.from_saved(load_recipe(recipe, TrainConfig, "train"))
+        if run.name and options.name == run.name:
+            return options.sampler, f"the recipe {recipe.name}, which writes {run.name}"
     return "random", "not recorded: the label frequencies"

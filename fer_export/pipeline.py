@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from fer_runtime.data import DataError, DecodedSplit, discover, load_split, run_
 from fer_runtime.errors import EXIT_GATE
 from fer_runtime.outputs import OutputError, check_output_dir, missing_dirs, remove_empty_dirs
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
+from fer_train.config import TrainConfig
 
 PARITY_IMAGES = 2000  # val images ONNX Runtime is checked on against PyTorch
 
@@ -85,7 +87,8 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
     state = load_checkpoint(ckpt)
     model, contract = model_from_checkpoint(state)
     # the run's splits, found under --data-root, then FER_DATA_ROOT, then the run's own root
-    manifest = run_manifest(state.get("manifest"), cfg.data_root, state.get("train_args", {}))
+    rules = asdict(TrainConfig.from_saved(state.get("train_args", {})))
+    manifest = run_manifest(state.get("manifest"), cfg.data_root, rules)
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)
             for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
     report["artefacts"].append(torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data))
@@ -110,7 +113,7 @@ def _export_contract(cfg: ExportConfig, ckpt: Path, state: dict, contract: Model
                               for s in ("val", "test") if s in final_row}}  # fmt: skip
     if cfg.distill_from:
         provenance["teacher_checkpoint"] = str(Path(cfg.distill_from).resolve())
-    sampler = state.get("train_args", {}).get("sampler", "random")
+    sampler = TrainConfig.from_saved(state.get("train_args", {})).sampler
     return with_training_prior(contract.replace(provenance=provenance), train, sampler)
 
 

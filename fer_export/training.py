@@ -50,9 +50,8 @@ def train_options(items: list[str]) -> dict:
 def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:
     """A stage's TrainConfig: the source checkpoint's data protocol and selection metric, the stage's own settings,
     then --train-option."""
-    saved = source.get("train_args", {})
-    values: dict = {"protocol": saved.get("protocol"), "label_mode": saved.get("label_mode"), "seed": cfg.seed,
-                    "monitor": saved.get("monitor", TrainConfig.monitor),
+    saved = TrainConfig.from_saved(source.get("train_args", {}))
+    values: dict = {"protocol": saved.protocol, "label_mode": saved.label_mode, "monitor": saved.monitor, "seed": cfg.seed,
                     "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}  # fmt: skip
     if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
         values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
