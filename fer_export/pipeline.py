@@ -26,7 +26,7 @@ from fer_export.report import onnx_latency_ms, print_summary, reliability_plot, 
 from fer_export.rows import onnx_row, torch_row
 from fer_export.training import distill, prune_and_finetune
 from fer_runtime.contract import ModelContract, read_onnx_contract
-from fer_runtime.data import DataError, DecodedSplit, discover, load_split, run_manifest
+from fer_runtime.data import DataError, DecodedSplit, discover, load_split, resolve_data_root, run_manifest
 from fer_runtime.errors import EXIT_GATE
 from fer_runtime.outputs import OutputError, check_output_dir, missing_dirs, remove_empty_dirs
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -141,11 +141,9 @@ def quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict) -> i
 
 
 def onnx_model_data(cfg: ExportConfig, contract: ModelContract) -> dict[str, DecodedSplit]:
-    """The splits of the data an ONNX file is calibrated and scored on: --data-root, else the root its contract
-    records; split by --protocol, else the one it was trained under."""
-    root = cfg.data_root or contract.provenance.get("data_root")
-    if not root:
-        raise DataError("quantizing an ONNX file needs --data-root for calibration images")
+    """The splits of the data an ONNX file is calibrated and scored on: --data-root, then FER_DATA_ROOT, then the root
+    its contract records; split by --protocol, else the one it was trained under."""
+    root = resolve_data_root(cfg.data_root, contract.provenance.get("data_root"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layout = contract.provenance.get("layout")

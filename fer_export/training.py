@@ -16,7 +16,7 @@ from fer_export.config import ExportConfig
 from fer_export.prune import count_flops_params, prune_channels
 from fer_export.rows import torch_row
 from fer_runtime.contract import ModelContract
-from fer_runtime.data import DataError, DecodedSplit
+from fer_runtime.data import DecodedSplit, resolve_data_root
 from fer_runtime.options import OptionError
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
@@ -76,12 +76,10 @@ def finished(run_dir: Path) -> bool:
 
 
 def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
-    """Train the student (and with --compare-baseline the same student alone) on --data-root, else the teacher's data;
-    the student's best.pt."""
+    """Train the student (and with --compare-baseline the same student alone) on --data-root, then FER_DATA_ROOT,
+    then the teacher's data; the student's best.pt."""
     teacher = load_checkpoint(cfg.distill_from)
-    root = cfg.data_root or saved_root(teacher)
-    if not root:
-        raise DataError("distillation needs --data-root")
+    root = resolve_data_root(cfg.data_root, saved_root(teacher))
     kd = train_config(cfg, teacher, data_root=root, arch=cfg.arch, arch_arg=list(cfg.arch_arg), epochs=cfg.epochs,
                       out_dir=str(out), name="student_kd")  # fmt: skip
     train_stage(cfg, out / "student_kd", kd, "student training")
@@ -100,8 +98,8 @@ def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
 
 def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contract: ModelContract,
                        data: dict[str, DecodedSplit], out: Path, report: dict) -> Path:  # fmt: skip
-    """Prune the checkpoint's model, then fine-tune it (``--finetune-epochs``) on --data-root, else the checkpoint's
-    data; the checkpoint to export."""
+    """Prune the checkpoint's model, then fine-tune it (``--finetune-epochs``) on --data-root, then FER_DATA_ROOT, then
+    the checkpoint's data; the checkpoint to export."""
     before_macs, before_params = count_flops_params(model, contract)
     pruned = prune_channels(model, contract, ratio=cfg.prune, flops_speedup=cfg.prune_flops, steps=cfg.prune_steps)
     after_macs, after_params = count_flops_params(pruned, contract)
@@ -123,7 +121,7 @@ def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contrac
 
 
 def _finetune(cfg: ExportConfig, state: dict, init: Path, out: Path) -> Path:
-    root = cfg.data_root or saved_root(state)
+    root = resolve_data_root(cfg.data_root, saved_root(state))
     finetune = train_config(cfg, state, init=str(init), data_root=root, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                             warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
     train_stage(cfg, out / "pruned_finetune", finetune, "fine-tuning the pruned model")

@@ -121,6 +121,47 @@ def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_und
         assert row["val"]["num_samples"] == row["test"]["num_samples"] == 18
 
 
+STAGE_ARGV = {  # each stage of fer-export that reads data, with no --data-root
+    "quantize": ["--model", "{onnx}", "--int8", "--calib-size", "12", "--max-drop", "100"],
+    "distill": ["--distill-from", "{ckpt}", "--arch", "vgg", "--arch-arg", "width=0.125", "--epochs", "1"],
+    "prune": ["--ckpt", "{ckpt}", "--prune", "0.5", "--finetune-epochs", "1"],
+}
+TRAINING = ["--train-option", "threads=1", "--train-option", "batch_size=8"]
+
+
+def _stage_argv(stage: str, trained_run, tmp_path) -> list[str]:
+    run, saved_root = trained_run
+    # an exported file that records the run's data root, as fer-export writes it
+    contract = CONTRACT.replace(provenance={"data_root": str(saved_root)})
+    onnx_path = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
+    argv = [a.format(onnx=onnx_path, ckpt=run / "best.pt") for a in STAGE_ARGV[stage]]
+    return [*argv, *(TRAINING if stage != "quantize" else []), "--out-dir", str(tmp_path / "out"), "--name", "x"]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ARGV))
+def test_fer_data_root_outranks_the_saved_root_in_every_stage(stage, trained_run, tree_factory, tmp_path, monkeypatch):
+    """--data-root, then FER_DATA_ROOT, then the root the run or the file recorded: in every stage alike."""
+    env_root = tree_factory("train-val-test", per_class=5, seed=9)  # 15 val images; the run's root has 96
+    monkeypatch.setenv("FER_DATA_ROOT", str(env_root))
+    assert export_main(_stage_argv(stage, trained_run, tmp_path)) == 0
+    out = tmp_path / "out" / "x"
+    report = json.loads((out / "export_report.json").read_text())
+    assert {row["val"]["num_samples"] for row in report["artefacts"]} == {15}
+    trained = {"distill": "student_kd", "prune": "pruned_finetune"}.get(stage)
+    if trained:  # the training stage itself ran on that root
+        assert json.loads((out / trained / "config.json").read_text())["data_root"] == str(env_root)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ARGV))
+def test_a_missing_fer_data_root_is_named_by_every_stage(stage, trained_run, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "no_such_data"
+    monkeypatch.setenv("FER_DATA_ROOT", str(missing))
+    assert export_main(_stage_argv(stage, trained_run, tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fer-export: error: ") and str(missing) in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_stratified_calibration_sample_covers_classes():
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
     idx = stratified_sample(labels, 100)
