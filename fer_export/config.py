@@ -1,49 +1,65 @@
-"""``ExportConfig``: every fer-export option and its default, in one place (the command line is built from it)."""
+"""``ExportConfig``: every fer-export option, its default and its help, declared once (the command line is built from it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fer_runtime.data import PROTOCOLS
+from fer_runtime.options import option
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
 class ExportConfig:
     # what to export: a checkpoint, an exported ONNX model to quantize, or (with distill_from) a student trained here
-    ckpt: str | None = None
-    model: str | None = None
-    out_dir: str = "exports"
-    name: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    data_root: str | None = None
-    protocol: str | None = None
-    threads: int = 0
-    no_progress: bool = False
-    seed: int = 0
+    ckpt: str | None = option(None, "fer-train checkpoint to export (RUN/best.pt)", metavar="CKPT")
+    model: str | None = option(None, "an exported ONNX model to quantize", metavar="MODEL.onnx")
+    out_dir: str = option("exports", "parent folder; one subfolder per export", metavar="DIR")
+    name: str | None = option(None, "export folder name; an existing one is refused", metavar="NAME",
+                              none_means="source name + time")  # fmt: skip
+    overwrite: bool = option(False, "replace an existing export of the same --name")
+    resume: bool = option(False, "continue an interrupted export of the same --name: finished training stages are kept, "
+                          "unfinished ones resume from their last.pt")  # fmt: skip
+    data_root: str | None = option(None, "data for calibration and scoring", metavar="ROOT",
+                                   none_means="$FER_DATA_ROOT, then the run's")  # fmt: skip
+    protocol: str | None = option(None, "for an ONNX model without a run manifest", choices=PROTOCOLS,
+                                  none_means="the model's")  # fmt: skip
+    threads: int = option(0, "torch and ONNX Runtime threads for training and scoring (0: all cores); latency is always "
+                          "timed at batch 1, one thread")  # fmt: skip
+    no_progress: bool = option(False, "no per-batch progress in the training stages")
+    seed: int = option(0, "for calibration sampling and training stages")
     # distillation
-    distill_from: str | None = None
-    arch: str | None = None
-    arch_arg: list[str] = field(default_factory=list)
-    kd_alpha: float = 0.7
-    kd_temperature: float = 4.0
-    compare_baseline: bool = False
-    epochs: int = 30
-    train_option: list[str] = field(default_factory=list)
+    distill_from: str | None = option(None, "train a student from this teacher", metavar="TEACHER.pt")
+    arch: str | None = option(None, "the student's architecture (registry name or timm:<name>)", metavar="NAME")
+    arch_arg: list[str] = option([], "architecture option (repeat the flag for more)", metavar="KEY=VALUE", multiple=True)
+    kd_alpha: float = option(0.7, "weight of the distillation term")
+    kd_temperature: float = option(4.0, "softmax temperature of the KD term")
+    compare_baseline: bool = option(False, "also train the student alone, same recipe")
+    epochs: int = option(30, "student training epochs")
+    train_option: list[str] = option([], "a fer-train option (TrainConfig name) for student and fine-tune runs, e.g. "
+                                     "batch_size=64 (repeat the flag for more)", metavar="KEY=VALUE", multiple=True)  # fmt: skip
     # pruning
-    prune: float | None = None
-    prune_flops: float | None = None
-    prune_steps: int = 1
-    finetune_epochs: int = 10
-    finetune_lr: float = 5e-4
+    prune: float | None = option(None, "fraction of channels to remove", metavar="RATIO")
+    prune_flops: float | None = option(None, "prune until FLOPs drop X-fold", metavar="X")
+    prune_steps: int = option(1, "iterative pruning steps")
+    finetune_epochs: int = option(10, "epochs after pruning")
+    finetune_lr: float = option(5e-4, "peak learning rate after pruning")
     # ONNX and INT8
-    opset: int = 17
-    int8: bool = False
-    calib_size: int = 512
-    calib_method: str = "entropy"
+    opset: int = option(17, "ONNX opset")
+    int8: bool = option(False, "also write an INT8 (QDQ) model")
+    calib_size: int = option(512, "stratified training images for calibration")
+    calib_method: str = option("entropy", "INT8 activation range calibration", choices=CALIBRATION_METHODS)
     # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions
-    keep_float: str = "first_conv,avg_pool"
-    max_drop: float = 1.0
-    force: bool = False
+    keep_float: str = option("first_conv,avg_pool", "comma list kept in float: first_conv, classifier, avg_pool, node names; "
+                             "'none' quantizes all")  # fmt: skip
+    max_drop: float = option(1.0, "max INT8 accuracy drop on val, in points")
+    force: bool = option(False, "keep the INT8 model even past --max-drop")
 
     @property
     def source(self) -> str | None:
         return self.ckpt or self.model
+
+    @property
+    def pruning(self) -> bool:
+        return self.prune is not None or self.prune_flops is not None

@@ -1,4 +1,5 @@
-"""Export reports: JSON + Markdown, one row per artefact."""
+"""Export reports: JSON + Markdown, one row per artefact; the reliability plot; the summary printed at the end; the
+latency timing the rows quote."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.calibration import plot_reliability
 from fer_runtime.outputs import atomic_write_text
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
@@ -69,3 +71,27 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
             lines += ["", f"## {key}", "", "```json", json.dumps(report[key], indent=2), "```"]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def reliability_plot(report: dict, out: Path) -> None:
+    """reliability.png of every scored row (test split, else val), named in the report's paths; none without matplotlib."""
+    split = "test" if any("test" in r for r in report["artefacts"]) else "val"
+    curves = {r["name"]: r[split]["calibration"] for r in report["artefacts"] if "calibration" in r.get(split, {})}
+    try:
+        path = plot_reliability(curves, out / "reliability.png", title=f"{split} split; temperature fitted on val")
+    except ImportError:
+        return
+    report["paths"]["reliability"] = str(path)
+
+
+def print_summary(report: dict) -> None:
+    for row in report["artefacts"]:
+        parts = [row["name"].ljust(22)]
+        for split in ("val", "test"):
+            if split in row:
+                parts.append(f"{split} acc {row[split]['accuracy']:.4f} F1 {row[split]['macro_f1']:.4f}")
+        if row.get("file_kb"):
+            parts.append(f"{row['file_kb']} KB, {row['latency_ms']:.3f} ms")
+        print(" | ".join(parts))
+    if report.get("ratios"):
+        print("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items()))

@@ -154,7 +154,6 @@ def version_option(prog: str):
 
 # One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command
 RENAMED_FLAGS = {
-    "fer-export": {"--student": "--arch", "--student-arg": "--arch-arg"},
     "fer-bench": {"--models": "--model", "--torch": "--ckpt"},
 }
 

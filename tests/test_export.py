@@ -121,6 +121,47 @@ def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_und
         assert row["val"]["num_samples"] == row["test"]["num_samples"] == 18
 
 
+STAGE_ARGV = {  # each stage of fer-export that reads data, with no --data-root
+    "quantize": ["--model", "{onnx}", "--int8", "--calib-size", "12", "--max-drop", "100"],
+    "distill": ["--distill-from", "{ckpt}", "--arch", "vgg", "--arch-arg", "width=0.125", "--epochs", "1"],
+    "prune": ["--ckpt", "{ckpt}", "--prune", "0.5", "--finetune-epochs", "1"],
+}
+TRAINING = ["--train-option", "threads=1", "--train-option", "batch_size=8"]
+
+
+def _stage_argv(stage: str, trained_run, tmp_path) -> list[str]:
+    run, saved_root = trained_run
+    # an exported file that records the run's data root, as fer-export writes it
+    contract = CONTRACT.replace(provenance={"data_root": str(saved_root)})
+    onnx_path = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
+    argv = [a.format(onnx=onnx_path, ckpt=run / "best.pt") for a in STAGE_ARGV[stage]]
+    return [*argv, *(TRAINING if stage != "quantize" else []), "--out-dir", str(tmp_path / "out"), "--name", "x"]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ARGV))
+def test_fer_data_root_outranks_the_saved_root_in_every_stage(stage, trained_run, tree_factory, tmp_path, monkeypatch):
+    """--data-root, then FER_DATA_ROOT, then the root the run or the file recorded: in every stage alike."""
+    env_root = tree_factory("train-val-test", per_class=5, seed=9)  # 15 val images; the run's root has 96
+    monkeypatch.setenv("FER_DATA_ROOT", str(env_root))
+    assert export_main(_stage_argv(stage, trained_run, tmp_path)) == 0
+    out = tmp_path / "out" / "x"
+    report = json.loads((out / "export_report.json").read_text())
+    assert {row["val"]["num_samples"] for row in report["artefacts"]} == {15}
+    trained = {"distill": "student_kd", "prune": "pruned_finetune"}.get(stage)
+    if trained:  # the training stage itself ran on that root
+        assert json.loads((out / trained / "config.json").read_text())["data_root"] == str(env_root)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ARGV))
+def test_a_missing_fer_data_root_is_named_by_every_stage(stage, trained_run, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "no_such_data"
+    monkeypatch.setenv("FER_DATA_ROOT", str(missing))
+    assert export_main(_stage_argv(stage, trained_run, tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fer-export: error: ") and str(missing) in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_stratified_calibration_sample_covers_classes():
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
     idx = stratified_sample(labels, 100)
@@ -279,14 +320,14 @@ def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path
         fit(cfg, resume=resume, stop_after=1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("fer_export.cli.fit", one_epoch_then_killed)
-    with pytest.raises(KeyboardInterrupt):
-        export_main(argv)
+    monkeypatch.setattr("fer_export.training.fit", one_epoch_then_killed)
+    assert export_main(argv) == 130
+    assert "continue with --name k --resume" in capsys.readouterr().err
     staged = tmp_path / ".k.partial" / "student_kd"
     first_sitting = json.loads((staged / "history.json").read_text())
     assert [h["epoch"] for h in first_sitting] == [1]
 
-    monkeypatch.setattr("fer_export.cli.fit", fit)
+    monkeypatch.setattr("fer_export.training.fit", fit)
     capsys.readouterr()
     assert export_main([*argv, "--resume"]) == 0
     assert "student training: resuming from" in capsys.readouterr().out
@@ -335,6 +376,7 @@ def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_o
         def net(batch):
             seen[name] = batch.clone()
             return torch.zeros(len(batch), 3)
+
         return net
 
     raw = ModelContract(classes=("a", "b", "c"), mean=(0.5,), std=(0.5,))
@@ -432,13 +474,19 @@ def test_the_contract_names_the_first_conv_and_classifier_and_quantization_reads
 
 
 def test_export_training_stages_keep_the_source_runs_protocol_and_selection_metric():
-    from fer_export.cli import train_config
     from fer_export.config import ExportConfig
+    from fer_export.training import train_config
 
     source = {"train_args": {"protocol": "ferplus", "label_mode": "crossentropy", "monitor": "accuracy", "lr": 9.0}}
     cfg = train_config(ExportConfig(ckpt="x.pt", threads=1, train_option=["batch_size=16"]), source, epochs=2)
     assert (cfg.protocol, cfg.label_mode, cfg.monitor, cfg.epochs, cfg.batch_size, cfg.threads) == (
-        "ferplus", "crossentropy", "accuracy", 2, 16, 1)
+        "ferplus",
+        "crossentropy",
+        "accuracy",
+        2,
+        16,
+        1,
+    )
     assert cfg.lr is None  # optimisation is the stage's own, not the source run's
 
 
@@ -485,7 +533,7 @@ def test_quantization_prints_nothing_of_its_own(tmp_path, capfd):
 
 
 def test_the_sampler_behind_a_training_prior_is_found_where_it_was_recorded(tmp_path):
-    from fer_export.cli import training_sampler
+    from fer_export.calibrate import training_sampler
 
     assert training_sampler({"sampler": "balanced"}) == ("balanced", "its contract")
     run = tmp_path / "runs" / "some_run"

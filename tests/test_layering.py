@@ -49,3 +49,23 @@ def test_benchmarks_reach_fer_train_only_behind_the_torch_row():
         names = {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
         names |= {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
         assert not names & {"fer_train", "fer_export", "torch"}, path
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Every absolute import of a file, by its full module name."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_fer_export_stages_stand_apart_from_its_command_line():
+    """Only fer_export/cli.py is the command (click); no stage imports it, and no module of fer_export uses argparse."""
+    for path in sorted((ROOT / "fer_export").glob("*.py")):
+        names = _module_imports(path)
+        assert "argparse" not in names, path
+        if path.name not in ("cli.py", "entry.py"):
+            assert not names & {"click", "fer_export.cli"}, path

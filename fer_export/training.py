@@ -1,0 +1,128 @@
+"""The training stages of an export: distil a student from a teacher, prune a model and fine-tune it.
+
+Each training run is fer-train's own (``fit``) with a ``TrainConfig`` built from the source run's saved config, the
+stage's settings and ``--train-option``; with ``--resume`` a finished run is kept and a started one continued.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+
+from torch import nn
+
+from fer_export.config import ExportConfig
+from fer_export.prune import count_flops_params, prune_channels
+from fer_export.rows import torch_row
+from fer_runtime.contract import ModelContract
+from fer_runtime.data import DecodedSplit, resolve_data_root
+from fer_runtime.options import OptionError
+from fer_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fer_train.config import TrainConfig
+from fer_train.train import fit
+
+# what a pruned checkpoint leaves out of its source: the optimisation state belongs to the unpruned network
+NOT_CARRIED = ("format", "format_version", "optimizer", "scheduler", "scaler", "ema_state_dict")
+
+
+def saved_root(state: dict) -> str | None:
+    """The data root a checkpoint's run was made from (its split manifest's)."""
+    return (state.get("manifest") or {}).get("root")
+
+
+def train_options(items: list[str]) -> dict:
+    """``--train-option KEY=VALUE`` items as TrainConfig values (JSON where the value parses as JSON, else text)."""
+    known = {f.name for f in fields(TrainConfig)}
+    values: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or key not in known:
+            raise OptionError(f"--train-option {item!r}: give KEY=VALUE with a fer-train option name (e.g. batch_size=64)")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
+
+
+def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:
+    """A stage's TrainConfig: the source checkpoint's data protocol and selection metric, the stage's own settings,
+    then --train-option."""
+    saved = TrainConfig.from_saved(source.get("train_args", {}))
+    values: dict = {"protocol": saved.protocol, "label_mode": saved.label_mode, "monitor": saved.monitor, "seed": cfg.seed,
+                    "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}  # fmt: skip
+    if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
+        values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
+    return TrainConfig(**{**values, **train_options(cfg.train_option)})
+
+
+def train_stage(cfg: ExportConfig, run_dir: Path, train: TrainConfig, what: str) -> None:
+    """One training run inside the export; with --resume a finished run is kept and a started one continued."""
+    if cfg.resume and finished(run_dir):
+        print(f"fer-export: {what}: finished earlier, kept ({run_dir})")
+        return
+    if cfg.resume and (run_dir / "last.pt").exists():
+        print(f"fer-export: {what}: resuming from {run_dir / 'last.pt'}")
+        fit(train, resume=str(run_dir / "last.pt"))
+        return
+    fit(train)
+
+
+def finished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
+
+
+def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
+    """Train the student (and with --compare-baseline the same student alone) on --data-root, then FER_DATA_ROOT,
+    then the teacher's data; the student's best.pt."""
+    teacher = load_checkpoint(cfg.distill_from)
+    root = resolve_data_root(cfg.data_root, saved_root(teacher))
+    kd = train_config(cfg, teacher, data_root=root, arch=cfg.arch, arch_arg=list(cfg.arch_arg), epochs=cfg.epochs,
+                      out_dir=str(out), name="student_kd")  # fmt: skip
+    train_stage(cfg, out / "student_kd", kd, "student training")
+    report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
+    if cfg.compare_baseline:
+        train_stage(cfg, out / "student_alone", replace(kd, name="student_alone", teacher=None), "baseline student training")
+        kd_m = json.loads((out / "student_kd" / "metrics.json").read_text())
+        alone_m = json.loads((out / "student_alone" / "metrics.json").read_text())
+        report["distillation"] = {
+            split: {"kd": {k: kd_m[split][k] for k in ("accuracy", "macro_f1")},
+                    "alone": {k: alone_m[split][k] for k in ("accuracy", "macro_f1")}}
+            for split in ("val", "test") if split in kd_m
+        }  # fmt: skip
+    return out / "student_kd" / "best.pt"
+
+
+def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contract: ModelContract,
+                       data: dict[str, DecodedSplit], out: Path, report: dict) -> Path:  # fmt: skip
+    """Prune the checkpoint's model, then fine-tune it (``--finetune-epochs``) on --data-root, then FER_DATA_ROOT, then
+    the checkpoint's data; the checkpoint to export."""
+    before_macs, before_params = count_flops_params(model, contract)
+    pruned = prune_channels(model, contract, ratio=cfg.prune, flops_speedup=cfg.prune_flops, steps=cfg.prune_steps)
+    after_macs, after_params = count_flops_params(pruned, contract)
+    ckpt = out / "pruned_init.pt"
+    save_checkpoint({**{k: v for k, v in state.items() if k not in NOT_CARRIED}, "state_dict": pruned.state_dict(),
+                     "pruned": True, "epoch": 0, "history": []}, ckpt)  # fmt: skip
+    report["artefacts"].append(torch_row("pruned (no fine-tune)", pruned, contract, data))
+    if cfg.finetune_epochs > 0:
+        ckpt = _finetune(cfg, state, ckpt, out)
+        report["artefacts"].append(torch_row("pruned + fine-tuned", model_from_checkpoint(load_checkpoint(ckpt))[0],
+                                             contract, data))  # fmt: skip
+    report["pruning"] = {
+        "ratio": cfg.prune, "flops_target": cfg.prune_flops, "macs_before": before_macs, "macs_after": after_macs,
+        "params_before": before_params, "params_after": after_params, "flops_reduction": before_macs / after_macs,
+    }  # fmt: skip
+    print(f"fer-export: pruned MACs {before_macs / 1e6:.1f}M -> {after_macs / 1e6:.1f}M "
+          f"({before_macs / after_macs:.2f}x), params {before_params} -> {after_params}")  # fmt: skip
+    return ckpt
+
+
+def _finetune(cfg: ExportConfig, state: dict, init: Path, out: Path) -> Path:
+    root = resolve_data_root(cfg.data_root, saved_root(state))
+    finetune = train_config(cfg, state, init=str(init), data_root=root, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                            warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
+    train_stage(cfg, out / "pruned_finetune", finetune, "fine-tuning the pruned model")
+    return out / "pruned_finetune" / "best.pt"
