@@ -544,3 +544,41 @@ def test_the_sampler_behind_a_training_prior_is_found_where_it_was_recorded(tmp_
     sampler, where = training_sampler({"source_checkpoint": "/gone/runs/fer2013_vgg_w0375_e50/best.pt"})
     assert sampler == "sqrt" and "fer2013.toml" in where
     assert training_sampler({"source_checkpoint": "/gone/runs/nobody/best.pt"})[0] == "random"
+
+
+def test_every_command_resolves_the_same_data_root(trained_run, tmp_path, monkeypatch, capsys):
+    """One environment, every command that reads data: each names the same FER_DATA_ROOT (the run's and the file's
+    own roots exist, so a command that skipped the variable would succeed or name another path)."""
+    from click.testing import CliRunner
+
+    from benchmarks.bench import main as bench_main
+    from fer_train.evaluate import main as eval_main
+
+    missing = tmp_path / "the_one_root"
+    monkeypatch.setenv("FER_DATA_ROOT", str(missing))
+    run, _ = trained_run
+    errors = {}
+    assert train_main(["--epochs", "1", "--out-dir", str(tmp_path / "runs"), "--threads", "1"]) == 2
+    errors["fer-train"] = capsys.readouterr().err
+    assert eval_main(["--ckpt", str(run / "best.pt"), "--threads", "1"]) == 2
+    errors["fer-eval"] = capsys.readouterr().err
+    for stage in sorted(STAGE_ARGV):
+        assert export_main(_stage_argv(stage, trained_run, tmp_path)) == 2
+        errors[f"fer-export ({stage})"] = capsys.readouterr().err
+    onnx_path = tmp_path / "m.onnx"  # written by _stage_argv, recording the run's root in its contract
+    bench = CliRunner().invoke(bench_main, ["--model", str(onnx_path), "--out-dir", str(tmp_path / "bench")])
+    assert bench.exit_code == 2, bench.output
+    errors["fer-bench"] = bench.output
+    for command, err in errors.items():
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and str(missing) in lines[0], (command, lines)
+
+
+def test_fer_data_root_is_read_in_one_place():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readers = [str(p.relative_to(repo)) for package in ("fer_runtime", "fer_train", "fer_export", "benchmarks")
+               for p in sorted((repo / package).rglob("*.py")) if "FER_DATA_ROOT\"" in p.read_text()
+               or "FER_DATA_ROOT'" in p.read_text()]  # fmt: skip
+    assert readers == ["fer_runtime/data/root.py"]
