@@ -28,13 +28,18 @@ class OptionError(FerError):
 
 
 def option(default: Any = None, help: str = "", *, choices: list | tuple | None = None, metavar: str | None = None,
-           multiple: bool = False, none_means: str | None = None) -> Any:  # fmt: skip
-    """A config field and its command-line option: default, help, choices and repeatability, declared once.
+           multiple: bool = False, none_means: str | None = None, min: float | None = None, max: float | None = None,
+           max_open: bool = False) -> Any:  # fmt: skip
+    """A config field and its command-line option: default, help, choices, range and repeatability, declared once.
 
-    ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag.
+    ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag;
+    ``min``/``max`` bound a number (``max_open``: below ``max``). A bool field is a switch ``--x``; one whose default is
+    on, or ``None`` (decided when the command runs), is ``--x/--no-x``.
     """
     meta = {"help": help, "choices": None if choices is None else list(choices), "metavar": metavar,
             "multiple": multiple, "none_means": none_means}  # fmt: skip
+    if min is not None or max is not None:
+        meta["range"] = (min, max, max_open)
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata={"option": meta})
     return field(default=default, metadata={"option": meta})
@@ -68,9 +73,13 @@ def _click_option(f: Field) -> Callable:
     default = defaults_of_field(f)
     kw: dict[str, Any] = {"help": meta["help"], "show_default": True}
     if kind is bool:
-        kw.update(is_flag=True, default=bool(default), show_default="on" if default else "off")
+        if default is not False:  # on by default, or decided when the command runs: it can be turned off
+            shown = "on" if default else meta["none_means"] or "none"
+            return click.option(f"{flag_of(f.name)}/--no-{flag_of(f.name)[2:]}", f.name, default=default, help=meta["help"],
+                                show_default=shown)  # fmt: skip
+        kw.update(is_flag=True, default=False, show_default="off")
     else:
-        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else kind
+        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else _number_type(kind, meta)
         kw["default"] = tuple(default or ()) if meta["multiple"] else default
         kw["multiple"] = meta["multiple"]
         if meta["metavar"]:
@@ -78,6 +87,13 @@ def _click_option(f: Field) -> Callable:
         if default is None or default == []:
             kw["show_default"] = meta["none_means"] or "none"
     return click.option(flag_of(f.name), f.name, **kw)
+
+
+def _number_type(kind: type, meta: dict) -> Any:
+    if not meta.get("range") or kind not in (int, float):
+        return kind
+    low, high, max_open = meta["range"]
+    return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=max_open)
 
 
 def defaults_of_field(f: Field) -> Any:
