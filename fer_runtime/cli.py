@@ -14,7 +14,7 @@ from fer_runtime.classifier import FaceExpressionClassifier
 from fer_runtime.config import RunConfig
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import create_detector
-from fer_runtime.options import FerCommand, config_options
+from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -130,7 +130,7 @@ def check_save_target(save: str, source) -> None:
 @config_options(RunConfig)
 def main(**options) -> int:
     """Real-time facial expression recognition (ONNX Runtime + OpenCV)."""
-    return run(RunConfig(**options))
+    return run(config_of(RunConfig, options))
 
 
 def run(cfg: RunConfig) -> int:

@@ -13,20 +13,21 @@ from fer_runtime.session import PRIOR_CHOICES
 @dataclass
 class RunConfig:
     # what to read
-    camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", min=0, none_means="0, else the bundled photo")
+    camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", bounds=(0, None),
+                                none_means="0, else the bundled photo")  # fmt: skip
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
     model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
                                 none_means="ferplus")  # fmt: skip
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
-    detect_width: int = option(320, "detect on a frame this wide", min=32)
+    detect_width: int = option(320, "detect on a frame this wide", bounds=(32, None))
     detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
-                               "followed in between (1: detect on every frame)", min=1)  # fmt: skip
-    smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", min=0, max=1, max_open=True)
+                               "followed in between (1: detect on every frame)", bounds=(1, None))  # fmt: skip
+    smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
     # the model
     threads: int = option(DEFAULT_THREADS, "ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and "
-                          "detection", min=0)  # fmt: skip
+                          "detection", bounds=(0, None))  # fmt: skip
     prior: str = option("model", "decision rule: the model's own (fitted on validation), the training prior (the raw "
                         "argmax), or a balanced prior (every expression equally likely: posed faces, balanced sets)",
                         choices=PRIOR_CHOICES)  # fmt: skip
@@ -38,5 +39,5 @@ class RunConfig:
     save: str | None = option(None, "annotated output: out.mp4 for video or a camera, out.png for an image, a folder for "
                               "a folder of images", metavar="PATH")  # fmt: skip
     json: str | None = option(None, "write one JSON record per frame (JSONL)", metavar="FILE")
-    max_frames: int | None = option(None, "stop after this many frames", min=1, none_means="all")
+    max_frames: int | None = option(None, "stop after this many frames", bounds=(1, None), none_means="all")
     profile: bool = option(False, "print per-stage latency p50/p95 and FPS at the end")

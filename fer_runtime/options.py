@@ -28,18 +28,18 @@ class OptionError(FerError):
 
 
 def option(default: Any = None, help: str = "", *, choices: list | tuple | None = None, metavar: str | None = None,
-           multiple: bool = False, none_means: str | None = None, min: float | None = None, max: float | None = None,
-           max_open: bool = False) -> Any:  # fmt: skip
+           multiple: bool = False, none_means: str | None = None, bounds: tuple | None = None) -> Any:  # fmt: skip
     """A config field and its command-line option: default, help, choices, range and repeatability, declared once.
 
     ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag;
-    ``min``/``max`` bound a number (``max_open``: below ``max``). A bool field is a switch ``--x``; one whose default is
-    on, or ``None`` (decided when the command runs), is ``--x/--no-x``.
+    ``bounds=(low, high)`` is a number's inclusive range (None: no bound), ``(low, high, "<")`` leaves ``high`` out.
+    A bool field is a switch ``--x``; one whose default is on, or ``None`` (decided when the command runs), is
+    ``--x/--no-x``.
     """
     meta = {"help": help, "choices": None if choices is None else list(choices), "metavar": metavar,
             "multiple": multiple, "none_means": none_means}  # fmt: skip
-    if min is not None or max is not None:
-        meta["range"] = (min, max, max_open)
+    if bounds is not None:
+        meta["bounds"] = tuple(bounds)
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata={"option": meta})
     return field(default=default, metadata={"option": meta})
@@ -90,10 +90,10 @@ def _click_option(f: Field) -> Callable:
 
 
 def _number_type(kind: type, meta: dict) -> Any:
-    if not meta.get("range") or kind not in (int, float):
+    if not meta.get("bounds") or kind not in (int, float):
         return kind
-    low, high, max_open = meta["range"]
-    return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=max_open)
+    low, high, *below = meta["bounds"]
+    return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=below == ["<"])
 
 
 def defaults_of_field(f: Field) -> Any:
@@ -117,6 +117,12 @@ def as_field_value(f: Field, value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [kind(v) for v in value]
     return value if value is None or kind is bool else kind(value)
+
+
+def config_of(cls: type, options: dict[str, Any]) -> Any:
+    """The typed config of the options click parsed (``main(**options)``): repeatable options as lists."""
+    fields_by_name = {f.name: f for f in option_fields(cls)}
+    return cls(**{name: as_field_value(fields_by_name[name], value) for name, value in options.items()})
 
 
 def given_options(cls: type, ctx: click.Context) -> dict[str, Any]:

@@ -156,7 +156,6 @@ def version_option(prog: str):
 RENAMED_FLAGS = {
     "fer-train": {"--model": "--arch", "--model-arg": "--arch-arg"},
     "fer-export": {"--student": "--arch", "--student-arg": "--arch-arg"},
-    "fer-bench": {"--models": "--model", "--torch": "--ckpt"},
 }
 
 
@@ -167,25 +166,3 @@ def check_renamed_flags(prog: str, argv: list[str] | None) -> None:
         flag = token.split("=", 1)[0]
         if flag in renamed:
             raise ValueError(f"{flag} is now {renamed[flag]} (one flag per thing in every command: README, Command grammar)")
-
-
-class FerCommand(click.Command):
-    """A click command whose usage and input errors are one ``PROG: error: ...`` line with exit code 2,
-    like the argparse commands; Ctrl-C exits 130."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
-        try:
-            try:
-                check_renamed_flags(self.name, args)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
-            click.echo(f"{self.name}: error: {exc.format_message()}", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.Abort:
-            click.echo(f"{self.name}: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        if standalone_mode:
-            sys.exit(code or 0)
-        return code
