@@ -481,82 +481,98 @@ def markdown_report(r: dict) -> str:
 
 
 def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path]:
+    """The report's figures: accuracy against latency, confusion matrices, latency spread, reliability."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
     timed = {n: row for n, row in r["models"].items() if "latency_b1_1thread" in row and row.get("quality")}
-    if timed:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        accs = [row["quality"]["accuracy"] for row in timed.values()]
-        for name, row in timed.items():
-            x, y = row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]
-            ax.scatter(x, y, s=60)
-            ax.annotate(f"{name}\n{y:.3f}, {x:.3f} ms", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        # a fixed span of at least 20 points of accuracy, so a gap of one or two points looks like what it is
-        mid = (min(accs) + max(accs)) / 2
-        half = max(0.1, (max(accs) - min(accs)) / 2 + 0.03)
-        ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
-        ax.set_xlim(0, max(row["latency_b1_1thread"]["p50_ms"] for row in timed.values()) * 1.35)
-        ax.set_xlabel("latency p50, batch 1, 1 thread (ms); lower is better")
-        ax.set_ylabel(f"accuracy on {r['data']['split']} ({r['data']['images']} images)")
-        ax.set_title("Which model is both accurate and fast? (up and left is better)", fontsize=9)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_latency.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "accuracy_vs_latency.png")
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
-    if scored:
-        n = len(scored)
-        fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.0), squeeze=False)
-        for ax, (name, row) in zip(axes[0], scored.items()):
-            q = row["quality"]
-            cm = np.asarray(q["confusion_matrix"], float)
-            rows_, cols = q["classes"], q["classes"] + ([q["other"]] if q.get("other") else [])
-            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-            for i in range(len(rows_)):
-                for j in range(len(cols)):
-                    ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
-            ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
-                         "count and share of the true class (row)", fontsize=8)  # fmt: skip
-            ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
-            ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
-            ax.set_xlabel("predicted", fontsize=8)
-            ax.set_ylabel("true", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
-        fig.tight_layout()
-        fig.savefig(out_dir / "confusion_matrices.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "confusion_matrices.png")
     lat = {n: np.asarray(v) * 1000 for n, v in samples.items() if len(v)}
-    if lat:
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lat)), 4.5))
-        ax.boxplot(list(lat.values()), whis=(5, 95), showfliers=False)
-        for i, a in enumerate(lat.values(), start=1):
-            for q, marker in ((50, "_"), (95, "^"), (99, "v")):
-                v = float(np.percentile(a, q))
-                ax.scatter([i], [v], marker=marker, color="black", s=30, zorder=3)
-                ax.annotate(f"p{q} {v:.3f}", (i, v), xytext=(8, 0), textcoords="offset points", fontsize=6, va="center")
-        ax.set_xticks(range(1, len(lat) + 1), list(lat), fontsize=7, rotation=15)
-        ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
-        ax.set_ylabel("ms per call")
-        ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
-                     "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "latency.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "latency.png")
     curves = {n: row["calibration"] for n, row in r["models"].items() if row.get("calibration")}
+    written = []
+    if timed:
+        written.append(_plot_accuracy_latency(r, timed, out_dir / "accuracy_vs_latency.png"))
+    if scored:
+        written.append(_plot_confusions(scored, out_dir / "confusion_matrices.png"))
+    if lat:
+        written.append(_plot_latency(lat, out_dir / "latency.png"))
     if curves:
         written.append(plot_reliability(curves, out_dir / "reliability.png",
                                         title=f"{r['data']['split']} split: confidence against accuracy"))  # fmt: skip
     return written
+
+
+def _plot_accuracy_latency(r: dict, timed: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    accs = [row["quality"]["accuracy"] for row in timed.values()]
+    for name, row in timed.items():
+        x, y = row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]
+        ax.scatter(x, y, s=60)
+        ax.annotate(f"{name}\n{y:.3f}, {x:.3f} ms", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    # a fixed span of at least 20 points of accuracy, so a gap of one or two points looks like what it is
+    mid = (min(accs) + max(accs)) / 2
+    half = max(0.1, (max(accs) - min(accs)) / 2 + 0.03)
+    ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
+    ax.set_xlim(0, max(row["latency_b1_1thread"]["p50_ms"] for row in timed.values()) * 1.35)
+    ax.set_xlabel("latency p50, batch 1, 1 thread (ms); lower is better")
+    ax.set_ylabel(f"accuracy on {r['data']['split']} ({r['data']['images']} images)")
+    ax.set_title("Which model is both accurate and fast? (up and left is better)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_confusions(scored: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scored), figsize=(5.2 * len(scored), 5.0), squeeze=False)
+    for ax, (name, row) in zip(axes[0], scored.items()):
+        q = row["quality"]
+        cm = np.asarray(q["confusion_matrix"], float)
+        rows_, cols = q["classes"], q["classes"] + ([q["other"]] if q.get("other") else [])
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(rows_)):
+            for j in range(len(cols)):
+                ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+        ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
+                     "count and share of the true class (row)", fontsize=8)  # fmt: skip
+        ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    return _save(fig, path)
+
+
+def _plot_latency(lat: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lat)), 4.5))
+    ax.boxplot(list(lat.values()), whis=(5, 95), showfliers=False)
+    for i, a in enumerate(lat.values(), start=1):
+        for q, marker in ((50, "_"), (95, "^"), (99, "v")):
+            v = float(np.percentile(a, q))
+            ax.scatter([i], [v], marker=marker, color="black", s=30, zorder=3)
+            ax.annotate(f"p{q} {v:.3f}", (i, v), xytext=(8, 0), textcoords="offset points", fontsize=6, va="center")
+    ax.set_xticks(range(1, len(lat) + 1), list(lat), fontsize=7, rotation=15)
+    ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
+    ax.set_ylabel("ms per call")
+    ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
+                 "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _print_table(r: dict) -> None:
