@@ -37,7 +37,7 @@ def test_package_imports_only_what_the_design_allows(package):
 
 
 # scripts that need the training extra by their nature: one times training steps, one builds and exports candidates
-TRAINING_BENCHMARKS = {"train_step_speed.py", "student_front.py"}
+TRAINING_BENCHMARKS = {"train_step_speed.py", "student_front.py"}  # moved to benchmarks/scripts/ (rewritten below)
 
 
 def test_benchmarks_reach_fer_train_only_behind_the_torch_row():
