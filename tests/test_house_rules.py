@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
+
+from fer_runtime.options import load_recipe
+from fer_train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
@@ -42,3 +46,36 @@ def test_the_size_rule_can_fail():
     body = "\n".join(f"    x{i} = {i}" for i in range(60))
     source = f"def long():\n{body}\n\n\ndef wide(a, b, c, d, e, f, g, h, *, i):\n    pass\n"
     assert oversized_functions(source, "x.py") == ["x.py:1 long: 61 lines, 0 parameters", "x.py:64 wide: 2 lines, 9 parameters"]
+
+
+def test_experiments_are_small_overrides_of_a_shipped_recipe():
+    """benchmarks/experiments/*.toml name their base recipe and hold only what differs; each resolves to a TrainConfig."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    recipes = ROOT / "models" / "recipes"
+    experiments = sorted((ROOT / "benchmarks" / "experiments").glob("*.toml"))
+    assert experiments
+    for path in experiments:
+        own = tomllib.loads(path.read_text())
+        base = (path.parent / own.pop("base")).resolve()
+        assert base.parent == recipes.resolve() and base.is_file(), path
+        shipped = load_recipe(base, TrainConfig)
+        assert all(shipped.get(k) != v for k, v in own.items()), f"{path.name} repeats its base"
+        assert load_recipe(path, TrainConfig) == {**shipped, **own}
+        TrainConfig(**load_recipe(path, TrainConfig))
+
+
+def test_only_the_shipped_recipes_are_package_data():
+    """At most 4 recipes ship (the shipped models and their teachers); experiments and lab scripts are not installed."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    assert len(list((ROOT / "models" / "recipes").iterdir())) <= 4
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not [p for p in setuptools["packages"] if p.startswith("benchmarks.")]
+    toml_data = {pkg: globs for pkg, globs in setuptools["package-data"].items() if any("toml" in g for g in globs)}
+    assert toml_data == {"fer_models.recipes": ["*.toml"]} and setuptools["package-dir"]["fer_models"] == "models"
+    assert not setuptools.get("include-package-data", True) or not (ROOT / "MANIFEST.in").exists()

@@ -267,7 +267,6 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     root = Path(__file__).resolve().parents[1]
     recipes = sorted((root / "models" / "recipes").glob("*.toml"))
     assert {p.stem for p in recipes} >= {"ferplus", "fer2013"} and len(recipes) <= 4  # shipped models, their teachers
-    recipes += sorted((root / "benchmarks" / "experiments").glob("*.toml"))
     for path in recipes:
         assert set(load_recipe(path)) <= set(DEFAULTS)
     recipe = tmp_path / "r.toml"
