@@ -454,11 +454,11 @@ def markdown_report(r: dict) -> str:
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
     lines += ["", *notes] if notes else []
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
-    for key, title in (("f1", "Per-class F1"), ("recall", "Per-class recall")):
-        lines += ["", f"## {title}", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-        for name, row in scored.items():
-            pc = row["quality"]["per_class"]
-            lines.append(f"| {name} | " + " | ".join(f"{pc[c][key]:.3f}" if c in pc else "-" for c in classes) + " |")
+    lines += ["", "## Per-class F1 / recall", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for name, row in scored.items():
+        pc = row["quality"]["per_class"]
+        cells = (f"{pc[c]['f1']:.3f} / {pc[c]['recall']:.3f}" if c in pc else "-" for c in classes)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, row in scored.items():
         q = row["quality"]
         columns = q["classes"] + ([q["other"]] if q.get("other") else [])
@@ -466,8 +466,10 @@ def markdown_report(r: dict) -> str:
                   "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
         for c, counts in zip(q["classes"], q["confusion_matrix"]):
             lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
-    lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
-    lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
+    if r["agreement"]:
+        lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
+    if r["ratios"]:
+        lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
     if r.get("pipeline"):
         lines += ["", "## End-to-end pipeline (fer-run, headless)", ""]
         for name, p in r["pipeline"].items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from fer_train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
+# Markdown beside README.md and the generated model card: what holds now, not a diary
+MARKDOWN_BUDGET = 600
+MARKDOWN_EXEMPT = {"README.md", "models/MODEL_CARD.md"}
 # the packages held to the size rules (the others join as they are converted)
 SIZED_PACKAGES = ("fer_runtime", "benchmarks")
 
@@ -79,3 +83,33 @@ def test_only_the_shipped_recipes_are_package_data():
     toml_data = {pkg: globs for pkg, globs in setuptools["package-data"].items() if any("toml" in g for g in globs)}
     assert toml_data == {"fer_models.recipes": ["*.toml"]} and setuptools["package-dir"]["fer_models"] == "models"
     assert not setuptools.get("include-package-data", True) or not (ROOT / "MANIFEST.in").exists()
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("git is not installed")
+    if done.returncode not in (0, 1) or "not a git repository" in done.stderr:
+        pytest.skip("not a git checkout")
+    return done
+
+
+def markdown_lines() -> dict[str, int]:
+    """Lines of each tracked Markdown file outside README.md and the model card (as ``wc -l`` counts them)."""
+    names = _git("ls-files", "*.md").stdout.split()
+    return {n: (ROOT / n).read_text().count("\n") for n in names if n not in MARKDOWN_EXEMPT and (ROOT / n).is_file()}
+
+
+def test_markdown_outside_readme_and_model_card_fits_the_budget():
+    lines = markdown_lines()
+    assert "RESULTS.md" in lines and lines["RESULTS.md"] > 0  # the count sees the files it should
+    listing = "\n".join(f"{n:>5} {name}" for name, n in sorted(lines.items(), key=lambda kv: -kv[1]))
+    total = sum(lines.values())
+    assert total <= MARKDOWN_BUDGET, f"{total} lines of Markdown, budget {MARKDOWN_BUDGET}:\n{listing}"
+
+
+def test_nothing_is_numbered_by_diary_entry_and_no_stale_results_folder():
+    found = _git("grep", "-niE", r"\bsessions? [0-9]+").stdout
+    assert not found, found
+    assert not _git("ls-files", "bench_results").stdout
