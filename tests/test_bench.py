@@ -75,9 +75,12 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
     assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
     wrote = next(line for line in result.output.splitlines() if line.startswith("fer-bench: wrote "))
-    assert wrote == f"fer-bench: wrote {out / 'results.json'}, {out / 'report.md'}, " + ", ".join(
-        str(out / f) for f in ("accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png")
-    ) + f", {preds}"
+    assert (
+        wrote
+        == f"fer-bench: wrote {out / 'results.json'}, {out / 'report.md'}, "
+        + ", ".join(str(out / f) for f in ("accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png"))
+        + f", {preds}"
+    )
 
 
 def test_bench_scores_on_the_classes_model_and_data_share(pair, tree_factory, tmp_path):
