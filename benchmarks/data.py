@@ -13,12 +13,14 @@ from fer_runtime.data import DataError, DecodedSplit, SplitManifest, discover, l
 
 
 def bench_manifest(data_root: str | None, protocol: str | None, manifest: str | None) -> SplitManifest:
-    """A run's saved split manifest (exactly the split it was scored on), else the splits of a data root."""
+    """A run's saved split manifest (exactly the split it was scored on), else the splits of a data root.
+
+    The root follows every command's one rule (``resolve_data_root``): the flag, then the environment, then the
+    manifest's own root."""
     if manifest:
         path = Path(manifest)
         saved = SplitManifest.load(path / "split_manifest.json" if path.is_dir() else path)
-        if data_root:
-            saved.root = str(Path(data_root).resolve())
+        saved.root = str(Path(resolve_data_root(data_root, saved.root)).expanduser().resolve())
         return with_all_split(canonical_classes(saved))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

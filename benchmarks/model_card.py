@@ -191,8 +191,11 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
         how += (f" These files: `fer-export --model {source} --int8 --calib-size 512 --calib-method entropy --out-dir "
                 f"exports --name {key}`, which fitted the decision rule on validation and quantized the fp32 file "
                 "again.")  # fmt: skip
-    lines = [f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
-             f"(`fer-train --config models/recipes/{recipe}.toml`), {how}", ""]
+    lines = [
+        f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
+        f"(`fer-train --config models/recipes/{recipe}.toml`), {how}",
+        "",
+    ]
     if not (root / run / "history.json").is_file():
         model = export.get("source_provenance", {}).get("model", {})
         return lines + [f"Architecture `{model.get('name', '?')}` {model.get('kwargs', {})}. The training run `{run}` "

@@ -20,6 +20,7 @@ import numpy as np
 
 from fer_runtime.classifier import DEFAULT_MODEL, FaceExpressionClassifier, FaceResult
 from fer_runtime.data import read_image
+from fer_runtime.detect import create_detector
 
 ImageLike = str | Path | np.ndarray
 COLORS = ("bgr", "rgb")
@@ -46,7 +47,7 @@ class FaceExpressionRecognizer:
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, detector: str = "haar",
                  detector_model: str | Path | None = None, detect_width: int = 320, provider: str = "auto",
                  threads: int = 1, prior: str = "model") -> None:  # fmt: skip
-        self._clf = FaceExpressionClassifier(model, detector, detector_model, detect_width, threads=threads,
+        self._clf = FaceExpressionClassifier(model, create_detector(detector, detector_model, detect_width), threads=threads,
                                              provider=provider, prior=prior)  # fmt: skip
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,24 +83,24 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
 
 
 class FaceExpressionClassifier:
+    """``model_path``: a shipped model's name or an ONNX file; ``detector``: ``"haar"`` (offline, 320 pixels wide) or
+    a detector ``create_detector`` made (YuNet, another width)."""
+
     def __init__(
         self,
         model_path: str | Path | None = None,
-        detector: str = "haar",
-        detector_model: str | Path | None = None,
-        detect_width: int = 320,
+        detector: str | Callable[[np.ndarray], list[Detection]] = "haar",
+        *,
         detect_every: int = DEFAULT_DETECT_EVERY,
         smoothing: float = 0.7,
         threads: int = DEFAULT_THREADS,
-        providers: list[str] | None = None,
         provider: str | ProviderChoice | None = None,
         prior: str = "model",
     ):
-        self.model = OnnxModel(resolve_model(model_path), threads=threads, providers=providers, provider=provider,
-                               prior=prior)  # fmt: skip
+        self.model = OnnxModel(resolve_model(model_path), threads=threads, provider=provider, prior=prior)
         self.contract = self.model.contract
         self.classes = self.contract.classes
-        self.detector = create_detector(detector, detector_model, detect_width)
+        self.detector = create_detector(detector) if isinstance(detector, str) else detector
         if detect_every < 1:
             raise ValueError("--detect-every must be at least 1")
         self.detect_every = detect_every

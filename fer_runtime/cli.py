@@ -10,24 +10,21 @@ from pathlib import Path
 import click
 import cv2
 
-from fer_runtime.classifier import DEFAULT_DETECT_EVERY, DEFAULT_THREADS, FaceExpressionClassifier
-from fer_runtime.contract import ContractError
+from fer_runtime.classifier import FaceExpressionClassifier
+from fer_runtime.config import RunConfig
 from fer_runtime.data import IMAGE_EXTENSIONS
-from fer_runtime.detect import DetectorError
+from fer_runtime.detect import create_detector
+from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    FerCommand,
     OutputError,
     check_output_dir,
     check_output_file,
     version_option,
 )
 from fer_runtime.pipeline import run_pipeline
-from fer_runtime.providers import PROVIDER_HELP
 from fer_runtime.providers import describe as describe_provider
-from fer_runtime.session import PRIOR_CHOICES
 from fer_runtime.sources import SourceError, open_source
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
@@ -128,89 +125,76 @@ def check_save_target(save: str, source) -> None:
     check_output_file(save, "--save")
 
 
-@click.command("fer-run", cls=FerCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("fer-run", cls=FerCommand)
 @version_option("fer-run")
-@click.option("--camera", type=click.IntRange(min=0), default=None, help="camera index (e.g. 0)")
-@click.option("--source", default=None, help="video file, image, folder of images, or stream URL")
-@click.option("--model", "model_path", default=None, help="shipped model (ferplus, fer2013) or an ONNX file (default: ferplus)")
-@click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar", show_default=True)
-@click.option("--detector-model", default=None, help="YuNet .onnx file for --detector yunet")
-@click.option("--detect-width", type=click.IntRange(min=32), default=320, show_default=True,
-              help="detect on a frame this wide")
-@click.option("--detect-every", type=click.IntRange(min=1), default=DEFAULT_DETECT_EVERY, show_default=True,
-              help="full detection every k-th frame and when a face is lost; faces are followed in between (1: detect "
-              "on every frame)")
-@click.option("--smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.7, show_default=True,
-              help="EMA weight of past probabilities (0 off)")
-@click.option("--threads", type=click.IntRange(min=0), default=DEFAULT_THREADS, show_default=True,
-              help="ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and detection")
-@click.option("--prior", type=click.Choice(PRIOR_CHOICES), default="model", show_default=True,
-              help="decision rule: the model's own (fitted on validation), the training prior (the raw argmax), or a "
-              "balanced prior (every expression equally likely: posed faces, balanced sets)")
-@click.option("--provider", default="auto", show_default=True, help=PROVIDER_HELP)
-@click.option("--display/--no-display", default=None, help="show a window (default: when a display exists)")
-@click.option("--crops", is_flag=True, help="the images are face crops already (e.g. FER2013's 48x48): no detection")
-@click.option("--demo", is_flag=True, help="run on the bundled photo (what fer-run does when there is no camera)")
-@click.option("--save", default=None,
-              help="annotated output: out.mp4 for video or a camera, out.png for an image, a folder for a folder of images")
-@click.option("--json", "json_path", default=None, help="write one JSON record per frame (JSONL)")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None)
-@click.option("--profile", is_flag=True, help="print per-stage latency p50/p95 and FPS at the end")
-def main(camera, source, model_path, detector, detector_model, detect_width, detect_every, smoothing, threads, prior,
-         provider, crops, demo, display, save, json_path, max_frames, profile):  # fmt: skip
+@config_options(RunConfig)
+def main(**options) -> int:
     """Real-time facial expression recognition (ONNX Runtime + OpenCV)."""
-    if demo and (camera is not None or source is not None):
-        raise click.UsageError("--demo runs on the bundled photo: give no --camera or --source with it")
-    source = str(DEMO_IMAGE) if demo else source
-    default_camera = camera is None and source is None
-    if default_camera:
-        camera = 0
-    can_show = gui_available()
-    if display is None:
-        display = can_show
-    elif display and not can_show:
-        raise click.UsageError(
-            "no window possible: no display, or the headless OpenCV wheel is installed "
-            "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
-        )
-    try:
-        check_outputs_apart(source, {"--save": save, "--json": json_path})
-        if json_path:
-            check_output_file(json_path, "--json")
-        clf = FaceExpressionClassifier(model_path, detector, detector_model, detect_width, detect_every, smoothing, threads,
-                                       prior=prior, provider=provider)  # fmt: skip
-        src = _open(camera, source, default_camera)
-        if crops and not getattr(src, "independent", False):
-            src.close()
-            raise OutputError("--crops is for images or folders of face crops, not video or cameras")
-        if save:
-            check_save_target(save, src)
-    except (ContractError, DetectorError, SourceError, OutputError, ValueError) as exc:
-        click.echo(f"fer-run: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+    return run(config_of(RunConfig, options))
+
+
+def run(cfg: RunConfig) -> int:
+    """fer-run with a typed config: outputs checked, the model and source opened, every frame run; the exit code."""
+    camera, source, default_camera = _what_to_read(cfg)
+    display = _display(cfg.display)
+    check_outputs_apart(source, {"--save": cfg.save, "--json": cfg.json})
+    if cfg.json:
+        check_output_file(cfg.json, "--json")
+    clf = FaceExpressionClassifier(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
+                                   detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads,
+                                   provider=cfg.provider, prior=cfg.prior)  # fmt: skip
+    src = _open(camera, source, default_camera)
+    _check_source(src, cfg)
     if clf.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
     # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        echo = click.echo if not display else None
-        stats = run_pipeline(clf, src, display, save, json_path, max_frames, echo=echo, crops=crops)
-    except (SourceError, OutputError) as exc:
-        click.echo(f"fer-run: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        stats = run_pipeline(clf, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
+                             crops=cfg.crops)  # fmt: skip
     finally:
         signal.signal(signal.SIGTERM, previous)
     # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
     late: list[int] = []
     previous = {signum: signal.signal(signum, lambda s, f: late.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _report(stats, src, profile, display)
+        code = _report(stats, src, cfg.profile, display)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    code = EXIT_INTERRUPTED if late else code
-    if code:
-        sys.exit(code)
+    return EXIT_INTERRUPTED if late else code
+
+
+def _what_to_read(cfg: RunConfig) -> tuple[int | None, str | None, bool]:
+    """(camera, source, whether camera 0 is only the default): --demo is the bundled photo, nothing given camera 0."""
+    if cfg.demo and (cfg.camera is not None or cfg.source is not None):
+        raise click.UsageError("--demo runs on the bundled photo: give no --camera or --source with it")
+    source = str(DEMO_IMAGE) if cfg.demo else cfg.source
+    default_camera = cfg.camera is None and source is None
+    return (0 if default_camera else cfg.camera), source, default_camera
+
+
+def _display(asked: bool | None) -> bool:
+    """--display/--no-display, or (neither given) whether a window is possible here."""
+    can_show = gui_available()
+    if asked and not can_show:
+        raise click.UsageError(
+            "no window possible: no display, or the headless OpenCV wheel is installed "
+            "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
+        )
+    return can_show if asked is None else asked
+
+
+def _check_source(src, cfg: RunConfig) -> None:
+    """--crops only for images, --save in the form the source is saved in; the source closed when they do not fit."""
+    try:
+        if cfg.crops and not getattr(src, "independent", False):
+            raise OutputError("--crops is for images or folders of face crops, not video or cameras")
+        if cfg.save:
+            check_save_target(cfg.save, src)
+    except OutputError:
+        src.close()
+        raise
 
 
 def _report(stats: dict, src, profile: bool, display: bool) -> int:

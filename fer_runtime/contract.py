@@ -145,9 +145,7 @@ class ModelContract:
         if not _sequence_of([version], Integral):
             raise ContractError(f"contract version must be a whole number, got {version!r:.40}")
         if version > CONTRACT_VERSION:
-            raise ContractError(
-                f"contract version {version} is newer than this runtime understands ({CONTRACT_VERSION})"
-            )
+            raise ContractError(f"contract version {version} is newer than this runtime understands ({CONTRACT_VERSION})")
         if version < OLDEST_READABLE_VERSION:
             raise ContractError(
                 f"contract version {version} comes from an older fer-toolchain (this one reads versions "
@@ -244,7 +242,6 @@ def contract_from_session(session: Any, path: str | Path = "<model>") -> ModelCo
     metadata = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in metadata:
         raise ContractError(
-            f"{path} has no '{METADATA_KEY}' metadata: export it with fer-export so it carries "
-            "its classes and preprocessing"
+            f"{path} has no '{METADATA_KEY}' metadata: export it with fer-export so it carries its classes and preprocessing"
         )
     return ModelContract.from_json(metadata[METADATA_KEY])

@@ -67,8 +67,10 @@ class YuNetDetector:
         try:
             self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50)
         except cv2.error:
-            raise DetectorError(f"{model_path} is not a YuNet model OpenCV can load (get face_detection_yunet_2023mar.onnx "
-                                "from the OpenCV model zoo)") from None
+            raise DetectorError(
+                f"{model_path} is not a YuNet model OpenCV can load (get face_detection_yunet_2023mar.onnx "
+                "from the OpenCV model zoo)"
+            ) from None
         self.detect_width = detect_width
         self._size: tuple[int, int] | None = None
 

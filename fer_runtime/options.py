@@ -28,13 +28,18 @@ class OptionError(FerError):
 
 
 def option(default: Any = None, help: str = "", *, choices: list | tuple | None = None, metavar: str | None = None,
-           multiple: bool = False, none_means: str | None = None) -> Any:  # fmt: skip
-    """A config field and its command-line option: default, help, choices and repeatability, declared once.
+           multiple: bool = False, none_means: str | None = None, bounds: tuple | None = None) -> Any:  # fmt: skip
+    """A config field and its command-line option: default, help, choices, range and repeatability, declared once.
 
-    ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag.
+    ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag;
+    ``bounds=(low, high)`` is a number's inclusive range (None: no bound), ``(low, high, "<")`` leaves ``high`` out.
+    A bool field is a switch ``--x``; one whose default is on, or ``None`` (decided when the command runs), is
+    ``--x/--no-x``.
     """
     meta = {"help": help, "choices": None if choices is None else list(choices), "metavar": metavar,
             "multiple": multiple, "none_means": none_means}  # fmt: skip
+    if bounds is not None:
+        meta["bounds"] = tuple(bounds)
     if isinstance(default, list):
         return field(default_factory=lambda d=tuple(default): list(d), metadata={"option": meta})
     return field(default=default, metadata={"option": meta})
@@ -68,9 +73,13 @@ def _click_option(f: Field) -> Callable:
     default = defaults_of_field(f)
     kw: dict[str, Any] = {"help": meta["help"], "show_default": True}
     if kind is bool:
-        kw.update(is_flag=True, default=bool(default), show_default="on" if default else "off")
+        if default is not False:  # on by default, or decided when the command runs: it can be turned off
+            shown = "on" if default else meta["none_means"] or "none"
+            return click.option(f"{flag_of(f.name)}/--no-{flag_of(f.name)[2:]}", f.name, default=default, help=meta["help"],
+                                show_default=shown)  # fmt: skip
+        kw.update(is_flag=True, default=False, show_default="off")
     else:
-        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else kind
+        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else _number_type(kind, meta)
         kw["default"] = tuple(default or ()) if meta["multiple"] else default
         kw["multiple"] = meta["multiple"]
         if meta["metavar"]:
@@ -78,6 +87,13 @@ def _click_option(f: Field) -> Callable:
         if default is None or default == []:
             kw["show_default"] = meta["none_means"] or "none"
     return click.option(flag_of(f.name), f.name, **kw)
+
+
+def _number_type(kind: type, meta: dict) -> Any:
+    if not meta.get("bounds") or kind not in (int, float):
+        return kind
+    low, high, *below = meta["bounds"]
+    return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=below == ["<"])
 
 
 def defaults_of_field(f: Field) -> Any:
@@ -101,6 +117,12 @@ def as_field_value(f: Field, value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [kind(v) for v in value]
     return value if value is None or kind is bool else kind(value)
+
+
+def config_of(cls: type, options: dict[str, Any]) -> Any:
+    """The typed config of the options click parsed (``main(**options)``): repeatable options as lists."""
+    fields_by_name = {f.name: f for f in option_fields(cls)}
+    return cls(**{name: as_field_value(fields_by_name[name], value) for name, value in options.items()})
 
 
 def given_options(cls: type, ctx: click.Context) -> dict[str, Any]:

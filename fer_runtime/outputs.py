@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,29 +109,6 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return path
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """argparse help with the description as written and every option's default (an unset one or an off switch
-    says nothing)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default == [] or action.default is argparse.SUPPRESS:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-class FerArgumentParser(argparse.ArgumentParser):
-    """argparse with the commands' error format: one ``PROG: error: ...`` line and exit code 2, no usage block; and
-    ``--version``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
-                          help="print the fer-toolchain version and exit")  # fmt: skip
-
-    def error(self, message: str):  # noqa: D102 - argparse's hook
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
-
-
 def _version() -> str:
     from fer_runtime import version
 
@@ -150,40 +125,3 @@ def version_option(prog: str):
 
     return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
                         help="print the fer-toolchain version and exit")  # fmt: skip
-
-
-# One CLI grammar (README, "Command grammar"): flags renamed so that the same flag names the same thing in every command
-RENAMED_FLAGS = {
-    "fer-bench": {"--models": "--model", "--torch": "--ckpt"},
-}
-
-
-def check_renamed_flags(prog: str, argv: list[str] | None) -> None:
-    """An old flag spelling is a ValueError naming today's, not argparse's bare "unrecognized arguments"."""
-    renamed = RENAMED_FLAGS.get(prog, {})
-    for token in sys.argv[1:] if argv is None else argv:
-        flag = token.split("=", 1)[0]
-        if flag in renamed:
-            raise ValueError(f"{flag} is now {renamed[flag]} (one flag per thing in every command: README, Command grammar)")
-
-
-class FerCommand(click.Command):
-    """A click command whose usage and input errors are one ``PROG: error: ...`` line with exit code 2,
-    like the argparse commands; Ctrl-C exits 130."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
-        try:
-            try:
-                check_renamed_flags(self.name, args)
-            except ValueError as exc:
-                raise click.UsageError(str(exc)) from None
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
-            click.echo(f"{self.name}: error: {exc.format_message()}", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.Abort:
-            click.echo(f"{self.name}: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        if standalone_mode:
-            sys.exit(code or 0)
-        return code

@@ -175,51 +175,11 @@ def run_pipeline(
     with tracking and smoothing (``clf.process_frame``). ``echo`` gets one readable line per image, or per
     second of video.
     """
-    independent = bool(getattr(source, "independent", False))
     outputs = RunOutputs(source, save, json_path)
-    window = Window(source) if display else None
-    frames = faces_total = 0
-    corrupt: list[str] = []
-    labels: dict[str, int] = {}
-    start = time.perf_counter()
-    fps, next_line = 0.0, 1.0
+    loop = FrameLoop(clf, source, outputs, Window(source) if display else None, echo=echo, crops=crops)
     interrupted = False
-    timer = clf.timer
     try:
-        it = iter(source)
-        while max_frames is None or frames < max_frames:
-            with timer("capture"):
-                frame = next(it, None)
-            if frame is None:
-                break
-            if frame.image is None or frame.image.size == 0:
-                corrupt.append(frame.name or f"frame {frame.index}")
-                if echo and independent:
-                    echo(f"{frame.name}: {frame.error or 'unreadable'}, skipped")
-                continue
-            t0 = time.perf_counter()
-            faces = clf.process_image(frame.image, crops) if independent else clf.process_frame(frame.image)
-            frames += 1
-            faces_total += len(faces)
-            for f in faces:
-                labels[f.label] = labels.get(f.label, 0) + 1
-            if echo and independent:
-                echo(f"{frame.name}: {describe(faces)}")
-            elif echo and frame.timestamp >= next_line:
-                echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
-                next_line = frame.timestamp + 1.0
-            if display or save:
-                with timer("draw"):
-                    annotated = draw(frame.image.copy(), faces, None if independent else fps)
-                outputs.annotated(frame, annotated)
-                if window is not None and window.show(annotated, frame.timestamp):
-                    outputs.record(frame, faces, clf.classes)
-                    break
-            # the record last: an interrupt between the outputs leaves a frame unrecorded, never a record without its frame
-            outputs.record(frame, faces, clf.classes)
-            timer.samples["frame"].append(time.perf_counter() - t0)
-            elapsed = time.perf_counter() - start
-            fps = frames / elapsed if elapsed > 0 else 0.0
+        loop.run(max_frames)
     except KeyboardInterrupt:
         interrupted = True
     except OSError as exc:
@@ -231,16 +191,80 @@ def run_pipeline(
                 outputs.close()
             finally:
                 source.close()
-                if window is not None:
-                    window.close()
+                if loop.window is not None:
+                    loop.window.close()
         interrupted = interrupted or bool(caught)
-    elapsed = time.perf_counter() - start
-    return {
-        "frames": frames, "faces": faces_total, "corrupt_frames": len(corrupt), "corrupt": corrupt, "labels": labels,
-        "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
-        "fps": frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
-        "source_lost": bool(getattr(source, "lost", False)), "stages": timer.summary(), "written": outputs.written,
-    }  # fmt: skip
+    return loop.stats(interrupted)
+
+
+class FrameLoop:
+    """One run's frames: each classified, echoed, drawn, shown and recorded, and the counts of the run's summary."""
+
+    def __init__(self, clf: FaceExpressionClassifier, source, outputs: RunOutputs, window: Window | None, *, echo=None,
+                 crops: bool = False) -> None:  # fmt: skip
+        self.clf, self.source, self.outputs, self.window, self.echo, self.crops = clf, source, outputs, window, echo, crops
+        self.independent = bool(getattr(source, "independent", False))
+        self.frames = self.faces = 0
+        self.corrupt: list[str] = []
+        self.labels: dict[str, int] = {}
+        self.start = time.perf_counter()
+        self.fps, self.next_line = 0.0, 1.0
+
+    def run(self, max_frames: int | None) -> None:
+        it = iter(self.source)
+        while max_frames is None or self.frames < max_frames:
+            with self.clf.timer("capture"):
+                frame = next(it, None)
+            if frame is None or self.step(frame):
+                return
+
+    def step(self, frame) -> bool:
+        """One frame through the loop; True when the user closed the window (the run stops)."""
+        if frame.image is None or frame.image.size == 0:
+            self.corrupt.append(frame.name or f"frame {frame.index}")
+            if self.echo and self.independent:
+                self.echo(f"{frame.name}: {frame.error or 'unreadable'}, skipped")
+            return False
+        t0 = time.perf_counter()
+        clf = self.clf
+        faces = clf.process_image(frame.image, self.crops) if self.independent else clf.process_frame(frame.image)
+        self._count(frame, faces)
+        if self.window is not None or self.outputs.save:
+            with clf.timer("draw"):
+                annotated = draw(frame.image.copy(), faces, None if self.independent else self.fps)
+            self.outputs.annotated(frame, annotated)
+            if self.window is not None and self.window.show(annotated, frame.timestamp):
+                self.outputs.record(frame, faces, clf.classes)
+                return True
+        # the record last: an interrupt between the outputs leaves a frame unrecorded, never a record without its frame
+        self.outputs.record(frame, faces, clf.classes)
+        clf.timer.samples["frame"].append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - self.start
+        self.fps = self.frames / elapsed if elapsed > 0 else 0.0
+        return False
+
+    def _count(self, frame, faces: list[FaceResult]) -> None:
+        """The frame and its faces counted, and the readable line: per image, or once a second of video."""
+        self.frames += 1
+        self.faces += len(faces)
+        for f in faces:
+            self.labels[f.label] = self.labels.get(f.label, 0) + 1
+        if self.echo and self.independent:
+            self.echo(f"{frame.name}: {describe(faces)}")
+        elif self.echo and frame.timestamp >= self.next_line:
+            self.echo(f"{frame.timestamp:7.1f}s: {describe(faces)}")
+            self.next_line = frame.timestamp + 1.0
+
+    def stats(self, interrupted: bool) -> dict:
+        elapsed = time.perf_counter() - self.start
+        source = self.source
+        return {
+            "frames": self.frames, "faces": self.faces, "corrupt_frames": len(self.corrupt), "corrupt": self.corrupt,
+            "labels": self.labels, "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
+            "fps": self.frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
+            "source_lost": bool(getattr(source, "lost", False)), "stages": self.clf.timer.summary(),
+            "written": self.outputs.written,
+        }  # fmt: skip
 
 
 WINDOW_TITLE = "fer-run (q to quit)"

@@ -31,8 +31,9 @@ SHORT_NAMES = {
     "migraphx": "MIGraphXExecutionProvider", "qnn": "QNNExecutionProvider", "webgpu": "WebGpuExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider", "cann": "CANNExecutionProvider", "azure": "AzureExecutionProvider",
 }  # fmt: skip
-NO_RUNTIME = ("no ONNX Runtime is installed: pip install 'fer-toolchain[cpu]' (or 'fer-toolchain[gpu]' for NVIDIA GPUs; "
-              "README, Install)")
+NO_RUNTIME = (
+    "no ONNX Runtime is installed: pip install 'fer-toolchain[cpu]' (or 'fer-toolchain[gpu]' for NVIDIA GPUs; README, Install)"
+)
 GPU_INSTALL = "pip install 'fer-toolchain[gpu]' (onnxruntime-gpu; README, Install)"
 PROVIDER_HELP = ("execution provider: auto (CUDA when a CUDA device and onnxruntime-gpu are here, else the CPU), cpu, "
                  "cuda, or another that onnxruntime lists (tensorrt, openvino, coreml, dml, ...)")  # fmt: skip

@@ -40,9 +40,7 @@ class IouTracker:
 
     def update(self, boxes: list[tuple[float, float, float, float]]) -> list[Track]:
         """Match this frame's boxes; returns one track per box, in box order."""
-        pairs = sorted(
-            ((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)), reverse=True
-        )
+        pairs = sorted(((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks) for bi, b in enumerate(boxes)), reverse=True)
         assigned: dict[int, Track] = {}
         used_tracks: set[int] = set()
         for score, ti, bi in pairs:

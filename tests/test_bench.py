@@ -75,9 +75,12 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
     assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
     wrote = next(line for line in result.output.splitlines() if line.startswith("fer-bench: wrote "))
-    assert wrote == f"fer-bench: wrote {out / 'results.json'}, {out / 'report.md'}, " + ", ".join(
-        str(out / f) for f in ("accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png")
-    ) + f", {preds}"
+    assert (
+        wrote
+        == f"fer-bench: wrote {out / 'results.json'}, {out / 'report.md'}, "
+        + ", ".join(str(out / f) for f in ("accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png"))
+        + f", {preds}"
+    )
 
 
 def test_bench_scores_on_the_classes_model_and_data_share(pair, tree_factory, tmp_path):
@@ -211,3 +214,20 @@ def test_machine_info_names_the_features_the_process_saw_under_run_avx2():
     m = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "avx512f" in m["cpu_features_kernel"] and "avx2" in m["cpu_features"]
     assert "avx512f" not in m["cpu_features"] and "avx512_vnni" not in m["cpu_features"] and m["avx512_hidden"]
+
+
+def test_bench_data_root_follows_the_one_rule(tree_factory, tmp_path, monkeypatch):
+    """--data-root, then FER_DATA_ROOT, then the --manifest's own root: resolve_data_root's rule, not a copy."""
+    from benchmarks.data import bench_manifest
+    from fer_runtime.data import DataError, discover
+
+    root, elsewhere, env = tree_factory("train-test", per_class=2), tmp_path / "given", tmp_path / "env"
+    with pytest.warns(UserWarning, match="test set doubles as validation"):
+        discover(root).save(tmp_path / "split_manifest.json")
+    monkeypatch.delenv("FER_DATA_ROOT", raising=False)
+    assert bench_manifest(None, None, str(tmp_path)).root == str(root.resolve())
+    monkeypatch.setenv("FER_DATA_ROOT", str(env))
+    assert bench_manifest(None, None, str(tmp_path)).root == str(env.resolve())
+    assert bench_manifest(str(elsewhere), None, str(tmp_path / "split_manifest.json")).root == str(elsewhere.resolve())
+    with pytest.raises(DataError, match=str(env)):  # no --manifest: the data root, by the same rule
+        bench_manifest(None, None, None)

@@ -50,22 +50,6 @@ def test_the_readme_table_matches_every_command_help():
                 assert (flag in helps[cmd]) == expected, f"{cmd} {'lacks' if expected else 'has'} {flag}"
 
 
-@pytest.mark.parametrize(
-    "main, argv, old, new",
-    [
-        (bench_main, ["--models", "m.onnx"], "--models", "--model"),
-        (bench_main, ["--torch", "x.pt"], "--torch", "--ckpt"),
-    ],
-)
-def test_old_flag_spellings_get_one_line_naming_the_new_flag(main, argv, old, new, capsys):
-    if main is bench_main:
-        result = CliRunner().invoke(main, argv)
-        code, lines = result.exit_code, result.output.strip().splitlines()
-    else:
-        code, lines = main(argv), capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and f"error: {old} is now {new}" in lines[0], lines
-
-
 def test_fer_export_names_the_flag_for_a_positional_source(capsys):
     assert export_main(["runs/r/best.pt", "--int8"]) == 2
     assert capsys.readouterr().err.strip() == ("fer-export: error: name the source with its flag: --ckpt runs/r/best.pt "

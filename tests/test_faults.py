@@ -40,7 +40,7 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     pytest.importorskip("skimage")
-    from benchmarks.make_video import write_moving_face_video
+    from benchmarks.scripts.make_video import write_moving_face_video
 
     return write_moving_face_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=24, fps=24)
 

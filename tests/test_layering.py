@@ -1,4 +1,12 @@
-"""The dependency direction of DESIGN.md, checked on the source: which package may import which."""
+"""The dependency direction of the design sketch (``../shared/DESIGN.md`` beside the checkout, "Dependency direction
+between the packages"), checked on the source: which room may import which.
+
+Rooms are the packages and the parts of them that hold one thing: the torch-free runtime (``fer_runtime``) with its
+data layer (``fer_runtime.data``), its option declarations (``fer_runtime.options``) and its error base
+(``fer_runtime.errors``); training (``fer_train``); export (``fer_export``); the product bench (``benchmarks``, the
+``fer-bench`` command and the model card) apart from the lab scripts (``benchmarks.scripts``); the shipped models
+(``fer_models``, the ``models/`` folder). ``python -m tests.test_layering`` prints the import graph between them.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +16,155 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# source folder -> package name (models/ installs as fer_models)
+PACKAGES = {"fer_runtime": "fer_runtime", "fer_train": "fer_train", "fer_export": "fer_export", "benchmarks": "benchmarks",
+            "models": "fer_models"}  # fmt: skip
+# the most specific first
+ROOMS = ("fer_runtime.data", "fer_runtime.options", "fer_runtime.errors", "fer_runtime", "fer_train", "fer_export",
+         "benchmarks.scripts", "benchmarks", "fer_models")  # fmt: skip
+TORCH = {"torch", "timm", "torchvision", "torch_pruning"}
+
+# DESIGN.md's "must never import", anywhere in the room (a function-level import counts too)
 FORBIDDEN = {
-    "fer_runtime": {"torch", "timm", "torchvision", "fer_train", "fer_export", "benchmarks"},
+    "fer_runtime": TORCH | {"fer_train", "fer_export", "benchmarks"},
     "fer_train": {"fer_export", "benchmarks"},
     "fer_export": {"benchmarks"},
+    # the product bench: fer_train only behind the optional --ckpt row (checked below); never the export or the lab
+    "benchmarks": {"fer_export", "benchmarks.scripts"},
+    "fer_models": TORCH | {"fer_runtime", "fer_train", "fer_export", "benchmarks"},
 }
+# rooms at the bottom of the runtime, and the only project modules each may import (besides its own)
+BELOW = {
+    "fer_runtime.errors": set(),
+    "fer_runtime.options": {"fer_runtime.errors"},
+    # the data layer is what training, export and the bench share: it does not reach up into the frame loop
+    "fer_runtime.data": {"fer_runtime.errors", "fer_runtime.contract", "fer_runtime.outputs"},
+}
+# lab scripts are not the product: they may use the training extra (fer_train, fer_export, torch) that fer-bench does
+# not need; nothing but the tests imports them
+LAB = "benchmarks.scripts"
 
 
-def _imports(path: Path) -> set[str]:
+def modules() -> dict[str, Path]:
+    """Every project module by dotted name."""
+    found = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def room_of(module: str) -> str | None:
+    for room in ROOMS:
+        if module == room or module.startswith(room + "."):
+            return room
+    return None
+
+
+def imports_of(module: str, path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at the top level?) for every import in the file; relative imports resolved."""
     tree = ast.parse(path.read_text(), str(path))
-    names = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    top = {id(node) for node in tree.body}
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
+            found += [(a.name, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            name = ".".join(p for p in (base, node.module or "") if p)
+            # "from fer_runtime.data import fer_csv" imports the module fer_runtime.data.fer_csv
+            found += [(f"{name}.{a.name}" if f"{name}.{a.name}" in MODULES else name, id(node) in top) for a in node.names]
+    return found
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_package_imports_only_what_the_design_allows(package):
+MODULES = modules()
+
+
+def import_graph(top_level_only: bool = False) -> dict[str, list[str]]:
+    """Room -> the rooms it imports (and ``torch`` where it imports the training stack), sorted: the picture of the
+    dependency direction. ``top_level_only``: leave out imports inside functions (optional paths such as --ckpt)."""
+    graph: dict[str, set[str]] = {room: set() for room in ROOMS}
+    for module, path in MODULES.items():
+        room = room_of(module)
+        for name, at_top in imports_of(module, path):
+            if top_level_only and not at_top:
+                continue
+            target = "torch" if name.split(".")[0] in TORCH else room_of(name)
+            if target and target != room:
+                graph[room].add(target)
+    return {room: sorted(targets) for room, targets in graph.items()}
+
+
+def format_graph() -> str:
+    everywhere, top = import_graph(), import_graph(top_level_only=True)
+    lines = []
+    for room, targets in everywhere.items():
+        shown = [t if t in top[room] else f"({t}, in a function)" for t in targets]
+        lines.append(f"{room:<20} -> {', '.join(shown) or '(nothing of the project)'}")
+    return "\n".join(lines)
+
+
+def _reaches(name: str, forbidden: set[str]) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in forbidden)
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
+def test_rooms_import_only_what_the_design_allows(room):
     bad = {}
-    for path in sorted((ROOT / package).rglob("*.py")):
-        found = _imports(path) & FORBIDDEN[package]
-        if found:
-            bad[str(path.relative_to(ROOT))] = sorted(found)
-    assert not bad, f"{package} imports what DESIGN.md forbids: {bad}"
-
-
-# scripts that need the training extra by their nature: one times training steps, one builds and exports candidates
-TRAINING_BENCHMARKS = {"train_step_speed.py", "student_front.py"}
-
-
-def test_benchmarks_reach_fer_train_only_behind_the_torch_row():
-    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
-        if path.name in TRAINING_BENCHMARKS:
+    for module, path in MODULES.items():
+        if room_of(module) != room and not (room == "fer_runtime" and module.startswith("fer_runtime.")):
             continue
-        tree = ast.parse(path.read_text())
-        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        names = {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
-        names |= {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
-        assert not names & {"fer_train", "fer_export", "torch"}, path
+        found = sorted({n for n, _ in imports_of(module, path) if _reaches(n, FORBIDDEN[room])})
+        if found:
+            bad[str(path.relative_to(ROOT))] = found
+    assert not bad, f"{room} imports what ../shared/DESIGN.md forbids: {bad}"
+
+
+@pytest.mark.parametrize("room", sorted(BELOW))
+def test_the_runtime_base_rooms_import_only_what_is_below_them(room):
+    bad = {}
+    for module, path in MODULES.items():
+        if room_of(module) != room:
+            continue
+        project = {n for n, _ in imports_of(module, path) if room_of(n) and room_of(n) != room}
+        found = sorted(n for n in project if n not in BELOW[room])
+        if found:
+            bad[str(path.relative_to(ROOT))] = found
+    assert not bad, f"{room} reaches up: {bad}"
+
+
+def test_the_product_bench_reaches_fer_train_only_behind_the_ckpt_row():
+    """fer-bench runs without the training extra: fer_train and torch only inside the function of the --ckpt row."""
+    for module, path in MODULES.items():
+        if room_of(module) != "benchmarks":
+            continue
+        top = {n.split(".")[0] for n, at_top in imports_of(module, path) if at_top}
+        assert not top & ({"fer_train"} | TORCH), path
+        lazy = {n.split(".")[0] for n, at_top in imports_of(module, path) if not at_top}
+        if lazy & ({"fer_train"} | TORCH):
+            assert module == "benchmarks.bench", path
+
+
+def test_lab_scripts_are_imported_by_nothing_of_the_product():
+    users = [m for m, path in MODULES.items() if room_of(m) != LAB and any(_reaches(n, {LAB}) for n, _ in imports_of(m, path))]
+    assert not users
+
+
+def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
+    graph = import_graph()
+    print("\n" + format_graph())
+    assert set(graph) == set(ROOMS) and "fer_runtime.errors" in graph["fer_runtime.options"]
+    assert "fer_train" in graph[LAB] and "torch" not in graph["fer_runtime"]
+    # a room that imported training would show up, and the design check would name it
+    fake = ROOT / "fer_runtime" / "options.py"
+    original = imports_of
+    monkeypatch.setitem(globals(), "imports_of", lambda m, p: original(m, p) + ([("torch", True)] if p == fake else []))
+    assert "torch" in import_graph()["fer_runtime.options"]
+    with pytest.raises(AssertionError, match="options.py"):
+        test_rooms_import_only_what_the_design_allows("fer_runtime")
+
 
 
 def _module_imports(path: Path) -> set[str]:
@@ -62,10 +178,15 @@ def _module_imports(path: Path) -> set[str]:
     return names
 
 
-def test_fer_export_stages_stand_apart_from_its_command_line():
-    """Only fer_export/cli.py is the command (click); no stage imports it, and no module of fer_export uses argparse."""
+def test_one_cli_framework_and_fer_export_stages_apart_from_its_command_line():
+    """click is the one CLI framework: no module imports argparse. Only fer_export/cli.py is fer-export's command;
+    no stage imports it or click."""
+    assert not [str(p.relative_to(ROOT)) for p in MODULES.values() if "argparse" in _module_imports(p)]
     for path in sorted((ROOT / "fer_export").glob("*.py")):
         names = _module_imports(path)
-        assert "argparse" not in names, path
         if path.name not in ("cli.py", "entry.py"):
             assert not names & {"click", "fer_export.cli"}, path
+
+
+if __name__ == "__main__":
+    print(format_graph())

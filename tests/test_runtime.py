@@ -40,7 +40,7 @@ def astronaut(tmp_path_factory):
 @pytest.fixture(scope="module")
 def moving_face_video(astronaut, tmp_path_factory):
     """The astronaut's face, scaled and moved across a 640x480 canvas, 48 frames."""
-    from benchmarks.make_video import write_moving_face_video
+    from benchmarks.scripts.make_video import write_moving_face_video
 
     return write_moving_face_video(tmp_path_factory.mktemp("vid") / "moving.mp4", frames=48, fps=24)
 

@@ -178,7 +178,7 @@ def test_sigterm_flushes_like_ctrl_c(model, tmp_path):
     import sys
     import time
 
-    from benchmarks.make_video import write_moving_face_video
+    from benchmarks.scripts.make_video import write_moving_face_video
 
     pytest.importorskip("skimage")
     video = write_moving_face_video(tmp_path / "long.mp4", frames=3000, fps=30)

@@ -106,7 +106,7 @@ def test_a_photo_in_a_window_ends_within_a_second(xserver, model, how, source, c
 
 
 def test_a_video_in_a_window_plays_at_the_files_frame_rate(xserver, model, tmp_path):
-    from benchmarks.make_video import write_moving_face_video
+    from benchmarks.scripts.make_video import write_moving_face_video
 
     pytest.importorskip("skimage")
     video = write_moving_face_video(tmp_path / "ten.mp4", frames=30, fps=10)  # 3 s of video
@@ -141,7 +141,7 @@ def _overlay_shot(run: subprocess.Popen, env: dict, dump: Path) -> np.ndarray | 
 
 def test_the_window_shows_boxes_labels_confidence_and_fps(xserver, model, tmp_path):
     pytest.importorskip("skimage")
-    from benchmarks.make_video import write_moving_face_video
+    from benchmarks.scripts.make_video import write_moving_face_video
 
     video = write_moving_face_video(tmp_path / "v.mp4", frames=300, fps=30)  # 10 s in the window: 20 screenshots
     env = {**os.environ, "DISPLAY": xserver, "QT_QPA_PLATFORM": "xcb"}

@@ -83,7 +83,7 @@ def load_split(
     cache_file = Path(cache_dir or default_cache_dir()) / f"{split}-{_cache_key(root, items, channels, height, width)}.npz"
     cached = _read_cache(cache_file, items, targets)
     if cached is None:
-        cached = _decode(root, items, split, channels, height, width, strict, progress, targets)
+        cached = _decode(root, items, split, (channels, height, width), strict, progress, targets)
         _write_cache(cache_file, cached, items)
     if cached.skipped and strict:
         raise DataError(f"{len(cached.skipped)} unreadable images in split '{split}', e.g. {cached.skipped[0][0]}")
@@ -93,8 +93,9 @@ def load_split(
     return cached
 
 
-def _decode(root, items, split, channels, height, width, strict, progress, targets) -> DecodedSplit:
-    images = np.empty((len(items), channels, height, width), dtype=np.uint8)
+def _decode(root, items, split, shape: tuple[int, int, int], strict, progress, targets) -> DecodedSplit:
+    """Every item read and brought to ``shape`` (channels, height, width); unreadable ones skipped (or, strict, an error)."""
+    images = np.empty((len(items), *shape), dtype=np.uint8)
     keep = np.zeros(len(items), dtype=bool)
     skipped: list[tuple[str, str]] = []
     formats: Counter = Counter()
@@ -112,7 +113,7 @@ def _decode(root, items, split, channels, height, width, strict, progress, targe
             skipped.append((rel, reason))
             continue
         formats[image_format(img)] += 1
-        images[i] = to_model_layout(img, channels, height, width)
+        images[i] = to_model_layout(img, *shape)
         keep[i] = True
     if not keep.any():
         raise DataError(f"split '{split}' has no readable images")

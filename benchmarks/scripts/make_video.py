@@ -1,4 +1,7 @@
-"""Build a 640x480 test video of a real face (scikit-image's astronaut) moving and scaling across the frame."""
+"""Build a 640x480 test video of a real face (scikit-image's astronaut) moving and scaling across the frame.
+
+python benchmarks/scripts/make_video.py OUT.mp4 [FRAMES] [FACES]   (make bench: moving_face.mp4, two_faces.mp4)
+"""
 
 from __future__ import annotations
 
