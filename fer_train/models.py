@@ -86,12 +86,12 @@ class SimpleCNN(nn.Module):
 
 
 class VGGNet(nn.Module):
-    """VGG-style net for 48x48 faces: 4 stages of ``depth`` 3x3 convs with BN, max-pool between.
+    """VGG-style net for 48x48 faces: 4 stages of 3x3 convs with BN, max-pool between.
 
-    width=1.0 gives 64/128/256/512 channels (about 5.9M parameters at depth 2): strong enough
-    to be a teacher. A smaller width makes a plain-conv student that quantizes well. ``depths``
-    sets each stage's conv count instead (e.g. ``[1, 2, 2, 2]``: one conv at 48x48, where a conv
-    costs four times the MACs and memory traffic of the next stage's).
+    width=1.0 gives 64/128/256/512 channels (about 5.9M parameters at depths 2): strong enough
+    to be a teacher. A smaller width makes a plain-conv student that quantizes well. ``depths`` is
+    the conv count of every stage, or one per stage (e.g. ``[1, 2, 2, 2]``: one conv at 48x48, where a
+    conv costs four times the MACs and memory traffic of the next stage's).
     """
 
     def __init__(
@@ -99,15 +99,14 @@ class VGGNet(nn.Module):
         num_classes: int = 7,
         in_chans: int = 1,
         width: float = 1.0,
-        depth: int = 2,
+        depths: int | list[int] = 2,
         dropout: float = 0.3,
         hidden: int = 256,
         pool: int = 3,
-        depths: list[int] | None = None,
     ):
         super().__init__()
         chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
-        depths = list(depths) if depths is not None else [depth] * len(chans)
+        depths = [depths] * len(chans) if isinstance(depths, int) else list(depths)
         if len(depths) != len(chans) or min(depths) < 1:
             raise ValueError(f"depths needs {len(chans)} stage depths of at least 1, got {depths}")
         layers: list[nn.Module] = []

@@ -275,9 +275,12 @@ def test_bad_csv_inputs_name_the_file_and_row(tmp_path, capsys):
     text = path.read_text().splitlines()
     cases = {
         "missing column": ([text[0].replace("Usage", "Use")] + text[1:], "missing column(s) Usage"),
-        "short pixels": (text[:3] + [text[3].replace(",", ",1 2 3 ", 1).rsplit(",", 1)[0].split(",")[0]
-                                     + ",1 2 3," + text[3].rsplit(",", 1)[1]] + text[4:],
-                         "row 4: pixels has 3 values"),  # fmt: skip
+        "short pixels": (
+            text[:3]
+            + [text[3].replace(",", ",1 2 3 ", 1).rsplit(",", 1)[0].split(",")[0] + ",1 2 3," + text[3].rsplit(",", 1)[1]]
+            + text[4:],
+            "row 4: pixels has 3 values",
+        ),  # fmt: skip
         "unknown usage": (text[:5] + [text[5].rsplit(",", 1)[0] + ",Validation"] + text[6:], "row 6: unknown Usage 'Validation'"),
     }
     for name, (lines, message) in cases.items():

@@ -166,7 +166,6 @@ def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
         test_rooms_import_only_what_the_design_allows("fer_runtime")
 
 
-
 def _module_imports(path: Path) -> set[str]:
     """Every absolute import of a file, by its full module name."""
     names = set()

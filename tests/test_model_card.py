@@ -42,9 +42,14 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
         config = {"teacher": [f"{teacher}/best.pt", f"{other}/best.pt"], "teacher_tta": "flip",
                   "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
     run = _run(root, f"student_{key}", key, 0.8811, **config)
-    _write(root / "exports" / key / "export_report.json",
-           {"source": f"{run}/best.pt", "artefacts": [{"name": "pytorch", "params": 585496, "macs": 41.8e6}],
-            "decision_rule": {"onnx int8": {"prior_correction": 0.3, "accuracy_floor": 0.8712, "grid": []}}})
+    _write(
+        root / "exports" / key / "export_report.json",
+        {
+            "source": f"{run}/best.pt",
+            "artefacts": [{"name": "pytorch", "params": 585496, "macs": 41.8e6}],
+            "decision_rule": {"onnx int8": {"prior_correction": 0.3, "accuracy_floor": 0.8712, "grid": []}},
+        },
+    )
     row = {"file_kb": 605.9, "params": 585496, "temperature": 0.9, "prior_correction": 0.3,
            "quality": {"accuracy": 0.8765, "macro_f1": 0.7012, "balanced_accuracy": 0.7234, "classes": classes,
                        "per_class": {c: {"f1": 0.1 * (i + 1), "recall": 0.05 * (i + 1)} for i, c in enumerate(classes)},
@@ -52,23 +57,38 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
            "quality_train_prior": {"accuracy": 0.8801, "macro_f1": 0.6512, "balanced_accuracy": 0.6345},
            "calibration": {"ece_before": 0.03, "ece_after": 0.01},
            "latency_b1_1thread": {"p50_ms": 0.291, "p95_ms": 0.407}, "throughput_b32_img_per_s": 3000.0}  # fmt: skip
-    _write(root / "benchmarks" / "results" / key / "results.json",
-           {"data": {"classes": classes, "images": 3137},
+    _write(
+        root / "benchmarks" / "results" / key / "results.json",
+        {
+            "data": {"classes": classes, "images": 3137},
             "machine": {"cpu": "Test CPU", "cores": 2, "cpu_features": ["avx2"]},
-            "models": {f"{key}.int8.onnx": row, "fer package INT8 (TFLite)": {"file_kb": 91.0, "note": "no contempt"}}})
+            "models": {f"{key}.int8.onnx": row, "fer package INT8 (TFLite)": {"file_kb": 91.0, "note": "no contempt"}},
+        },
+    )
     machine = {"cpu": "Test CPU", "cores": 2}
     ck = {"data": {"classes": ["angry", "contempt", "happy"], "images": 981}, "machine": machine, "models": {}}
     if (root / "benchmarks" / "results" / "ckplus" / "results.json").is_file():
         ck = json.loads((root / "benchmarks" / "results" / "ckplus" / "results.json").read_text())
-    ck["models"][f"{key}.int8.onnx"] = {"quality": {
-        "num_samples": 981 if key == "ferplus" else 927, "accuracy": 0.7012, "macro_f1": 0.6512, "balanced_accuracy": 0.6611,
-        "per_class": {c: {"recall": 0.5} for c in ["angry", "contempt", "happy"] if key == "ferplus" or c != "contempt"}}}
+    ck["models"][f"{key}.int8.onnx"] = {
+        "quality": {
+            "num_samples": 981 if key == "ferplus" else 927,
+            "accuracy": 0.7012,
+            "macro_f1": 0.6512,
+            "balanced_accuracy": 0.6611,
+            "per_class": {c: {"recall": 0.5} for c in ["angry", "contempt", "happy"] if key == "ferplus" or c != "contempt"},
+        }
+    }
     _write(root / "benchmarks" / "results" / "ckplus" / "results.json", ck)
     for folder, features, p50 in (("latency_native", ["avx2", "avx512f"], 0.2), ("latency_avx2", ["avx2"], 0.3)):
         path = root / "benchmarks" / "results" / folder / "results.json"
-        lat = json.loads(path.read_text()) if path.is_file() else {
-            "machine": {**machine, "cpu_features": features},
-            "models": {"fer package (INT8 TFLite)": {"latency_b1_1thread": {"p50_ms": 0.4}}}}
+        lat = (
+            json.loads(path.read_text())
+            if path.is_file()
+            else {
+                "machine": {**machine, "cpu_features": features},
+                "models": {"fer package (INT8 TFLite)": {"latency_b1_1thread": {"p50_ms": 0.4}}},
+            }
+        )
         lat["models"][f"{key}.int8.onnx"] = {"latency_b1_1thread": {"p50_ms": p50}}
         _write(path, lat)
 
@@ -78,8 +98,9 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     _build(tmp_path, "fer2013", with_teacher=False)
     assert model_card.main(tmp_path) == 0
     card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
-    assert ("| ferplus.int8.onnx | 0.8765 | 0.7012 | 0.7234 | 0.0300 / 0.0100 | 0.9 | 0.3 | 605.9 | 585496 | 0.291 / 0.407 "
-            "| 3000 |") in card
+    assert (
+        "| ferplus.int8.onnx | 0.8765 | 0.7012 | 0.7234 | 0.0300 / 0.0100 | 0.9 | 0.3 | 605.9 | 585496 | 0.291 / 0.407 | 3000 |"
+    ) in card
     assert "with tau 0.3, chosen on validation" in card and "(floor 0.8712)" in card
     assert "`--prior train`): accuracy 0.8801, macro-F1 0.6512, balanced accuracy 0.6345" in card
     # CK+: each file on the classes it shares with the set; latency natively and on the AVX2 path, one row per file
@@ -96,9 +117,11 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "Recipe: [`models/recipes/student_ferplus_recipe.toml`]" in card
     # the teachers of a distilled student, with their TTA'd test figures; the undistilled model has no teacher lines
     assert card.count("Distilled from an ensemble of 2 (the mean of their softmax) (KD alpha 0.7") == 1
-    assert ("- `runs/teacher_ferplus`: recipe [`models/recipes/teacher_ferplus_recipe.toml`]"
-            "(recipes/teacher_ferplus_recipe.toml), `vgg` ['width=0.75'], 2 epochs, 3 min of training steps; "
-            "validation accuracy 0.9123 (epoch 2), test (`fer-eval --tta flip`) accuracy 0.8912, macro-F1 0.7345") in card
+    assert (
+        "- `runs/teacher_ferplus`: recipe [`models/recipes/teacher_ferplus_recipe.toml`]"
+        "(recipes/teacher_ferplus_recipe.toml), `vgg` ['width=0.75'], 2 epochs, 3 min of training steps; "
+        "validation accuracy 0.9123 (epoch 2), test (`fer-eval --tta flip`) accuracy 0.8912, macro-F1 0.7345"
+    ) in card
     assert "- `runs/other_ferplus`: recipe [`models/recipes/other_ferplus_recipe.toml`]" in card
     assert "`vgg` ['width=0.375']" in card and "validation accuracy 0.8790 (epoch 2)\n" in card
     assert "- fer package INT8 (TFLite): no contempt" in card

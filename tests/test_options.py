@@ -3,7 +3,6 @@ the command's own flags (what is not config) and ``--help``/``-h``/``--version``
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -88,14 +87,6 @@ def test_the_check_finds_a_field_that_is_no_option_and_a_flag_declared_only_in_t
     problems = declared_twice(cmd, Config, set())
     assert "hidden has no option(...)" in problems and "--extra is declared only in the command" in problems
     assert "--hidden is not in --help" in problems and not any("--size" in p for p in problems)
-
-
-def test_no_fer_train_module_imports_argparse():
-    for path in sorted((ROOT / "fer_train").rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        assert "argparse" not in names, path
 
 
 def test_a_list_option_is_a_repeated_flag():

@@ -51,7 +51,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
             "a folder": tmp_path / "a_dir"}  # fmt: skip
 
 
-def _argparse_command(main, argv, capsys) -> tuple[int, list[str]]:
+def _command_lines(main, argv, capsys) -> tuple[int, list[str]]:
     code = main(argv)
     return code, capsys.readouterr().err.strip().splitlines()
 
@@ -73,9 +73,9 @@ def test_every_command_refuses_a_bad_output_folder_before_any_work(setup, tmp_pa
         before = sorted(tmp_path.rglob("*"))
         common = ["--data-root", str(setup["root"])]
         cases = [
-            ("fer-train", _argparse_command, train_main, [*common, "--out-dir", str(where), "--epochs", "1", "--no-progress"]),
-            ("fer-eval", _argparse_command, eval_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
-            ("fer-export", _argparse_command, export_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
+            ("fer-train", _command_lines, train_main, [*common, "--out-dir", str(where), "--epochs", "1", "--no-progress"]),
+            ("fer-eval", _command_lines, eval_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
+            ("fer-export", _command_lines, export_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
             ("fer-bench", _click_command, bench_main, ["--model", str(setup["onnx"]), *common, "--out-dir", str(where),
                                                        "--no-incumbent", "--calls", "1"]),
         ]  # fmt: skip
@@ -104,12 +104,12 @@ def test_an_existing_run_or_export_name_is_refused_unless_overwrite(setup, tmp_p
     ckpt = setup["ckpt"]
     runs = ckpt.parent.parent
     stamp = ckpt.stat().st_mtime_ns
-    code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(runs), "--name", "r",
+    code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(runs), "--name", "r",
                                                  "--epochs", "1", "--no-progress"], capsys)  # fmt: skip
     assert code == 2 and lines == [f"fer-train: error: {runs / 'r'} already holds a run: pick another --name, continue it "
                                    f"with --resume {runs / 'r' / 'last.pt'}, or replace it with --overwrite"]  # fmt: skip
     assert ckpt.stat().st_mtime_ns == stamp
-    code, lines = _argparse_command(export_main, ["--ckpt", str(ckpt), "--out-dir", str(runs), "--name", "e"], capsys)
+    code, lines = _command_lines(export_main, ["--ckpt", str(ckpt), "--out-dir", str(runs), "--name", "e"], capsys)
     assert code == 2 and lines == [f"fer-export: error: {runs / 'e'} already exists: pick another --name or replace it "
                                    "with --overwrite"]  # fmt: skip
     assert export_main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path), "--name", "e2"]) == 0
@@ -121,7 +121,7 @@ def test_an_existing_run_or_export_name_is_refused_unless_overwrite(setup, tmp_p
 @pytest.mark.parametrize("bad", [["--arch", "no_such_model"], ["--arch-arg", "width"], ["--arch-arg", "nonsense=1"],
                                  ["--init", "missing.pt"]])  # fmt: skip
 def test_a_run_that_fails_at_start_leaves_no_folder(setup, tmp_path, capsys, bad):
-    code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
+    code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
                                                  "x", "--epochs", "1", "--no-progress", *bad], capsys)  # fmt: skip
     assert code == 2 and len(lines) == 1 and lines[0].startswith("fer-train: error: "), lines
     assert not (tmp_path / "x").exists()
@@ -150,7 +150,7 @@ def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(setup, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    code, lines = _argparse_command(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
+    code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
                                                  "i", "--epochs", "1", "--no-progress", "--arch-arg", "width=0.125"],
                                     capsys)  # fmt: skip
     assert code == 130 and lines[-1] == "fer-train: interrupted before the first epoch finished; nothing to resume"

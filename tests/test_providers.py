@@ -113,7 +113,8 @@ def test_fer_run_says_what_auto_chose_and_refuses_what_cannot_be(fake_ort, model
     r = CliRunner().invoke(run_cli, ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display"])
     assert r.exit_code == 0, r.output
     assert [line for line in r.output.splitlines() if "provider" in line] == [
-        "fer-run: running on cpu (CPUExecutionProvider); --provider auto: this onnxruntime has no CUDA"]
+        "fer-run: running on cpu (CPUExecutionProvider); --provider auto: this onnxruntime has no CUDA"
+    ]
     r = CliRunner().invoke(run_cli, ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--provider",
                                      "cuda"])  # fmt: skip
     lines = r.output.strip().splitlines()

@@ -140,11 +140,11 @@ def test_a_recipe_names_its_base_and_changes_only_its_keys(tmp_path):
 
 def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
     root = tree_factory("train-val-test", per_class=12)
-    run = _train(root, tmp_path, "r", "--epochs", "2", "--arch-arg", "depth=1")
+    run = _train(root, tmp_path, "r", "--epochs", "2", "--arch-arg", "depths=1")
     state = load_checkpoint(run / "best.pt")
     model, contract = model_from_checkpoint(state)
     assert isinstance(model, VGGNet)
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 4  # depth=1, not the default 2
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 4  # depths=1, not the default 2
     assert train_main(["--resume", str(run / "last.pt"), "--epochs", "0"]) == 0
     assert eval_main(["--ckpt", str(run / "best.pt"), "--split", "test", "--tta", "tencrop"]) == 0
     out = json.loads((run / "eval_test_tencrop.json").read_text())
