@@ -41,9 +41,12 @@ RECIPE_ferplus := ferplus
 RUN_ferplus := runs/ferplus_vgg_w0375_ce_e50
 RECIPE_fer2013 := fer2013
 RUN_fer2013 := runs/fer2013_vgg_w0375_e50
-# teachers for distilled students (not shipped): about 5 minutes an epoch at one thread each, two side by side
-RUN_teacher_ferplus := runs/teacher_ferplus_vgg_w075_e40
-RUN_teacher_fer2013 := runs/teacher_fer2013_vgg_w075_e40
+# teachers for the distilled students (not shipped): models/recipes/teacher_*.toml, seeds 0-3, exported to
+# exports/teachers/DATA_sSEED/. About 5 minutes an epoch at one thread on a 2-core CPU (40 epochs, 3.3 hours each);
+# with DEVICE=cuda on one H200, 5-7 s an epoch, four side by side (RESULTS.md)
+TEACHER_SEEDS := 0 1 2 3
+TEACHERS := $(foreach d,ferplus fer2013,$(foreach s,$(TEACHER_SEEDS),$(d)_s$(s)))
+DEVICE ?= auto
 EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
 # measures on the AVX2 code path that most laptops and kiosks have (CPUID faulting hides AVX-512 and VNNI)
 RUN_AVX2 ?= ../shared/tools/avx2/run-avx2
@@ -54,10 +57,10 @@ models: $(PY)
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
 
-# train a recipe's run, or resume it from its last.pt, or keep it when finished: $(call train,RUN,RECIPE)
+# train a recipe's run, or resume it from its last.pt, or keep it when finished: $(call train,RUN,RECIPE[,FLAGS])
 train = if [ -f $(1)/metrics.json ] && grep -q '"complete": true' $(1)/metrics.json; then echo "$(1) is trained"; \
 	elif [ -f $(1)/last.pt ]; then $(VENV)/bin/fer-train --resume $(1)/last.pt; \
-	else $(VENV)/bin/fer-train --config models/recipes/$(2).toml; fi
+	else $(VENV)/bin/fer-train --config models/recipes/$(2).toml $(3); fi
 
 model-%: $(PY)
 	@$(call train,$(RUN_$*),$(RECIPE_$*))
@@ -104,11 +107,15 @@ bench: $(PY)
 
 teachers: $(PY)
 	$(PIP) install -q -e '.[cpu,train]'
-	$(MAKE) --no-print-directory -j2 teacher-ferplus teacher-fer2013
+	$(MAKE) --no-print-directory -j2 $(addprefix teacher-,$(TEACHERS))
 
+# teacher-ferplus_s0: train (or resume) runs/teacher_ferplus_vgg_w075_e40_s0, export it to exports/teachers/ferplus_s0
 teacher-%: $(PY)
-	@$(call train,$(RUN_teacher_$*),teacher_$*)
-	test -f $(RUN_teacher_$*)/eval_test_flip.json || \
-	  $(VENV)/bin/fer-eval --ckpt $(RUN_teacher_$*)/best.pt --split test --tta flip
+	$(eval DATA := $(word 1,$(subst _s, ,$*)))
+	$(eval SEED := $(word 2,$(subst _s, ,$*)))
+	$(eval RUN := runs/teacher_$(DATA)_vgg_w075_e40_s$(SEED))
+	@$(call train,$(RUN),teacher_$(DATA),--seed $(SEED) --device $(DEVICE) --name $(notdir $(RUN)))
+	test -f exports/teachers/$*/model.onnx || \
+	  $(VENV)/bin/fer-export --ckpt $(RUN)/best.pt --out-dir exports/teachers --name $* --data-root $(SHARED)/$(DATA)
 
 .PHONY: models bench teachers reexport
