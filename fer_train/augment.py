@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fer_runtime.options import OptionError
+
 
 @dataclass
 class AugmentConfig:
@@ -42,7 +44,7 @@ def apply_policy(images_u8: torch.Tensor, policy: str) -> torch.Tensor:
 
     op = {"randaugment": v2.RandAugment(num_ops=2, magnitude=9), "autoaugment": v2.AutoAugment()}.get(policy)
     if op is None:
-        raise ValueError(f"unknown augmentation policy {policy!r}")
+        raise OptionError(f"unknown augmentation policy {policy!r}")
     return torch.stack([op(img) for img in images_u8])
 
 

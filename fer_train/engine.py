@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import ModelContract
+from fer_runtime.options import OptionError
 from fer_train.augment import AugmentConfig, mix_batch, normalize, train_transform
 from fer_train.losses import distillation_loss, one_hot_smoothed
 from fer_train.metrics import classification_metrics
@@ -211,7 +212,7 @@ def train_one_epoch(
 ) -> dict:
     """One pass over ``order`` (indices into the training images); returns loss and speed figures."""
     if distill is not None and distill.targets is not None and (batches.aug.mixup > 0 or batches.aug.cutmix > 0):
-        raise ValueError("precomputed teacher targets cannot follow mixup/cutmix batches: use the online teacher")
+        raise OptionError("precomputed teacher targets cannot follow mixup/cutmix batches: use the online teacher")
     model.train()
     split = batches.split(order)
     iterator = batches(split, device)
@@ -281,7 +282,7 @@ def _tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
         offsets = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), ((bh - h) // 2, (bw - w) // 2)]
         crops = [big[..., top : top + h, left : left + w] for top, left in offsets]
         return crops + [c.flip(-1) for c in crops]
-    raise ValueError(f"unknown test-time augmentation {tta!r}")
+    raise OptionError(f"unknown test-time augmentation {tta!r}")
 
 
 def evaluate(

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fer_runtime.options import OptionError
+
 
 def one_hot_smoothed(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     target = F.one_hot(labels, num_classes).float()
@@ -20,7 +22,7 @@ class SoftTargetLoss(nn.Module):
     def __init__(self, kind: str = "ce", class_weights: torch.Tensor | None = None, gamma: float = 2.0):
         super().__init__()
         if kind not in ("ce", "weighted_ce", "focal"):
-            raise ValueError(f"unknown loss {kind!r}")
+            raise OptionError(f"unknown loss {kind!r}")
         if kind == "weighted_ce" and class_weights is None:
             raise ValueError("weighted_ce needs class weights")
         self.kind = kind

@@ -108,7 +108,7 @@ class VGGNet(nn.Module):
         chans = [_scaled(c, width) for c in (64, 128, 256, 512)]
         depths = [depths] * len(chans) if isinstance(depths, int) else list(depths)
         if len(depths) != len(chans) or min(depths) < 1:
-            raise ValueError(f"depths needs {len(chans)} stage depths of at least 1, got {depths}")
+            raise ModelError(f"depths needs {len(chans)} stage depths of at least 1, got {depths}")
         layers: list[nn.Module] = []
         cin = in_chans
         for i, c in enumerate(chans):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fer_runtime.errors import DataError
+
 # Column order of fer2013new.csv and label.csv (after the image name / face box).
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 _NAME = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad", "anger": "angry",
@@ -27,7 +29,7 @@ def vote_target(votes: list[float] | np.ndarray, mode: str) -> np.ndarray | None
     ``probability`` and ``crossentropy`` share the distribution; ``probability`` samples from it per epoch.
     """
     if mode not in LABEL_MODES:
-        raise ValueError(f"unknown FER+ label mode {mode!r}: use one of {', '.join(LABEL_MODES)}")
+        raise DataError(f"unknown FER+ label mode {mode!r}: use one of {', '.join(LABEL_MODES)}")
     raw = np.asarray(votes, dtype=np.float64).copy()
     if raw.shape != (len(VOTE_COLUMNS),):
         raise ValueError(f"FER+ needs {len(VOTE_COLUMNS)} vote counts, got {raw.shape[0] if raw.ndim else 0}")
