@@ -17,7 +17,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fer_runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerError
+from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
@@ -188,7 +188,7 @@ class FerCommand(click.Command):
             code = EXIT_INTERRUPTED
         except OSError as exc:  # a disk that fills, a folder that vanishes mid-run: one line, not a traceback
             click.echo(f"{self.name}: error: {exc}", err=True)
-            code = EXIT_INTERNAL
+            code = EXIT_USAGE  # README: an output that cannot be written exits 2
         if standalone_mode:
             sys.exit(code or 0)
         return code
