@@ -12,7 +12,8 @@ from fer_export.config import ExportConfig
 from fer_export.pipeline import export
 from fer_export.prune import PruneError
 from fer_export.quantize import QuantizationError
-from fer_runtime.options import FerCommand, OptionError, as_field_value, config_options, option_fields
+from fer_export.training import train_options
+from fer_runtime.options import FerCommand, OptionError, config_of, config_options
 from fer_runtime.outputs import version_option
 
 HELP = """Checkpoint -> [distil] -> [prune + fine-tune] -> ONNX -> [INT8], each stage checked and reported.
@@ -40,16 +41,11 @@ class ExportCommand(FerCommand):
         return super().parse_args(ctx, args)
 
 
-def config_of(params: dict) -> ExportConfig:
-    """The command line's values as an ExportConfig."""
-    return ExportConfig(**{f.name: as_field_value(f, params[f.name]) for f in option_fields(ExportConfig)})
-
-
 @click.command("fer-export", cls=ExportCommand, help=HELP)
 @config_options(ExportConfig)
 @version_option("fer-export")
 def command(**params: object) -> int:
-    cfg = config_of(params)
+    cfg = config_of(ExportConfig, params)
     check_config(cfg)
     return export(cfg)
 
@@ -62,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 def parse_config(argv: list[str]) -> ExportConfig:
     """The config a command line gives, unchecked (what ``command`` runs with)."""
     with command.make_context("fer-export", list(argv)) as ctx:
-        return config_of(ctx.params)
+        return config_of(ExportConfig, ctx.params)
 
 
 def check_config(cfg: ExportConfig) -> None:
@@ -80,6 +76,9 @@ def check_config(cfg: ExportConfig) -> None:
         raise OptionError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.resume and not cfg.name:
         raise OptionError("--resume needs the --name of the interrupted export")
+    if cfg.train_option and not (cfg.distill_from or cfg.pruning and cfg.finetune_epochs > 0):
+        raise OptionError("--train-option sets the training stages: give --distill-from or --prune with --finetune-epochs")
+    train_options(cfg.train_option)
 
 
 def _check_source(cfg: ExportConfig) -> None:

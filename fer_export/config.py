@@ -28,7 +28,7 @@ class ExportConfig:
     threads: int = option(0, "torch and ONNX Runtime threads for training and scoring (0: all cores); latency is always "
                           "timed at batch 1, one thread")  # fmt: skip
     no_progress: bool = option(False, "no per-batch progress in the training stages")
-    seed: int = option(0, "for calibration sampling and training stages")
+    seed: int = option(0, "for calibration sampling (training stages keep the source run's seed: it fixes its splits)")
     # distillation
     distill_from: str | None = option(None, "train a student from this teacher", metavar="TEACHER.pt")
     arch: str | None = option(None, "the student's architecture (registry name or timm:<name>)", metavar="NAME")

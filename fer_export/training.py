@@ -7,7 +7,7 @@ stage's settings and ``--train-option``; with ``--resume`` a finished run is kep
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from torch import nn
@@ -17,7 +17,7 @@ from fer_export.prune import count_flops_params, prune_channels
 from fer_export.rows import torch_row
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit, resolve_data_root
-from fer_runtime.options import OptionError
+from fer_runtime.options import OptionError, checked_values
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
 from fer_train.train import fit
@@ -31,28 +31,39 @@ def saved_root(state: dict) -> str | None:
     return (state.get("manifest") or {}).get("root")
 
 
+# TrainConfig options that the export sets itself for its training runs: the flag that sets each, if any
+SET_BY_EXPORT = {"data_root": "--data-root", "out_dir": "--out-dir", "name": "--name", "init": None, "teacher": "--distill-from",
+                 "kd_alpha": "--kd-alpha", "kd_temperature": "--kd-temperature", "arch": "--arch", "arch_arg": "--arch-arg",
+                 "epochs": "--epochs or --finetune-epochs", "threads": "--threads", "no_progress": "--no-progress",
+                 "seed": None}  # fmt: skip
+# what a training stage keeps of its source run: how the data was split and labelled, the input, the selection metric
+FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "input_size", "channels", "mean", "std", "monitor")
+
+
 def train_options(items: list[str]) -> dict:
-    """``--train-option KEY=VALUE`` items as TrainConfig values (JSON where the value parses as JSON, else text)."""
-    known = {f.name for f in fields(TrainConfig)}
+    """``--train-option KEY=VALUE`` items as TrainConfig values (JSON where the value parses as JSON, else text),
+    checked as fer-train checks its flags."""
     values: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or key not in known:
+        if not sep or key not in {f.name for f in fields(TrainConfig)}:
             raise OptionError(f"--train-option {item!r}: give KEY=VALUE with a fer-train option name (e.g. batch_size=64)")
+        if key in SET_BY_EXPORT:
+            how = f"(use {SET_BY_EXPORT[key]})" if SET_BY_EXPORT[key] else "from the source run"
+            raise OptionError(f"--train-option {key}: fer-export sets it {how}")
         try:
             values[key] = json.loads(text)
         except json.JSONDecodeError:
             values[key] = text
-    return values
+    return checked_values(TrainConfig, values, "--train-option")
 
 
 def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:
-    """A stage's TrainConfig: the source checkpoint's data protocol and selection metric, the stage's own settings,
-    then --train-option."""
-    saved = TrainConfig.from_saved(source.get("train_args", {}))
-    values: dict = {"protocol": saved.protocol, "label_mode": saved.label_mode, "monitor": saved.monitor, "seed": cfg.seed,
-                    "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}  # fmt: skip
+    """A stage's TrainConfig: the source run's splits, input and selection metric (``FROM_SOURCE``), the stage's own
+    settings, then --train-option."""
+    saved = asdict(TrainConfig.from_saved(source.get("train_args", {})))
+    values: dict = {**{k: saved[k] for k in FROM_SOURCE}, "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}
     if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
         values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
     return TrainConfig(**{**values, **train_options(cfg.train_option)})

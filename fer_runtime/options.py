@@ -79,7 +79,7 @@ def _click_option(f: Field) -> Callable:
                                 show_default=shown)  # fmt: skip
         kw.update(is_flag=True, default=False, show_default="off")
     else:
-        kw["type"] = click.Choice([str(c) for c in meta["choices"]]) if meta["choices"] else _number_type(kind, meta)
+        kw["type"] = _value_type(f)
         kw["default"] = tuple(default or ()) if meta["multiple"] else default
         kw["multiple"] = meta["multiple"]
         if meta["metavar"]:
@@ -89,9 +89,15 @@ def _click_option(f: Field) -> Callable:
     return click.option(flag_of(f.name), f.name, **kw)
 
 
-def _number_type(kind: type, meta: dict) -> Any:
+def _value_type(f: Field) -> Any:
+    """The click type that checks one value of ``f``: its choices, its number type and range, or a plain type."""
+    meta, kind = f.metadata["option"], scalar_type(f)
+    if kind is bool:
+        return click.BOOL
+    if meta["choices"]:
+        return click.Choice([str(c) for c in meta["choices"]])
     if not meta.get("bounds") or kind not in (int, float):
-        return kind
+        return click.types.convert_type(kind)
     low, high, *below = meta["bounds"]
     return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=below == ["<"])
 
@@ -138,8 +144,30 @@ def check_known(cls: type, options: dict, where: str) -> None:
         raise OptionError(f"{where}: unknown option(s) {', '.join(unknown)}")
 
 
-def load_recipe(path: str | Path, cls: type, table: str | None = None) -> dict[str, Any]:
-    """A recipe file: a TOML table of ``cls``'s options, named as its fields (``arch_arg = ["width=0.5"]``).
+def checked_values(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Values from a recipe, ``--train-option`` or a saved run, checked and converted as the command line would
+    (names, choices, numbers, ranges): anything wrong is one ``OptionError`` naming ``where``."""
+    check_known(cls, values, where)
+    by_name = {f.name: f for f in option_fields(cls)}
+    return {name: value if name not in by_name or value is None else _checked(by_name[name], value, where)
+            for name, value in values.items()}  # fmt: skip
+
+
+def _checked(f: Field, value: Any, where: str) -> Any:
+    many = str(f.type).replace(" ", "").startswith("list[")
+    items = value if isinstance(value, list | tuple) else [value]
+    if len(items) != 1 and not many:
+        raise OptionError(f"{where}: {f.name} takes one value, got {value!r}")
+    try:
+        converted = [_value_type(f).convert(v, None, None) for v in items]
+    except click.BadParameter as exc:
+        raise OptionError(f"{where}: {f.name}: {exc.format_message()}") from None
+    return as_field_value(f, converted if many else converted[0])
+
+
+def load_recipe(path: str | Path, cls: type, table: str | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file: a TOML table of ``cls``'s options, named as its fields (``arch_arg = ["width=0.5"]``), checked
+    as the command line checks them.
 
     ``base = "PATH.toml"`` starts from another recipe and changes only the keys given (an experiment over a shipped recipe).
     """
@@ -156,14 +184,15 @@ def load_recipe(path: str | Path, cls: type, table: str | None = None) -> dict[s
         raise OptionError(f"{path} is not valid TOML: {exc}") from None
     options = dict(data.get(table, data) if table else data)
     base = options.pop("base", None)
-    check_known(cls, options, str(path))
+    options = checked_values(cls, options, str(path))
     if base is None:
         return options
     # an experiment names the recipe it changes: relative to its own folder, else to the working directory
     base_path = next((p for p in (path.parent / base, Path(base)) if p.is_file()), path.parent / base)
-    if base_path.resolve() == path.resolve():
-        raise OptionError(f"{path}: a recipe cannot be its own base")
-    return {**load_recipe(base_path, cls, table), **options}
+    seen = (*_seen, path.resolve())
+    if base_path.resolve() in seen:
+        raise OptionError(f"{path}: its base {base} leads back to itself (" + " -> ".join(p.name for p in seen) + ")")
+    return {**load_recipe(base_path, cls, table, seen), **options}
 
 
 class FerCommand(click.Command):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 from fer_runtime.data.ferplus import LABEL_MODES
 from fer_runtime.data.splits import PROTOCOLS
-from fer_runtime.options import option
+from fer_runtime.options import checked_values, option
 
 DEVICES = ["auto", "cpu", "cuda"]
 THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
@@ -97,14 +97,18 @@ class TrainConfig:
     teacher_targets: str = option("online", "online: teachers score every augmented batch; cached: they score the "
                                   "un-augmented training images once (no per-step cost; not with mixup/cutmix)",
                                   choices=["online", "cached"])  # fmt: skip
+    teacher_targets_file: str | None = option(None, "distil from stored teacher targets instead of --teacher: a "
+                                              "run's teacher_targets.npz, scored on the same training images",
+                                              metavar="NPZ")  # fmt: skip
     kd_alpha: float = option(0.7, "weight of the KD term")
     kd_temperature: float = option(4.0, "softmax temperature of the KD term")
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:
-        """A run's ``config.json`` or a checkpoint's ``train_args``: the fields this version knows, the rest dropped."""
+        """A run's ``config.json`` or a checkpoint's ``train_args``: the fields this version knows (the rest dropped),
+        checked as the command line checks them."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in known})
+        return cls(**checked_values(cls, {k: v for k, v in saved.items() if k in known}, "the run's saved config"))
 
     def split_rules(self) -> dict:
         """How this run split its data, for ``run_manifest`` on a machine where the saved manifest's files are not."""

@@ -7,7 +7,9 @@ ensemble ``fer-eval`` scores, so a teacher can be picked on validation before di
 ``teacher_targets`` scores the teachers once, on the un-augmented training images, instead of on
 every batch: no teacher cost per step (not with mixup/cutmix, whose batches are new images).
 ``stored_teacher_targets`` keeps them on disk beside the decode cache, so a resumed run, or
-another student of the same teachers, does not score them again.
+another student of the same teachers, does not score them again. ``save_targets`` writes them as a file
+that travels (a run's ``teacher_targets.npz``), from which ``load_targets`` lets a student distil without
+the teachers, checked against the run's training images.
 """
 
 from __future__ import annotations
@@ -145,3 +147,32 @@ def stored_teacher_targets(
     with atomic_path(path) as tmp:
         torch.save(targets, tmp)
     return targets, None
+
+
+def images_digest(images_u8: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(images_u8).tobytes()).hexdigest()
+
+
+def save_targets(path: str | Path, targets: torch.Tensor, images_u8: np.ndarray, classes: list[str], teachers: list[str],
+                 tta: str) -> None:  # fmt: skip
+    """The teachers' log-probabilities for every training image (float16), with what they were scored on and by."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, log_probs=targets.numpy().astype(np.float16), images_sha1=np.array(images_digest(images_u8)),
+                            classes=np.array(classes), teachers=np.array(teachers), tta=np.array(tta))  # fmt: skip
+
+
+def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) -> tuple[torch.Tensor, str]:
+    """A ``save_targets`` file as N x K log-probabilities for these training images, and who scored them; a file
+    made on other images or classes is refused."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = {k: z[k] for k in ("log_probs", "images_sha1", "classes", "teachers", "tta")}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read teacher targets {path}: {exc}") from None
+    if list(stored["classes"]) != list(classes):
+        raise DataError(f"teacher targets {path} are for classes {list(stored['classes'])}, the data has {list(classes)}")
+    if str(stored["images_sha1"]) != images_digest(images_u8):
+        raise DataError(f"teacher targets {path} were scored on other training images than this run's "
+                        "(another data root, split or decode)")  # fmt: skip
+    who = f"{len(stored['teachers'])} teacher(s), tta {stored['tta']}"
+    return torch.from_numpy(stored["log_probs"].astype(np.float32)), who

@@ -63,7 +63,16 @@ from fer_train.engine import (
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import count_parameters, create_model, parse_arch_args
-from fer_train.teacher import LoadedTeacher, check_teachers, load_teacher, make_teacher, stored_teacher_targets, teacher_paths
+from fer_train.teacher import (
+    LoadedTeacher,
+    check_teachers,
+    load_targets,
+    load_teacher,
+    make_teacher,
+    save_targets,
+    stored_teacher_targets,
+    teacher_paths,
+)
 
 RUN_STATE: dict = {}  # the run folder of the run in progress, for the interrupt message
 
@@ -291,11 +300,15 @@ def train_run(cfg: TrainConfig, sitting: Sitting, resume_state: dict | None) -> 
     teachers = load_teachers(cfg, data, session)
     built = build_model(cfg, data, resume_state, session)
     cfg = replace(cfg, arch=built.name)  # the checkpoint and config record the architecture actually trained
+    distill = make_distillation(cfg, teachers, data, built.contract, session)
     new_folder = not run_dir.exists()
     try:
         if session.is_main:  # made only now that data and model are known to work: a failed start leaves no folder
             make_run_folder(run_dir, cfg, sitting, data, built, session)
-        result = train_epochs(cfg, sitting.stop_after, data, built, teachers, resume_state, session, run_dir)
+            if teachers and distill is not None and distill.targets is not None:  # targets that travel without the teachers
+                save_targets(run_dir / "teacher_targets.npz", distill.targets, data.decoded["train"].images,
+                             data.manifest.classes, [t.path for t in teachers], cfg.teacher_tta)  # fmt: skip
+        result = train_epochs(cfg, sitting.stop_after, data, built, distill, resume_state, session, run_dir)
         if session.is_main:
             result.results = final_report(run_dir, data, built, session, result)
     except BaseException:
@@ -443,9 +456,12 @@ def not_classes(cfg: TrainConfig) -> dict[Path, str]:
 def load_teachers(cfg: TrainConfig, data: PreparedData, session: Session) -> list[LoadedTeacher]:
     """The --teacher models, checked against the data's classes and the student's input."""
     teachers = [load_teacher(p, session.device, cfg.threads) for p in teacher_paths(cfg.teacher)]
+    if teachers and cfg.teacher_targets_file:
+        raise OptionError("give --teacher or --teacher-targets-file, not both")
     check_teachers(teachers, data.manifest.classes, data.contract.channels, data.contract.input_size)
-    if teachers and cfg.teacher_targets == "cached" and (cfg.mixup > 0 or cfg.cutmix > 0):
-        raise OptionError("--teacher-targets cached cannot follow mixup/cutmix batches: use --teacher-targets online")
+    cached = cfg.teacher_targets_file or teachers and cfg.teacher_targets == "cached"
+    if cached and (cfg.mixup > 0 or cfg.cutmix > 0):
+        raise OptionError("stored teacher targets cannot follow mixup/cutmix batches: use --teacher-targets online")
     return teachers
 
 
@@ -524,9 +540,15 @@ def make_optimisation(cfg: TrainConfig, model: nn.Module, ema: ModelEma | None, 
 
 def make_distillation(cfg: TrainConfig, teachers: list, data: PreparedData, contract: ModelContract,
                       session: Session) -> Distillation | None:  # fmt: skip
-    """Teachers as part of the loss: called on each batch (online), or their targets scored once (cached)."""
-    if not teachers or "train" not in data.decoded:
+    """Teachers as part of the loss: called on each batch (online), their targets scored once (cached), or read from
+    --teacher-targets-file."""
+    if not (teachers or cfg.teacher_targets_file) or "train" not in data.decoded:
         return None
+    if cfg.teacher_targets_file:
+        targets, who = load_targets(cfg.teacher_targets_file, data.decoded["train"].images, data.manifest.classes)
+        if session.is_main:
+            print(f"fer-train: distilling from {cfg.teacher_targets_file} ({who})")
+        return Distillation(cfg.kd_alpha, cfg.kd_temperature, targets=targets)
     if cfg.teacher_targets == "online":
         return Distillation(cfg.kd_alpha, cfg.kd_temperature, teacher=make_teacher(teachers, contract, session.device,
                                                                                    cfg.teacher_tta))  # fmt: skip
@@ -604,15 +626,15 @@ def restore_progress(cfg: TrainConfig, resume_state: dict | None, opt: Optimisat
     return Progress(start_epoch, list(resume_state.get("history", [])), best, stale)
 
 
-def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, built: BuiltModel, teachers: list,
-                 resume_state: dict | None, session: Session, run_dir: Path | None) -> RunResult:  # fmt: skip
+def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, built: BuiltModel,
+                 distill: Distillation | None, resume_state: dict | None, session: Session,
+                 run_dir: Path | None) -> RunResult:  # fmt: skip
     """The epochs of this sitting: train, validate, keep best.pt and last.pt; resumable exactly."""
     batches = train_batches(cfg, data, built.contract)
     labels = data.tensors["train"][1] if batches is not None else None
     opt = make_optimisation(cfg, built.model, built.ema, 0 if labels is None else len(labels), session)
     loss_fn, sample_weights = make_loss(cfg, labels, built.contract.num_classes)
     loss_fn = loss_fn.to(session.device)
-    distill = make_distillation(cfg, teachers, data, built.contract, session)
     progress = restore_progress(cfg, resume_state, opt)
     val_images, val_labels = data.tensors["val"]
     end_epoch = end_epoch_of(cfg.epochs, stop_after, progress.epoch)
