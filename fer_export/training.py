@@ -34,8 +34,7 @@ def saved_root(state: dict) -> str | None:
 # TrainConfig options that the export sets itself for its training runs: the flag that sets each, if any
 SET_BY_EXPORT = {"data_root": "--data-root", "out_dir": "--out-dir", "name": "--name", "init": None, "teacher": "--distill-from",
                  "kd_alpha": "--kd-alpha", "kd_temperature": "--kd-temperature", "arch": "--arch", "arch_arg": "--arch-arg",
-                 "epochs": "--epochs or --finetune-epochs", "threads": "--threads", "no_progress": "--no-progress",
-                 "seed": None}  # fmt: skip
+                 "epochs": "--epochs or --finetune-epochs", "seed": None}  # fmt: skip
 # what a training stage keeps of its source run: how the data was split and labelled, the input, the selection metric
 FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "input_size", "channels", "mean", "std", "monitor")
 

@@ -161,7 +161,7 @@ def _checked(f: Field, value: Any, where: str) -> Any:
     try:
         converted = [_value_type(f).convert(v, None, None) for v in items]
     except click.BadParameter as exc:
-        raise OptionError(f"{where}: {f.name}: {exc.format_message()}") from None
+        raise OptionError(f"{where}: {f.name}: {exc.message}") from None
     return as_field_value(f, converted if many else converted[0])
 
 

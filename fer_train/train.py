@@ -638,7 +638,9 @@ def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, b
     progress = restore_progress(cfg, resume_state, opt)
     val_images, val_labels = data.tensors["val"]
     end_epoch = end_epoch_of(cfg.epochs, stop_after, progress.epoch)
-    complete = end_epoch >= cfg.epochs  # False when --stop-after ends this sitting early
+    # False when --stop-after ends this sitting early; --epochs 0 on a resumed run only evaluates it, as far as it got
+    planned = int(resume_state.get("train_args", {}).get("epochs", 0)) if resume_state and cfg.epochs == 0 else cfg.epochs
+    complete = max(end_epoch, progress.epoch) >= planned
     for epoch in range(progress.epoch, end_epoch):
         order = epoch_indices(len(labels), epoch, cfg.seed, sample_weights, session.rank, session.world)
         batches.targets.set_epoch(epoch)

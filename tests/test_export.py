@@ -429,6 +429,30 @@ def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "config.json").read_text())["teacher_targets"] == "cached"
     assert train_main([*args, "--name", "m", "--mixup", "0.2"]) == 2
     assert "cannot follow mixup/cutmix" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    stored = tmp_path / "c" / "teacher_targets.npz"  # the targets travel with the run: a student needs no teacher
+    assert train_main([*args[:-6], "--name", "f", "--teacher-targets-file", str(stored)]) == 0
+    assert f"distilling from {stored} (1 teacher(s), tta flip)" in capsys.readouterr().out
+    assert train_main([*args, "--name", "both", "--teacher-targets-file", str(stored)]) == 2
+    assert "give --teacher or --teacher-targets-file, not both" in capsys.readouterr().err
+
+
+def test_stored_teacher_targets_are_refused_for_other_images_or_classes(tmp_path):
+    from fer_runtime.data import DataError
+    from fer_train.teacher import load_targets, save_targets
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    targets = torch.log_softmax(torch.randn(5, 3), dim=1)
+    save_targets(tmp_path / "t.npz", targets, images, ["a", "b", "c"], ["t.onnx"], "none")
+    back, who = load_targets(tmp_path / "t.npz", images, ["a", "b", "c"])
+    torch.testing.assert_close(back, targets, atol=2e-3, rtol=1e-3)
+    assert who == "1 teacher(s), tta none"
+    with pytest.raises(DataError, match="scored on other training images"):
+        load_targets(tmp_path / "t.npz", images[::-1].copy(), ["a", "b", "c"])
+    with pytest.raises(DataError, match="are for classes"):
+        load_targets(tmp_path / "t.npz", images, ["a", "b", "d"])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read teacher targets"):
+        load_targets(tmp_path / "bad.npz", images, ["a", "b", "c"])
 
 
 def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tmp_path, capsys):
@@ -488,6 +512,46 @@ def test_export_training_stages_keep_the_source_runs_protocol_and_selection_metr
         1,
     )
     assert cfg.lr is None  # optimisation is the stage's own, not the source run's
+
+
+def test_export_training_stages_keep_the_source_runs_splits_and_input():
+    from fer_export.config import ExportConfig
+    from fer_export.training import train_config
+
+    source = {"train_args": {"val_split": 0.2, "test_split": 0.1, "seed": 7, "channels": 3, "input_size": 64,
+                             "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}  # fmt: skip
+    cfg = train_config(ExportConfig(ckpt="x.pt", seed=0), source, epochs=1)
+    assert (cfg.val_split, cfg.test_split, cfg.seed, cfg.channels, cfg.input_size) == (0.2, 0.1, 7, 3, 64)
+    assert cfg.mean == [0.4, 0.4, 0.4] and cfg.std == [0.2, 0.2, 0.2]
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--train-option", "name=other"], "--train-option name: fer-export sets it (use --name)"),
+        (["--train-option", "seed=3"], "--train-option seed: fer-export sets it from the source run"),
+        (["--train-option", "amp=fp32"], "--train-option: amp: 'fp32' is not one of"),
+        (["--train-option", "batch_size=many"], "--train-option: batch_size: 'many' is not a valid integer"),
+        (["--train-option", "nonsense=1"], "give KEY=VALUE with a fer-train option name"),
+    ],
+)
+def test_train_options_are_checked_before_any_work(trained_run, tmp_path, capsys, extra, said):
+    run, _ = trained_run
+    args = ["--ckpt", str(run / "best.pt"), "--prune", "0.5", "--out-dir", str(tmp_path), "--name", "x", *extra]
+    assert export_main(args) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_train_option_without_a_training_stage_is_refused(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    assert export_main(["--ckpt", str(run / "best.pt"), "--train-option", "lr=0.001", "--out-dir", str(tmp_path)]) == 2
+    assert "--train-option sets the training stages" in capsys.readouterr().err
+
+
+def test_train_option_values_take_the_fields_types():
+    from fer_export.training import train_options
+
+    assert train_options(["lr=.001", "amp=off", "mean=[0.4]"]) == {"lr": 0.001, "amp": "off", "mean": [0.4]}
 
 
 def test_int8_max_pool_after_the_float_first_conv_stays_float_in_the_runtime(tmp_path):

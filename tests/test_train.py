@@ -87,7 +87,10 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
     a = load_checkpoint(_train(root, tmp_path, "straight", *recipe) / "last.pt")
     part = _train(root, tmp_path, "part", *recipe, "--stop-after", "2")  # a sitting that ends early
     assert load_checkpoint(part / "last.pt")["epoch"] == 2
+    assert train_main(["--resume", str(part / "last.pt"), "--epochs", "0"]) == 0  # only evaluates: still unfinished
+    assert json.loads((part / "metrics.json").read_text())["complete"] is False
     assert train_main(["--resume", str(part / "last.pt")]) == 0
+    assert json.loads((part / "metrics.json").read_text())["complete"] is True
     b = load_checkpoint(part / "last.pt")
     assert b["epoch"] == 3
     for key in a["state_dict"]:
@@ -136,6 +139,31 @@ def test_a_recipe_names_its_base_and_changes_only_its_keys(tmp_path):
     (tmp_path / "base.toml").write_text('arch = "vgg"\narch_arg = ["width=0.375"]\nepochs = 50\n')
     (tmp_path / "exp.toml").write_text('base = "base.toml"\narch_arg = ["width=0.25"]\n')
     assert load_recipe(tmp_path / "exp.toml", TrainConfig) == {"arch": "vgg", "arch_arg": ["width=0.25"], "epochs": 50}
+
+
+def test_recipe_and_saved_values_are_checked_as_the_command_line_checks_them(tmp_path):
+    from fer_runtime.options import OptionError, load_recipe
+    from fer_train.config import TrainConfig
+
+    for text, said in [('amp = "fp32"', "amp"), ('monitor = "f1"', "monitor"), ('epochs = "many"', "epochs"),
+                       ('arch = ["vgg", "mobile"]', "takes one value")]:  # fmt: skip
+        (tmp_path / "r.toml").write_text(text + "\n")
+        with pytest.raises(OptionError, match=f"r.toml: .*{said}"):
+            load_recipe(tmp_path / "r.toml", TrainConfig)
+    (tmp_path / "r.toml").write_text('lr = "0.001"\nchannels = 3\nteacher = "t.pt"\n')
+    assert load_recipe(tmp_path / "r.toml", TrainConfig) == {"lr": 0.001, "channels": 3, "teacher": ["t.pt"]}
+    with pytest.raises(OptionError, match="the run's saved config: sampler"):
+        TrainConfig.from_saved({"sampler": "oversample", "not_known_any_more": 1})
+
+
+def test_recipes_that_name_each_other_as_base_are_one_error(tmp_path):
+    from fer_runtime.options import OptionError, load_recipe
+    from fer_train.config import TrainConfig
+
+    (tmp_path / "a.toml").write_text('base = "b.toml"\nepochs = 1\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nepochs = 2\n')
+    with pytest.raises(OptionError, match="leads back to itself"):
+        load_recipe(tmp_path / "a.toml", TrainConfig)
 
 
 def test_eval_only_resume_and_fer_eval_rebuild_saved_architecture(tree_factory, tmp_path, capsys):
