@@ -55,6 +55,33 @@ def tree_factory(tmp_path_factory):
     return build
 
 
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """Tiny ONNX classifiers (tests/onnx_models.py) with the contract's classes and fields: they need onnx, never torch."""
+
+    def build(classes: tuple[str, ...] = CLASSES, seed: int = 0, **contract) -> Path:
+        pytest.importorskip("onnx")
+        from fer_runtime.contract import ModelContract
+        from tests.onnx_models import tiny_classifier
+
+        return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=classes, **contract), seed=seed)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def face_video_factory(tmp_path_factory):
+    """Videos of the astronaut's face moving across a 640x480 canvas (benchmarks/scripts/make_video.py; needs skimage)."""
+
+    def build(frames: int, fps: int) -> Path:
+        pytest.importorskip("skimage")
+        from benchmarks.scripts.make_video import write_moving_face_video
+
+        return write_moving_face_video(tmp_path_factory.mktemp("vid") / "face.mp4", frames=frames, fps=fps)
+
+    return build
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     # session scope: module-scoped fixtures that train are set up before any function-scoped one

@@ -17,19 +17,14 @@ from click.testing import CliRunner
 import fer_runtime
 from fer_runtime import FaceExpressionRecognizer
 from fer_runtime.cli import DEMO_IMAGE
-from fer_runtime.contract import ModelContract
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("angry", "happy", "sad")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    contract = ModelContract(classes=CLASSES, channels=3, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "rgb.onnx", contract, seed=5)
+def model(tiny_model_factory):
+    return tiny_model_factory(CLASSES, seed=5, channels=3, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,12 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from benchmarks.bench import main as bench_main  # noqa: E402
 from fer_export.cli import command as export_command  # noqa: E402
 from fer_export.cli import main as export_main  # noqa: E402
-from fer_runtime.cli import main as run_main  # noqa: E402
-from fer_train.evaluate import command as eval_command  # noqa: E402
-from fer_train.train import command as train_command  # noqa: E402
+from tests.test_options import click_command, help_flags  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = ["fer-train", "fer-eval", "fer-export", "fer-run", "fer-bench"]
-
-
-def _help_flags(command: str) -> set[str]:
-    clicks = {"fer-train": train_command, "fer-eval": eval_command, "fer-export": export_command, "fer-run": run_main,
-              "fer-bench": bench_main}  # fmt: skip
-    text = CliRunner().invoke(clicks[command], ["--help"]).output
-    # the option list only: a flag at the start of its help entry, or after a comma (aliases, click's --x / --no-x)
-    return set(re.findall(r"(?:^|\n)\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text)) | set(re.findall(r"[,/] (--[a-z][a-z0-9-]*)", text))
 
 
 def _grammar_table() -> list[tuple[list[str], dict[str, bool]]]:
@@ -43,7 +32,7 @@ def _grammar_table() -> list[tuple[list[str], dict[str, bool]]]:
 def test_the_readme_table_matches_every_command_help():
     rows = _grammar_table()
     assert len(rows) >= 10
-    helps = {cmd: _help_flags(cmd) for cmd in COMMANDS}
+    helps = {cmd: help_flags(click_command(cmd)) for cmd in COMMANDS}
     for flags, has in rows:
         for flag in flags:
             for cmd, expected in has.items():
@@ -55,32 +44,6 @@ def test_fer_export_names_the_flag_for_a_positional_source(capsys):
     assert capsys.readouterr().err.strip() == ("fer-export: error: name the source with its flag: --ckpt runs/r/best.pt "
                                                "(--ckpt for a checkpoint, --model for an ONNX file)")  # fmt: skip
     assert export_main(["m.onnx"]) == 2 and "--model m.onnx" in capsys.readouterr().err
-
-
-def _option_entries(help_text: str) -> dict[str, str]:
-    """A click --help's option list: each flag (and a short alias) with its whole entry, wrapped lines joined."""
-    entries, current = {}, None
-    for line in help_text.split("\nOptions:\n", 1)[1].splitlines():
-        m = re.match(r"  (?:(-\w), )?(--[a-z][a-z0-9-]*)", line)
-        if m:
-            current = m.group(2)
-            entries[current] = line.strip()
-            if m.group(1):
-                entries[m.group(1)] = line.strip()
-        elif current:
-            entries[current] += " " + line.strip()
-    return entries
-
-
-def test_fer_export_help_options_are_the_export_config_fields():
-    """One declaration: fer-export's options are ExportConfig's fields, each showing its default, and nothing else."""
-    from fer_export.config import ExportConfig
-    from fer_runtime.options import flag_of, option_fields
-
-    entries = _option_entries(CliRunner().invoke(export_command, ["--help"], terminal_width=200).output)
-    fields = {flag_of(f.name) for f in option_fields(ExportConfig)}
-    assert set(entries) == fields | {"--help", "-h", "--version"}
-    assert [flag for flag in fields if "[default: " not in entries[flag]] == []
 
 
 def test_fer_export_flags_default_to_export_config():

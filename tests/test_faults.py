@@ -30,19 +30,13 @@ CLASSES = ("angry", "happy", "sad")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES), seed=1)
+def model(tiny_model_factory):
+    return tiny_model_factory(CLASSES, seed=1)
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    pytest.importorskip("skimage")
-    from benchmarks.scripts.make_video import write_moving_face_video
-
-    return write_moving_face_video(tmp_path_factory.mktemp("vid") / "clip.mp4", frames=24, fps=24)
+def video(face_video_factory):
+    return face_video_factory(frames=24, fps=24)
 
 
 @contextmanager

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from fer_runtime.options import load_recipe
 from fer_train.config import TrainConfig
 
@@ -54,10 +59,6 @@ def test_the_size_rule_can_fail():
 
 def test_experiments_are_small_overrides_of_a_shipped_recipe():
     """benchmarks/experiments/*.toml name their base recipe and hold only what differs; each resolves to a TrainConfig."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     recipes = ROOT / "models" / "recipes"
     experiments = sorted((ROOT / "benchmarks" / "experiments").glob("*.toml"))
     assert experiments
@@ -73,10 +74,6 @@ def test_experiments_are_small_overrides_of_a_shipped_recipe():
 
 def test_only_the_shipped_recipes_are_package_data():
     """At most 4 recipes ship (the shipped models and their teachers); experiments and lab scripts are not installed."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     assert len(list((ROOT / "models" / "recipes").iterdir())) <= 4
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert not [p for p in setuptools["packages"] if p.startswith("benchmarks.")]

@@ -166,25 +166,15 @@ def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
         test_rooms_import_only_what_the_design_allows("fer_runtime")
 
 
-def _module_imports(path: Path) -> set[str]:
-    """Every absolute import of a file, by its full module name."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
 def test_one_cli_framework_and_fer_export_stages_apart_from_its_command_line():
     """click is the one CLI framework: no module imports argparse. Only fer_export/cli.py is fer-export's command;
     no stage imports it or click."""
-    assert not [str(p.relative_to(ROOT)) for p in MODULES.values() if "argparse" in _module_imports(p)]
-    for path in sorted((ROOT / "fer_export").glob("*.py")):
-        names = _module_imports(path)
-        if path.name not in ("cli.py", "entry.py"):
-            assert not names & {"click", "fer_export.cli"}, path
+    names = {module: {n for n, _ in imports_of(module, path)} for module, path in MODULES.items()}
+    assert not [str(p.relative_to(ROOT)) for m, p in MODULES.items() if "argparse" in names[m]]
+    stages = [m for m, p in MODULES.items() if p.parent == ROOT / "fer_export" and p.name not in ("cli.py", "entry.py")]
+    assert stages
+    for module in stages:
+        assert not names[module] & {"click", "fer_export.cli"}, MODULES[module]
 
 
 if __name__ == "__main__":

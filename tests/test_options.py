@@ -1,36 +1,59 @@
-"""Each fer-train and fer-eval option is declared once, on its config field: ``--help`` lists exactly the config's fields,
-the command's own flags (what is not config) and ``--help``/``-h``/``--version``."""
+"""Each option of the five commands is declared once, on its config field: ``--help`` lists exactly the config's fields,
+the command's own flags (what is not config) and ``--help``/``-h``/``--version``; each field's entry shows its default.
+
+fer-run and fer-bench need no torch (this module imports none, so it runs in the runtime-only venv); the parameters of
+fer-train, fer-eval and fer-export are skipped without it."""
 
 from __future__ import annotations
 
+import importlib
 import re
-from dataclasses import fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from fer_runtime.options import config_options, flag_of, option_fields
+from benchmarks.config import BenchConfig
+from fer_export.config import ExportConfig
+from fer_runtime.config import RunConfig
+from fer_runtime.options import (
+    FerCommand,
+    config_of,
+    config_options,
+    defaults_of_field,
+    flag_of,
+    option,
+    option_fields,
+    scalar_type,
+)
+from fer_train.config import EvalConfig, TrainConfig
 
-pytest.importorskip("torch")
-
-from fer_train.config import EvalConfig, TrainConfig  # noqa: E402
-from fer_train.evaluate import command as eval_command  # noqa: E402
-from fer_train.train import command as train_command  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 COMMON = {"--help", "-h", "--version"}
-# what a command takes that is not its config: how this invocation runs, never saved as an option of the run
-COMMAND_ONLY = {
-    "fer-train": {"--config", "--resume", "--stop-after", "--overwrite", "--data-report-only"},
-    "fer-eval": set(),
-}
-COMMANDS = {"fer-train": (train_command, TrainConfig), "fer-eval": (eval_command, EvalConfig)}
+# prog -> (its click command as module:attribute, its config, what it takes that is not its config: how this invocation
+# runs, never saved as an option of the run)
+COMMANDS = {
+    "fer-train": ("fer_train.train:command", TrainConfig, {"--config", "--resume", "--stop-after", "--overwrite",
+                                                           "--data-report-only"}),
+    "fer-eval": ("fer_train.evaluate:command", EvalConfig, set()),
+    "fer-export": ("fer_export.cli:command", ExportConfig, set()),
+    "fer-run": ("fer_runtime.cli:main", RunConfig, set()),
+    "fer-bench": ("benchmarks.bench:main", BenchConfig, set()),
+}  # fmt: skip
+NEEDS_TORCH = {"fer-train", "fer-eval", "fer-export"}
+
+
+def click_command(prog: str) -> click.Command:
+    """The click command of ``prog``; skips the test where it needs torch and torch is not installed."""
+    if prog in NEEDS_TORCH:
+        pytest.importorskip("torch")
+    module, _, name = COMMANDS[prog][0].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def help_flags(command: click.Command) -> set[str]:
-    """The flags of the option rows of ``--help`` (a row starts at two spaces; its wrapped text is indented further)."""
+    """Every flag of the option rows of ``--help`` (aliases and ``--no-x`` included): a row starts at two spaces; its
+    wrapped text is indented further."""
     text = CliRunner().invoke(command, ["--help"]).output
     rows = text.split("\nOptions:\n", 1)[1].splitlines()
     flags = set()
@@ -41,11 +64,18 @@ def help_flags(command: click.Command) -> set[str]:
     return flags
 
 
+def field_flags(f) -> set[str]:
+    """The flags a config field declares: ``--x``, and ``--no-x`` for a switch that is on (or undecided) by default."""
+    flag = flag_of(f.name)
+    switch = scalar_type(f) is bool and defaults_of_field(f) is not False
+    return {flag, "--no-" + flag[2:]} if switch else {flag}
+
+
 def declared_twice(command: click.Command, cls: type, command_only: set[str]) -> list[str]:
     """What breaks "each option declared once": a config field that is no option, a flag in ``--help`` that is neither a
-    field nor one of the command's own, a field missing from ``--help``."""
+    field nor one of the command's own, a field (or ``--version``) missing from ``--help``."""
     problems = [f"{f.name} has no option(...)" for f in fields(cls) if f not in option_fields(cls)]
-    expected = {flag_of(f.name) for f in fields(cls)} | command_only | COMMON
+    expected = set().union(*map(field_flags, fields(cls))) | command_only | COMMON
     shown = help_flags(command)
     problems += [f"{flag} is declared only in the command" for flag in sorted(shown - expected)]
     problems += [f"{flag} is not in --help" for flag in sorted(expected - shown)]
@@ -54,39 +84,55 @@ def declared_twice(command: click.Command, cls: type, command_only: set[str]) ->
 
 @pytest.mark.parametrize("prog", sorted(COMMANDS))
 def test_help_lists_the_config_fields_the_command_flags_and_nothing_else(prog):
-    command, cls = COMMANDS[prog]
-    assert declared_twice(command, cls, COMMAND_ONLY[prog]) == []
+    _, cls, command_only = COMMANDS[prog]
+    assert declared_twice(click_command(prog), cls, command_only) == []
 
 
 @pytest.mark.parametrize("prog", sorted(COMMANDS))
 def test_every_option_shows_its_default(prog):
-    command, cls = COMMANDS[prog]
+    """Each field's help entry, as --help prints it, starts with its flag and ends in its default (an unset one says
+    what it stands for)."""
+    command, cls = click_command(prog), COMMANDS[prog][1]
     records = {p.name: p.get_help_record(click.Context(command)) for p in command.params}
     for f in fields(cls):
-        assert "[default: " in records[f.name][1], f.name
+        flags, text = records[f.name]
+        assert flags.startswith(flag_of(f.name)) and "[default: " in text, (flags, text)
     if cls is TrainConfig:
-        assert records["lr"][1].endswith("[default: (1e-3 with adamw, 0.05 with sgd)]")
+        flags, text = records["lr"]
+        assert (flags, " ".join(text.split())) == ("--lr FLOAT", "peak learning rate [default: (1e-3 with adamw, 0.05 with sgd)]")
 
 
-def test_the_check_finds_a_field_that_is_no_option_and_a_flag_declared_only_in_the_command():
-    from dataclasses import dataclass, field
+@pytest.mark.parametrize("prog", ["fer-bench", "fer-run"])
+def test_the_command_builds_its_config_from_the_defaults(prog, monkeypatch):
+    """With no option given, the command function receives exactly the config's defaults."""
+    command, cls = click_command(prog), COMMANDS[prog][1]
+    got = []
+    monkeypatch.setattr(command, "callback", lambda **options: got.append(config_of(cls, options)))
+    CliRunner().invoke(command, [])
+    assert got == [cls()]
 
-    from fer_runtime.options import option
 
+def test_the_check_finds_a_field_that_is_no_option_a_flag_declared_only_in_the_command_and_a_missing_flag():
     @dataclass
     class Config:
-        size: int = option(3, "a size")
+        size: int = option(3, "a size", bounds=(0, None))
+        loud: bool = option(True, "say it")
         hidden: int = field(default=0)
 
-    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.command("x", cls=FerCommand)
     @config_options(Config)
     @click.option("--extra", is_flag=True)
-    def cmd(**_):
+    def inline(**_):
         pass
 
-    problems = declared_twice(cmd, Config, set())
-    assert "hidden has no option(...)" in problems and "--extra is declared only in the command" in problems
-    assert "--hidden is not in --help" in problems and not any("--size" in p for p in problems)
+    @click.command("y", cls=FerCommand)
+    def bare(**_):
+        pass
+
+    assert declared_twice(inline, Config, set()) == ["hidden has no option(...)", "--extra is declared only in the command",
+                                                     "--hidden is not in --help", "--version is not in --help"]  # fmt: skip
+    missing = [p for p in declared_twice(bare, Config, set()) if p.endswith("is not in --help")]
+    assert missing == [f"{flag} is not in --help" for flag in ("--hidden", "--loud", "--no-loud", "--size", "--version")]
 
 
 def test_a_list_option_is_a_repeated_flag():
@@ -103,3 +149,28 @@ def test_a_list_option_is_a_repeated_flag():
     argv = ["--teacher", "a.onnx", "--teacher", "b.pt", "--mean", "0.5", "--mean", "0.4", "--mean", "0.3", "--channels", "3"]
     assert CliRunner().invoke(cmd, argv).exit_code == 0
     assert seen == {"teacher": ["a.onnx", "b.pt"], "mean": [0.5, 0.4, 0.3], "channels": 3}
+
+
+def test_ranges_and_switches_come_from_the_field():
+    @dataclass
+    class Config:
+        level: int = option(3, "how much", bounds=(1, None))
+        share: float = option(0.5, "a share", bounds=(0, 1, "<"))
+        loud: bool = option(True, "say it")
+        shown: bool | None = option(None, "a window", none_means="when possible")
+        quiet: bool = option(False, "say nothing")
+
+    got = []
+
+    @click.command("x", cls=FerCommand)
+    @config_options(Config)
+    def command(**options):
+        got.append(config_of(Config, options))
+
+    runner = CliRunner()
+    assert runner.invoke(command, []).exit_code == 0 and got.pop() == Config()
+    assert runner.invoke(command, ["--no-loud", "--no-shown", "--quiet", "--share", "0"]).exit_code == 0
+    assert got.pop() == Config(loud=False, shown=False, quiet=True, share=0.0)
+    for argv in (["--level", "0"], ["--share", "1"]):
+        result = runner.invoke(command, argv)
+        assert result.exit_code == 2 and result.output.startswith(f"x: error: Invalid value for '{argv[0]}'"), result.output

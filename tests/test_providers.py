@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from fer_runtime import providers
-from fer_runtime.contract import ModelContract
 from fer_runtime.providers import CPU, CUDA, ProviderChoice, ProviderError, check_started, resolve
 
 CLASSES = ("angry", "happy", "sad")
@@ -30,11 +29,8 @@ def fake_ort(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "m.onnx", ModelContract(classes=CLASSES))
+def model(tiny_model_factory):
+    return tiny_model_factory(CLASSES)
 
 
 def test_auto_is_the_cpu_without_cuda(fake_ort):

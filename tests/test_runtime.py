@@ -22,11 +22,8 @@ CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES))
+def tiny_model(tiny_model_factory):
+    return tiny_model_factory(CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +35,9 @@ def astronaut(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def moving_face_video(astronaut, tmp_path_factory):
+def moving_face_video(face_video_factory):
     """The astronaut's face, scaled and moved across a 640x480 canvas, 48 frames."""
-    from benchmarks.scripts.make_video import write_moving_face_video
-
-    return write_moving_face_video(tmp_path_factory.mktemp("vid") / "moving.mp4", frames=48, fps=24)
+    return face_video_factory(frames=48, fps=24)
 
 
 def test_runtime_imports_no_torch():

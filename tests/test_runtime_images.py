@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from fer_runtime.cli import DEMO_IMAGE
 from fer_runtime.cli import main as run_cli
-from fer_runtime.contract import ModelContract
 from fer_runtime.data import discover, load_split
 from fer_runtime.session import OnnxModel
 
@@ -20,11 +19,8 @@ CLASSES = ("angry", "happy", "sad")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx", ModelContract(classes=CLASSES), seed=3)
+def model(tiny_model_factory):
+    return tiny_model_factory(CLASSES, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +168,13 @@ def test_a_damaged_video_frame_is_counted_and_the_run_goes_on(model, tmp_path):
     assert [rec["frame"] for rec in _records(out)] == [i for i in range(30) if i != 10]
 
 
-def test_sigterm_flushes_like_ctrl_c(model, tmp_path):
+def test_sigterm_flushes_like_ctrl_c(model, face_video_factory, tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
-    from benchmarks.scripts.make_video import write_moving_face_video
-
-    pytest.importorskip("skimage")
-    video = write_moving_face_video(tmp_path / "long.mp4", frames=3000, fps=30)
+    video = face_video_factory(frames=3000, fps=30)
     out, saved = tmp_path / "s.jsonl", tmp_path / "s.mp4"
     code = "from fer_runtime.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "--source", str(video), "--model", str(model), "--no-display",

@@ -335,7 +335,6 @@ def test_help_shows_every_default_from_train_config(capsys):
     assert train_main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--epochs INTEGER training epochs (0 with --resume: only evaluate) [default: 30]" in text
-    assert "--lr FLOAT peak learning rate [default: (1e-3 with adamw, 0.05 with sgd)]" in text
     assert "--teacher MODEL" in text and "--arch-arg KEY=VALUE" in text
 
 

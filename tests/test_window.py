@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_runtime.contract import ModelContract
 from fer_runtime.pipeline import BOX_COLOUR, WINDOW_TITLE
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -52,11 +51,8 @@ def xserver():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    pytest.importorskip("onnx")
-    from .onnx_models import tiny_classifier
-
-    return tiny_classifier(tmp_path_factory.mktemp("m") / "m.onnx", ModelContract(classes=("angry", "happy", "sad")))
+def model(tiny_model_factory):
+    return tiny_model_factory(("angry", "happy", "sad"))
 
 
 def _fer_run(display: str, *args) -> subprocess.Popen:
@@ -105,11 +101,8 @@ def test_a_photo_in_a_window_ends_within_a_second(xserver, model, how, source, c
     assert ("(interrupted)" in stdout) == (code == 130)
 
 
-def test_a_video_in_a_window_plays_at_the_files_frame_rate(xserver, model, tmp_path):
-    from benchmarks.scripts.make_video import write_moving_face_video
-
-    pytest.importorskip("skimage")
-    video = write_moving_face_video(tmp_path / "ten.mp4", frames=30, fps=10)  # 3 s of video
+def test_a_video_in_a_window_plays_at_the_files_frame_rate(xserver, model, face_video_factory):
+    video = face_video_factory(frames=30, fps=10)  # 3 s of video
     rates = {}
     for mode in ("--display", "--no-display"):
         run = _fer_run(xserver, "--source", video, "--model", model, mode)
@@ -139,11 +132,8 @@ def _overlay_shot(run: subprocess.Popen, env: dict, dump: Path) -> np.ndarray | 
     return None
 
 
-def test_the_window_shows_boxes_labels_confidence_and_fps(xserver, model, tmp_path):
-    pytest.importorskip("skimage")
-    from benchmarks.scripts.make_video import write_moving_face_video
-
-    video = write_moving_face_video(tmp_path / "v.mp4", frames=300, fps=30)  # 10 s in the window: 20 screenshots
+def test_the_window_shows_boxes_labels_confidence_and_fps(xserver, model, face_video_factory, tmp_path):
+    video = face_video_factory(frames=300, fps=30)  # 10 s in the window: 20 screenshots
     env = {**os.environ, "DISPLAY": xserver, "QT_QPA_PLATFORM": "xcb"}
     run = None
     try:
