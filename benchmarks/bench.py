@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.config import DEFAULT_OUT_DIR, BenchConfig
 from benchmarks.data import bench_manifest, load_for, shared_classes
-from fer_runtime.calibration import plot_reliability, reliability
+from fer_runtime.calibration import calibration_summary, plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import read_onnx_contract
 from fer_runtime.data import DataError, DecodedSplit, SplitManifest
@@ -35,13 +35,12 @@ from fer_runtime.outputs import (
     missing_dirs,
     remove_empty_dirs,
     version_option,
-    write_error,
 )
 from fer_runtime.profiling import percentiles, time_interleaved
 from fer_runtime.providers import ProviderChoice
 from fer_runtime.providers import describe as describe_provider
 from fer_runtime.providers import resolve as resolve_provider
-from fer_runtime.session import OnnxModel, calibrated_probabilities, decision_probabilities
+from fer_runtime.session import OnnxModel, decision_probabilities
 
 __all__ = ["DEFAULT_OUT_DIR", "BenchConfig", "bench", "main", "run"]
 
@@ -169,10 +168,8 @@ def main(**options) -> None:
     created = missing_dirs(cfg.out_dir)
     try:
         results = bench(cfg)
-    except (FerError, OSError) as exc:
+    except (FerError, OSError):
         remove_empty_dirs(created)  # a failed run leaves no empty --out-dir behind
-        if isinstance(exc, OSError):
-            raise write_error(exc) from None
         raise
     click.echo("fer-bench: wrote " + ", ".join(results["outputs"]))
 
@@ -214,8 +211,6 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
     threads_all = cfg.threads or os.cpu_count() or 1
     names = _unique_names(paths)
     one, allc, provider = _sessions(cfg, names, paths, provider, threads_all)
-    if cfg.split not in manifest.splits:
-        raise DataError(f"split '{cfg.split}' not in this data (has {', '.join(manifest.splits)})")
     scores = _score_all(allc, manifest, cfg.split)
     if cfg.ckpt:
         _torch_row(cfg.ckpt, manifest, cfg.split, scores)
@@ -313,10 +308,7 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     raw_argmax = shared.from_model[calibrated.argmax(1)]
     row["quality_train_prior"] = {k: v for k, v in metrics(shared.labels, raw_argmax, shared.classes, other).items()
                                   if k in ("accuracy", "macro_f1", "balanced_accuracy")}  # fmt: skip
-    before = reliability(calibrated_probabilities(raw, c.output, 1.0), shared.label_in_model)
-    after = reliability(calibrated, shared.label_in_model)
-    row["calibration"] = {"temperature": c.temperature, "reliability_before": before, "reliability_after": after,
-                          "ece_before": before["ece"], "ece_after": after["ece"],
+    row["calibration"] = {**calibration_summary(raw, shared.label_in_model, c.temperature, c.output),
                           "ece_decision_rule": reliability(probs, shared.label_in_model)["ece"]}  # fmt: skip
     names = [""] * len(decoded.labels)
     for i, k in zip(np.flatnonzero(shared.keep), probs.argmax(1)):

@@ -66,14 +66,12 @@ def check_config(cfg: ExportConfig) -> None:
     _check_source(cfg)
     if cfg.source and not Path(cfg.source).is_file():
         raise OptionError(f"not found: {cfg.source}")
-    if cfg.model and (cfg.pruning or cfg.distill_from):
+    if cfg.model and cfg.pruning:
         raise OptionError("an ONNX model can only be quantized (--int8): pruning and distillation need --ckpt")
     if cfg.prune is not None and not 0.0 < cfg.prune < 1.0:
         raise PruneError(f"--prune must be in (0, 1), got {cfg.prune}")
     if cfg.calib_size < 1:
         raise QuantizationError("--calib-size must be at least 1")
-    if cfg.threads < 0:
-        raise OptionError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.resume and not cfg.name:
         raise OptionError("--resume needs the --name of the interrupted export")
     if cfg.train_option and not (cfg.distill_from or cfg.pruning and cfg.finetune_epochs > 0):

@@ -26,7 +26,7 @@ class ExportConfig:
     protocol: str | None = option(None, "for an ONNX model without a run manifest", choices=PROTOCOLS,
                                   none_means="the model's")  # fmt: skip
     threads: int = option(0, "torch and ONNX Runtime threads for training and scoring (0: all cores); latency is always "
-                          "timed at batch 1, one thread")  # fmt: skip
+                          "timed at batch 1, one thread", bounds=(0, None))  # fmt: skip
     no_progress: bool = option(False, "no per-batch progress in the training stages")
     seed: int = option(0, "for calibration sampling (training stages keep the source run's seed: it fixes its splits)")
     # distillation

@@ -12,7 +12,6 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from fer_export.report import onnx_latency_ms, print_summary, reliability_plot, 
 from fer_export.rows import onnx_row, torch_row
 from fer_export.training import distill, prune_and_finetune
 from fer_runtime.contract import ModelContract, read_onnx_contract
-from fer_runtime.data import DataError, DecodedSplit, discover, load_split, resolve_data_root, run_manifest
+from fer_runtime.data import DecodedSplit, discover, load_split, resolve_data_root, run_manifest
 from fer_runtime.errors import EXIT_GATE
 from fer_runtime.outputs import OutputError, check_output_dir, missing_dirs, remove_empty_dirs
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -87,8 +86,8 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
     state = load_checkpoint(ckpt)
     model, contract = model_from_checkpoint(state)
     # the run's splits, found under --data-root, then FER_DATA_ROOT, then the run's own root
-    rules = asdict(TrainConfig.from_saved(state.get("train_args", {})))
-    manifest = run_manifest(state.get("manifest"), cfg.data_root, rules)
+    saved = TrainConfig.from_saved(state.get("train_args", {}))
+    manifest = run_manifest(state.get("manifest"), cfg.data_root, saved.split_rules())
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)
             for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
     report["artefacts"].append(torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data))
@@ -96,7 +95,7 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
         ckpt = prune_and_finetune(cfg, state, model, contract, data, out, report)
         state = load_checkpoint(ckpt)
         model, contract = model_from_checkpoint(state)
-    contract = _export_contract(cfg, Path(ckpt), state, contract, report, data["train"])
+    contract = _export_contract(cfg, Path(ckpt), state, contract, report, data["train"], saved.sampler)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
     report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads)}
     _check_parity(model, fp32_path, data["val"], report)
@@ -105,7 +104,7 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
 
 
 def _export_contract(cfg: ExportConfig, ckpt: Path, state: dict, contract: ModelContract, report: dict,
-                     train: DecodedSplit) -> ModelContract:  # fmt: skip
+                     train: DecodedSplit, sampler: str) -> ModelContract:  # fmt: skip
     """The checkpoint's contract with the export's provenance and the training split's class prior."""
     final_row = report["artefacts"][-1]  # the model being exported: pruned + fine-tuned when pruning ran
     provenance = {**contract.provenance, "source_checkpoint": str(ckpt.resolve()), "model": state["model"],
@@ -113,7 +112,6 @@ def _export_contract(cfg: ExportConfig, ckpt: Path, state: dict, contract: Model
                               for s in ("val", "test") if s in final_row}}  # fmt: skip
     if cfg.distill_from:
         provenance["teacher_checkpoint"] = str(Path(cfg.distill_from).resolve())
-    sampler = TrainConfig.from_saved(state.get("train_args", {})).sampler
     return with_training_prior(contract.replace(provenance=provenance), train, sampler)
 
 
@@ -149,8 +147,7 @@ def onnx_model_data(cfg: ExportConfig, contract: ModelContract) -> dict[str, Dec
         layout = contract.provenance.get("layout")
         protocol = cfg.protocol or contract.provenance.get("protocol") or ("fer2013" if layout == "fer2013" else None)
         manifest = discover(root, protocol, label_mode=contract.provenance.get("label_mode") if protocol == "ferplus" else None)
-    if manifest.classes != list(contract.classes):
-        raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
+    manifest.check_classes(contract.classes)
     return {s: load_split(manifest, s, contract.channels, contract.input_size) for s in manifest.splits}
 
 

@@ -7,7 +7,7 @@ stage's settings and ``--train-option``; with ``--resume`` a finished run is kep
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from torch import nn
@@ -17,7 +17,7 @@ from fer_export.prune import count_flops_params, prune_channels
 from fer_export.rows import torch_row
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit, resolve_data_root
-from fer_runtime.options import OptionError, checked_values
+from fer_runtime.options import OptionError, checked_values, json_or_text
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
 from fer_train.train import fit
@@ -51,18 +51,16 @@ def train_options(items: list[str]) -> dict:
         if key in SET_BY_EXPORT:
             how = f"(use {SET_BY_EXPORT[key]})" if SET_BY_EXPORT[key] else "from the source run"
             raise OptionError(f"--train-option {key}: fer-export sets it {how}")
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:
-            values[key] = text
+        values[key] = json_or_text(text)
     return checked_values(TrainConfig, values, "--train-option")
 
 
 def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfig:
     """A stage's TrainConfig: the source run's splits, input and selection metric (``FROM_SOURCE``), the stage's own
     settings, then --train-option."""
-    saved = asdict(TrainConfig.from_saved(source.get("train_args", {})))
-    values: dict = {**{k: saved[k] for k in FROM_SOURCE}, "no_progress": cfg.no_progress, "threads": cfg.threads, **stage}
+    saved = TrainConfig.from_saved(source.get("train_args", {}))
+    values: dict = {k: getattr(saved, k) for k in FROM_SOURCE}
+    values.update(no_progress=cfg.no_progress, threads=cfg.threads, **stage)
     if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
         values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
     return TrainConfig(**{**values, **train_options(cfg.train_option)})

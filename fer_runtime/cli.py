@@ -14,15 +14,9 @@ from fer_runtime.classifier import FaceExpressionClassifier
 from fer_runtime.config import RunConfig
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import create_detector
+from fer_runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, sigterm_as_interrupt
 from fer_runtime.options import FerCommand, config_of, config_options
-from fer_runtime.outputs import (
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    OutputError,
-    check_output_dir,
-    check_output_file,
-    version_option,
-)
+from fer_runtime.outputs import check_output_dir, check_output_file, version_option
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import describe as describe_provider
 from fer_runtime.sources import SourceError, open_source
@@ -64,10 +58,6 @@ def summary(stats: dict, images: bool, rate: bool = True) -> str:
         line += f"; {len(stats['unsupported'])} files in a format not read left out ({names}: convert them to PNG)"
     line += " (interrupted)" if stats["interrupted"] else ""
     return line + (" (source lost after retries)" if stats["source_lost"] else "")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def gui_available() -> bool:
@@ -147,13 +137,9 @@ def run(cfg: RunConfig) -> int:
     _check_source(src, cfg)
     if clf.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
-    # SIGTERM ends the run like Ctrl-C: the video is finalised and the JSONL complete
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with sigterm_as_interrupt():  # the video is finalised and the JSONL complete
         stats = run_pipeline(clf, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
                              crops=cfg.crops)  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
     late: list[int] = []
     previous = {signum: signal.signal(signum, lambda s, f: late.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}

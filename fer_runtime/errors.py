@@ -6,6 +6,12 @@ Each command's entry point catches ``FerError`` in one place (``fer_runtime.opti
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
@@ -23,3 +29,37 @@ class GateError(FerError):
 
 class DataError(FerError, ValueError):
     """The data root cannot be used as given."""
+
+
+class OutputError(FerError, ValueError):
+    """An output location that cannot be written."""
+
+
+def write_error(exc: OSError, path: str | Path | None = None) -> OutputError:
+    """An OSError while writing (a full disk, a vanished folder) as one line naming the file."""
+    where = path or exc.filename or "an output"
+    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
+
+
+def os_error(exc: OSError) -> FerError:
+    """An OSError that reached a command as one line: a missing file is named as such, anything else (a full disk,
+    a folder that vanished mid-run) is an output that could not be written."""
+    return FerError(str(exc)) if isinstance(exc, FileNotFoundError) else write_error(exc)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (a scheduler's stop, ``kill``) ends it like Ctrl-C: a ``KeyboardInterrupt``, so
+    outputs are finalised and the exit code is 130 alike. Only the main thread can set a signal handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

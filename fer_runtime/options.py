@@ -8,6 +8,7 @@ the one place where a ``FerError`` becomes ``PROG: error: MESSAGE`` and its exit
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields
@@ -17,7 +18,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError
+from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError, os_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
@@ -52,11 +53,6 @@ def option_fields(cls: type) -> list[Field]:
 
 def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    """Every field's default, as the command line would give it."""
-    return {f.name: defaults_of_field(f) for f in fields(cls)}
 
 
 def scalar_type(f: Field) -> type:
@@ -138,6 +134,14 @@ def given_options(cls: type, ctx: click.Context) -> dict[str, Any]:
             if f.name in ctx.params and ctx.get_parameter_source(f.name) in typed}  # fmt: skip
 
 
+def json_or_text(text: str) -> Any:
+    """A ``KEY=VALUE`` item's value: JSON where it parses (numbers, lists, true/false), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def check_known(cls: type, options: dict, where: str) -> None:
     unknown = sorted(set(options) - {f.name for f in fields(cls)})
     if unknown:
@@ -216,8 +220,9 @@ class FerCommand(click.Command):
             click.echo(f"{self.name}: interrupted", err=True)
             code = EXIT_INTERRUPTED
         except OSError as exc:  # a disk that fills, a folder that vanishes mid-run: one line, not a traceback
-            click.echo(f"{self.name}: error: {exc}", err=True)
-            code = EXIT_USAGE  # README: an output that cannot be written exits 2
+            error = os_error(exc)
+            click.echo(f"{self.name}: error: {error}", err=True)
+            code = error.exit_code  # README: an output that cannot be written exits 2
         if standalone_mode:
             sys.exit(code or 0)
         return code

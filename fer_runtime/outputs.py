@@ -5,7 +5,7 @@
 - Exit codes: 0 done, 1 internal error, 2 usage or input error (this module's ``OutputError`` among them, and an
   output that cannot be written, e.g. a full disk: ``write_error``), 3 a failed quality gate (fer-export's INT8
   drop), 130 interrupted (Ctrl-C or SIGTERM).
-- One help format and one flag grammar (README, "Command grammar"), with the old spellings refused by name.
+- One help format and one flag grammar (README, "Command grammar").
 """
 
 from __future__ import annotations
@@ -18,11 +18,7 @@ from pathlib import Path
 
 import click
 
-from fer_runtime.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, FerError  # noqa: F401
-
-
-class OutputError(FerError, ValueError):
-    """An output location that cannot be written."""
+from fer_runtime.errors import OutputError, write_error  # noqa: F401  (what writers here raise)
 
 
 @contextmanager
@@ -60,12 +56,6 @@ def remove_empty_dirs(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
-
-
-def write_error(exc: OSError, path: str | Path | None = None) -> OutputError:
-    """An OSError while writing (a full disk, a vanished folder) as one line naming the file."""
-    where = path or exc.filename or "an output"
-    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
 
 
 def _nearest_existing(path: Path) -> Path:

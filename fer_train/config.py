@@ -87,7 +87,7 @@ class TrainConfig:
     out_dir: str = option("runs", "parent folder of the run folder")
     name: str | None = option(None, "run folder name; an existing run is refused", none_means="MODEL-TIME")
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
-    threads: int = option(0, THREADS_HELP)
+    threads: int = option(0, THREADS_HELP, bounds=(0, None))
     no_progress: bool = option(False, "no per-batch progress bars")
     # distillation (also what fer-export's distillation sets)
     teacher: list[str] | None = option(None, "teacher checkpoint (.pt) or exported model (.onnx) for knowledge "
@@ -129,4 +129,4 @@ class EvalConfig:
     strict: bool = option(False, "unreadable images are fatal")
     cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
-    threads: int = option(0, THREADS_HELP)
+    threads: int = option(0, THREADS_HELP, bounds=(0, None))

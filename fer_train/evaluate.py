@@ -19,8 +19,8 @@ from torch import nn
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DataError, DecodedSplit, SplitManifest, load_split, run_manifest
 from fer_runtime.data.report import has_copy_in
-from fer_runtime.options import FerCommand, OptionError, config_options, given_options
-from fer_runtime.outputs import atomic_write_text, check_output_dir, version_option, write_error
+from fer_runtime.options import FerCommand, OptionError, config_of, config_options
+from fer_runtime.outputs import atomic_write_text, check_output_dir, version_option
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import EvalConfig, TrainConfig
 from fer_train.engine import predict_logits, score_logits
@@ -40,10 +40,9 @@ class Members:
 @click.command("fer-eval", cls=FerCommand)
 @config_options(EvalConfig)
 @version_option("fer-eval")
-@click.pass_context
-def command(ctx: click.Context, **_options) -> int:
+def command(**options) -> int:
     """Evaluate a fer-train checkpoint, or an ensemble of them."""
-    return evaluate_checkpoints(EvalConfig(**given_options(EvalConfig, ctx)))
+    return evaluate_checkpoints(config_of(EvalConfig, options))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +70,6 @@ def evaluate_checkpoints(cfg: EvalConfig) -> int:
 def check_options(cfg: EvalConfig) -> None:
     if not cfg.ckpt:
         raise OptionError("--ckpt RUN/best.pt is required (repeat --ckpt for an ensemble)")
-    if cfg.threads < 0:
-        raise OptionError(f"--threads must be 0 (all cores) or more, got {cfg.threads}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise OptionError("--device cuda: torch sees no CUDA device here (a CPU build of torch, no driver, or no GPU "
                           "visible); --device auto or cpu runs on the CPU")  # fmt: skip
@@ -92,10 +89,7 @@ def load_members(cfg: EvalConfig) -> Members:
             raise DataError(f"{path} does not share classes, channels and input size with {cfg.ckpt[0]}")
     saved = TrainConfig.from_saved(states[0].get("train_args", {}))
     manifest = run_manifest(states[0].get("manifest"), cfg.data_root, saved.split_rules())
-    if manifest.classes != list(contract.classes):
-        raise DataError(f"the model's classes {list(contract.classes)} differ from the data's {manifest.classes}")
-    if cfg.split not in manifest.splits:
-        raise DataError(f"split '{cfg.split}' not in this data (has {', '.join(manifest.splits)})")
+    manifest.check_classes(contract.classes)
     return Members(members, contract, manifest)
 
 
@@ -136,13 +130,10 @@ def write_metrics(cfg: EvalConfig, metrics: dict, n_members: int) -> str:
     out_dir = out_dir_of(cfg)
     stem = f"eval_{cfg.split}" + ("" if cfg.tta == "none" else f"_{cfg.tta}")
     stem += f"_ensemble{n_members}" if n_members > 1 else ""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
-        atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
-        plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{cfg.split} ({cfg.tta})")
-    except OSError as exc:  # a full disk
-        raise write_error(exc) from None
+    out_dir.mkdir(parents=True, exist_ok=True)  # an OSError (a full disk) is one line: FerCommand
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / f"{stem}.md", f"# {stem}\n\n{metrics_table(metrics)}\n")
+    plot_confusion_matrix(metrics, out_dir / f"{stem}_confusion_matrix.png", title=f"{cfg.split} ({cfg.tta})")
     return stem
 
 

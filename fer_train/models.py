@@ -5,7 +5,6 @@ Own compact CNNs for 48x48 faces, plus any timm model as ``timm:<name>``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from fer_runtime.errors import FerError
+from fer_runtime.options import json_or_text
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -239,10 +239,7 @@ def parse_arch_args(items: list[str]) -> dict:
         if "=" not in item:
             raise ModelError(f"--arch-arg needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = json_or_text(value)
     return out
 
 

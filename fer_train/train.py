@@ -12,9 +12,7 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -35,9 +33,9 @@ from fer_runtime.data import (
     write_skipped_log,
 )
 from fer_runtime.data.report import data_report, write_data_report
-from fer_runtime.errors import EXIT_INTERRUPTED, FerError
+from fer_runtime.errors import EXIT_INTERRUPTED, FerError, os_error, sigterm_as_interrupt
 from fer_runtime.options import FerCommand, OptionError, config_options, given_options, load_recipe
-from fer_runtime.outputs import OutputError, atomic_write_text, check_output_dir, version_option, write_error
+from fer_runtime.outputs import OutputError, atomic_write_text, check_output_dir, version_option
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import (
     CheckpointError,
@@ -123,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_command(given: dict, sitting: Sitting) -> int:
     """One sitting from the command line: an error or an interrupt after the first epoch says how to resume."""
-    previous = _sigterm_as_interrupt()
     RUN_STATE.clear()
     try:
-        resume_state = load_checkpoint(sitting.resume) if sitting.resume else None
-        cfg = merged_config(given, saved_config(resume_state))
-        check_resumable(resume_state, cfg, sitting)
-        train_run(cfg, sitting, resume_state)
+        with sigterm_as_interrupt():
+            resume_state = load_checkpoint(sitting.resume) if sitting.resume else None
+            cfg = merged_config(given, saved_config(resume_state))
+            check_resumable(resume_state, cfg, sitting)
+            train_run(cfg, sitting, resume_state)
         return 0
     except KeyboardInterrupt:
         last = _last_checkpoint()
@@ -141,9 +139,6 @@ def train_command(given: dict, sitting: Sitting) -> int:
         return EXIT_INTERRUPTED
     except (FerError, OSError) as exc:
         raise _with_resume_hint(exc) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def fit(cfg: TrainConfig, resume: str | None = None, stop_after: int | None = None, overwrite: bool = False) -> RunResult:
@@ -165,25 +160,11 @@ class StoppedRun(FerError):
 
 
 def _with_resume_hint(exc: Exception) -> FerError:
-    if isinstance(exc, FileNotFoundError):
-        error: FerError = OptionError(str(exc))
-    else:
-        error = exc if isinstance(exc, FerError) else write_error(exc)
+    error = exc if isinstance(exc, FerError) else os_error(exc)
     last = _last_checkpoint()
     if last is None:
         return error
     return StoppedRun(f"{error}; {last} holds the last finished epoch (continue with --resume {last})", error.exit_code)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop, ``kill``) ends the run like Ctrl-C: the same message and exit code 130."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _last_checkpoint() -> Path | None:
@@ -219,8 +200,6 @@ def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConf
     )
     if resolved.epochs < 0 or resolved.batch_size < 1 or resolved.accum_steps < 1:
         raise OptionError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
-    if resolved.threads < 0:
-        raise OptionError(f"--threads must be 0 (all cores) or more, got {resolved.threads}")
     return resolved
 
 

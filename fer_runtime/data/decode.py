@@ -70,7 +70,7 @@ def load_split(
 ) -> DecodedSplit:
     """Decode a split once into a uint8 array cached on disk; later calls read the cache."""
     if split not in manifest.splits:
-        raise DataError(f"split '{split}' not in this data ({', '.join(manifest.splits)})")
+        raise DataError(f"split '{split}' not in this data (has {', '.join(manifest.splits)})")
     root = Path(root or manifest.root)
     if root.is_file():
         root = root.parent

@@ -71,6 +71,11 @@ class SplitManifest:
             targets={k: [list(map(float, t)) for t in v] for k, v in data.get("targets", {}).items()},
         )  # fmt: skip
 
+    def check_classes(self, classes: list[str] | tuple[str, ...]) -> None:
+        """A model scored on this data must have its classes, in its order."""
+        if self.classes != list(classes):
+            raise DataError(f"the model's classes {list(classes)} differ from the data's {self.classes}")
+
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict()))
 
