@@ -31,10 +31,14 @@ def saved_root(state: dict) -> str | None:
     return (state.get("manifest") or {}).get("root")
 
 
-# TrainConfig options that the export sets itself for its training runs: the flag that sets each, if any
-SET_BY_EXPORT = {"data_root": "--data-root", "out_dir": "--out-dir", "name": "--name", "init": None, "teacher": "--distill-from",
-                 "kd_alpha": "--kd-alpha", "kd_temperature": "--kd-temperature", "arch": "--arch", "arch_arg": "--arch-arg",
-                 "epochs": "--epochs or --finetune-epochs", "seed": None}  # fmt: skip
+# TrainConfig options that the export sets itself for its training runs, and how
+FROM_THE_SOURCE_RUN = "it comes from the source run (its splits and input)"
+SET_BY_EXPORT = {"data_root": "use --data-root", "out_dir": "use --out-dir", "name": "use --name", "arch": "use --arch",
+                 "arch_arg": "use --arch-arg", "teacher": "use --distill-from", "teacher_targets_file": "use --distill-from",
+                 "kd_alpha": "use --kd-alpha", "kd_temperature": "use --kd-temperature",
+                 "epochs": "use --epochs or --finetune-epochs", "init": "the fine-tune starts from the pruned model",
+                 **dict.fromkeys(("seed", "protocol", "val_split", "test_split", "input_size", "channels"),
+                                 FROM_THE_SOURCE_RUN)}  # fmt: skip
 # what a training stage keeps of its source run: how the data was split and labelled, the input, the selection metric
 FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "input_size", "channels", "mean", "std", "monitor")
 
@@ -49,8 +53,7 @@ def train_options(items: list[str]) -> dict:
         if not sep or key not in {f.name for f in fields(TrainConfig)}:
             raise OptionError(f"--train-option {item!r}: give KEY=VALUE with a fer-train option name (e.g. batch_size=64)")
         if key in SET_BY_EXPORT:
-            how = f"(use {SET_BY_EXPORT[key]})" if SET_BY_EXPORT[key] else "from the source run"
-            raise OptionError(f"--train-option {key}: fer-export sets it {how}")
+            raise OptionError(f"--train-option {key}: fer-export sets it ({SET_BY_EXPORT[key]})")
         values[key] = json_or_text(text)
     return checked_values(TrainConfig, values, "--train-option")
 

@@ -6,6 +6,7 @@ Each command's entry point catches ``FerError`` in one place (``fer_runtime.opti
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 from collections.abc import Iterator
@@ -41,10 +42,16 @@ def write_error(exc: OSError, path: str | Path | None = None) -> OutputError:
     return OutputError(f"cannot write {where}: {exc.strerror or exc}")
 
 
+# errors that only a write gives
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def os_error(exc: OSError) -> FerError:
-    """An OSError that reached a command as one line: a missing file is named as such, anything else (a full disk,
-    a folder that vanished mid-run) is an output that could not be written."""
-    return FerError(str(exc)) if isinstance(exc, FileNotFoundError) else write_error(exc)
+    """An OSError that reached a command as one line: a full disk or read-only folder is an output that could not be
+    written; anything else (a missing or unreadable input) names its file and the reason."""
+    if exc.errno in WRITE_ERRNOS:
+        return write_error(exc)
+    return FerError(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -62,4 +69,5 @@ def sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)

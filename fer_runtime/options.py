@@ -153,15 +153,24 @@ def checked_values(cls: type, values: dict[str, Any], where: str) -> dict[str, A
     (names, choices, numbers, ranges): anything wrong is one ``OptionError`` naming ``where``."""
     check_known(cls, values, where)
     by_name = {f.name: f for f in option_fields(cls)}
-    return {name: value if name not in by_name or value is None else _checked(by_name[name], value, where)
-            for name, value in values.items()}  # fmt: skip
+    return {name: _checked(by_name[name], value, where) if name in by_name else value for name, value in values.items()}
 
 
 def _checked(f: Field, value: Any, where: str) -> Any:
-    many = str(f.type).replace(" ", "").startswith("list[")
+    text = str(f.type).replace(" ", "")
+    if value is None:
+        if "None" not in text:
+            raise OptionError(f"{where}: {f.name} needs a value")
+        return None
+    many = text.startswith("list[")
     items = value if isinstance(value, list | tuple) else [value]
     if len(items) != 1 and not many:
         raise OptionError(f"{where}: {f.name} takes one value, got {value!r}")
+    kind = scalar_type(f)
+    for v in items:  # what the command line would refuse as text: 30.7 or true for a count, 1 for a switch
+        not_int = kind is int and (isinstance(v, bool) or isinstance(v, float) and not v.is_integer())
+        if not_int or kind is bool and not isinstance(v, bool | str):
+            raise OptionError(f"{where}: {f.name}: {v!r} is not a valid {kind.__name__}")
     try:
         converted = [_value_type(f).convert(v, None, None) for v in items]
     except click.BadParameter as exc:

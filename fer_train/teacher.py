@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,10 +168,10 @@ def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) ->
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = {k: z[k] for k in ("log_probs", "images_sha1", "classes", "teachers", "tta")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read teacher targets {path}: {exc}") from None
-    if list(stored["classes"]) != list(classes):
-        raise DataError(f"teacher targets {path} are for classes {list(stored['classes'])}, the data has {list(classes)}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read teacher targets {path}: {exc or type(exc).__name__}") from None
+    if stored["classes"].tolist() != list(classes):
+        raise DataError(f"teacher targets {path} are for classes {stored['classes'].tolist()}, the data has {list(classes)}")
     if str(stored["images_sha1"]) != images_digest(images_u8):
         raise DataError(f"teacher targets {path} were scored on other training images than this run's "
                         "(another data root, split or decode)")  # fmt: skip

@@ -492,7 +492,7 @@ def make_run_folder(run_dir: Path, cfg: TrainConfig, sitting: Sitting, data: Pre
     if n_skipped:
         print(f"fer-train: {n_skipped} unreadable images skipped, listed in {run_dir / 'skipped_files.txt'}")
     config = {**asdict(cfg), **asdict(sitting)}
-    config.update(amp_resolved=session.amp, device=str(session.device), world_size=session.world,
+    config.update(amp_resolved=session.amp, device_resolved=str(session.device), world_size=session.world,
                   contract=built.contract.to_dict())  # fmt: skip
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
     if data.report is not None:
@@ -617,9 +617,9 @@ def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, b
     progress = restore_progress(cfg, resume_state, opt)
     val_images, val_labels = data.tensors["val"]
     end_epoch = end_epoch_of(cfg.epochs, stop_after, progress.epoch)
-    # False when --stop-after ends this sitting early; --epochs 0 on a resumed run only evaluates it, as far as it got
-    planned = int(resume_state.get("train_args", {}).get("epochs", 0)) if resume_state and cfg.epochs == 0 else cfg.epochs
-    complete = max(end_epoch, progress.epoch) >= planned
+    complete = end_epoch >= cfg.epochs  # False when --stop-after ends this sitting early
+    if resume_state is not None and cfg.epochs == 0:  # only evaluates: the run is as finished as it was
+        complete = was_complete(run_dir, resume_state)
     for epoch in range(progress.epoch, end_epoch):
         order = epoch_indices(len(labels), epoch, cfg.seed, sample_weights, session.rank, session.world)
         batches.targets.set_epoch(epoch)
@@ -637,6 +637,14 @@ def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, b
             complete = True
             break
     return RunResult(run_dir, {"best": progress.best, "complete": complete}, progress.history)
+
+
+def was_complete(run_dir: Path | None, resume_state: dict) -> bool:
+    """Whether a run had finished before an eval-only resume: its metrics.json says so, else its last epoch does."""
+    metrics = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics is not None and metrics.is_file():
+        return bool(json.loads(metrics.read_text()).get("complete", False))
+    return int(resume_state.get("epoch", 0)) >= int(resume_state.get("train_args", {}).get("epochs", 0))
 
 
 def save_epoch(run_dir: Path, state: dict, improved: bool) -> None:

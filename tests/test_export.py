@@ -450,9 +450,10 @@ def test_stored_teacher_targets_are_refused_for_other_images_or_classes(tmp_path
         load_targets(tmp_path / "t.npz", images[::-1].copy(), ["a", "b", "c"])
     with pytest.raises(DataError, match="are for classes"):
         load_targets(tmp_path / "t.npz", images, ["a", "b", "d"])
-    (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="cannot read teacher targets"):
-        load_targets(tmp_path / "bad.npz", images, ["a", "b", "c"])
+    for broken in (b"not a zip", b"", (tmp_path / "t.npz").read_bytes()[:200]):
+        (tmp_path / "bad.npz").write_bytes(broken)
+        with pytest.raises(DataError, match="cannot read teacher targets"):
+            load_targets(tmp_path / "bad.npz", images, ["a", "b", "c"])
 
 
 def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tmp_path, capsys):
@@ -529,7 +530,8 @@ def test_export_training_stages_keep_the_source_runs_splits_and_input():
     "extra, said",
     [
         (["--train-option", "name=other"], "--train-option name: fer-export sets it (use --name)"),
-        (["--train-option", "seed=3"], "--train-option seed: fer-export sets it from the source run"),
+        (["--train-option", "seed=3"], "--train-option seed: fer-export sets it (it comes from the source run"),
+        (["--train-option", "val_split=0.2"], "--train-option val_split: fer-export sets it (it comes from the source run"),
         (["--train-option", "amp=fp32"], "--train-option: amp: 'fp32' is not one of"),
         (["--train-option", "batch_size=many"], "--train-option: batch_size: 'many' is not a valid integer"),
         (["--train-option", "nonsense=1"], "give KEY=VALUE with a fer-train option name"),

@@ -577,3 +577,14 @@ def test_a_model_that_gives_nan_still_writes_valid_json():
     record = FaceResult((1.0, 2.0, 3.0, 4.0), 0, "happy", float("nan"), probs, "happy", probs).to_dict(CLASSES)
     text = json.dumps(record, allow_nan=False)  # raises on a bare NaN
     assert json.loads(text)["probabilities"] == {"angry": None, "happy": 0.5, "sad": None}
+
+
+def test_an_os_error_is_one_line_that_says_write_only_for_a_write():
+    import errno
+
+    from fer_runtime.errors import os_error
+
+    full = os_error(OSError(errno.ENOSPC, "No space left on device", "/out/best.pt"))
+    assert str(full) == "cannot write /out/best.pt: No space left on device" and full.exit_code == 2
+    unreadable = os_error(PermissionError(errno.EACCES, "Permission denied", "/data/train/angry"))
+    assert str(unreadable) == "/data/train/angry: Permission denied" and unreadable.exit_code == 2

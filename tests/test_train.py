@@ -91,6 +91,8 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
     assert json.loads((part / "metrics.json").read_text())["complete"] is False
     assert train_main(["--resume", str(part / "last.pt")]) == 0
     assert json.loads((part / "metrics.json").read_text())["complete"] is True
+    assert train_main(["--resume", str(part / "best.pt"), "--epochs", "0"]) == 0  # best.pt may be an earlier epoch
+    assert json.loads((part / "metrics.json").read_text())["complete"] is True
     b = load_checkpoint(part / "last.pt")
     assert b["epoch"] == 3
     for key in a["state_dict"]:
@@ -146,7 +148,8 @@ def test_recipe_and_saved_values_are_checked_as_the_command_line_checks_them(tmp
     from fer_train.config import TrainConfig
 
     for text, said in [('amp = "fp32"', "amp"), ('monitor = "f1"', "monitor"), ('epochs = "many"', "epochs"),
-                       ('arch = ["vgg", "mobile"]', "takes one value")]:  # fmt: skip
+                       ('arch = ["vgg", "mobile"]', "takes one value"), ("epochs = 30.7", "not a valid int"),
+                       ("strict = 1", "not a valid bool"), ("batch_size = true", "not a valid int")]:  # fmt: skip
         (tmp_path / "r.toml").write_text(text + "\n")
         with pytest.raises(OptionError, match=f"r.toml: .*{said}"):
             load_recipe(tmp_path / "r.toml", TrainConfig)
