@@ -17,12 +17,13 @@ from fer_runtime.session import OnnxModel
 from fer_train.config import TrainConfig
 
 
-def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0) -> dict:
+def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0, contract: ModelContract | None = None) -> dict:
     """Fit this file's own temperature on val (INT8 logits differ a little from fp32's), then its prior correction
-    (after the temperature, on the same split), and write both into its contract. Returns the fit."""
+    (after the temperature, on the same split), and write both into its contract (``contract``: the one to write
+    instead of the file's, e.g. with a training prior added). Returns the fit."""
     model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
     raw = model.raw_outputs(val.images)
-    c = model.contract
+    c = contract or model.contract
     temperature = fit_temperature(raw, val.labels)
     fit = {"temperature": temperature}
     if c.class_prior:

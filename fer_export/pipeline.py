@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fer_export.calibrate import calibrate_onnx, training_sampler, with_training_prior, write_contract
+from fer_export.calibrate import calibrate_onnx, training_sampler, with_training_prior
 from fer_export.config import ExportConfig
 from fer_export.onnx_export import export_onnx, parity_check
 from fer_export.quantize import FaceCalibrationReader, quantize_int8, stratified_sample
@@ -92,8 +92,7 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
             for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
     report["artefacts"].append(torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data))
     if cfg.pruning:
-        ckpt = prune_and_finetune(cfg, state, model, contract, data, out, report)
-        state = load_checkpoint(ckpt)
+        ckpt, state = prune_and_finetune(cfg, state, model, contract, data, out, report)
         model, contract = model_from_checkpoint(state)
     contract = _export_contract(cfg, Path(ckpt), state, contract, report, data["train"], saved.sampler)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
@@ -130,11 +129,12 @@ def quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict) -> i
     data = onnx_model_data(cfg, contract)
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
+    with_prior = None
     if not contract.class_prior:  # a file exported before the decision rule: the prior of its training split
         sampler, where = training_sampler(contract.provenance)
         report["notes"].append(f"class_prior: the training split as sampler '{sampler}' showed it ({where})")
-        write_contract(fp32_path, with_training_prior(contract, data["train"], sampler))
-    report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads)}
+        with_prior = with_training_prior(contract, data["train"], sampler)
+    report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads, with_prior)}
     return score_and_quantize(cfg, fp32_path, data, out, report)
 
 

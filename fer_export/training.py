@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from fer_export.config import ExportConfig
-from fer_export.prune import count_flops_params, prune_channels
+from fer_export.prune import prune_channels
 from fer_export.rows import torch_row
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit, resolve_data_root
@@ -108,27 +108,29 @@ def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
 
 
 def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contract: ModelContract,
-                       data: dict[str, DecodedSplit], out: Path, report: dict) -> Path:  # fmt: skip
+                       data: dict[str, DecodedSplit], out: Path, report: dict) -> tuple[Path, dict]:  # fmt: skip
     """Prune the checkpoint's model, then fine-tune it (``--finetune-epochs``) on --data-root, then FER_DATA_ROOT, then
-    the checkpoint's data; the checkpoint to export."""
-    before_macs, before_params = count_flops_params(model, contract)
+    the checkpoint's data; the checkpoint to export and its state. ``report``'s last row is the model before pruning."""
+    before = report["artefacts"][-1]
     pruned = prune_channels(model, contract, ratio=cfg.prune, flops_speedup=cfg.prune_flops, steps=cfg.prune_steps)
-    after_macs, after_params = count_flops_params(pruned, contract)
     ckpt = out / "pruned_init.pt"
-    save_checkpoint({**{k: v for k, v in state.items() if k not in NOT_CARRIED}, "state_dict": pruned.state_dict(),
-                     "pruned": True, "epoch": 0, "history": []}, ckpt)  # fmt: skip
-    report["artefacts"].append(torch_row("pruned (no fine-tune)", pruned, contract, data))
+    pruned_state = {**{k: v for k, v in state.items() if k not in NOT_CARRIED}, "state_dict": pruned.state_dict(),
+                    "pruned": True, "epoch": 0, "history": []}  # fmt: skip
+    save_checkpoint(pruned_state, ckpt)
+    after = torch_row("pruned (no fine-tune)", pruned, contract, data)
+    report["artefacts"].append(after)
     if cfg.finetune_epochs > 0:
         ckpt = _finetune(cfg, state, ckpt, out)
-        report["artefacts"].append(torch_row("pruned + fine-tuned", model_from_checkpoint(load_checkpoint(ckpt))[0],
-                                             contract, data))  # fmt: skip
+        pruned_state = load_checkpoint(ckpt)
+        report["artefacts"].append(torch_row("pruned + fine-tuned", model_from_checkpoint(pruned_state)[0], contract, data))
     report["pruning"] = {
-        "ratio": cfg.prune, "flops_target": cfg.prune_flops, "macs_before": before_macs, "macs_after": after_macs,
-        "params_before": before_params, "params_after": after_params, "flops_reduction": before_macs / after_macs,
+        "ratio": cfg.prune, "flops_target": cfg.prune_flops, "macs_before": before["macs"], "macs_after": after["macs"],
+        "params_before": before["params"], "params_after": after["params"],
+        "flops_reduction": before["macs"] / after["macs"],
     }  # fmt: skip
-    print(f"fer-export: pruned MACs {before_macs / 1e6:.1f}M -> {after_macs / 1e6:.1f}M "
-          f"({before_macs / after_macs:.2f}x), params {before_params} -> {after_params}")  # fmt: skip
-    return ckpt
+    print(f"fer-export: pruned MACs {before['macs'] / 1e6:.1f}M -> {after['macs'] / 1e6:.1f}M "
+          f"({before['macs'] / after['macs']:.2f}x), params {before['params']} -> {after['params']}")  # fmt: skip
+    return ckpt, pruned_state
 
 
 def _finetune(cfg: ExportConfig, state: dict, init: Path, out: Path) -> Path:
