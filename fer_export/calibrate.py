@@ -12,7 +12,7 @@ from fer_export.onnx_export import save_onnx_atomic, set_contract
 from fer_runtime.calibration import fit_prior_correction, fit_temperature, training_prior
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit
-from fer_runtime.options import load_recipe
+from fer_runtime.options import checked_values, load_recipe
 from fer_runtime.session import OnnxModel
 from fer_train.config import TrainConfig
 
@@ -52,7 +52,8 @@ def training_sampler(provenance: dict) -> tuple[str, str]:
     run = Path(provenance.get("source_checkpoint", "")).parent
     config = run / "config.json"
     if run.name and config.is_file():
-        return TrainConfig.from_saved(json.loads(config.read_text())).sampler, str(config)
+        saved = json.loads(config.read_text()).get("sampler", "random")  # only the sampler: the rest may be older
+        return checked_values(TrainConfig, {"sampler": saved}, str(config))["sampler"], str(config)
     from fer_models import MODELS_DIR
 
     for recipe in sorted((MODELS_DIR / "recipes").glob("*.toml")):

@@ -94,6 +94,7 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
     if cfg.pruning:
         ckpt, state = prune_and_finetune(cfg, state, model, contract, data, out, report)
         model, contract = model_from_checkpoint(state)
+        saved = TrainConfig.from_saved(state.get("train_args", {}))  # the fine-tune's own sampler gives the prior
     contract = _export_contract(cfg, Path(ckpt), state, contract, report, data["train"], saved.sampler)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
     report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads)}

@@ -167,9 +167,9 @@ def _checked(f: Field, value: Any, where: str) -> Any:
     if len(items) != 1 and not many:
         raise OptionError(f"{where}: {f.name} takes one value, got {value!r}")
     kind = scalar_type(f)
-    for v in items:  # what the command line would refuse as text: 30.7 or true for a count, 1 for a switch
-        not_int = kind is int and (isinstance(v, bool) or isinstance(v, float) and not v.is_integer())
-        if not_int or kind is bool and not isinstance(v, bool | str):
+    for v in items:  # what the command line would refuse as text: 30.7 for a count, true for a number, 1 for a switch
+        not_int = kind is int and isinstance(v, float) and not v.is_integer()
+        if not_int or isinstance(v, bool) != (kind is bool) and not (kind is bool and isinstance(v, str)):
             raise OptionError(f"{where}: {f.name}: {v!r} is not a valid {kind.__name__}")
     try:
         converted = [_value_type(f).convert(v, None, None) for v in items]

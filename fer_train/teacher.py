@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +169,8 @@ def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) ->
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = {k: z[k] for k in ("log_probs", "images_sha1", "classes", "teachers", "tta")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read teacher targets {path}: {exc or type(exc).__name__}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"cannot read teacher targets {path}: {str(exc) or type(exc).__name__}") from None
     if stored["classes"].tolist() != list(classes):
         raise DataError(f"teacher targets {path} are for classes {stored['classes'].tolist()}, the data has {list(classes)}")
     if str(stored["images_sha1"]) != images_digest(images_u8):

@@ -200,6 +200,8 @@ def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConf
     )
     if resolved.epochs < 0 or resolved.batch_size < 1 or resolved.accum_steps < 1:
         raise OptionError("--epochs must be >= 0, --batch-size and --accum-steps >= 1")
+    if resolved.threads < 0:  # the command line's bound, for fit(TrainConfig(...)) callers
+        raise OptionError(f"--threads must be 0 (all cores) or more, got {resolved.threads}")
     return resolved
 
 
@@ -617,9 +619,9 @@ def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, b
     progress = restore_progress(cfg, resume_state, opt)
     val_images, val_labels = data.tensors["val"]
     end_epoch = end_epoch_of(cfg.epochs, stop_after, progress.epoch)
-    complete = end_epoch >= cfg.epochs  # False when --stop-after ends this sitting early
+    complete, planned = end_epoch >= cfg.epochs, cfg.epochs  # not complete when --stop-after ends this sitting early
     if resume_state is not None and cfg.epochs == 0:  # only evaluates: the run is as finished as it was
-        complete = was_complete(run_dir, resume_state)
+        complete, planned = was_complete(run_dir, resume_state)
     for epoch in range(progress.epoch, end_epoch):
         order = epoch_indices(len(labels), epoch, cfg.seed, sample_weights, session.rank, session.world)
         batches.targets.set_epoch(epoch)
@@ -636,15 +638,19 @@ def train_epochs(cfg: TrainConfig, stop_after: int | None, data: PreparedData, b
                 print(f"fer-train: early stop, no {cfg.monitor} gain for {cfg.patience} epochs")
             complete = True
             break
-    return RunResult(run_dir, {"best": progress.best, "complete": complete}, progress.history)
+    return RunResult(run_dir, {"best": progress.best, "complete": complete, "epochs": planned}, progress.history)
 
 
-def was_complete(run_dir: Path | None, resume_state: dict) -> bool:
-    """Whether a run had finished before an eval-only resume: its metrics.json says so, else its last epoch does."""
+def was_complete(run_dir: Path | None, resume_state: dict) -> tuple[bool, int]:
+    """Whether a run had finished before an eval-only resume, and its planned epochs: its metrics.json says so when
+    written for the same plan (a run extended with a larger --epochs is not finished), else its last epoch does."""
+    planned = int(resume_state.get("train_args", {}).get("epochs", 0))
     metrics = run_dir / "metrics.json" if run_dir is not None else None
     if metrics is not None and metrics.is_file():
-        return bool(json.loads(metrics.read_text()).get("complete", False))
-    return int(resume_state.get("epoch", 0)) >= int(resume_state.get("train_args", {}).get("epochs", 0))
+        saved = json.loads(metrics.read_text())
+        if saved.get("epochs") == planned:
+            return bool(saved.get("complete", False)), planned
+    return int(resume_state.get("epoch", 0)) >= planned, planned
 
 
 def save_epoch(run_dir: Path, state: dict, improved: bool) -> None:

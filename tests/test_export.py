@@ -450,7 +450,9 @@ def test_stored_teacher_targets_are_refused_for_other_images_or_classes(tmp_path
         load_targets(tmp_path / "t.npz", images[::-1].copy(), ["a", "b", "c"])
     with pytest.raises(DataError, match="are for classes"):
         load_targets(tmp_path / "t.npz", images, ["a", "b", "d"])
-    for broken in (b"not a zip", b"", (tmp_path / "t.npz").read_bytes()[:200]):
+    whole = (tmp_path / "t.npz").read_bytes()
+    flipped = whole[:100] + bytes([whole[100] ^ 0xFF]) + whole[101:]  # a damaged compressed member
+    for broken in (b"not a zip", b"", whole[:200], flipped):
         (tmp_path / "bad.npz").write_bytes(broken)
         with pytest.raises(DataError, match="cannot read teacher targets"):
             load_targets(tmp_path / "bad.npz", images, ["a", "b", "c"])

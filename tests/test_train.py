@@ -101,6 +101,9 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
         assert torch.equal(a["ema_state_dict"][key], b["ema_state_dict"][key]), key
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert all(t.is_contiguous() for t in b["state_dict"].values())  # loads like an NCHW checkpoint
+    assert train_main(["--resume", str(part / "last.pt"), "--epochs", "5", "--stop-after", "1"]) == 0  # extended
+    assert train_main(["--resume", str(part / "last.pt"), "--epochs", "0"]) == 0
+    assert json.loads((part / "metrics.json").read_text())["complete"] is False  # 4 of 5: no longer finished
 
 
 def test_options_come_from_defaults_then_the_resumed_run_then_the_recipe_then_the_flags(tmp_path, monkeypatch):
