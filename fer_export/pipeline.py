@@ -26,8 +26,8 @@ from fer_export.rows import onnx_row, torch_row
 from fer_export.training import distill, prune_and_finetune
 from fer_runtime.contract import ModelContract, read_onnx_contract
 from fer_runtime.data import DecodedSplit, discover, load_split, resolve_data_root, run_manifest
-from fer_runtime.errors import EXIT_GATE
-from fer_runtime.outputs import OutputError, check_output_dir, missing_dirs, remove_empty_dirs
+from fer_runtime.errors import EXIT_GATE, OutputError
+from fer_runtime.outputs import check_output_dir, missing_dirs, remove_empty_dirs
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import TrainConfig
 

@@ -2,8 +2,8 @@
 
 - Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work;
   files written whole or not at all (``atomic_path``).
-- Exit codes: 0 done, 1 internal error, 2 usage or input error (this module's ``OutputError`` among them, and an
-  output that cannot be written, e.g. a full disk: ``write_error``), 3 a failed quality gate (fer-export's INT8
+- Exit codes: 0 done, 1 internal error, 2 usage or input error (``OutputError`` among them, and an
+  output that cannot be written, e.g. a full disk: ``fer_runtime.errors.write_error``), 3 a failed quality gate (fer-export's INT8
   drop), 130 interrupted (Ctrl-C or SIGTERM).
 - One help format and one flag grammar (README, "Command grammar").
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from fer_runtime.errors import OutputError, write_error  # noqa: F401  (what writers here raise)
+from fer_runtime.errors import OutputError
 
 
 @contextmanager

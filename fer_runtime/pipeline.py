@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
-from fer_runtime.outputs import atomic_path, write_error
+from fer_runtime.errors import write_error
+from fer_runtime.outputs import atomic_path
 from fer_runtime.sources import SourceError
 
 BOX_COLOUR = (0, 200, 0)  # BGR

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import CONTRACT_VERSION, ContractError, ModelContract
-from fer_runtime.errors import FerError
-from fer_runtime.outputs import OutputError, atomic_path
+from fer_runtime.errors import FerError, OutputError
+from fer_runtime.outputs import atomic_path
 from fer_train.models import create_model
 
 FORMAT = "fer-checkpoint"

@@ -33,9 +33,9 @@ from fer_runtime.data import (
     write_skipped_log,
 )
 from fer_runtime.data.report import data_report, write_data_report
-from fer_runtime.errors import EXIT_INTERRUPTED, FerError, os_error, sigterm_as_interrupt
+from fer_runtime.errors import EXIT_INTERRUPTED, FerError, OutputError, os_error, sigterm_as_interrupt
 from fer_runtime.options import FerCommand, OptionError, config_options, given_options, load_recipe
-from fer_runtime.outputs import OutputError, atomic_write_text, check_output_dir, version_option
+from fer_runtime.outputs import atomic_write_text, check_output_dir, version_option
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import (
     CheckpointError,
