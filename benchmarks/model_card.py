@@ -160,6 +160,8 @@ def _run_line(run: Path, root: Path, tta: str) -> str:
 def _teacher(config: dict, root: Path) -> list[str]:
     """The distillation teacher(s) a student learned from: recipe, validation, test with its TTA, training time."""
     teachers = config.get("teacher") or []
+    if config.get("teacher_targets_file"):
+        return _stored_targets(config, root)
     if not teachers:
         return []
     tta = config.get("teacher_tta", "none")
@@ -167,6 +169,19 @@ def _teacher(config: dict, root: Path) -> list[str]:
     return [f"Distilled from {who} (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}, "
             f"{config['teacher_targets']} targets, teacher TTA {tta}); no teacher file ships:", "",
             *[f"- {_run_line(Path(t).parent, root, tta)}" for t in teachers], ""]  # fmt: skip
+
+
+def _stored_targets(config: dict, root: Path) -> list[str]:
+    """A student distilled from a ``--teacher-targets-file``: the file, and the teacher runs that scored it."""
+    import numpy as np
+
+    path = config["teacher_targets_file"]
+    with np.load(root / path, allow_pickle=False) as z:
+        teachers, tta = [str(t).split(" (")[0] for t in z["teachers"]], str(z["tta"])
+    return [f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}) from the stored targets "
+            f"[`{path}`](../{path}): the mean softmax of {len(teachers)} teachers, TTA {tta}, on the training images "
+            f"({', '.join(f'`{t}`' for t in teachers)}; their checkpoints are not kept, RESULTS.md gives their "
+            "validation and test figures); no teacher file ships.", ""]  # fmt: skip
 
 
 def _source_run(export: dict) -> Path:

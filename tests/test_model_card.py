@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import model_card
@@ -41,6 +42,12 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
         other = _run(root, f"other_{key}", key, 0.8790, model="vgg", model_arg=["width=0.375"])
         config = {"teacher": [f"{teacher}/best.pt", f"{other}/best.pt"], "teacher_tta": "flip",
                   "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
+    else:  # distilled from stored targets instead of teacher runs
+        targets = root / "models" / "teacher_targets" / f"{key}.npz"
+        targets.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(targets, teachers=np.array(["t_s0 (exports/t_s0/model.onnx)", "t_s1 (exports/t_s1/model.onnx)"]),
+                 tta=np.array("flip"))  # fmt: skip
+        config = {"teacher_targets_file": f"models/teacher_targets/{key}.npz", "kd_alpha": 0.5, "kd_temperature": 2.0}
     run = _run(root, f"student_{key}", key, 0.8811, **config)
     _write(
         root / "exports" / key / "export_report.json",
@@ -115,7 +122,7 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     # the hardest classes are the three lowest F1
     assert "Hard classes (the lowest F1 of `ferplus.int8.onnx`): angry (0.100), contempt (0.200), disgust (0.300)" in card
     assert "Recipe: [`models/recipes/student_ferplus_recipe.toml`]" in card
-    # the teachers of a distilled student, with their TTA'd test figures; the undistilled model has no teacher lines
+    # the teachers of a distilled student, with their TTA'd test figures; the other one names its stored targets
     assert card.count("Distilled from an ensemble of 2 (the mean of their softmax) (KD alpha 0.7") == 1
     assert (
         "- `runs/teacher_ferplus`: recipe [`models/recipes/teacher_ferplus_recipe.toml`]"
@@ -125,6 +132,14 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "- `runs/other_ferplus`: recipe [`models/recipes/other_ferplus_recipe.toml`]" in card
     assert "`vgg` ['width=0.375']" in card and "validation accuracy 0.8790 (epoch 2)\n" in card
     assert "- fer package INT8 (TFLite): no contempt" in card
+    assert (
+        card.count(
+            "Distilled (KD alpha 0.5, temperature 2.0) from the stored targets [`models/teacher_targets/fer2013.npz`]"
+            "(../models/teacher_targets/fer2013.npz): the mean softmax of 2 teachers, TTA flip, on the training "
+            "images (`t_s0`, `t_s1`;"
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("missing, message", [
