@@ -159,9 +159,9 @@ def _run_line(run: Path, root: Path, tta: str) -> str:
 
 def _teacher(config: dict, root: Path) -> list[str]:
     """The distillation teacher(s) a student learned from: recipe, validation, test with its TTA, training time."""
-    teachers = config.get("teacher") or []
     if config.get("teacher_targets_file"):
         return _stored_targets(config, root)
+    teachers = config.get("teacher") or []
     if not teachers:
         return []
     tta = config.get("teacher_tta", "none")
@@ -176,8 +176,13 @@ def _stored_targets(config: dict, root: Path) -> list[str]:
     import numpy as np
 
     path = config["teacher_targets_file"]
-    with np.load(root / path, allow_pickle=False) as z:
-        teachers, tta = [str(t).split(" (")[0] for t in z["teachers"]], str(z["tta"])
+    if not (root / path).is_file():
+        raise SystemExit(f"model_card: {path} is missing: the run distilled from it")
+    try:
+        with np.load(root / path, allow_pickle=False) as z:
+            teachers, tta = [str(t).split(" (")[0] for t in z["teachers"]], str(z["tta"])
+    except (KeyError, ValueError, OSError) as exc:
+        raise SystemExit(f"model_card: {path} is not a teacher-targets file ({exc})") from None
     return [f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}) from the stored targets "
             f"[`{path}`](../{path}): the mean softmax of {len(teachers)} teachers, TTA {tta}, on the training images "
             f"({', '.join(f'`{t}`' for t in teachers)}; their checkpoints are not kept, RESULTS.md gives their "

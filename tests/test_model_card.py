@@ -31,18 +31,20 @@ def _run(root: Path, name: str, protocol: str, accuracy: float, **config: object
     return run
 
 
-def _build(root: Path, key: str, with_teacher: bool) -> None:
+def _build(root: Path, key: str, kd: str | None) -> None:
+    """A run, its export and its benches; ``kd``: "runs" (distilled from teacher runs), "targets" (from a stored
+    teacher-targets file) or None."""
     classes = CLASSES[key]
     (root / "models").mkdir(exist_ok=True)
     config = {}
-    if with_teacher:
+    if kd == "runs":
         teacher = _run(root, f"teacher_{key}", key, 0.9123, arch="vgg", arch_arg=["width=0.75"])
         _write(root / teacher / "eval_test_flip.json", {"accuracy": 0.8912, "macro_f1": 0.7345})
         # a second member from before fer-train's --model became --arch, with no test figure of its own
         other = _run(root, f"other_{key}", key, 0.8790, model="vgg", model_arg=["width=0.375"])
         config = {"teacher": [f"{teacher}/best.pt", f"{other}/best.pt"], "teacher_tta": "flip",
                   "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
-    else:  # distilled from stored targets instead of teacher runs
+    elif kd == "targets":
         targets = root / "models" / "teacher_targets" / f"{key}.npz"
         targets.parent.mkdir(parents=True, exist_ok=True)
         np.savez(targets, teachers=np.array(["t_s0 (exports/t_s0/model.onnx)", "t_s1 (exports/t_s1/model.onnx)"]),
@@ -101,8 +103,8 @@ def _build(root: Path, key: str, with_teacher: bool) -> None:
 
 
 def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
-    _build(tmp_path, "ferplus", with_teacher=True)
-    _build(tmp_path, "fer2013", with_teacher=False)
+    _build(tmp_path, "ferplus", kd="runs")
+    _build(tmp_path, "fer2013", kd="targets")
     assert model_card.main(tmp_path) == 0
     card = (tmp_path / "models" / "MODEL_CARD.md").read_text()
     assert (
@@ -145,19 +147,29 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
 @pytest.mark.parametrize("missing, message", [
     ("exports/fer2013/export_report.json", "fer2013/export_report.json is missing: run make models first"),
     ("models/recipes/other_ferplus_recipe.toml", "no recipe in models/recipes/ writes runs/other_ferplus"),
+    ("models/teacher_targets/fer2013.npz", "models/teacher_targets/fer2013.npz is missing: the run distilled from it"),
 ])  # fmt: skip
 def test_a_missing_build_file_or_recipe_is_named_and_no_card_is_written(tmp_path, missing, message):
-    _build(tmp_path, "ferplus", with_teacher=True)
-    _build(tmp_path, "fer2013", with_teacher=False)
+    _build(tmp_path, "ferplus", kd="runs")
+    _build(tmp_path, "fer2013", kd="targets")
     (tmp_path / missing).unlink()
     with pytest.raises(SystemExit, match=message):
         model_card.main(tmp_path)
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
 
 
+def test_a_teacher_targets_file_of_another_kind_is_named_and_no_card_is_written(tmp_path):
+    _build(tmp_path, "ferplus", kd=None)
+    _build(tmp_path, "fer2013", kd="targets")
+    np.savez(tmp_path / "models" / "teacher_targets" / "fer2013.npz", log_probs=np.zeros((2, 7)))
+    with pytest.raises(SystemExit, match="models/teacher_targets/fer2013.npz is not a teacher-targets file"):
+        model_card.main(tmp_path)
+    assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
+
+
 def test_a_re_export_of_a_shipped_onnx_file_names_its_run_and_says_when_the_run_is_not_here(tmp_path):
-    _build(tmp_path, "ferplus", with_teacher=False)
-    _build(tmp_path, "fer2013", with_teacher=False)
+    _build(tmp_path, "ferplus", kd=None)
+    _build(tmp_path, "fer2013", kd=None)
     _write(tmp_path / "exports" / "fer2013" / "export_report.json",
            {"source": "models/fer2013.onnx", "artefacts": [{"name": "onnx fp32"}],
             "source_provenance": {"source_checkpoint": "/elsewhere/runs/gone_fer2013/best.pt",
@@ -169,3 +181,4 @@ def test_a_re_export_of_a_shipped_onnx_file_names_its_run_and_says_when_the_run_
     assert "`fer-export --model models/fer2013.onnx --int8 --calib-size 512" in card
     assert "Recipe: [`models/recipes/gone_fer2013.toml`]" in card
     assert "Architecture `vgg` {'width': 0.375}. The training run `runs/gone_fer2013` is not on the machine" in card
+    assert "Distilled" not in card  # neither model learned from a teacher
