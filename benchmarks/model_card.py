@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from fer_runtime.outputs import atomic_write_text
 
@@ -173,15 +176,13 @@ def _teacher(config: dict, root: Path) -> list[str]:
 
 def _stored_targets(config: dict, root: Path) -> list[str]:
     """A student distilled from a ``--teacher-targets-file``: the file, and the teacher runs that scored it."""
-    import numpy as np
-
     path = config["teacher_targets_file"]
     if not (root / path).is_file():
         raise SystemExit(f"model_card: {path} is missing: the run distilled from it")
     try:
         with np.load(root / path, allow_pickle=False) as z:
             teachers, tta = [str(t).split(" (")[0] for t in z["teachers"]], str(z["tta"])
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # as fer_train.teacher.load_targets
         raise SystemExit(f"model_card: {path} is not a teacher-targets file ({exc})") from None
     return [f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}) from the stored targets "
             f"[`{path}`](../{path}): the mean softmax of {len(teachers)} teachers, TTA {tta}, on the training images "
