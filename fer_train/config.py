@@ -47,6 +47,8 @@ class TrainConfig:
     std: list[float] | None = option(None, "per-channel input std (repeat once per channel)", multiple=True,
                                      none_means="0.5 per channel")  # fmt: skip
     crop_margin: float = option(0.1, "face-box margin recorded in the contract")
+    qat: bool = option(False, "quantization-aware: train with the INT8 rounding fer-export --int8 applies (fine-tune "
+                       "a trained run with --init)")  # fmt: skip
     # optimisation
     epochs: int = option(30, "training epochs (0 with --resume: only evaluate)")
     batch_size: int = option(64, "images per step")

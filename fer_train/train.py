@@ -61,6 +61,7 @@ from fer_train.engine import (
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import count_parameters, create_model, parse_arch_args
+from fer_train.qat import is_qat, prepare_qat
 from fer_train.teacher import (
     LoadedTeacher,
     check_teachers,
@@ -470,6 +471,8 @@ def build_model(cfg: TrainConfig, data: PreparedData, resume_state: dict | None,
             session.warn("this model has no gradient checkpointing; flag ignored")
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
+    if cfg.qat:
+        prepare_qat(model)
     model.to(session.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = ModelEma(model, cfg.ema) if cfg.ema > 0 else None
     if ema is not None and resume_state is not None and resume_state.get("ema_state_dict"):
@@ -717,6 +720,8 @@ def final_report(run_dir: Path, data: PreparedData, built: BuiltModel, session: 
     """best.pt scored on val and test (selection never looked at test); metrics.json/.md and the plots."""
     final_path = run_dir / "best.pt" if (run_dir / "best.pt").exists() else None
     best_model = model_from_checkpoint(load_checkpoint(final_path))[0] if final_path else built.for_eval()
+    if is_qat(built.model):
+        prepare_qat(best_model)  # scored as it was selected: with the INT8 rounding
     best_model.to(session.device)
     results = {"checkpoint": str(final_path) if final_path else None, **result.results, "notes": data.manifest.notes}
     for split in ("val", "test"):
