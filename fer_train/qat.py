@@ -33,12 +33,14 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 def fake_quant_activation(x: torch.Tensor, grid_of: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 asymmetric rounding with one scale for the tensor, on the grid of the range of ``grid_of`` (default
     ``x``; the range always holds 0), gradient straight through."""
-    ref = (x if grid_of is None else grid_of).detach().float()
-    lo, hi = ref.min().clamp(max=0.0), ref.max().clamp(min=0.0)
+    lo, hi = torch.aminmax((x if grid_of is None else grid_of).detach())
+    lo, hi = lo.float().clamp(max=0.0), hi.float().clamp(min=0.0)
     scale = (hi - lo).clamp_min(1e-12) / 255.0
     zero = (-lo / scale).round()
-    rounded = ((x.detach().float() / scale).round() + zero).clamp(0, 255).sub(zero).mul(scale)
-    return x + (rounded.to(x.dtype) - x.detach())
+    # round(x / scale) clamped to [-zero, 255 - zero] is (q - zero) for q = clamp(round(x / scale) + zero, 0, 255);
+    # in-place, since these passes over every activation are most of what --qat costs
+    error = (x.detach().float() / scale).round_().clamp_(min=-zero, max=255.0 - zero).mul_(scale).sub_(x.detach())
+    return x + error.to(x.dtype)
 
 
 class QATConv2d(nn.Conv2d):

@@ -27,23 +27,21 @@ pytestmark = pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xwd"
                                 reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")  # fmt: skip
 
 
-def _free_display() -> int:
-    for n in range(90, 140):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            return n
-    pytest.skip("no free X display number")
-
-
 @pytest.fixture(scope="module")
 def xserver():
-    """A bare Xvfb screen (no window manager): the environment for fer-run's window."""
-    display = _free_display()
-    server = subprocess.Popen(["Xvfb", f":{display}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    socket, ready = Path(f"/tmp/.X11-unix/X{display}"), time.time() + 15
-    while not socket.exists() and time.time() < ready:
-        time.sleep(0.1)
+    """A bare Xvfb screen (no window manager): the environment for fer-run's window.
+
+    ``-displayfd`` lets Xvfb pick a free display number and write it only once it accepts connections: no race with
+    another X server on the same number, and no guessing when it is ready."""
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_end,))  # fmt: skip
+    os.close(write_end)
     try:
+        with os.fdopen(read_end) as announced:
+            display = announced.readline().strip()
+        if not display.isdigit():
+            pytest.fail(f"Xvfb did not start (exit code {server.poll()})")
         yield f":{display}"
     finally:
         server.terminate()
