@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.options import read_toml
 from fer_runtime.outputs import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,9 +220,10 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
     ]
     if not (root / run / "history.json").is_file():
         model = export.get("source_provenance", {}).get("model", {})
+        recipe_config = read_toml(root / "models" / "recipes" / f"{recipe}.toml")
         return lines + [f"Architecture `{model.get('name', '?')}` {model.get('kwargs', {})}. The training run `{run}` "
                         "is not on the machine that built this card (`make models` trains it again from the recipe), "
-                        "so its training log is not repeated here.", ""]  # fmt: skip
+                        "so its training log is not repeated here.", "", *_teacher(recipe_config, root)]  # fmt: skip
     history, config = _load(root / run / "history.json"), _load(root / run / "config.json")
     arch, arch_arg = _arch(config)
     metrics = _load(root / run / "metrics.json")

@@ -178,23 +178,28 @@ def _checked(f: Field, value: Any, where: str) -> Any:
     return as_field_value(f, converted if many else converted[0])
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; an unreadable or invalid file is one ``OptionError`` line."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise OptionError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"{path} is not valid TOML: {exc}") from None
+
+
 def load_recipe(path: str | Path, cls: type, table: str | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe file: a TOML table of ``cls``'s options, named as its fields (``arch_arg = ["width=0.5"]``), checked
     as the command line checks them.
 
     ``base = "PATH.toml"`` starts from another recipe and changes only the keys given (an experiment over a shipped recipe).
     """
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise OptionError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise OptionError(f"{path} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     options = dict(data.get(table, data) if table else data)
     base = options.pop("base", None)
     options = checked_values(cls, options, str(path))
