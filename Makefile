@@ -33,8 +33,8 @@ lint: $(PY)
 
 # The shipped models (models/MODEL_CARD.md): each recipe in models/recipes/ is trained (or resumed from
 # its last.pt, or kept when finished), exported to ONNX + INT8 with a temperature and a decision rule fitted
-# on val, copied into models/ and benchmarked against the fer package. About 100 minutes per model on 2 cores with native
-# bf16 (AVX512-BF16), both models side by side at one thread each.
+# on val, copied into models/ and benchmarked against the fer package. About 90 to 140 minutes per model on 2 cores with
+# native bf16 (AVX512-BF16), both models side by side at their recipes' thread counts.
 SHARED ?= ../shared/data
 # each shipped model: its recipe (models/recipes/NAME.toml) and the run that recipe writes
 RECIPE_ferplus := ferplus

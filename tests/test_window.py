@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -39,13 +40,18 @@ def xserver():
     os.close(write_end)
     try:
         with os.fdopen(read_end) as announced:
-            display = announced.readline().strip()
+            ready, _, _ = select.select([announced], [], [], 30)
+            display = announced.readline().strip() if ready else ""
         if not display.isdigit():
-            pytest.fail(f"Xvfb did not start (exit code {server.poll()})")
+            pytest.fail(f"Xvfb did not start within 30 s (exit code {server.poll()})")
         yield f":{display}"
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 @pytest.fixture(scope="module")
