@@ -40,7 +40,7 @@ SHARED ?= ../shared/data
 RECIPE_ferplus := ferplus
 RUN_ferplus := runs/ferplus_vgg_w025_d1222_kd4_e200
 RECIPE_fer2013 := fer2013
-RUN_fer2013 := runs/fer2013_vgg_w025_d1222_kd4_e150
+RUN_fer2013 := runs/fer2013_vgg_w025_d1222_kd4_e200
 # teachers for the distilled students (not shipped): models/recipes/teacher_*.toml, seeds 0-3, exported to
 # exports/teachers/DATA_sSEED/. About 5 minutes an epoch at one thread on a 2-core CPU (40 epochs, 3.3 hours each);
 # with DEVICE=cuda on one H200, 5-7 s an epoch, four side by side (RESULTS.md)
