@@ -4,8 +4,9 @@ ONNX Runtime's static QDQ quantization stores each conv and linear weight as int
 channel, and rounds activations to uint8 with one scale per tensor: the model input, every ReLU output,
 the logits; a pooled tensor stays on its input's grid. A model trained with those roundings in its forward
 pass (straight-through gradients) learns weights that survive them, so its INT8 file loses less against its
-fp32 source than a model quantized after training. For the conv-ReLU-pool nets (vgg, simple_cnn) these are
-exactly ORT's rounding points; elsewhere (residual adds) an approximation.
+fp32 source than a model quantized after training. For vgg at pool=2 these are exactly ORT's rounding points
+(tests/test_qat.py compares them with an INT8 file); where a pool exports as an op ORT leaves in float (e.g.
+ReduceMean for a size that does not divide) or at residual adds, an approximation.
 
 The layers keep their parameters and names (only their class changes), so checkpoints, EMA and
 ``fer-export`` are unchanged; export builds a plain model from the checkpoint and quantizes it with ORT.

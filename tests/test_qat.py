@@ -95,12 +95,18 @@ def test_the_rounding_points_and_grids_are_onnx_runtime_int8s(tmp_path, monkeypa
         assert abs(zero * scale - ort_zero * ort_scale) < 0.05 * 255 * ort_scale, (ours, theirs)  # range's low end
 
 
-def test_fer_train_qat_fine_tunes_a_run_into_a_plain_checkpoint(tree_factory, tmp_path):
+def test_fer_train_qat_fine_tunes_a_run_into_a_plain_checkpoint(tree_factory, tmp_path, monkeypatch):
+    import fer_train.train as train_module
+
+    trained_with_rounding = []
+    monkeypatch.setattr(train_module, "prepare_qat", lambda m: trained_with_rounding.append(prepare_qat(m)) or m)
     root = tree_factory("train-val-test", per_class=16)
     common = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
               "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off", "--epochs", "1"]  # fmt: skip
     assert train_main([*common, "--name", "fp32"]) == 0
+    assert not trained_with_rounding
     assert train_main([*common, "--name", "qat", "--init", str(tmp_path / "fp32" / "best.pt"), "--qat"]) == 0
+    assert trained_with_rounding and all(is_qat(m) for m in trained_with_rounding)  # trained and scored with it
     assert json.loads((tmp_path / "qat" / "config.json").read_text())["qat"] is True
     model, _ = model_from_checkpoint(load_checkpoint(tmp_path / "qat" / "best.pt"))
     assert not is_qat(model)  # the weights, as any run's: fer-export builds and quantizes a plain model
