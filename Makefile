@@ -38,7 +38,7 @@ lint: $(PY)
 SHARED ?= ../shared/data
 # each shipped model: its recipe (models/recipes/NAME.toml) and the run that recipe writes
 RECIPE_ferplus := ferplus
-RUN_ferplus := runs/ferplus_vgg_w025_d1222_kd4_e200
+RUN_ferplus := runs/ferplus_vgg_w025_d1222_kd4_e250
 RECIPE_fer2013 := fer2013
 RUN_fer2013 := runs/fer2013_vgg_w025_d1222_kd4_e200
 # teachers for the distilled students (not shipped): models/recipes/teacher_*.toml, seeds 0-3, exported to
