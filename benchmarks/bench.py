@@ -21,6 +21,10 @@ import numpy as np
 
 from benchmarks.config import DEFAULT_OUT_DIR, BenchConfig
 from benchmarks.data import bench_manifest, load_for, shared_classes
+from benchmarks.shifts import Scorer, load_for_shifts, model_inputs, shift_report
+from benchmarks.shifts import markdown as shifts_markdown
+from benchmarks.shifts import plot as plot_shifts
+from benchmarks.shifts import steps as shift_steps
 from fer_runtime.calibration import calibration_summary, plot_reliability, reliability
 from fer_runtime.classifier import resolve_model
 from fer_runtime.contract import read_onnx_contract
@@ -214,6 +218,7 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
     scores = _score_all(allc, manifest, cfg.split)
     if cfg.ckpt:
         _torch_row(cfg.ckpt, manifest, cfg.split, scores)
+    shifts = _shifts(cfg, allc, manifest, not cfg.no_progress) if cfg.shifts != "none" else None
     lat1 = _time(one, allc, cfg.calls, not cfg.no_progress, scores.rows)
     agreement, ratios = _comparisons(scores.rows, scores.preds, int8_pairs(names, paths))
     pipeline = {f"{Path(v).name}: {n}": r for v in cfg.pipeline
@@ -223,7 +228,7 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
                  "images": int(len(scores.labels)), "classes": manifest.classes},
         "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
         "models": scores.rows, "agreement": agreement, "ratios": ratios,
-        "pipeline": pipeline, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": cfg.prior,
+        "pipeline": pipeline, "shifts": shifts, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": cfg.prior,
     }  # fmt: skip
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     results["outputs"] = _write(results, Path(cfg.out_dir), scores, cfg.predictions, samples=lat1)
@@ -284,7 +289,7 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     """One model's row: file facts, quality under its decision rule and calibration, on the classes it shares with
     the data (None predictions: not scored)."""
     c = model.contract
-    tau = getattr(model, "prior_correction", c.prior_correction) if c.class_prior else 0.0  # no prior: its raw argmax
+    tau = decision_tau(model)
     row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
            "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
            "skipped_images": len(decoded.skipped), "temperature": c.temperature,
@@ -314,6 +319,38 @@ def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[st
     for i, k in zip(np.flatnonzero(shared.keep), probs.argmax(1)):
         names[i] = c.classes[k]
     return row, names
+
+
+def decision_tau(model) -> float:
+    """The prior correction a model is read under: its own or --prior's; with no recorded prior, its raw argmax."""
+    c = model.contract
+    return getattr(model, "prior_correction", c.prior_correction) if c.class_prior else 0.0
+
+
+def shift_scorer(model, labels: np.ndarray, classes: list[str]) -> Scorer | None:
+    """Scores shifted images as ``_score`` scores the split: the shared classes, the model's decision rule; None for a
+    model that shares no class with the data."""
+    c = model.contract
+    try:
+        shared = shared_classes(c.classes, classes, labels)
+    except DataError:
+        return None
+    keep, tau, other = np.flatnonzero(shared.keep), decision_tau(model), "other" if shared.extra else None
+
+    def score(images: list[np.ndarray]) -> dict:
+        x = model_inputs([images[i] for i in keep], c.channels, c.input_size)
+        probs = decision_probabilities(model.raw_outputs(x), c, tau)
+        return metrics(shared.labels, shared.from_model[probs.argmax(1)], shared.classes, other)
+
+    return score
+
+
+def _shifts(cfg: BenchConfig, models: dict, manifest: SplitManifest, progress: bool) -> dict:
+    labels = load_for_shifts(manifest, cfg.split)
+    scorers = {n: s for n, m in models.items() if (s := shift_scorer(m, labels, manifest.classes)) is not None}
+    with click.progressbar(length=shift_steps(cfg.shifts), label="shift report",
+                           file=None if progress else io.StringIO()) as bar:  # fmt: skip
+        return shift_report(scorers, manifest, cfg.split, cfg.shifts, bar.update)
 
 
 def _agreement(a: list[str], b: list[str]) -> float | None:
@@ -462,6 +499,8 @@ def markdown_report(r: dict) -> str:
         lines += ["", "## Agreement (top-1)", ""] + [f"- {k}: {_cell(v)}" for k, v in r["agreement"].items()]
     if r["ratios"]:
         lines += ["", "## Ratios", ""] + [f"- {k}: {v:.2f}x" for k, v in r["ratios"].items()]
+    if r.get("shifts"):
+        lines += shifts_markdown(r["shifts"])
     if r.get("pipeline"):
         lines += ["", "## End-to-end pipeline (fer-run, headless)", ""]
         for name, p in r["pipeline"].items():
@@ -490,6 +529,8 @@ def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path
         written.append(_plot_confusions(scored, out_dir / "confusion_matrices.png"))
     if lat:
         written.append(_plot_latency(lat, out_dir / "latency.png"))
+    if r.get("shifts"):
+        written.append(plot_shifts(r["shifts"], out_dir / "shifts.png"))
     if curves:
         written.append(plot_reliability(curves, out_dir / "reliability.png",
                                         title=f"{r['data']['split']} split: confidence against accuracy"))  # fmt: skip

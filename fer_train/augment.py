@@ -1,8 +1,10 @@
 """Augmentation on whole batches in memory (no per-image decode on the hot path).
 
 Geometric jitter (crop-like shift and scale, flip, small rotation) is one
-``affine_grid`` + ``grid_sample`` per batch. RandAugment/AutoAugment, when
-chosen, run per image on uint8 tensors. Mixup and CutMix return soft targets.
+``affine_grid`` + ``grid_sample`` per batch. Camera degradations (blur, JPEG,
+noise, exposure, a small face, a colour camera's grey path) and
+RandAugment/AutoAugment, when chosen, run per image on uint8 tensors. Mixup and
+CutMix return soft targets.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fer_runtime.data.shifts import SHIFTS
 from fer_runtime.options import OptionError
 
 
@@ -27,6 +32,7 @@ class AugmentConfig:
     mixup: float = 0.0  # Beta(alpha, alpha); 0 disables
     cutmix: float = 0.0
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix is on
+    degrade: float = 0.0  # probability that an image gets one or two camera degradations (fer_runtime.data.shifts)
 
 
 def normalize(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -46,6 +52,40 @@ def apply_policy(images_u8: torch.Tensor, policy: str) -> torch.Tensor:
     if op is None:
         raise OptionError(f"unknown augmentation policy {policy!r}")
     return torch.stack([op(img) for img in images_u8])
+
+
+# the shift families drawn by ``degrade``, in the order a camera applies them (optics, exposure, sensor, codec);
+# framing and rotation come from ``geometric``
+DEGRADATIONS = ("low_resolution", "defocus", "motion", "darker", "brighter", "low_contrast", "colour_camera", "noise",
+                "jpeg")  # fmt: skip
+
+
+def degrade(images_u8: torch.Tensor, p: float) -> torch.Tensor:
+    """Each image, with probability ``p``, through one or two camera degradations, each at a strength drawn between
+    none and the family's harsh level: the shift report's own functions, so training sees what it is scored on. Draws
+    come from torch's generator, so a resumed run repeats them."""
+    if p <= 0:
+        return images_u8
+    chosen = (torch.rand(len(images_u8)) < p).nonzero().flatten().tolist()
+    if not chosen:
+        return images_u8
+    out = images_u8.clone()
+    for i in chosen:
+        picks = torch.randperm(len(DEGRADATIONS))[: 1 + int(torch.rand(1) < 0.5)].sort().values.tolist()
+        strengths = torch.rand(len(picks)).tolist()
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,))))
+        img = out[i].numpy()
+        face = img[0] if img.shape[0] == 1 else cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR)
+        for k, t in zip(picks, strengths):
+            family = SHIFTS[DEGRADATIONS[k]]
+            face = family.apply(face, family.none + t * (family.levels[-1] - family.none), rng)
+        if img.shape[0] == 1:
+            face = face if face.ndim == 2 else cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)  # the runtime's grey path
+            out[i, 0] = torch.from_numpy(face)
+        else:
+            face = cv2.cvtColor(face if face.ndim == 3 else cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), cv2.COLOR_BGR2RGB)
+            out[i] = torch.from_numpy(face.transpose(2, 0, 1).copy())
+    return out
 
 
 def geometric(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -106,7 +146,7 @@ def mix_batch(x: torch.Tensor, target: torch.Tensor, cfg: AugmentConfig) -> tupl
 
 
 def train_transform(images_u8: torch.Tensor, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    images_u8 = apply_policy(images_u8, cfg.policy)
+    images_u8 = degrade(apply_policy(images_u8, cfg.policy), cfg.degrade)
     x = normalize(images_u8, mean, std)
     x = geometric(x, cfg)
     return random_erasing(x, cfg.erasing)

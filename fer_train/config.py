@@ -39,7 +39,8 @@ class TrainConfig:
     arch_arg: list[str] = option([], "architecture option, e.g. width=0.5 (repeat for several)", metavar="KEY=VALUE",
                                  multiple=True)  # fmt: skip
     pretrained: str | None = option(None, "local weights file ('hub' tries a timm download)")
-    init: str | None = option(None, "start from a checkpoint's architecture and weights (e.g. a pruned model)")
+    init: str | None = option(None, "start from a checkpoint's architecture and weights (e.g. a pruned model), an "
+                              "exported fp32 .onnx, or a shipped model by name (ferplus, fer2013)")  # fmt: skip
     input_size: int = option(48, "input side in pixels")
     channels: int = option(1, "1 (grey) or 3 (colour) input channels", choices=[1, 3])
     mean: list[float] | None = option(None, "per-channel input mean (repeat once per channel)", multiple=True,
@@ -76,6 +77,8 @@ class TrainConfig:
     mixup: float = option(0.0, "mixup alpha (0 off)")
     cutmix: float = option(0.0, "cutmix alpha (0 off)")
     mix_prob: float = option(1.0, "probability of mixing a batch")
+    degrade: float = option(0.0, "probability that an image gets one or two camera degradations (blur, JPEG, noise, "
+                            "exposure, a small face, a colour camera), each up to the shift report's harsh level")  # fmt: skip
     # run
     amp: str = option("auto", "auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32",
                       choices=["auto", "bf16", "fp16", "off"])  # fmt: skip

@@ -61,6 +61,7 @@ from fer_train.engine import (
 from fer_train.losses import SoftTargetLoss, class_weights_from_counts
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.models import count_parameters, create_model, parse_arch_args
+from fer_train.onnx_init import file_sha256, is_onnx_init, model_from_onnx, refit_batchnorm
 from fer_train.qat import is_qat, prepare_qat
 from fer_train.teacher import (
     LoadedTeacher,
@@ -449,10 +450,22 @@ def load_teachers(cfg: TrainConfig, data: PreparedData, session: Session) -> lis
 
 def build_model(cfg: TrainConfig, data: PreparedData, resume_state: dict | None, session: Session) -> BuiltModel:
     """A registry model, a checkpoint's (--init, e.g. a pruned one), or the resumed run's; EMA and DDP around it."""
-    init_state = load_checkpoint(cfg.init) if cfg.init else None
+    from_onnx = bool(cfg.init) and is_onnx_init(cfg.init)
+    init_state = load_checkpoint(cfg.init) if cfg.init and not from_onnx else None
     pruned = bool((resume_state or init_state or {}).get("pruned"))
     name, kwargs, contract = cfg.arch, parse_arch_args(cfg.arch_arg), data.contract
-    if init_state is not None:
+    if from_onnx:
+        model, init_contract, path = model_from_onnx(cfg.init)
+        if list(init_contract.classes) != data.manifest.classes:
+            raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's "
+                                  f"{data.manifest.classes}")  # fmt: skip
+        spec = init_contract.provenance["model"]
+        name, kwargs = spec["name"], dict(spec.get("kwargs", {}))
+        contract = init_contract.replace(provenance={**contract.provenance, "init": {"file": path.name,
+                                                                                     "sha256": file_sha256(path)}})  # fmt: skip
+        if resume_state is None and "train" in data.tensors:
+            refit_batchnorm(model, data.tensors["train"][0], contract)
+    elif init_state is not None:
         model, init_contract = model_from_checkpoint(init_state)
         if list(init_contract.classes) != data.manifest.classes:
             raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's "
@@ -557,6 +570,7 @@ def train_batches(cfg: TrainConfig, data: PreparedData, contract: ModelContract)
     aug = AugmentConfig(
         shift=cfg.shift, scale=(cfg.scale_min, cfg.scale_max), rotation=cfg.rotation, hflip=not cfg.no_hflip,
         erasing=cfg.erasing, policy=cfg.policy, mixup=cfg.mixup, cutmix=cfg.cutmix, mix_prob=cfg.mix_prob,
+        degrade=cfg.degrade,
     )  # fmt: skip
     return TrainBatches(images, targets, aug, contract, cfg.batch_size)
 
