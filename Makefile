@@ -48,8 +48,9 @@ TEACHER_SEEDS := 0 1 2 3
 TEACHERS := $(foreach d,ferplus fer2013,$(foreach s,$(TEACHER_SEEDS),$(d)_s$(s)))
 DEVICE ?= auto
 EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
-# measures on the AVX2 code path that most laptops and kiosks have (CPUID faulting hides AVX-512 and VNNI)
-RUN_AVX2 ?= ../shared/tools/avx2/run-avx2
+# measures on the AVX2 code path that most laptops and kiosks have (CPUID faulting hides AVX-512 and VNNI); on a CPU
+# without AVX-512 the native path is that path, and run-avx2 (which needs CPUID faulting) is not used
+RUN_AVX2 ?= $(if $(shell grep -qw avx512f /proc/cpuinfo && echo yes),../shared/tools/avx2/run-avx2)
 
 models: $(PY)
 	$(PIP) install -q -e '.[cpu,train]'
@@ -57,10 +58,13 @@ models: $(PY)
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
 
-# train a recipe's run, or resume it from its last.pt, or keep it when finished: $(call train,RUN,RECIPE[,FLAGS])
-train = if [ -f $(1)/metrics.json ] && grep -q '"complete": true' $(1)/metrics.json; then echo "$(1) is trained"; \
-	elif [ -f $(1)/last.pt ]; then $(VENV)/bin/fer-train --resume $(1)/last.pt; \
-	else $(VENV)/bin/fer-train --config models/recipes/$(2).toml $(3); fi
+# train a recipe's run, or resume it from its last.pt, or keep it when finished (the rule: fer_train/run_status.py):
+# $(call train,RUN,RECIPE[,FLAGS])
+train = status=$$($(PY) -m fer_train.run_status $(1)) || exit 1; case $$status in \
+	finished) echo "$(1) is trained";; \
+	started) $(VENV)/bin/fer-train --resume $(1)/last.pt;; \
+	new) $(VENV)/bin/fer-train --config models/recipes/$(2).toml $(3);; \
+	*) exit 1;; esac
 
 model-%: $(PY)
 	@$(call train,$(RUN_$*),$(RECIPE_$*))
@@ -92,16 +96,18 @@ bench: $(PY)
 	test -f $(VIDEO2) || $(VENV)/bin/python benchmarks/scripts/make_video.py $(VIDEO2) 600 2
 	$(VENV)/bin/fer-bench --model models/ferplus.onnx --model models/ferplus.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split test --out-dir benchmarks/results/ferplus \
-	  --predictions benchmarks/results/ferplus/predictions.csv
+	  --predictions benchmarks/results/ferplus/predictions.csv --shifts all
 	$(VENV)/bin/fer-bench --model models/fer2013.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/fer2013 --protocol fer2013 --split test --out-dir benchmarks/results/fer2013 \
-	  --predictions benchmarks/results/fer2013/predictions.csv
+	  --predictions benchmarks/results/fer2013/predictions.csv --shifts all
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/ckplus --split all --out-dir benchmarks/results/ckplus
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split val --calls 50 --out-dir benchmarks/results/latency_native
 	$(RUN_AVX2) $(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split val --calls 50 --out-dir benchmarks/results/latency_avx2
+	$(VENV)/bin/python -m benchmarks.scripts.measure_framing --data-root $(SHARED)/ferplus --protocol ferplus \
+	  --yunet ../shared/models/face_detection_yunet.onnx --out-dir benchmarks/results/framing
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 

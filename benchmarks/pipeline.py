@@ -7,8 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from fer_runtime.classifier import DEFAULT_DETECT_EVERY, FaceExpressionClassifier
 from fer_runtime.data import DataError
+from fer_runtime.engine import DEFAULT_DETECT_EVERY, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
 from fer_runtime.sources import SourceError, open_source
@@ -22,10 +22,10 @@ def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | 
         source = open_source(source=video)
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    clf = FaceExpressionClassifier(model, detect_every=detect_every, provider=provider)
+    engine = FaceEngine(model, detect_every=detect_every, provider=provider)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
-        stats = run_pipeline(clf, source, json_path=str(out))
+        stats = run_pipeline(engine, source, json_path=str(out))
         boxes = [[tuple(f["box"]) for f in json.loads(line)["faces"]] for line in out.read_text().splitlines()]
     return stats, boxes
 
@@ -41,7 +41,7 @@ def compare_boxes(reference: list[list[tuple]], followed: list[list[tuple]]) -> 
             matched += best >= MATCH_IOU
             ious.append(best)
     return {"reference_faces": total, "recall": matched / total if total else 0.0,
-            "mean_iou": sum(ious) / len(ious) if ious else 0.0}  # fmt: skip
+            "mean_iou": sum(ious) / len(ious) if ious else 0.0}
 
 
 def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "cpu") -> dict:
@@ -55,4 +55,4 @@ def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "c
         "every_frame_detection": {"fps": every_stats["fps"], "faces": every_stats["faces"],
                                   "stage_p50_ms": {k: v["p50_ms"] for k, v in every_stats["stages"].items()}},
         "against_every_frame_detection": compare_boxes(every_boxes, boxes),
-    }  # fmt: skip
+    }

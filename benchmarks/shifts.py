@@ -2,7 +2,8 @@
 
 The split is decoded once in grey at 48 px (the side the severities are stated for), each shift is applied once per
 image with its own seed (``fer_runtime.data.shifts``), and every model gets the same shifted images in its own layout
-and size, under its own decision rule. Drops are in accuracy points against the same path without a shift.
+and size, scored by the one scorer (``fer_runtime.scoring.SplitScorer``: the shared classes, its own decision rule).
+Drops are in accuracy points against the same path without a shift.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import numpy as np
 from fer_runtime.contract import to_model_layout
 from fer_runtime.data import SplitManifest, load_split
 from fer_runtime.data.shifts import MODERATE, REFERENCE_SIDE, SEVERITIES, SHIFTS, shifted_images
+from fer_runtime.scoring import SplitScorer
 
 LEVELS = {"moderate": (MODERATE,), "all": tuple(range(len(SEVERITIES)))}
-
-# Scores a list of images (grey H x W or BGR H x W x 3) for one model: its quality dict ({"accuracy", "macro_f1", ...}).
-Scorer = Callable[[list[np.ndarray]], dict]
 
 
 def _base(manifest: SplitManifest, split: str):
@@ -34,25 +33,25 @@ def load_for_shifts(manifest: SplitManifest, split: str) -> np.ndarray:
     return _base(manifest, split).labels
 
 
-def shift_report(scorers: dict[str, Scorer], manifest: SplitManifest, split: str, levels: str,
-                 progress: Callable[[int], None] | None = None) -> dict:  # fmt: skip
-    """Per model: the unshifted figures, each shift at each severity asked for, and at the moderate severity the mean
-    and worst accuracy drop over all shifts."""
+def shift_report(scorers: dict[str, SplitScorer], manifest: SplitManifest, split: str, levels: str,
+                 progress: Callable[[int], None] | None = None) -> dict:
+    """Per model (each scorer made with ``load_for_shifts``'s labels): the unshifted figures, each shift at each
+    severity asked for, and at the moderate severity the mean and worst accuracy drop over all shifts."""
     base = _base(manifest, split).images
     severities = LEVELS[levels]
-    clean = {name: score(list(base[:, 0])) for name, score in scorers.items()}
+    clean = {name: _quality(scorer, list(base[:, 0])) for name, scorer in scorers.items()}
     rows: dict[str, dict[str, list[dict]]] = {name: {} for name in scorers}
     for shift in SHIFTS.values():
         for severity in severities:
             images = shifted_images(base, shift.name, severity)
-            for name, score in scorers.items():
-                q = score(images)
+            for name, scorer in scorers.items():
+                q = _quality(scorer, images)
                 rows[name].setdefault(shift.name, []).append({
                     "severity": SEVERITIES[severity], "level": shift.levels[severity], "label": shift.label(severity),
                     "accuracy": q["accuracy"], "macro_f1": q["macro_f1"],
                     "drop": 100.0 * (clean[name]["accuracy"] - q["accuracy"]),
                     "macro_f1_drop": 100.0 * (clean[name]["macro_f1"] - q["macro_f1"]),
-                })  # fmt: skip
+                })
             if progress is not None:
                 progress(1)
     models = {}
@@ -65,11 +64,17 @@ def shift_report(scorers: dict[str, Scorer], manifest: SplitManifest, split: str
             "shifts": rows[name],
             "moderate": {"mean_drop": float(np.mean(list(drops.values()))), "worst_drop": drops[worst], "worst_shift": worst,
                          "mean_macro_f1_drop": float(np.mean([r["macro_f1_drop"] for r in moderate.values()]))},
-        }  # fmt: skip
+        }
     families = {s.name: {"kind": s.kind, "levels": dict(zip(SEVERITIES, (s.label(i) for i in range(3))))}
-                for s in SHIFTS.values()}  # fmt: skip
+                for s in SHIFTS.values()}
     return {"split": split, "images": int(len(base)), "severities": [SEVERITIES[i] for i in severities],
-            "families": families, "models": models}  # fmt: skip
+            "families": families, "models": models}
+
+
+def _quality(scorer: SplitScorer, images: list[np.ndarray]) -> dict:
+    """Shifted images (grey H x W or BGR H x W x 3) in the scorer's model's layout and size, scored."""
+    c = scorer.model.contract
+    return scorer.quality(model_inputs(images, c.channels, c.input_size))
 
 
 def steps(levels: str) -> int:
@@ -87,11 +92,11 @@ def markdown(report: dict) -> list[str]:
              "Each shift is seeded per image and the same for every model (`fer_runtime/data/shifts.py`); framing "
              "beyond the crop repeats its edge pixels. Moderate is the severity the robustness targets are read on.", "",
              "| model | clean accuracy / macro-F1 | moderate: mean drop | worst drop (shift) | mean macro-F1 drop |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
+             "|---|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
         mod = m["moderate"]
         lines.append(f"| {name} | {m['clean']['accuracy']:.4f} / {m['clean']['macro_f1']:.4f} | {mod['mean_drop']:.2f} | "
-                     f"{mod['worst_drop']:.2f} ({mod['worst_shift']}) | {mod['mean_macro_f1_drop']:.2f} |")  # fmt: skip
+                     f"{mod['worst_drop']:.2f} ({mod['worst_shift']}) | {mod['mean_macro_f1_drop']:.2f} |")
     lines += ["", "| shift | severity | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
     first = report["models"][names[0]]["shifts"]
     for shift, rows in first.items():

@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 
 from fer_export.onnx_export import save_onnx_atomic, set_contract
+from fer_runtime.backends import load_model
 from fer_runtime.calibration import fit_prior_correction, fit_temperature, training_prior
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit
 from fer_runtime.options import checked_values, load_recipe
-from fer_runtime.session import OnnxModel
 from fer_train.config import TrainConfig
 
 
@@ -21,7 +21,7 @@ def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0, contract: Mo
     """Fit this file's own temperature on val (INT8 logits differ a little from fp32's), then its prior correction
     (after the temperature, on the same split), and write both into its contract (``contract``: the one to write
     instead of the file's, e.g. with a training prior added). Returns the fit."""
-    model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
+    model = load_model(path, threads=threads, provider="cpu")
     raw = model.raw_outputs(val.images)
     c = contract or model.contract
     temperature = fit_temperature(raw, val.labels)

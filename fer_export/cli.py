@@ -13,6 +13,7 @@ from fer_export.pipeline import export
 from fer_export.prune import PruneError
 from fer_export.quantize import QuantizationError
 from fer_export.training import train_options
+from fer_runtime.contract import ContractError, ModelContract
 from fer_runtime.options import FerCommand, OptionError, config_of, config_options
 from fer_runtime.outputs import version_option
 
@@ -37,7 +38,7 @@ class ExportCommand(FerCommand):
         if args and not args[0].startswith("-"):
             flag = "--model" if args[0].endswith(".onnx") else "--ckpt"
             raise click.UsageError(f"name the source with its flag: {flag} {args[0]} (--ckpt for a checkpoint, --model "
-                                   "for an ONNX file)")  # fmt: skip
+                                   "for an ONNX file)")
         return super().parse_args(ctx, args)
 
 
@@ -77,6 +78,18 @@ def check_config(cfg: ExportConfig) -> None:
     if cfg.train_option and not (cfg.distill_from or cfg.pruning and cfg.finetune_epochs > 0):
         raise OptionError("--train-option sets the training stages: give --distill-from or --prune with --finetune-epochs")
     train_options(cfg.train_option)
+    _check_framing(cfg)
+
+
+def _check_framing(cfg: ExportConfig) -> None:
+    """--crop-margin and --crop-offset checked before any work, as the contract will check them."""
+    if cfg.crop_offset and len(cfg.crop_offset) != 2:
+        raise OptionError(f"--crop-offset takes dx and dy: give it twice, got {len(cfg.crop_offset)} value(s)")
+    try:
+        ModelContract(classes=("any",), crop_margin=0.0 if cfg.crop_margin is None else cfg.crop_margin,
+                      crop_offset=tuple(cfg.crop_offset) or (0.0, 0.0))
+    except ContractError as exc:
+        raise OptionError(f"--crop-margin / --crop-offset: {exc}") from None
 
 
 def _check_source(cfg: ExportConfig) -> None:

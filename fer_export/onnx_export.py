@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import onnx
 import torch
 from torch import nn
 
+from fer_runtime.backends import load_model
 from fer_runtime.contract import METADATA_KEY, ModelContract
 from fer_runtime.errors import FerError
 from fer_runtime.outputs import atomic_path
-from fer_runtime.session import OnnxModel
 
 MIN_AGREEMENT = 0.999
 
@@ -42,25 +41,21 @@ def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, ops
     model = model.eval().cpu()
     h, w = contract.input_size
     dummy = torch.zeros(2, contract.channels, h, w)
-    tmp = path.with_name(f".{path.name}.raw{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:  # torch writes the raw graph here; the file with its contract replaces it
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
                     model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-                )  # fmt: skip
+                )
             except Exception as exc:  # the exporter raises many types, with the whole graph in the message
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ExportError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
         proto = onnx.load(str(tmp))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    onnx.checker.check_model(proto)
-    set_contract(proto, contract.replace(output="logits", layers=special_layers(model, proto)))
-    save_onnx_atomic(proto, path)
+        onnx.checker.check_model(proto)
+        set_contract(proto, contract.replace(output="logits", layers=special_layers(model, proto)))
+        onnx.save(proto, str(tmp))
     return path
 
 
@@ -86,7 +81,7 @@ def special_layers(model: nn.Module, proto: onnx.ModelProto) -> dict[str, str]:
 
 def parity_check(model: nn.Module, onnx_path: str | Path, images_u8: np.ndarray, min_agreement: float = MIN_AGREEMENT) -> dict:
     """Compare ONNX Runtime with PyTorch on real images; raise if top-1 agreement is too low."""
-    session = OnnxModel(onnx_path, threads=0, providers=["CPUExecutionProvider"])
+    session = load_model(onnx_path, threads=0, provider="cpu")
     contract = session.contract
     model = model.eval().cpu()
     max_diff, agree, total = 0.0, 0, 0

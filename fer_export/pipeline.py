@@ -1,4 +1,4 @@
-"""The export's stages in order, in a staging folder renamed into place when they are done:
+"""The export's stages in order, in a staging folder renamed into place when they are done (``atomic_dir``):
 
     checkpoint -> [distil] -> [prune + fine-tune] -> ONNX (checked against PyTorch) -> [INT8, gated]
     an exported ONNX file -> [INT8, gated]
@@ -21,13 +21,13 @@ from fer_export.calibrate import calibrate_onnx, training_sampler, with_training
 from fer_export.config import ExportConfig
 from fer_export.onnx_export import export_onnx, parity_check
 from fer_export.quantize import FaceCalibrationReader, quantize_int8, stratified_sample
-from fer_export.report import onnx_latency_ms, print_summary, reliability_plot, write_report
-from fer_export.rows import onnx_row, torch_row
+from fer_export.report import print_summary, reliability_plot, write_report
+from fer_export.rows import latency_ms, onnx_row, torch_row
 from fer_export.training import distill, prune_and_finetune
 from fer_runtime.contract import ModelContract, read_onnx_contract
 from fer_runtime.data import DecodedSplit, discover, load_split, resolve_data_root, run_manifest
 from fer_runtime.errors import EXIT_GATE, OutputError
-from fer_runtime.outputs import check_output_dir, missing_dirs, remove_empty_dirs
+from fer_runtime.outputs import atomic_dir, check_output_dir, missing_dirs, remove_empty_dirs, staging_dir
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import TrainConfig
 
@@ -42,29 +42,28 @@ def export(cfg: ExportConfig) -> int:
     source = Path(cfg.source) if cfg.source else None
     name = cfg.name or f"{(source.parent.name + '_' + source.stem) if source else cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     final_dir = Path(cfg.out_dir) / name
-    staging = Path(cfg.out_dir) / f".{name}.partial"
     check_output_dir(cfg.out_dir)
     if final_dir.exists() and not cfg.overwrite:
         raise OutputError(f"{final_dir} already exists: pick another --name or replace it with --overwrite")
-    if staging.exists() and not cfg.resume:
-        shutil.rmtree(staging)
+    staging = staging_dir(final_dir)
     created = missing_dirs(staging)  # an --out-dir this export makes goes again if the export fails
-    staging.mkdir(parents=True, exist_ok=True)
     try:
-        code = run_stages(cfg, source, staging, name, final_dir)
+        with atomic_dir(final_dir, resume=cfg.resume, keep=_resumable) as out:
+            code = run_stages(cfg, source, out, name, final_dir)
     except BaseException:
-        if any(staging.rglob("last.pt")):
+        if _resumable(staging):
             print(f"fer-export: training checkpoints kept in {staging}; continue with --name {name} --resume",
-                  file=sys.stderr)  # fmt: skip
+                  file=sys.stderr)
         else:
-            shutil.rmtree(staging, ignore_errors=True)  # no partial outputs on failure
-            remove_empty_dirs(created[1:])
+            remove_empty_dirs(created[1:])  # no partial outputs on failure
         raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    staging.rename(final_dir)
     print(f"fer-export: wrote {final_dir}")
     return code
+
+
+def _resumable(staging: Path) -> bool:
+    """A failed export's staging folder is kept when it holds a training checkpoint to continue from (--resume)."""
+    return staging.is_dir() and any(staging.rglob("last.pt"))
 
 
 def run_stages(cfg: ExportConfig, source: Path | None, out: Path, name: str, final_dir: Path) -> int:
@@ -89,7 +88,7 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
     saved = TrainConfig.from_saved(state.get("train_args", {}))
     manifest = run_manifest(state.get("manifest"), cfg.data_root, saved.split_rules())
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)
-            for s in ("train", "val", "test") if s in manifest.splits}  # fmt: skip
+            for s in ("train", "val", "test") if s in manifest.splits}
     report["artefacts"].append(torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data))
     if cfg.pruning:
         ckpt, state = prune_and_finetune(cfg, state, model, contract, data, out, report)
@@ -104,21 +103,28 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
 
 
 def _export_contract(cfg: ExportConfig, ckpt: Path, state: dict, contract: ModelContract, report: dict,
-                     train: DecodedSplit, sampler: str) -> ModelContract:  # fmt: skip
+                     train: DecodedSplit, sampler: str) -> ModelContract:
     """The checkpoint's contract with the export's provenance and the training split's class prior."""
     final_row = report["artefacts"][-1]  # the model being exported: pruned + fine-tuned when pruning ran
     provenance = {**contract.provenance, "source_checkpoint": str(ckpt.resolve()), "model": state["model"],
                   "metrics": {s: {k: final_row[s][k] for k in ("accuracy", "macro_f1")}
-                              for s in ("val", "test") if s in final_row}}  # fmt: skip
+                              for s in ("val", "test") if s in final_row}}
     if cfg.distill_from:
         provenance["teacher_checkpoint"] = str(Path(cfg.distill_from).resolve())
-    return with_training_prior(contract.replace(provenance=provenance), train, sampler)
+    return with_training_prior(framed(cfg, contract.replace(provenance=provenance)), train, sampler)
+
+
+def framed(cfg: ExportConfig, contract: ModelContract) -> ModelContract:
+    """The contract with the crop framing given by --crop-margin and --crop-offset, where given."""
+    framing = {k: v for k, v in (("crop_margin", cfg.crop_margin), ("crop_offset", cfg.crop_offset))
+               if v not in (None, [], ())}
+    return contract.replace(**framing) if framing else contract
 
 
 def _check_parity(model: nn.Module, fp32_path: Path, val: DecodedSplit, report: dict) -> None:
     report["parity"] = parity = parity_check(model, fp32_path, val.images[:PARITY_IMAGES])
     print(f"fer-export: ONNX parity on {parity['images']} val images: top-1 agreement {parity['top1_agreement']:.4%}, "
-          f"max logit diff {parity['max_abs_logit_diff']:.2e}")  # fmt: skip
+          f"max logit diff {parity['max_abs_logit_diff']:.2e}")
 
 
 def quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict) -> int:
@@ -126,7 +132,7 @@ def quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict) -> i
     then [INT8]."""
     contract = read_onnx_contract(source)
     report["source_provenance"] = {k: contract.provenance[k] for k in ("source_checkpoint", "model", "metrics")
-                                   if k in contract.provenance}  # fmt: skip
+                                   if k in contract.provenance}
     data = onnx_model_data(cfg, contract)
     fp32_path = out / "model.onnx"
     shutil.copyfile(source, fp32_path)
@@ -135,6 +141,8 @@ def quantize_only(cfg: ExportConfig, source: Path, out: Path, report: dict) -> i
         sampler, where = training_sampler(contract.provenance)
         report["notes"].append(f"class_prior: the training split as sampler '{sampler}' showed it ({where})")
         with_prior = with_training_prior(contract, data["train"], sampler)
+    if cfg.crop_margin is not None or cfg.crop_offset:
+        with_prior = framed(cfg, with_prior or contract)
     report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads, with_prior)}
     return score_and_quantize(cfg, fp32_path, data, out, report)
 
@@ -160,7 +168,7 @@ def score_and_quantize(cfg: ExportConfig, fp32_path: Path, data: dict[str, Decod
 
 
 def int8_stage(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit], out: Path, report: dict,
-               fp32_row: dict) -> int:  # fmt: skip
+               fp32_row: dict) -> int:
     """Quantize on a stratified sample of training images, fit the INT8 file's own decision rule, time it beside the
     fp32 file, and gate it on its val accuracy drop; the exit code."""
     train = data["train"]
@@ -171,7 +179,7 @@ def int8_stage(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit]
     report.setdefault("decision_rule", {})["onnx int8"] = calibrate_onnx(int8_path, data["val"], cfg.threads)
     int8_row = onnx_row("onnx int8", int8_path, data, timed=False, threads=cfg.threads)
     # the speed-up comes from one interleaved timing of both files, not from two separate moments
-    fp32_row["latency_ms"], int8_row["latency_ms"] = onnx_latency_ms(fp32_path, int8_path)
+    fp32_row["latency_ms"], int8_row["latency_ms"] = latency_ms(fp32_path, int8_path)
     report["artefacts"].append(int8_row)
     report["paths"]["int8"] = str(int8_path)
     report["calibration"] = {"images": int(len(idx)), "method": cfg.calib_method, "keep_float": keep}
@@ -200,5 +208,5 @@ def _int8_gate(cfg: ExportConfig, drop: float, int8_path: Path, report: dict) ->
     report["paths"].pop("int8")
     report["notes"].append(msg + "; INT8 file removed (use --force to keep it)")
     print(f"fer-export: error: {msg}: try another --calib-method, --keep-float first_conv,classifier, or --force",
-          file=sys.stderr)  # fmt: skip
+          file=sys.stderr)
     return EXIT_GATE

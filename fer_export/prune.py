@@ -53,7 +53,7 @@ def prune_channels(
         model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=global_pruning,
         pruning_ratio=ratio if ratio is not None else 0.9, iterative_steps=target_steps, ignored_layers=classifier,
         round_to=round_to, max_pruning_ratio=0.9,
-    )  # fmt: skip
+    )
     for _ in range(target_steps):
         pruner.step()
         if flops_speedup is not None:

@@ -129,7 +129,7 @@ def quantize_int8(
                 str(prepped), str(raw), calibration, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CALIBRATION_METHODS[method],
                 nodes_to_exclude=excluded, extra_options=extra,
-            )  # fmt: skip
+            )
         proto = onnx.load(str(raw))
     set_contract(proto, contract)
     save_onnx_atomic(proto, int8_path)

@@ -1,30 +1,12 @@
-"""Export reports: JSON + Markdown, one row per artefact; the reliability plot; the summary printed at the end; the
-latency timing the rows quote."""
+"""Export reports: JSON + Markdown, one row per artefact; the reliability plot; the summary printed at the end."""
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from fer_runtime.calibration import plot_reliability
 from fer_runtime.outputs import atomic_write_text
-from fer_runtime.profiling import percentiles, time_interleaved
-from fer_runtime.session import OnnxModel
-
-
-def onnx_latency_ms(*paths: Path, rounds: int = 10, calls: int = 30) -> list[float]:
-    """Median latency of each model at batch 1 on one thread (ONNX Runtime, CPU), the models timed interleaved."""
-    fns = {}
-    for i, path in enumerate(paths):
-        model = OnnxModel(path, threads=1, providers=["CPUExecutionProvider"])
-        h, w = model.contract.input_size
-        x = np.random.default_rng(0).normal(size=(1, model.contract.channels, h, w)).astype(np.float32)
-        fns[str(i)] = partial(model.run, x)
-    samples = time_interleaved(fns, rounds=rounds, calls=calls, warmup=30)
-    return [percentiles(samples[str(i)])["p50_ms"] for i in range(len(paths))]
 
 
 def _ece(row: dict) -> str:
@@ -44,7 +26,7 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
               "on val).", "",
               "| artefact | params | MACs | file KB | val acc | val F1 | val bal. acc | test acc | test F1 | test bal. acc | "
               "temperature | tau | test ECE before / after | latency ms (b1, 1 thr) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in report["artefacts"]:
 
         def f(key, split, fmt="{:.4f}", row=row):
@@ -63,9 +45,9 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
         if "grid" in fit:
             lines += ["", f"## Decision rule of {name}: tau {fit['prior_correction']} (val accuracy floor "
                       f"{fit['accuracy_floor']:.4f})", "", "| tau | val acc | val macro-F1 | val bal. acc |",
-                      "|---:|---:|---:|---:|"]  # fmt: skip
+                      "|---:|---:|---:|---:|"]
             lines += [f"| {r['tau']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['balanced_accuracy']:.4f} |"
-                      for r in fit["grid"]]  # fmt: skip
+                      for r in fit["grid"]]
     for key in ("parity", "ratios", "notes", "paths"):
         if report.get(key):
             lines += ["", f"## {key}", "", "```json", json.dumps(report[key], indent=2), "```"]

@@ -1,5 +1,6 @@
-"""The export report's rows: each artefact's size and its scores on every split (PyTorch through fer-train's own
-``evaluate``; ONNX files under their decision rule, with the raw argmax and the calibration beside it)."""
+"""The export report's rows: each artefact's size, its scores on every split and its latency (PyTorch through
+fer-train's own ``evaluate``; ONNX files through the one scorer, ``fer_runtime.scoring``, and the one latency timer,
+``fer_runtime.profiling.time_models``)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,15 @@ import torch
 from torch import nn
 
 from fer_export.prune import count_flops_params
-from fer_export.report import onnx_latency_ms
-from fer_runtime.calibration import calibration_summary, reliability
+from fer_runtime.backends import load_model
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit
-from fer_runtime.session import OnnxModel, decision_probabilities
+from fer_runtime.model import ModelBackend
+from fer_runtime.profiling import percentiles, time_models
+from fer_runtime.scoring import SplitScorer
 from fer_train.engine import evaluate
-from fer_train.metrics import classification_metrics
 
 SCORED_SPLITS = ("val", "test")
-
-
-def score(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    m = classification_metrics(labels, probs.argmax(1), classes)
-    m.pop("confusion_matrix", None)
-    return m
 
 
 def torch_row(label: str, model: nn.Module, contract: ModelContract, data: dict[str, DecodedSplit]) -> dict:
@@ -41,26 +36,27 @@ def torch_row(label: str, model: nn.Module, contract: ModelContract, data: dict[
 
 def onnx_row(label: str, path: Path, data: dict[str, DecodedSplit], timed: bool = True, threads: int = 0) -> dict:
     """Scores and calibration on every split; ``timed=False`` when the caller times this file beside another."""
-    model = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
+    model = load_model(path, threads=threads, provider="cpu")
     c = model.contract
     row = {"name": label, "file": str(path), "file_kb": round(path.stat().st_size / 1024, 1), "temperature": c.temperature,
-           "prior_correction": c.prior_correction}  # fmt: skip
+           "prior_correction": c.prior_correction}
     if timed:
-        row["latency_ms"] = onnx_latency_ms(path)[0]
+        row["latency_ms"] = latency_ms(path)[0]
     for split in SCORED_SPLITS:
         if split in data:
             row[split] = _onnx_scores(model, data[split])
     return row
 
 
-def _onnx_scores(model: OnnxModel, split: DecodedSplit) -> dict:
-    c = model.contract
-    raw, labels = model.raw_outputs(split.images), split.labels
-    # the figures under the shipped decision rule, and the raw argmax's (the training prior) beside them
-    probs = decision_probabilities(raw, c)
-    scores = score(probs, labels, list(c.classes))
-    raw_argmax = score(decision_probabilities(raw, c, 0.0), labels, list(c.classes))
-    scores["train_prior"] = {k: raw_argmax[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")}
-    scores["calibration"] = calibration_summary(raw, labels, c.temperature, c.output)
-    scores["calibration"]["ece_decision_rule"] = reliability(probs, labels)["ece"]
-    return scores
+def _onnx_scores(model: ModelBackend, split: DecodedSplit) -> dict:
+    """The split's figures under the file's decision rule, flat, with the raw argmax's and the calibration beside."""
+    scores = SplitScorer(model, model.contract.classes, split.labels).score(split.images)
+    figures = {k: v for k, v in scores.quality.items() if k != "confusion_matrix"}
+    return {**figures, "quality_train_prior": scores.quality_train_prior, "calibration": scores.calibration}
+
+
+def latency_ms(*paths: Path, rounds: int = 10, calls: int = 30) -> list[float]:
+    """Median latency of each model at batch 1 on one thread (CPU), the models timed interleaved."""
+    models = {str(i): load_model(path, threads=1, provider="cpu") for i, path in enumerate(paths)}
+    samples = time_models(models, 1, rounds=rounds, calls=calls, warmup=30)
+    return [percentiles(samples[str(i)])["p50_ms"] for i in range(len(paths))]

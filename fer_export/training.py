@@ -20,6 +20,7 @@ from fer_runtime.data import DecodedSplit, resolve_data_root
 from fer_runtime.options import OptionError, checked_values, json_or_text
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fer_train.config import TrainConfig
+from fer_train.run_status import run_status
 from fer_train.train import fit
 
 # what a pruned checkpoint leaves out of its source: the optimisation state belongs to the unpruned network
@@ -38,7 +39,7 @@ SET_BY_EXPORT = {"data_root": "use --data-root", "out_dir": "use --out-dir", "na
                  "kd_alpha": "use --kd-alpha", "kd_temperature": "use --kd-temperature",
                  "epochs": "use --epochs or --finetune-epochs", "init": "the fine-tune starts from the pruned model",
                  **dict.fromkeys(("seed", "protocol", "val_split", "test_split", "input_size", "channels"),
-                                 FROM_THE_SOURCE_RUN)}  # fmt: skip
+                                 FROM_THE_SOURCE_RUN)}
 # what a training stage keeps of its source run: how the data was split and labelled, the input, the selection metric
 FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "input_size", "channels", "mean", "std", "monitor")
 
@@ -71,19 +72,15 @@ def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfi
 
 def train_stage(cfg: ExportConfig, run_dir: Path, train: TrainConfig, what: str) -> None:
     """One training run inside the export; with --resume a finished run is kept and a started one continued."""
-    if cfg.resume and finished(run_dir):
+    status = run_status(run_dir) if cfg.resume else "new"
+    if status == "finished":
         print(f"fer-export: {what}: finished earlier, kept ({run_dir})")
         return
-    if cfg.resume and (run_dir / "last.pt").exists():
+    if status == "started":
         print(f"fer-export: {what}: resuming from {run_dir / 'last.pt'}")
         fit(train, resume=str(run_dir / "last.pt"))
         return
     fit(train)
-
-
-def finished(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return metrics.exists() and json.loads(metrics.read_text()).get("complete", False)
 
 
 def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
@@ -92,7 +89,7 @@ def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
     teacher = load_checkpoint(cfg.distill_from)
     root = resolve_data_root(cfg.data_root, saved_root(teacher))
     kd = train_config(cfg, teacher, data_root=root, arch=cfg.arch, arch_arg=list(cfg.arch_arg), epochs=cfg.epochs,
-                      out_dir=str(out), name="student_kd")  # fmt: skip
+                      out_dir=str(out), name="student_kd")
     train_stage(cfg, out / "student_kd", kd, "student training")
     report["paths"]["student_checkpoint"] = str(out / "student_kd" / "best.pt")
     if cfg.compare_baseline:
@@ -103,19 +100,19 @@ def distill(cfg: ExportConfig, out: Path, report: dict) -> Path:
             split: {"kd": {k: kd_m[split][k] for k in ("accuracy", "macro_f1")},
                     "alone": {k: alone_m[split][k] for k in ("accuracy", "macro_f1")}}
             for split in ("val", "test") if split in kd_m
-        }  # fmt: skip
+        }
     return out / "student_kd" / "best.pt"
 
 
 def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contract: ModelContract,
-                       data: dict[str, DecodedSplit], out: Path, report: dict) -> tuple[Path, dict]:  # fmt: skip
+                       data: dict[str, DecodedSplit], out: Path, report: dict) -> tuple[Path, dict]:
     """Prune the checkpoint's model, then fine-tune it (``--finetune-epochs``) on --data-root, then FER_DATA_ROOT, then
     the checkpoint's data; the checkpoint to export and its state. ``report``'s last row is the model before pruning."""
     before = report["artefacts"][-1]
     pruned = prune_channels(model, contract, ratio=cfg.prune, flops_speedup=cfg.prune_flops, steps=cfg.prune_steps)
     ckpt = out / "pruned_init.pt"
     pruned_state = {**{k: v for k, v in state.items() if k not in NOT_CARRIED}, "state_dict": pruned.state_dict(),
-                    "pruned": True, "epoch": 0, "history": []}  # fmt: skip
+                    "pruned": True, "epoch": 0, "history": []}
     save_checkpoint(pruned_state, ckpt)
     after = torch_row("pruned (no fine-tune)", pruned, contract, data)
     report["artefacts"].append(after)
@@ -127,15 +124,15 @@ def prune_and_finetune(cfg: ExportConfig, state: dict, model: nn.Module, contrac
         "ratio": cfg.prune, "flops_target": cfg.prune_flops, "macs_before": before["macs"], "macs_after": after["macs"],
         "params_before": before["params"], "params_after": after["params"],
         "flops_reduction": before["macs"] / after["macs"],
-    }  # fmt: skip
+    }
     print(f"fer-export: pruned MACs {before['macs'] / 1e6:.1f}M -> {after['macs'] / 1e6:.1f}M "
-          f"({before['macs'] / after['macs']:.2f}x), params {before['params']} -> {after['params']}")  # fmt: skip
+          f"({before['macs'] / after['macs']:.2f}x), params {before['params']} -> {after['params']}")
     return ckpt, pruned_state
 
 
 def _finetune(cfg: ExportConfig, state: dict, init: Path, out: Path) -> Path:
     root = resolve_data_root(cfg.data_root, saved_root(state))
     finetune = train_config(cfg, state, init=str(init), data_root=root, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                            warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")  # fmt: skip
+                            warmup_epochs=0.0, out_dir=str(out), name="pruned_finetune")
     train_stage(cfg, out / "pruned_finetune", finetune, "fine-tuning the pruned model")
     return out / "pruned_finetune" / "best.pt"

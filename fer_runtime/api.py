@@ -6,8 +6,8 @@
     fer.analyze("photo.jpg")                         # a path, or a uint8 array (BGR unless color="rgb")
     # [{"box": [x, y, w, h], "emotions": {"angry": 0.01, ...}, "dominant_emotion": "happy", "confidence": 0.93}]
 
-The probabilities and labels are fer-run's: the same model call (``OnnxModel.probabilities``: the contract's
-preprocessing and calibrated temperature) and the same decision, through ``FaceExpressionClassifier``.
+The probabilities and labels are fer-run's: the same model call (``ModelBackend.probabilities``: the contract's
+preprocessing and decision rule) through the same engine (``fer_runtime.engine.FaceEngine``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_runtime.classifier import DEFAULT_MODEL, FaceExpressionClassifier, FaceResult
 from fer_runtime.data import read_image
 from fer_runtime.detect import create_detector
+from fer_runtime.engine import DEFAULT_MODEL, FaceEngine, FaceResult
 
 ImageLike = str | Path | np.ndarray
 COLORS = ("bgr", "rgb")
@@ -46,19 +46,19 @@ class FaceExpressionRecognizer:
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, detector: str = "haar",
                  detector_model: str | Path | None = None, detect_width: int = 320, provider: str = "auto",
-                 threads: int = 1, prior: str = "model") -> None:  # fmt: skip
-        self._clf = FaceExpressionClassifier(model, create_detector(detector, detector_model, detect_width), threads=threads,
-                                             provider=provider, prior=prior)  # fmt: skip
+                 threads: int = 1, prior: str = "model") -> None:
+        self._engine = FaceEngine(model, create_detector(detector, detector_model, detect_width), threads=threads,
+                                  provider=provider, prior=prior)
 
     @property
     def classes(self) -> list[str]:
         """The model's classes, in the order of its output."""
-        return list(self._clf.classes)
+        return list(self._engine.classes)
 
     @property
     def provider(self) -> str:
         """What runs the model: ``"cpu"``, ``"cuda"``, ..."""
-        return self._clf.model.provider.name
+        return self._engine.model.provider.name
 
     def analyze(self, image: ImageLike, *, color: str = "bgr", crops: bool = False) -> list[dict]:
         """Every face in one image, from left to right.
@@ -76,13 +76,13 @@ class FaceExpressionRecognizer:
             fer-run gives) and ``confidence`` (its probability). An image without a face gives ``[]``.
         """
         bgr = _as_bgr(image, color)
-        return [_record(r, self._clf.classes) for r in self._clf.process_image(bgr, crops)]
+        return [_record(r, self._engine.classes) for r in self._engine.process_image(bgr, crops)]
 
     def classify_crops(self, crops: Sequence[ImageLike], *, color: str = "bgr") -> list[dict]:
         """Face crops (paths or uint8 arrays of any size) classified in one batch: one record per crop, in order,
         each as ``analyze(crop, crops=True)[0]`` would give it."""
         images = [_as_bgr(c, color) for c in crops]
-        return [_record(r, self._clf.classes) for r in self._clf.process_crops(images)]
+        return [_record(r, self._engine.classes) for r in self._engine.process_crops(images)]
 
 
 def _record(face: FaceResult, classes: tuple[str, ...]) -> dict:

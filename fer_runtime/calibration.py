@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.decision import calibrated_probabilities
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import atomic_path
-from fer_runtime.session import calibrated_probabilities
 
 BINS = 15
 T_RANGE = (0.05, 20.0)
@@ -53,7 +53,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def training_prior(labels: np.ndarray, num_classes: int, sampler: str = "random",
-                   targets: np.ndarray | None = None) -> tuple[float, ...]:  # fmt: skip
+                   targets: np.ndarray | None = None) -> tuple[float, ...]:
     """The class frequencies a model trained on these labels saw: each image's target (its one-hot label, or its
     vote distribution) weighted by the sampler's per-image weight."""
     labels = np.asarray(labels, np.int64)
@@ -66,7 +66,7 @@ def training_prior(labels: np.ndarray, num_classes: int, sampler: str = "random"
 
 
 def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, temperature: float, prior: tuple[float, ...],
-                         kind: str = "logits") -> dict:  # fmt: skip
+                         kind: str = "logits") -> dict:
     """The tau of softmax(logits / T - tau * log(prior)) picked on validation (``PRIOR_CORRECTION_GRID``), and the
     validation scores of every tau tried."""
     classes = [str(k) for k in range(np.asarray(logits).shape[1])]
@@ -76,7 +76,7 @@ def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, temperature: fl
         pred = calibrated_probabilities(logits, kind, temperature, tau * log_prior if tau else None).argmax(1)
         m = classification_metrics(labels, pred, classes)
         rows.append({"tau": tau, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                     "balanced_accuracy": m["balanced_accuracy"]})  # fmt: skip
+                     "balanced_accuracy": m["balanced_accuracy"]})
     floor = rows[0]["accuracy"] - ACCURACY_FLOOR
     best = max((r for r in rows if r["accuracy"] >= floor), key=lambda r: (r["macro_f1"] + r["balanced_accuracy"]) / 2)
     return {"prior_correction": best["tau"], "accuracy_floor": floor, "grid": rows}
@@ -99,9 +99,9 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict
             mce = max(mce, gap)
         rows.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
                      "confidence": float(conf[mask].mean()) if n else None,
-                     "accuracy": float(correct[mask].mean()) if n else None})  # fmt: skip
+                     "accuracy": float(correct[mask].mean()) if n else None})
     return {"bins": rows, "ece": float(ece), "mce": float(mce), "mean_confidence": float(conf.mean()),
-            "accuracy": float(correct.mean())}  # fmt: skip
+            "accuracy": float(correct.mean())}
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
@@ -113,7 +113,7 @@ def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: flo
     before = reliability(calibrated_probabilities(logits, kind, 1.0), labels)
     after = reliability(calibrated_probabilities(logits, kind, temperature), labels)
     return {"temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"],
-            "reliability_before": before, "reliability_after": after}  # fmt: skip
+            "reliability_before": before, "reliability_after": after}
 
 
 def plot_reliability(curves: dict[str, dict], path: Path, title: str = "") -> Path:
@@ -127,14 +127,14 @@ def plot_reliability(curves: dict[str, dict], path: Path, title: str = "") -> Pa
     for ax, (name, summary) in zip(axes[0], curves.items()):
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
         for key, colour, label in (("reliability_before", "tab:red", "T = 1"),
-                                   ("reliability_after", "tab:blue", f"T = {summary['temperature']:.2f}")):  # fmt: skip
+                                   ("reliability_after", "tab:blue", f"T = {summary['temperature']:.2f}")):
             r = summary[key]
             pts = [(b["confidence"], b["accuracy"], b["count"]) for b in r["bins"] if b["count"]]
             x, y, n = (np.asarray(v) for v in zip(*pts))
             ax.plot(x, y, marker="o", color=colour, label=f"{label}: ECE {r['ece']:.3f}")
             ax.scatter(x, y, s=10 + 200 * n / n.max(), color=colour, alpha=0.3)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy in the bin",
-               title=f"{name}\n(marker area: images per bin)")  # fmt: skip
+               title=f"{name}\n(marker area: images per bin)")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 import cv2
 
-from fer_runtime.classifier import FaceExpressionClassifier
 from fer_runtime.config import RunConfig
 from fer_runtime.data import IMAGE_EXTENSIONS
 from fer_runtime.detect import create_detector
-from fer_runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, sigterm_as_interrupt
+from fer_runtime.engine import FaceEngine
+from fer_runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, signals_deferred, sigterm_as_interrupt
 from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import check_output_dir, check_output_file, version_option
 from fer_runtime.pipeline import run_pipeline
@@ -47,7 +46,7 @@ def summary(stats: dict, images: bool, rate: bool = True) -> str:
     what = "images" if images else "frames"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(stats["labels"].items(), key=lambda kv: -kv[1]))
     line = (f"fer-run: {stats['frames']} {what}, {stats['faces']} faces" + (f" ({counts})" if counts else "")
-            + (f", {stats['fps']:.1f} {what}/s" if rate else ""))  # fmt: skip
+            + (f", {stats['fps']:.1f} {what}/s" if rate else ""))
     if stats["corrupt"]:
         names = ", ".join(stats["corrupt"][:5]) + (", ..." if len(stats["corrupt"]) > 5 else "")
         line += f"; {len(stats['corrupt'])} unreadable {what} skipped ({names})"
@@ -130,24 +129,19 @@ def run(cfg: RunConfig) -> int:
     check_outputs_apart(source, {"--save": cfg.save, "--json": cfg.json})
     if cfg.json:
         check_output_file(cfg.json, "--json")
-    clf = FaceExpressionClassifier(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
-                                   detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads,
-                                   provider=cfg.provider, prior=cfg.prior)  # fmt: skip
+    engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
+                        detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
+                        prior=cfg.prior)
     src = _open(camera, source, default_camera)
     _check_source(src, cfg)
-    if clf.model.provider.request == "auto":
-        click.echo(f"fer-run: {describe_provider(clf.model.provider)}", err=True)
+    if engine.model.provider.request == "auto":
+        click.echo(f"fer-run: {describe_provider(engine.model.provider)}", err=True)
     with sigterm_as_interrupt():  # the video is finalised and the JSONL complete
-        stats = run_pipeline(clf, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
-                             crops=cfg.crops)  # fmt: skip
+        stats = run_pipeline(engine, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
+                             crops=cfg.crops)
     # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
-    late: list[int] = []
-    previous = {signum: signal.signal(signum, lambda s, f: late.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_deferred() as late:
         code = _report(stats, src, cfg.profile, display)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     return EXIT_INTERRUPTED if late else code
 
 

@@ -4,40 +4,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fer_runtime.classifier import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
+from fer_runtime.decision import PRIOR_CHOICES
+from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
-from fer_runtime.session import PRIOR_CHOICES
 
 
 @dataclass
 class RunConfig:
     # what to read
     camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", bounds=(0, None),
-                                none_means="0, else the bundled photo")  # fmt: skip
+                                none_means="0, else the bundled photo")
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
     model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
-                                none_means="ferplus")  # fmt: skip
+                                none_means="ferplus")
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
     detect_width: int = option(320, "detect on a frame this wide", bounds=(32, None))
     detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
-                               "followed in between (1: detect on every frame)", bounds=(1, None))  # fmt: skip
+                               "followed in between (1: detect on every frame)", bounds=(1, None))
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
     # the model
     threads: int = option(DEFAULT_THREADS, "ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and "
-                          "detection", bounds=(0, None))  # fmt: skip
+                          "detection", bounds=(0, None))
     prior: str = option("model", "decision rule: the model's own (fitted on validation), the training prior (the raw "
                         "argmax), or a balanced prior (every expression equally likely: posed faces, balanced sets)",
-                        choices=PRIOR_CHOICES)  # fmt: skip
+                        choices=PRIOR_CHOICES)
     provider: str = option("auto", PROVIDER_HELP)
     # what to show and write
     display: bool | None = option(None, "show a window", none_means="when a display exists")
     crops: bool = option(False, "the images are face crops already (e.g. FER2013's 48x48): no detection")
     demo: bool = option(False, "run on the bundled photo (what fer-run does when there is no camera)")
     save: str | None = option(None, "annotated output: out.mp4 for video or a camera, out.png for an image, a folder for "
-                              "a folder of images", metavar="PATH")  # fmt: skip
+                              "a folder of images", metavar="PATH")
     json: str | None = option(None, "write one JSON record per frame (JSONL)", metavar="FILE")
     max_frames: int | None = option(None, "stop after this many frames", bounds=(1, None), none_means="all")
     profile: bool = option(False, "print per-stage latency p50/p95 and FPS at the end")

@@ -22,7 +22,8 @@ METADATA_KEY = "fer_contract"
 # ``temperature``. Older files are refused: such a model was trained on images unlike
 # real faces, and a file without conditioning was still made before the repaired data.
 # Version 4 added the decision rule (``class_prior``, ``prior_correction``); a version 3 file has none.
-CONTRACT_VERSION = 4
+# Version 5 added ``crop_offset``; an older file crops centred on the box.
+CONTRACT_VERSION = 5
 OLDEST_READABLE_VERSION = 3
 MAX_PRIOR_CORRECTION = 2.0
 MAX_INPUT_SIDE = 512  # pixels: far above any face model's input, far below one that would take gigabytes per crop
@@ -40,9 +41,11 @@ class ModelContract:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     output: str = "logits"  # or "probabilities"
-    # Fraction of the detector box added on every side before cropping.
-    # FER2013 faces are framed tightly, so the default is small.
+    # The crop fer-run takes around a detector box, framed like the training crops: a square of side
+    # max(w, h) * (1 + 2 * crop_margin), its centre moved from the box centre by crop_offset (dx, dy) box sides.
+    # FER2013 faces are framed about as tightly as a detector box (benchmarks/scripts/measure_framing.py).
     crop_margin: float = 0.1
+    crop_offset: tuple[float, float] = (0.0, 0.0)
     # Softmax temperature fitted on the validation split (calibrated confidence): probabilities are
     # softmax(logits / temperature). 1.0: not calibrated.
     temperature: float = 1.0
@@ -79,6 +82,9 @@ class ModelContract:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         object.__setattr__(self, "class_prior", tuple(float(p) for p in self.class_prior))
+        if not _sequence_of(self.crop_offset, Real) or len(self.crop_offset) != 2:
+            raise ContractError(f"crop_offset must be [dx, dy] in box sides, got {self.crop_offset!r:.80}")
+        object.__setattr__(self, "crop_offset", tuple(float(v) for v in self.crop_offset))
         self.validate()
 
     def validate(self) -> None:
@@ -88,12 +94,12 @@ class ModelContract:
             raise ContractError(f"contract has duplicate classes: {list(self.classes)}")
         if len(self.input_size) != 2 or min(self.input_size) < 1 or max(self.input_size) > MAX_INPUT_SIDE:
             raise ContractError(f"input_size must be [height, width] of 1 to {MAX_INPUT_SIDE} pixels, got "
-                                f"{list(self.input_size)}")  # fmt: skip
+                                f"{list(self.input_size)}")
         if self.channels not in (1, 3):
             raise ContractError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ContractError("mean and std need one value per channel")
-        for name in ("mean", "std", "temperature", "crop_margin", "class_prior", "prior_correction"):
+        for name in ("mean", "std", "temperature", "crop_margin", "crop_offset", "class_prior", "prior_correction"):
             if not np.isfinite(getattr(self, name)).all():
                 raise ContractError(f"{name} must be finite, got {getattr(self, name)}")
         if any(s <= 0 for s in self.std):
@@ -104,9 +110,11 @@ class ModelContract:
             raise ContractError(f"temperature must be in [0.05, 20], got {self.temperature}")
         if not 0.0 <= self.crop_margin < 1.0:
             raise ContractError(f"crop_margin must be in [0, 1), got {self.crop_margin}")
+        if max(abs(v) for v in self.crop_offset) > 0.5:
+            raise ContractError(f"crop_offset must be within half a box side, got {list(self.crop_offset)}")
         prior = self.class_prior
         if prior and (len(prior) != self.num_classes or not all(0.0 < p <= 1.0 for p in prior)
-                      or abs(sum(prior) - 1.0) > 1e-3):  # fmt: skip
+                      or abs(sum(prior) - 1.0) > 1e-3):
             raise ContractError(f"class_prior must hold one frequency in (0, 1] per class, summing to 1, got {list(prior)}")
         if not 0.0 <= self.prior_correction <= MAX_PRIOR_CORRECTION:
             raise ContractError(f"prior_correction must be in [0, {MAX_PRIOR_CORRECTION}], got {self.prior_correction}")
@@ -129,6 +137,7 @@ class ModelContract:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         data["class_prior"] = list(self.class_prior)
+        data["crop_offset"] = list(self.crop_offset)
         data["version"] = CONTRACT_VERSION
         return data
 

@@ -100,10 +100,11 @@ def create_detector(name: str = "haar", model_path: str | Path | None = None, de
     raise DetectorError(f"unknown detector {name!r}: use haar or yunet")
 
 
-def crop_face(frame: np.ndarray, det: Detection, margin: float) -> np.ndarray:
-    """Square crop around the box with ``margin`` added per side; eyes levelled when landmarks exist."""
+def crop_face(frame: np.ndarray, det: Detection, margin: float, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Square crop around the box with ``margin`` added per side, its centre moved by ``offset`` box sides; eyes
+    levelled when landmarks exist."""
     x, y, w, h = det.box
-    cx, cy = x + w / 2, y + h / 2
+    cx, cy = x + w / 2 + offset[0] * max(w, h), y + h / 2 + offset[1] * max(w, h)
     side = max(w, h) * (1 + 2 * margin)
     if det.eyes is not None:
         (rx, ry), (lx, ly) = det.eyes
@@ -111,7 +112,7 @@ def crop_face(frame: np.ndarray, det: Detection, margin: float) -> np.ndarray:
         if abs(angle) > 1.0:
             matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
             frame = cv2.warpAffine(frame, matrix, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+                                   borderMode=cv2.BORDER_REPLICATE)
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
     hgt, wid = frame.shape[:2]

@@ -1,7 +1,9 @@
 """The one error base of every command: a subclass names what went wrong, and its exit code.
 
 Each command's entry point catches ``FerError`` in one place (``fer_runtime.options.FerCommand``) and prints
-``PROG: error: MESSAGE``; anything else is a bug and keeps its traceback.
+``PROG: error: MESSAGE``; anything else is a bug and keeps its traceback. An interrupt's exit code (130) comes from the
+two signal guards here: ``sigterm_as_interrupt`` (SIGTERM ends work like Ctrl-C) and ``signals_deferred`` (neither
+cuts short the finalising of outputs).
 """
 
 from __future__ import annotations
@@ -71,3 +73,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         if previous is not None:  # None: a handler installed outside Python, which cannot be put back
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """While the block runs, SIGINT and SIGTERM do not cut it short: each one that arrives is noted in the yielded list,
+    for the caller to act on afterwards (finalising outputs, printing the summary). Only the main thread can set a
+    signal handler: elsewhere the block runs as is."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+                signal.signal(s, handler)

@@ -19,7 +19,7 @@ class FaceFollower:
     """One face's template from its last detection; ``follow`` finds it again in a later frame."""
 
     def __init__(self, gray: np.ndarray, box: tuple[float, float, float, float], search: float = 0.8,
-                 min_score: float = 0.55):  # fmt: skip
+                 min_score: float = 0.55):
         x, y, w, h = box
         self.scale = TEMPLATE_SIDE / max(w, 1.0)
         self.box, self.search, self.min_score = box, search, min_score

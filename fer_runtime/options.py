@@ -18,7 +18,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError, os_error
+from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError, os_error, sigterm_as_interrupt
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
@@ -29,7 +29,7 @@ class OptionError(FerError):
 
 
 def option(default: Any = None, help: str = "", *, choices: list | tuple | None = None, metavar: str | None = None,
-           multiple: bool = False, none_means: str | None = None, bounds: tuple | None = None) -> Any:  # fmt: skip
+           multiple: bool = False, none_means: str | None = None, bounds: tuple | None = None) -> Any:
     """A config field and its command-line option: default, help, choices, range and repeatability, declared once.
 
     ``none_means`` says what a ``None`` default becomes ("by --opt"); ``multiple`` makes a list field a repeatable flag;
@@ -38,7 +38,7 @@ def option(default: Any = None, help: str = "", *, choices: list | tuple | None 
     ``--x/--no-x``.
     """
     meta = {"help": help, "choices": None if choices is None else list(choices), "metavar": metavar,
-            "multiple": multiple, "none_means": none_means}  # fmt: skip
+            "multiple": multiple, "none_means": none_means}
     if bounds is not None:
         meta["bounds"] = tuple(bounds)
     if isinstance(default, list):
@@ -72,7 +72,7 @@ def _click_option(f: Field) -> Callable:
         if default is not False:  # on by default, or decided when the command runs: it can be turned off
             shown = "on" if default else meta["none_means"] or "none"
             return click.option(f"{flag_of(f.name)}/--no-{flag_of(f.name)[2:]}", f.name, default=default, help=meta["help"],
-                                show_default=shown)  # fmt: skip
+                                show_default=shown)
         kw.update(is_flag=True, default=False, show_default="off")
     else:
         kw["type"] = _value_type(f)
@@ -131,7 +131,7 @@ def given_options(cls: type, ctx: click.Context) -> dict[str, Any]:
     """The options of ``cls`` typed on the command line (or set in the environment), as field values."""
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     return {f.name: as_field_value(f, ctx.params[f.name]) for f in option_fields(cls)
-            if f.name in ctx.params and ctx.get_parameter_source(f.name) in typed}  # fmt: skip
+            if f.name in ctx.params and ctx.get_parameter_source(f.name) in typed}
 
 
 def json_or_text(text: str) -> Any:
@@ -215,7 +215,7 @@ def load_recipe(path: str | Path, cls: type, table: str | None = None, _seen: tu
 
 class FerCommand(click.Command):
     """A click command whose usage errors and ``FerError``s are one ``PROG: error: ...`` line and their exit code;
-    Ctrl-C exits 130."""
+    Ctrl-C and SIGTERM exit 130."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("context_settings", CONTEXT)
@@ -223,7 +223,8 @@ class FerCommand(click.Command):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with sigterm_as_interrupt():  # SIGTERM ends every command like Ctrl-C: 130, outputs cleaned up
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
             click.echo(f"{self.name}: error: {exc.format_message()}", err=True)
             code = EXIT_USAGE

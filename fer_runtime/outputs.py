@@ -1,18 +1,20 @@
 """What the five commands share about their outputs and their command lines.
 
 - Output locations checked before any work starts, so a bad path costs one line, not a traceback after the work;
-  files written whole or not at all (``atomic_path``).
+  files and folders written whole or not at all, under a temporary name renamed into place (``atomic_path``,
+  ``PendingFile`` for a file written over a while, ``atomic_dir``): the one place that renames outputs into place.
 - Exit codes: 0 done, 1 internal error, 2 usage or input error (``OutputError`` among them, and an
   output that cannot be written, e.g. a full disk: ``fer_runtime.errors.write_error``), 3 a failed quality gate (fer-export's INT8
   drop), 130 interrupted (Ctrl-C or SIGTERM).
-- One help format and one flag grammar (README, "Command grammar").
+- One help format and one flag grammar (docs/reference.md, "Command grammar").
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,22 +23,104 @@ import click
 from fer_runtime.errors import OutputError
 
 
+def temporary_name(path: str | Path) -> Path:
+    """The hidden name beside ``path`` that a file is written under until it is whole (same suffix, so writers that
+    pick the format by it still do)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+class PendingFile:
+    """A file written under ``tmp`` over a while (a video, frame by frame) that becomes ``path`` with ``commit`` and
+    goes with ``discard``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tmp = temporary_name(self.path)
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` (same suffix, so writers pick the format by it) that becomes ``path`` when
-    the block ends cleanly and is removed when it does not: a whole file or nothing."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    """A temporary name beside ``path`` (``temporary_name``) that becomes ``path`` when the block ends cleanly and is
+    removed when it does not: a whole file or nothing."""
+    pending = PendingFile(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield pending.tmp
+        pending.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        pending.discard()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def staging_dir(path: str | Path) -> Path:
+    """The hidden folder beside ``path`` that ``atomic_dir`` writes it in: one fixed name, so work kept there after a
+    failure can be found again (``resume``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, merge: bool = False, resume: bool = False,
+               keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """A folder written whole or not at all: the block writes into a staging folder, which becomes ``path`` when the
+    block ends cleanly and is removed when it does not.
+
+    - default: the staging folder is ``staging_dir(path)``, and it replaces ``path`` whole (an existing ``path`` is
+      moved aside first and removed after);
+    - ``merge``: ``path`` exists and may hold other files (a report folder): the staging folder is made inside it and
+      its files are moved into ``path`` one by one, each replacing its namesake; nothing else there changes;
+    - ``resume``: a staging folder left by an earlier failure is written on, not started afresh;
+    - ``keep``: a failed block leaves the staging folder where ``keep(staging)`` says it holds work to resume.
+    """
+    path = Path(path)
+    if merge:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial", dir=path))
+    else:
+        staging = staging_dir(path)
+        if staging.exists() and not resume:
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        if merge or keep is None or not keep(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not merge:
+        _replace_dir(staging, path)
+        return
+    try:
+        for item in sorted(staging.iterdir()):
+            os.replace(item, path / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(staging: Path, path: Path) -> None:
+    """``staging`` becomes ``path``; an old ``path`` is renamed aside first, so a failure between the two renames
+    leaves one of them whole, never a half-removed folder under the final name."""
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    had_old = path.exists()
+    if had_old:
+        os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        if had_old:
+            os.replace(old, path)  # the previous folder back under its name
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def missing_dirs(path: str | Path) -> list[Path]:
@@ -114,4 +198,4 @@ def version_option(prog: str):
             ctx.exit(0)
 
     return click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show,
-                        help="print the fer-toolchain version and exit")  # fmt: skip
+                        help="print the fer-toolchain version and exit")

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from fer_runtime.classifier import FaceExpressionClassifier, FaceResult
-from fer_runtime.errors import write_error
-from fer_runtime.outputs import atomic_path
+from fer_runtime.engine import FaceEngine, FaceResult
+from fer_runtime.errors import signals_deferred, write_error
+from fer_runtime.outputs import PendingFile, atomic_path
 from fer_runtime.sources import SourceError
 
 BOX_COLOUR = (0, 200, 0)  # BGR
@@ -63,7 +58,7 @@ class RunOutputs:
         self.independent = bool(getattr(source, "independent", False))
         self.jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in close()
         self.writer = None
-        self.video_tmp: Path | None = None
+        self.video: PendingFile | None = None  # the video, under its temporary name until it is whole
         self.video_frames = 0
         self.written: list[str] = []  # outputs that exist, whole, at the end
 
@@ -87,8 +82,8 @@ class RunOutputs:
             return
         if self.writer is None:
             h, w = image.shape[:2]
-            self.video_tmp = _temporary_name(Path(self.save))
-            self.writer = open_video_writer(self.video_tmp, self.source.fps or 25.0, (w, h))
+            self.video = PendingFile(self.save)
+            self.writer = open_video_writer(self.video.tmp, self.source.fps or 25.0, (w, h))
             if not self.writer.isOpened():
                 raise SourceError(f"cannot write video {self.save}")
         self.writer.write(image)
@@ -100,9 +95,9 @@ class RunOutputs:
             if self.writer is not None:
                 self.writer.release()
                 self.writer = None
-                if not _video_is_whole(self.video_tmp, self.video_frames):
+                if not _video_is_whole(self.video.tmp, self.video_frames):
                     raise OSError(errno.ENOSPC, "the video did not finalise (is the disk full?)", self.save)
-                os.replace(self.video_tmp, self.save)
+                self.video.commit()
                 self.written.append(self.save)
             if self.jsonl:
                 self.jsonl.close()
@@ -121,18 +116,15 @@ class RunOutputs:
             except OSError:
                 pass  # the buffered rest cannot be written either; the file goes
         self.jsonl = self.writer = None
-        for path in (self.json_path, self.video_tmp):
-            if path:
-                Path(path).unlink(missing_ok=True)
+        if self.json_path:
+            Path(self.json_path).unlink(missing_ok=True)
+        if self.video is not None:
+            self.video.discard()
         self.written = [p for p in self.written if p != self.json_path]
 
 
 def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
     return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
 def _video_is_whole(path: Path, frames: int) -> bool:
@@ -144,24 +136,8 @@ def _video_is_whole(path: Path, frames: int) -> bool:
         cap.release()
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[list[int]]:
-    """Finalising outputs is not cut short: a SIGINT or SIGTERM that arrives meanwhile is noted, not raised."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    note = lambda signum, frame: caught.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield caught
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def run_pipeline(
-    clf: FaceExpressionClassifier,
+    engine: FaceEngine,
     source,
     display: bool = False,
     save: str | None = None,
@@ -172,12 +148,12 @@ def run_pipeline(
 ) -> dict:
     """Process every frame the source yields; outputs are flushed even on Ctrl-C or SIGTERM.
 
-    Image sources are classified one file at a time (``clf.process_image``), video and cameras as a stream
-    with tracking and smoothing (``clf.process_frame``). ``echo`` gets one readable line per image, or per
+    Image sources are classified one file at a time (``engine.process_image``), video and cameras as a stream
+    with tracking and smoothing (``engine.process_frame``). ``echo`` gets one readable line per image, or per
     second of video.
     """
     outputs = RunOutputs(source, save, json_path)
-    loop = FrameLoop(clf, source, outputs, Window(source) if display else None, echo=echo, crops=crops)
+    loop = FrameLoop(engine, source, outputs, Window(source) if display else None, echo=echo, crops=crops)
     interrupted = False
     try:
         loop.run(max_frames)
@@ -187,7 +163,7 @@ def run_pipeline(
         outputs.abort()
         raise write_error(exc) from None
     finally:
-        with _signals_deferred() as caught:
+        with signals_deferred() as caught:
             try:
                 outputs.close()
             finally:
@@ -201,9 +177,9 @@ def run_pipeline(
 class FrameLoop:
     """One run's frames: each classified, echoed, drawn, shown and recorded, and the counts of the run's summary."""
 
-    def __init__(self, clf: FaceExpressionClassifier, source, outputs: RunOutputs, window: Window | None, *, echo=None,
-                 crops: bool = False) -> None:  # fmt: skip
-        self.clf, self.source, self.outputs, self.window, self.echo, self.crops = clf, source, outputs, window, echo, crops
+    def __init__(self, engine: FaceEngine, source, outputs: RunOutputs, window: Window | None, *, echo=None,
+                 crops: bool = False) -> None:
+        self.engine, self.source, self.outputs, self.window, self.echo, self.crops = engine, source, outputs, window, echo, crops
         self.independent = bool(getattr(source, "independent", False))
         self.frames = self.faces = 0
         self.corrupt: list[str] = []
@@ -214,7 +190,7 @@ class FrameLoop:
     def run(self, max_frames: int | None) -> None:
         it = iter(self.source)
         while max_frames is None or self.frames < max_frames:
-            with self.clf.timer("capture"):
+            with self.engine.timer("capture"):
                 frame = next(it, None)
             if frame is None or self.step(frame):
                 return
@@ -227,19 +203,19 @@ class FrameLoop:
                 self.echo(f"{frame.name}: {frame.error or 'unreadable'}, skipped")
             return False
         t0 = time.perf_counter()
-        clf = self.clf
-        faces = clf.process_image(frame.image, self.crops) if self.independent else clf.process_frame(frame.image)
+        engine = self.engine
+        faces = engine.process_image(frame.image, self.crops) if self.independent else engine.process_frame(frame.image)
         self._count(frame, faces)
         if self.window is not None or self.outputs.save:
-            with clf.timer("draw"):
+            with engine.timer("draw"):
                 annotated = draw(frame.image.copy(), faces, None if self.independent else self.fps)
             self.outputs.annotated(frame, annotated)
             if self.window is not None and self.window.show(annotated, frame.timestamp):
-                self.outputs.record(frame, faces, clf.classes)
+                self.outputs.record(frame, faces, engine.classes)
                 return True
         # the record last: an interrupt between the outputs leaves a frame unrecorded, never a record without its frame
-        self.outputs.record(frame, faces, clf.classes)
-        clf.timer.samples["frame"].append(time.perf_counter() - t0)
+        self.outputs.record(frame, faces, engine.classes)
+        engine.timer.samples["frame"].append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - self.start
         self.fps = self.frames / elapsed if elapsed > 0 else 0.0
         return False
@@ -263,9 +239,9 @@ class FrameLoop:
             "frames": self.frames, "faces": self.faces, "corrupt_frames": len(self.corrupt), "corrupt": self.corrupt,
             "labels": self.labels, "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
             "fps": self.frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
-            "source_lost": bool(getattr(source, "lost", False)), "stages": self.clf.timer.summary(),
+            "source_lost": bool(getattr(source, "lost", False)), "stages": self.engine.timer.summary(),
             "written": self.outputs.written,
-        }  # fmt: skip
+        }
 
 
 WINDOW_TITLE = "fer-run (q to quit)"

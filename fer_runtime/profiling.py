@@ -1,4 +1,5 @@
-"""Timing helpers shared by fer-run --profile, fer-export reports and fer-bench."""
+"""Timing shared by fer-run --profile, fer-export reports and fer-bench: the one latency timer of models
+(``time_models``), interleaved rounds, percentiles and per-stage times."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fer_runtime.model import ModelBackend
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -25,7 +31,7 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 10, calls: int = 50,
-                     warmup: int = 10) -> dict[str, list[float]]:  # fmt: skip
+                     warmup: int = 10) -> dict[str, list[float]]:
     """Time several callables in alternating rounds, so machine load drifts hit all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -38,6 +44,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 10, cal
                 fn()
                 samples[n].append(time.perf_counter() - t0)
     return samples
+
+
+def time_models(models: dict[str, ModelBackend], batch: int = 1, rounds: int = 10, calls: int = 50,
+                warmup: int = 10) -> dict[str, list[float]]:
+    """Seconds per ``run`` call of each model on a batch of ``batch`` random inputs of its own shape (the same seed
+    for every model), the models timed interleaved (``time_interleaved``)."""
+    fns = {}
+    for name, model in models.items():
+        c = model.contract
+        x = np.random.default_rng(0).normal(size=(batch, c.channels, *c.input_size)).astype(np.float32)
+        fns[name] = partial(model.run, x)
+    return time_interleaved(fns, rounds, calls, warmup)
 
 
 class Reservoir:

@@ -30,13 +30,13 @@ SHORT_NAMES = {
     "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider",
     "migraphx": "MIGraphXExecutionProvider", "qnn": "QNNExecutionProvider", "webgpu": "WebGpuExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider", "cann": "CANNExecutionProvider", "azure": "AzureExecutionProvider",
-}  # fmt: skip
+}
 NO_RUNTIME = (
     "no ONNX Runtime is installed: pip install 'fer-toolchain[cpu]' (or 'fer-toolchain[gpu]' for NVIDIA GPUs; README, Install)"
 )
 GPU_INSTALL = "pip install 'fer-toolchain[gpu]' (onnxruntime-gpu; README, Install)"
 PROVIDER_HELP = ("execution provider: auto (CUDA when a CUDA device and onnxruntime-gpu are here, else the CPU), cpu, "
-                 "cuda, or another that onnxruntime lists (tensorrt, openvino, coreml, dml, ...)")  # fmt: skip
+                 "cuda, or another that onnxruntime lists (tensorrt, openvino, coreml, dml, ...)")
 
 
 class ProviderError(FerError, ValueError):
@@ -110,7 +110,7 @@ def resolve(request: str = "auto") -> ProviderChoice:
         raise ProviderError(f"--provider {request}: this onnxruntime has no {wanted} (it has: {names}){hint}")
     if wanted in (CUDA, TENSORRT) and cuda_device_count() < 1:
         raise ProviderError(f"--provider {request}: no CUDA device answers on this machine (no driver, or no GPU "
-                            "visible: check nvidia-smi and CUDA_VISIBLE_DEVICES); --provider cpu runs on the CPU")  # fmt: skip
+                            "visible: check nvidia-smi and CUDA_VISIBLE_DEVICES); --provider cpu runs on the CPU")
     if wanted == CPU:
         return ProviderChoice(request, (CPU,))
     # TensorRT hands what it cannot build to CUDA (ORT's documented order), then everything else to the CPU

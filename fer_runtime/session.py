@@ -1,4 +1,4 @@
-"""An ONNX Runtime session that knows its model's contract."""
+"""The ONNX Runtime backend: an ``.onnx`` file with its ``fer_contract``, run by an ONNX Runtime session."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.contract import ContractError, ModelContract, contract_from_session
+from fer_runtime.decision import prior_correction_for
+from fer_runtime.model import ModelBackend
 from fer_runtime.providers import CPU, ProviderChoice, captured_stderr, check_started, import_onnxruntime, resolve
 
 # ORT moves an INT8 model's first QuantizeLinear above a max pool that follows a float first conv, so
@@ -15,17 +17,19 @@ from fer_runtime.providers import CPU, ProviderChoice, captured_stderr, check_st
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
-class OnnxModel:
+class OnnxModel(ModelBackend):
     """Loads an ONNX classifier and its ``fer_contract``; returns class probabilities.
 
     ``provider``: ``--provider``'s value or a resolved ``ProviderChoice`` (default auto: CUDA only where a device
     answers); ``providers``: ORT's provider list as is (export and its checks pin the CPU). ``self.provider`` says
     what runs the model; a provider asked for by name that does not start is a ``ProviderError``. ``prior``: the
-    decision rule (``PRIOR_CHOICES``): the model's own, the training prior, or a balanced one.
+    decision rule (``fer_runtime.decision.PRIOR_CHOICES``): the model's own, the training prior, or a balanced one.
     """
 
+    suffixes = (".onnx",)
+
     def __init__(self, path: str | Path, threads: int = 0, providers: list[str] | None = None,
-                 provider: str | ProviderChoice | None = None, prior: str = "model"):  # fmt: skip
+                 provider: str | ProviderChoice | None = None, prior: str = "model") -> None:
         ort = import_onnxruntime()
 
         self.path = Path(path)
@@ -44,7 +48,7 @@ class OnnxModel:
             # a provider other than the CPU that fails to start makes ORT print errors and fall back: caught here
             with captured_stderr(enabled=choice.providers != (CPU,)) as log:
                 self.session = ort.InferenceSession(str(self.path), options, providers=list(choice.providers),
-                                                    disabled_optimizers=DISABLED_OPTIMIZERS)  # fmt: skip
+                                                    disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
             raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
         self.provider = check_started(choice, self.session.get_providers(), "".join(log))
@@ -57,18 +61,16 @@ class OnnxModel:
         """Normalised float32 N x C x H x W -> raw outputs (logits or probabilities per the contract)."""
         return self.session.run(None, {self.input_name: batch})[0]
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities under the decision rule: softmax(logits / temperature - tau * log(class prior))."""
-        return decision_probabilities(self.run(batch), self.contract, self.prior_correction)
-
-    def raw_outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 N x C x H x W (model colour order, model size) -> the model's raw outputs N x K."""
-        outs = [self.run(self.contract.normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
-
-    def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 N x C x H x W (model colour order, model size) -> probabilities under the decision rule, N x K."""
-        return decision_probabilities(self.raw_outputs(images, batch_size), self.contract, self.prior_correction)
+    def param_count(self) -> int | None:
+        """The weights in the graph (an INT8 file's int8 weights, not its scales and zero points); None without the
+        ``onnx`` package."""
+        try:
+            import onnx
+        except ImportError:
+            return None
+        graph = onnx.load(str(self.path)).graph
+        return int(sum(int(np.prod(t.dims)) for t in graph.initializer
+                       if not t.name.endswith(("_scale", "_zero_point")) and int(np.prod(t.dims)) > 1))
 
 
 def check_graph(session, contract: ModelContract, path: Path) -> None:
@@ -77,7 +79,7 @@ def check_graph(session, contract: ModelContract, path: Path) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
         raise ContractError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); a classifier takes one "
-                            "image batch")  # fmt: skip
+                            "image batch")
     shape, kind = inputs[0].shape, inputs[0].type
     if kind != "tensor(float)":
         raise ContractError(f"{path}: the input is {kind}, not float32 (tensor(float))")
@@ -92,7 +94,7 @@ def check_graph(session, contract: ModelContract, path: Path) -> None:
         raise ContractError(f"{path}: the output has shape {out}; a classifier gives N x classes")
     if isinstance(out[1], int) and out[1] != contract.num_classes:
         raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives {out[1]} "
-                            "outputs")  # fmt: skip
+                            "outputs")
     if not isinstance(out[1], int):
         _check_output_by_running(session, contract, path)
 
@@ -106,44 +108,4 @@ def _check_output_by_running(session, contract: ModelContract, path: Path) -> No
         raise ContractError(f"{path} does not run on a {contract.input_size} input: {str(exc).splitlines()[0][:200]}") from None
     if out.ndim != 2 or out.shape[1] != contract.num_classes:
         raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives "
-                            f"{out.shape} outputs")  # fmt: skip
-
-
-# fer-run --prior / fer-bench --prior: the contract's own rule, the training prior (raw argmax), or a balanced prior
-PRIOR_CHOICES = ("model", "train", "balanced")
-
-
-def prior_correction_for(contract: ModelContract, prior: str) -> float:
-    """The tau a ``--prior`` choice stands for with this model."""
-    if prior not in PRIOR_CHOICES:
-        raise ContractError(f"prior must be one of {', '.join(PRIOR_CHOICES)}, got {prior!r}")
-    if prior == "balanced" and not contract.class_prior:
-        raise ContractError("this model's contract records no class prior, so it cannot be balanced: use --prior model")
-    return {"model": contract.prior_correction, "train": 0.0, "balanced": 1.0}[prior]
-
-
-def decision_probabilities(out: np.ndarray, contract: ModelContract, prior_correction: float | None = None) -> np.ndarray:
-    """Raw outputs -> the probabilities the decision rule reads: softmax(logits / T - tau * log(class prior)).
-
-    ``prior_correction``: tau (None: the contract's own).
-    """
-    tau = contract.prior_correction if prior_correction is None else prior_correction
-    shift = tau * np.log(np.asarray(contract.class_prior, np.float32)) if tau and contract.class_prior else None
-    return calibrated_probabilities(out, contract.output, contract.temperature, shift)
-
-
-def calibrated_probabilities(out: np.ndarray, kind: str = "logits", temperature: float = 1.0,
-                             shift: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """A model's raw output (logits, or probabilities) -> softmax(logits / temperature - shift), float32."""
-    out = np.asarray(out, dtype=np.float32)
-    if kind == "probabilities":
-        if temperature == 1.0 and shift is None:
-            return out
-        out = np.log(np.clip(out, 1e-12, None))
-    out = out / np.float32(temperature)
-    if shift is not None:
-        out = out - shift
-    out = out - out.max(axis=1, keepdims=True)
-    np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
-    return out
+                            f"{out.shape} outputs")

@@ -110,7 +110,7 @@ class LiveSource:
     independent = False
 
     def __init__(self, target: int | str, capture_factory: Callable[[int | str], object] = cv2.VideoCapture,
-                 retries: int = 3, retry_wait: float = 0.5):  # fmt: skip
+                 retries: int = 3, retry_wait: float = 0.5):
         self.target = target
         self.factory = capture_factory
         self.retries = retries
@@ -123,7 +123,7 @@ class LiveSource:
                     "index (--camera 1), or on Linux check permissions on /dev/video*"
                 )
             raise SourceError(f"cannot open stream {target}: check the URL, that the server is up and reachable from "
-                              "here, and that OpenCV's FFmpeg backend supports the protocol")  # fmt: skip
+                              "here, and that OpenCV's FFmpeg backend supports the protocol")
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
         self.lost = False
         self._latest: np.ndarray | None = None
@@ -188,7 +188,7 @@ def folder_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
 
 
 def open_source(camera: int | None = None, source: str | None = None,
-                capture_factory: Callable[[int | str], object] = cv2.VideoCapture):  # fmt: skip
+                capture_factory: Callable[[int | str], object] = cv2.VideoCapture):
     if (camera is None) == (source is None):
         raise SourceError("give exactly one of --camera N or --source PATH|URL")
     if camera is not None:
@@ -210,7 +210,7 @@ def open_source(camera: int | None = None, source: str | None = None,
         return images
     if path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
         raise SourceError(f"{source}: {path.suffix.lower()[1:].upper()} images are not read (animated or not, they are "
-                          "not taken for video); convert it to PNG, or to MP4 for an animation")  # fmt: skip
+                          "not taken for video); convert it to PNG, or to MP4 for an animation")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path])
     return VideoSource(str(path))

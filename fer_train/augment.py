@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fer_runtime.data.shifts import SHIFTS
+from fer_runtime.data.shifts import MODERATE, SHIFTS
 from fer_runtime.options import OptionError
 
 
@@ -33,6 +33,7 @@ class AugmentConfig:
     cutmix: float = 0.0
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix is on
     degrade: float = 0.0  # probability that an image gets one or two camera degradations (fer_runtime.data.shifts)
+    fixed_shift: str | None = None  # every image under this shift at its moderate severity
 
 
 def normalize(images_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -57,7 +58,7 @@ def apply_policy(images_u8: torch.Tensor, policy: str) -> torch.Tensor:
 # the shift families drawn by ``degrade``, in the order a camera applies them (optics, exposure, sensor, codec);
 # framing and rotation come from ``geometric``
 DEGRADATIONS = ("low_resolution", "defocus", "motion", "darker", "brighter", "low_contrast", "colour_camera", "noise",
-                "jpeg")  # fmt: skip
+                "jpeg")
 
 
 def degrade(images_u8: torch.Tensor, p: float) -> torch.Tensor:
@@ -67,25 +68,37 @@ def degrade(images_u8: torch.Tensor, p: float) -> torch.Tensor:
     if p <= 0:
         return images_u8
     chosen = (torch.rand(len(images_u8)) < p).nonzero().flatten().tolist()
-    if not chosen:
-        return images_u8
-    out = images_u8.clone()
+    out = images_u8.clone() if chosen else images_u8
     for i in chosen:
         picks = torch.randperm(len(DEGRADATIONS))[: 1 + int(torch.rand(1) < 0.5)].sort().values.tolist()
         strengths = torch.rand(len(picks)).tolist()
-        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,))))
-        img = out[i].numpy()
-        face = img[0] if img.shape[0] == 1 else cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR)
-        for k, t in zip(picks, strengths):
-            family = SHIFTS[DEGRADATIONS[k]]
-            face = family.apply(face, family.none + t * (family.levels[-1] - family.none), rng)
-        if img.shape[0] == 1:
-            face = face if face.ndim == 2 else cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)  # the runtime's grey path
-            out[i, 0] = torch.from_numpy(face)
-        else:
-            face = cv2.cvtColor(face if face.ndim == 3 else cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), cv2.COLOR_BGR2RGB)
-            out[i] = torch.from_numpy(face.transpose(2, 0, 1).copy())
+        steps = [(SHIFTS[DEGRADATIONS[k]], t) for k, t in zip(picks, strengths)]
+        out[i] = _through(out[i], [(f, f.none + t * (f.levels[-1] - f.none)) for f, t in steps])
     return out
+
+
+def fixed_shift(images_u8: torch.Tensor, name: str) -> torch.Tensor:
+    """Every image under one shift at its moderate severity: a model trained on the shifted images themselves, whose
+    loss under that shift is the information floor the shift report is read against."""
+    family = SHIFTS[name]
+    out = images_u8.clone()
+    for i in range(len(out)):
+        out[i] = _through(out[i], [(family, family.levels[MODERATE])])
+    return out
+
+
+def _through(image: torch.Tensor, steps: list) -> torch.Tensor:
+    """One uint8 C x H x W image through (family, strength) steps, as a camera gives it to the runtime (grey through
+    its BGR-to-grey conversion); the noise generator seeded from torch's."""
+    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,))))
+    img = image.numpy()
+    face = img[0] if img.shape[0] == 1 else cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR)
+    for family, strength in steps:
+        face = family.apply(face, strength, rng)
+    if img.shape[0] == 1:
+        return torch.from_numpy(face if face.ndim == 2 else cv2.cvtColor(face, cv2.COLOR_BGR2GRAY))[None]
+    face = cv2.cvtColor(face if face.ndim == 3 else cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(face.transpose(2, 0, 1).copy())
 
 
 def geometric(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -147,6 +160,8 @@ def mix_batch(x: torch.Tensor, target: torch.Tensor, cfg: AugmentConfig) -> tupl
 
 def train_transform(images_u8: torch.Tensor, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     images_u8 = degrade(apply_policy(images_u8, cfg.policy), cfg.degrade)
+    if cfg.fixed_shift:
+        images_u8 = fixed_shift(images_u8, cfg.fixed_shift)
     x = normalize(images_u8, mean, std)
     x = geometric(x, cfg)
     return random_erasing(x, cfg.erasing)

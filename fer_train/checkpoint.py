@@ -79,7 +79,7 @@ def upgraded_contract(data: dict[str, Any]) -> dict[str, Any]:
     retired = sorted(k for k, v in data.items() if k not in known and v)
     if retired:
         raise ContractError(f"the model was trained with {', '.join(retired)} set, which this fer-toolchain no longer "
-                            "supports (it was for a blurred FER2013 copy): train it again")  # fmt: skip
+                            "supports (it was for a blurred FER2013 copy): train it again")
     return {**{k: v for k, v in data.items() if k in known}, "version": CONTRACT_VERSION}
 
 

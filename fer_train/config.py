@@ -11,52 +11,56 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from fer_runtime.data.ferplus import LABEL_MODES
+from fer_runtime.data.shifts import SHIFTS
 from fer_runtime.data.splits import PROTOCOLS
 from fer_runtime.options import checked_values, option
 
 DEVICES = ["auto", "cpu", "cuda"]
 THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
 CACHE = "~/.cache/fer-toolchain"
+SHIFT_NAMES = list(SHIFTS)
 
 
 @dataclass
 class TrainConfig:
     # data
-    data_root: str | None = option(None, "image folders, fer2013.csv or a FER+ folder (see README)",
-                                   none_means="$FER_DATA_ROOT, then a resumed run's")  # fmt: skip
+    data_root: str | None = option(None, "image folders, fer2013.csv or a FER+ folder (see docs/data.md)",
+                                   none_means="$FER_DATA_ROOT, then a resumed run's")
     protocol: str | None = option(None, "fer2013: val=PublicTest, test=PrivateTest; ferplus: FER+ votes, val=FER2013Valid, "
                                   "test=FER2013Test", choices=PROTOCOLS,
-                                  none_means="image folders (fer2013 for a .csv root)")  # fmt: skip
+                                  none_means="image folders (fer2013 for a .csv root)")
     label_mode: str | None = option(None, "FER+ training labels (val/test are always majority)", choices=LABEL_MODES,
-                                    none_means="majority")  # fmt: skip
+                                    none_means="majority")
     val_split: float | None = option(None, "fraction carved (stratified, seeded) for validation",
-                                     none_means="0.1 for class folders, else none")  # fmt: skip
+                                     none_means="0.1 for class folders, else none")
     test_split: float | None = option(None, "fraction carved for test (class-folder layout)", none_means="0")
     strict: bool = option(False, "unreadable images are fatal")
     cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     # model
     arch: str = option("vgg", "architecture: a registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
     arch_arg: list[str] = option([], "architecture option, e.g. width=0.5 (repeat for several)", metavar="KEY=VALUE",
-                                 multiple=True)  # fmt: skip
+                                 multiple=True)
     pretrained: str | None = option(None, "local weights file ('hub' tries a timm download)")
     init: str | None = option(None, "start from a checkpoint's architecture and weights (e.g. a pruned model), an "
-                              "exported fp32 .onnx, or a shipped model by name (ferplus, fer2013)")  # fmt: skip
+                              "exported fp32 .onnx, or a shipped model by name (ferplus, fer2013)")
     input_size: int = option(48, "input side in pixels")
     channels: int = option(1, "1 (grey) or 3 (colour) input channels", choices=[1, 3])
     mean: list[float] | None = option(None, "per-channel input mean (repeat once per channel)", multiple=True,
-                                      none_means="0.5 per channel")  # fmt: skip
+                                      none_means="0.5 per channel")
     std: list[float] | None = option(None, "per-channel input std (repeat once per channel)", multiple=True,
-                                     none_means="0.5 per channel")  # fmt: skip
-    crop_margin: float = option(0.1, "face-box margin recorded in the contract")
+                                     none_means="0.5 per channel")
+    crop_margin: float = option(0.02, "face-box margin per side recorded in the contract: how the training crops frame a "
+                                "detector's box (0.02 for FER2013-style crops under the Haar cascade: "
+                                "benchmarks/scripts/measure_framing.py)")
     qat: bool = option(False, "quantization-aware: train with the INT8 rounding fer-export --int8 applies (fine-tune "
-                       "a trained run with --init)")  # fmt: skip
+                       "a trained run with --init)")
     # optimisation
     epochs: int = option(30, "training epochs (0 with --resume: only evaluate)")
     batch_size: int = option(64, "images per step")
     opt: str = option("adamw", "AdamW, or SGD with Nesterov momentum", choices=["adamw", "sgd"])
     lr: float | None = option(None, "peak learning rate", none_means="1e-3 with adamw, 0.05 with sgd")
     weight_decay: float | None = option(None, "weight decay (not on biases and norms)",
-                                        none_means="0.05 with adamw, 5e-4 with sgd")  # fmt: skip
+                                        none_means="0.05 with adamw, 5e-4 with sgd")
     momentum: float = option(0.9, "SGD momentum")
     warmup_epochs: float = option(1.0, "linear warmup, in epochs")
     min_lr_ratio: float = option(0.01, "cosine floor as a fraction of --lr")
@@ -77,11 +81,15 @@ class TrainConfig:
     mixup: float = option(0.0, "mixup alpha (0 off)")
     cutmix: float = option(0.0, "cutmix alpha (0 off)")
     mix_prob: float = option(1.0, "probability of mixing a batch")
+    fixed_shift: str | None = option(None, "every training image under this camera shift at its moderate severity "
+                                     "(fer_runtime/data/shifts.py): the information-floor measurement", choices=SHIFT_NAMES,
+                                     none_means="none")
     degrade: float = option(0.0, "probability that an image gets one or two camera degradations (blur, JPEG, noise, "
-                            "exposure, a small face, a colour camera), each up to the shift report's harsh level")  # fmt: skip
+                            "exposure, a small face, a colour camera), each up to the shift report's harsh level",
+                            bounds=(0.0, 1.0))
     # run
     amp: str = option("auto", "auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32",
-                      choices=["auto", "bf16", "fp16", "off"])  # fmt: skip
+                      choices=["auto", "bf16", "fp16", "off"])
     channels_last: bool = option(False, "NHWC weights; about 10-20% faster CPU training steps on AVX2 (checkpoints stay NCHW)")
     grad_checkpointing: bool = option(False, "timm models that support it")
     ema: float = option(0.0, "EMA decay of weights, e.g. 0.999 (0 off)")
@@ -97,14 +105,14 @@ class TrainConfig:
     # distillation (also what fer-export's distillation sets)
     teacher: list[str] | None = option(None, "teacher checkpoint (.pt) or exported model (.onnx) for knowledge "
                                        "distillation; repeated: averaged (mean probability)", metavar="MODEL",
-                                       multiple=True, none_means="none")  # fmt: skip
+                                       multiple=True, none_means="none")
     teacher_tta: str = option("none", "average each teacher over the batch and its mirror image", choices=["none", "flip"])
     teacher_targets: str = option("online", "online: teachers score every augmented batch; cached: they score the "
                                   "un-augmented training images once (no per-step cost; not with mixup/cutmix)",
-                                  choices=["online", "cached"])  # fmt: skip
+                                  choices=["online", "cached"])
     teacher_targets_file: str | None = option(None, "distil from stored teacher targets instead of --teacher: a "
                                               "run's teacher_targets.npz, scored on the same training images",
-                                              metavar="NPZ")  # fmt: skip
+                                              metavar="NPZ")
     kd_alpha: float = option(0.7, "weight of the KD term")
     kd_temperature: float = option(4.0, "softmax temperature of the KD term")
 
@@ -118,13 +126,13 @@ class TrainConfig:
     def split_rules(self) -> dict:
         """How this run split its data, for ``run_manifest`` on a machine where the saved manifest's files are not."""
         return {"protocol": self.protocol, "label_mode": self.label_mode, "val_split": self.val_split,
-                "test_split": self.test_split, "seed": self.seed}  # fmt: skip
+                "test_split": self.test_split, "seed": self.seed}
 
 
 @dataclass
 class EvalConfig:
     ckpt: list[str] = option([], "RUN/best.pt (required); repeated: an ensemble (mean of softmax)", metavar="CKPT",
-                             multiple=True)  # fmt: skip
+                             multiple=True)
     data_root: str | None = option(None, "the data to score", none_means="$FER_DATA_ROOT, then the run's")
     split: str = option("test", "split to score", choices=["train", "val", "test"])
     tta: str = option("none", "test-time augmentation", choices=["none", "flip", "tencrop"])

@@ -106,7 +106,7 @@ class LabelTargets:
     """
 
     def __init__(self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0,
-                 distributions: torch.Tensor | None = None, sample: bool = False, seed: int = 0):  # fmt: skip
+                 distributions: torch.Tensor | None = None, sample: bool = False, seed: int = 0):
         if distributions is not None and distributions.shape != (len(labels), num_classes):
             raise ValueError(f"distributions must be {len(labels)} x {num_classes}, got {tuple(distributions.shape)}")
         self.labels, self.num_classes, self.smoothing = labels, num_classes, smoothing

@@ -7,7 +7,7 @@ import sys
 
 # top-level modules of the [train] extra
 TRAIN_MODULES = {"torch", "torchvision", "timm", "onnx", "onnxscript", "sklearn", "PIL", "tqdm", "matplotlib",
-                 "torch_pruning"}  # fmt: skip
+                 "torch_pruning"}
 
 
 def run_entry(module: str, prog: str) -> int:
@@ -17,12 +17,12 @@ def run_entry(module: str, prog: str) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "onnxruntime":
             print(f"{prog}: error: {prog} needs ONNX Runtime: pip install 'fer-toolchain[cpu,train]' (or [gpu,train] "
-                  "for onnxruntime-gpu)", file=sys.stderr)  # fmt: skip
+                  "for onnxruntime-gpu)", file=sys.stderr)
             return 2
         if (exc.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
         print(f"{prog}: error: {prog} needs the training extra (no module {exc.name!r}): "
-              "pip install 'fer-toolchain[train]'", file=sys.stderr)  # fmt: skip
+              "pip install 'fer-toolchain[train]'", file=sys.stderr)
         return 2
     return target.main()
 

@@ -25,6 +25,7 @@ from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import EvalConfig, TrainConfig
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
+from fer_train.placement import choose_device
 
 
 @dataclass
@@ -52,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_checkpoints(cfg: EvalConfig) -> int:
     check_options(cfg)
+    device = choose_device(cfg.device)
     check_output_dir(out_dir_of(cfg))
     members = load_members(cfg)
     data, train = load_data(cfg, members)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
     images = torch.from_numpy(np.ascontiguousarray(data.images))
     # the ensemble averages the members' probabilities
     probs = torch.stack([predict_logits(m.to(device), images, c, device, tta=cfg.tta).softmax(1) for m, c in members.models])
@@ -70,9 +71,6 @@ def evaluate_checkpoints(cfg: EvalConfig) -> int:
 def check_options(cfg: EvalConfig) -> None:
     if not cfg.ckpt:
         raise OptionError("--ckpt RUN/best.pt is required (repeat --ckpt for an ensemble)")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda: torch sees no CUDA device here (a CPU build of torch, no driver, or no GPU "
-                          "visible); --device auto or cpu runs on the CPU")  # fmt: skip
 
 
 def out_dir_of(cfg: EvalConfig) -> Path:
@@ -99,7 +97,7 @@ def load_data(cfg: EvalConfig, members: Members) -> tuple[DecodedSplit, DecodedS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = load_split(manifest, cfg.split, contract.channels, contract.input_size, cache_dir=cfg.cache_dir,
-                          strict=cfg.strict)  # fmt: skip
+                          strict=cfg.strict)
         train = None
         if cfg.split != "train" and not cfg.no_dedup and "train" in manifest.splits:
             train = load_split(manifest, "train", contract.channels, contract.input_size, cache_dir=cfg.cache_dir)
@@ -109,19 +107,19 @@ def load_data(cfg: EvalConfig, members: Members) -> tuple[DecodedSplit, DecodedS
 
 
 def score(cfg: EvalConfig, log_probs: torch.Tensor, data: DecodedSplit, train: DecodedSplit | None,
-          members: Members) -> dict:  # fmt: skip
+          members: Members) -> dict:
     """Metrics of the (ensemble's) probabilities, and again without the images that have a copy in train."""
     classes = list(members.contract.classes)
     labels = torch.from_numpy(data.labels)
     metrics, _ = score_logits(log_probs, labels, classes)
     metrics.update(split=cfg.split, tta=cfg.tta, checkpoints=[str(Path(c).resolve()) for c in cfg.ckpt],
-                   skipped_files=len(data.skipped), data_root=members.manifest.root)  # fmt: skip
+                   skipped_files=len(data.skipped), data_root=members.manifest.root)
     if train is not None:
         unseen = torch.from_numpy(~has_copy_in(train.images, data.images))
         if unseen.any():
             dedup, _ = score_logits(log_probs[unseen], labels[unseen], classes)
             metrics["without_train_copies"] = {"num_samples": int(unseen.sum()), "accuracy": dedup["accuracy"],
-                                               "macro_f1": dedup["macro_f1"]}  # fmt: skip
+                                               "macro_f1": dedup["macro_f1"]}
     return metrics
 
 
@@ -140,11 +138,11 @@ def write_metrics(cfg: EvalConfig, metrics: dict, n_members: int) -> str:
 def print_summary(cfg: EvalConfig, metrics: dict, n_members: int, written: Path) -> None:
     print(metrics_table(metrics))
     print(f"{cfg.split}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} ({metrics['num_samples']} "
-          f"images, tta {cfg.tta}, {n_members} model(s)) -> {written}")  # fmt: skip
+          f"images, tta {cfg.tta}, {n_members} model(s)) -> {written}")
     if "without_train_copies" in metrics:
         d = metrics["without_train_copies"]
         print(f"{cfg.split} without images that have a pixel-identical copy in train: accuracy {d['accuracy']:.4f} "
-              f"macro-F1 {d['macro_f1']:.4f} ({d['num_samples']} images)")  # fmt: skip
+              f"macro-F1 {d['macro_f1']:.4f} ({d['num_samples']} images)")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def plot_confusion_matrix(metrics: dict, path: Path, title: str = "") -> None:
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                    color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title or f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -70,7 +70,7 @@ def plot_curves(history: list[dict], path: Path, monitor: str | None = None) -> 
         best = max(history, key=lambda h: h[key])
         b.axvline(best["epoch"], color="grey", ls="--", lw=1)
         b.annotate(f"best {monitor} {best[key]:.4f}\n(epoch {best['epoch']}, best.pt)", (best["epoch"], best[key]),
-                   xytext=(6, -30), textcoords="offset points", fontsize=8)  # fmt: skip
+                   xytext=(6, -30), textcoords="offset points", fontsize=8)
     for ax in (a, b):
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)

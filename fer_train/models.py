@@ -75,11 +75,11 @@ class SimpleCNN(nn.Module):
             _conv_bn(in_chans, 32), _conv_bn(32, 32), nn.MaxPool2d(2),
             _conv_bn(32, 64), _conv_bn(64, 64), nn.MaxPool2d(2),
             _conv_bn(64, 128), _conv_bn(128, 128), nn.MaxPool2d(2),
-        )  # fmt: skip
+        )
         self.head = nn.Sequential(
             AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
             nn.Linear(128 * 16, 512), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(512, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

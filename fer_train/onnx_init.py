@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from fer_runtime.contract import ModelContract, read_onnx_contract
+from fer_runtime.engine import SHIPPED_MODELS
 from fer_train.augment import normalize
 from fer_train.checkpoint import CheckpointError
 from fer_train.models import create_model
 
-SHIPPED = ("ferplus", "fer2013")
+SHIPPED = tuple(SHIPPED_MODELS)  # their fp32 files: NAME.onnx beside the INT8 file fer-run uses
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 AGREEMENT_ATOL = 1e-3  # logits: float32 rounding of the folded and unfolded forms, far below any real mismatch
 
@@ -60,7 +61,7 @@ def model_from_onnx(init: str) -> tuple[nn.Module, ModelContract, Path]:
         raise CheckpointError(f"--init {path} is an INT8 file: give the fp32 .onnx exported beside it")
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
     model = create_model(spec["name"], num_classes=contract.num_classes, in_chans=contract.channels,
-                         **spec.get("kwargs", {}))  # fmt: skip
+                         **spec.get("kwargs", {}))
     convs = [node for node in graph.node if node.op_type == "Conv"]
     _load_weights(model, convs, weights, path)
     model.eval()
@@ -108,16 +109,15 @@ def _load_weights(model: nn.Module, convs: list, weights: dict[str, torch.Tensor
 
 
 def _check_against_onnx(model: nn.Module, path: Path, contract: ModelContract) -> None:
-    import onnxruntime as ort
+    from fer_runtime.backends import load_model
 
     x = np.random.default_rng(0).normal(size=(4, contract.channels, *contract.input_size)).astype(np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = load_model(path, provider="cpu").run(x)
     with torch.no_grad():
         got = model(torch.from_numpy(x)).numpy()
     if not np.allclose(got, expected, atol=AGREEMENT_ATOL, rtol=1e-3):
         raise CheckpointError(f"--init {path}: the loaded model disagrees with the file (max logit difference "
-                              f"{np.abs(got - expected).max():.3g}); its graph does not map onto the registry model")  # fmt: skip
+                              f"{np.abs(got - expected).max():.3g}); its graph does not map onto the registry model")
 
 
 @torch.no_grad()
@@ -130,7 +130,7 @@ def refit_batchnorm(model: nn.Module, images_u8: torch.Tensor, contract: ModelCo
     def record(module: nn.Module, inputs: tuple) -> None:
         x = inputs[0].transpose(0, 1).flatten(1).double()
         moments[module] += torch.stack([torch.full((x.shape[0],), float(x.shape[1]), dtype=torch.float64),
-                                        x.sum(1), (x * x).sum(1)])  # fmt: skip
+                                        x.sum(1), (x * x).sum(1)])
 
     hooks = [bn.register_forward_pre_hook(record) for bn in bns]
     model.eval()

@@ -43,9 +43,9 @@ class LoadedTeacher:
 def load_teacher(path: str, device: torch.device, threads: int = 0) -> LoadedTeacher:
     """A fer-train checkpoint (.pt) or an ONNX model exported by fer-export (.onnx)."""
     if Path(path).suffix.lower() == ".onnx":
-        from fer_runtime.session import OnnxModel
+        from fer_runtime.backends import load_model
 
-        onnx = OnnxModel(path, threads=threads, providers=["CPUExecutionProvider"])
+        onnx = load_model(path, threads=threads, provider="cpu")
 
         def run_onnx(x: torch.Tensor) -> torch.Tensor:
             out = torch.from_numpy(onnx.run(x.float().contiguous().cpu().numpy())).to(x.device)
@@ -109,7 +109,7 @@ def teacher_targets(
         chunks = []
         for i in range(0, len(images_u8), batch_size):
             x = normalize(torch.from_numpy(np.ascontiguousarray(images_u8[i : i + batch_size])), t.contract.mean,
-                          t.contract.std)  # fmt: skip
+                          t.contract.std)
             chunks.append(F.softmax(score(x.to(device)).float(), dim=1).cpu())
         member = torch.cat(chunks)
         probs = member if probs is None else probs + member
@@ -156,11 +156,11 @@ def images_digest(images_u8: np.ndarray) -> str:
 
 
 def save_targets(path: str | Path, targets: torch.Tensor, images_u8: np.ndarray, classes: list[str], teachers: list[str],
-                 tta: str) -> None:  # fmt: skip
+                 tta: str) -> None:
     """The teachers' log-probabilities for every training image (float16), with what they were scored on and by."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, log_probs=targets.numpy().astype(np.float16), images_sha1=np.array(images_digest(images_u8)),
-                            classes=np.array(classes), teachers=np.array(teachers), tta=np.array(tta))  # fmt: skip
+                            classes=np.array(classes), teachers=np.array(teachers), tta=np.array(tta))
 
 
 def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) -> tuple[torch.Tensor, str]:
@@ -175,6 +175,6 @@ def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) ->
         raise DataError(f"teacher targets {path} are for classes {stored['classes'].tolist()}, the data has {list(classes)}")
     if str(stored["images_sha1"]) != images_digest(images_u8):
         raise DataError(f"teacher targets {path} were scored on other training images than this run's "
-                        "(another data root, split or decode)")  # fmt: skip
+                        "(another data root, split or decode)")
     who = f"{len(stored['teachers'])} teacher(s), tta {stored['tta']}"
     return torch.from_numpy(stored["log_probs"].astype(np.float32)), who

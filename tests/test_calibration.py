@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fer_runtime.calibration import expected_calibration_error, fit_temperature, reliability
-from fer_runtime.session import calibrated_probabilities
+from fer_runtime.decision import calibrated_probabilities
 
 
 def test_fit_temperature_recovers_the_temperature_that_made_overconfident_logits():
@@ -38,7 +38,7 @@ def test_probability_outputs_are_rescaled_by_the_temperature():
     logits = np.asarray([[2.0, 0.0, -1.0]])
     p = calibrated_probabilities(logits)
     np.testing.assert_allclose(calibrated_probabilities(p, "probabilities", 2.0), calibrated_probabilities(logits, "logits", 2.0),
-                               rtol=1e-5)  # fmt: skip
+                               rtol=1e-5)
     np.testing.assert_allclose(calibrated_probabilities(logits, "logits", 2.0), calibrated_probabilities(logits / 2), rtol=1e-6)
 
 
@@ -52,9 +52,9 @@ def test_export_fits_a_temperature_per_file_and_the_runtime_applies_it(tmp_path,
     root = tree_factory("train-val-test", per_class=12)
     assert train_main(["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--arch", "vgg",
                        "--arch-arg", "width=0.125", "--epochs", "2", "--batch-size", "8", "--no-progress", "--amp", "off",
-                       "--threads", "1"]) == 0  # fmt: skip
+                       "--threads", "1"]) == 0
     assert export_main(["--ckpt", str(tmp_path / "r" / "best.pt"), "--int8", "--calib-size", "24", "--max-drop", "100",
-                        "--out-dir", str(tmp_path), "--name", "e"]) == 0  # fmt: skip
+                        "--out-dir", str(tmp_path), "--name", "e"]) == 0
     report = json.loads((tmp_path / "e" / "export_report.json").read_text())
     assert (tmp_path / "e" / "reliability.png").stat().st_size > 0
     for file, row in (("model.onnx", report["artefacts"][-2]), ("model.int8.onnx", report["artefacts"][-1])):

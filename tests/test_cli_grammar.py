@@ -1,4 +1,4 @@
-"""The README's command-grammar table is what the five commands accept: one flag per thing, nothing missing."""
+"""The command-grammar table of docs/reference.md is what the five commands accept: one flag per thing."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from fer_export.cli import command as export_command  # noqa: E402
 from fer_export.cli import main as export_main  # noqa: E402
 from tests.test_options import click_command, help_flags  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GRAMMAR_DOC = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 COMMANDS = ["fer-train", "fer-eval", "fer-export", "fer-run", "fer-bench"]
 
 
 def _grammar_table() -> list[tuple[list[str], dict[str, bool]]]:
-    lines = README.read_text().split("## Command grammar")[1].splitlines()
+    lines = GRAMMAR_DOC.read_text().split("## Command grammar")[1].splitlines()
     rows = []
     for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -29,7 +29,7 @@ def _grammar_table() -> list[tuple[list[str], dict[str, bool]]]:
     return rows
 
 
-def test_the_readme_table_matches_every_command_help():
+def test_the_grammar_table_matches_every_command_help():
     rows = _grammar_table()
     assert len(rows) >= 10
     helps = {cmd: help_flags(click_command(cmd)) for cmd in COMMANDS}
@@ -42,7 +42,7 @@ def test_the_readme_table_matches_every_command_help():
 def test_fer_export_names_the_flag_for_a_positional_source(capsys):
     assert export_main(["runs/r/best.pt", "--int8"]) == 2
     assert capsys.readouterr().err.strip() == ("fer-export: error: name the source with its flag: --ckpt runs/r/best.pt "
-                                               "(--ckpt for a checkpoint, --model for an ONNX file)")  # fmt: skip
+                                               "(--ckpt for a checkpoint, --model for an ONNX file)")
     assert export_main(["m.onnx"]) == 2 and "--model m.onnx" in capsys.readouterr().err
 
 
@@ -72,7 +72,7 @@ def test_click_commands_have_version_and_one_line_usage_errors(command, capsys):
     from fer_runtime import version
 
     main = {"fer-train": __import__("fer_train.train", fromlist=["main"]).main,
-            "fer-eval": __import__("fer_train.evaluate", fromlist=["main"]).main}[command]  # fmt: skip
+            "fer-eval": __import__("fer_train.evaluate", fromlist=["main"]).main}[command]
     assert main(["--version"]) == 0 and capsys.readouterr().out == f"{command} {version()}\n"
     assert main(["--ckpt", "x.pt", "--no-such-flag"] if command == "fer-eval" else ["--no-such-flag"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -42,7 +42,7 @@ def write_fer2013_csv(path, rows, spaces: bool = False):
 
 def _standard_rows(per_code: int = 2):
     return [(code, usage) for usage in ("Training", "Training", "PublicTest", "PrivateTest")
-            for code in range(7) for _ in range(per_code)]  # fmt: skip
+            for code in range(7) for _ in range(per_code)]
 
 
 @pytest.mark.parametrize("spaces", [False, True], ids=["fer2013.csv", "icml_face_data.csv"])
@@ -73,7 +73,7 @@ def test_the_csv_trains_from_data_root_alone_and_writes_a_data_report(tmp_path):
     path = write_fer2013_csv(tmp_path / "fer2013.csv", rows)
     args = ["--data-root", str(path), "--out-dir", str(tmp_path / "runs"), "--name", "r", "--arch", "vgg",
             "--arch-arg", "width=0.125", "--epochs", "1", "--batch-size", "16", "--no-progress", "--amp", "off",
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1"]
     assert train_main(args) == 0
     report = json.loads((tmp_path / "runs" / "r" / "data_report.json").read_text())
     assert report["protocol"] == "fer2013" and report["layout"] == "fer2013-csv"
@@ -177,7 +177,7 @@ def test_fer_train_on_ferplus_trains_on_vote_distributions(tmp_path):
     _write_ferplus(tmp_path / "fp", {"Training": rows, "PublicTest": rows[:16], "PrivateTest": rows[16:32]})
     args = ["--data-root", str(tmp_path / "fp"), "--protocol", "ferplus", "--out-dir", str(tmp_path / "runs"), "--arch",
             "vgg", "--arch-arg", "width=0.125", "--epochs", "1", "--batch-size", "8", "--no-progress", "--amp", "off",
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1"]
     for mode in ("crossentropy", "probability", "majority"):
         assert train_main([*args, "--label-mode", mode, "--name", mode]) == 0
         config = json.loads((tmp_path / "runs" / mode / "config.json").read_text())
@@ -225,7 +225,7 @@ def test_duplicate_finder_counts_copies_within_train_and_across_splits():
 
     dup = duplicate_summary({"train": split(train, train_labels), "test": split(test, test_labels)})
     assert dup["train"] == {"images": 9, "unique": 6, "redundant_copies": 3, "images_in_duplicate_groups": 5,
-                            "duplicate_groups": 2, "groups_with_conflicting_labels": 1}  # fmt: skip
+                            "duplicate_groups": 2, "groups_with_conflicting_labels": 1}
     assert dup["test"] == {"images": 4, "with_copy_in_train": 2, "with_copy_in_train_same_label": 1}
     assert has_copy_in(train, test).tolist() == [True, True, False, False]
 
@@ -280,7 +280,7 @@ def test_bad_csv_inputs_name_the_file_and_row(tmp_path, capsys):
             + [text[3].replace(",", ",1 2 3 ", 1).rsplit(",", 1)[0].split(",")[0] + ",1 2 3," + text[3].rsplit(",", 1)[1]]
             + text[4:],
             "row 4: pixels has 3 values",
-        ),  # fmt: skip
+        ),
         "unknown usage": (text[:5] + [text[5].rsplit(",", 1)[0] + ",Validation"] + text[6:], "row 6: unknown Usage 'Validation'"),
     }
     for name, (lines, message) in cases.items():
@@ -305,7 +305,7 @@ def test_bad_ferplus_inputs_name_the_file_and_row(tmp_path, capsys):
 
 def test_label_mode_needs_the_ferplus_protocol(tree_factory, tmp_path, capsys):
     err = _train_error(tmp_path, capsys, "--data-root", str(tree_factory("fer2013")), "--protocol", "fer2013",
-                       "--label-mode", "crossentropy")  # fmt: skip
+                       "--label-mode", "crossentropy")
     assert "--label-mode crossentropy is for --protocol ferplus" in err
     with pytest.raises(DataError, match="for --protocol ferplus"):
         discover(tree_factory("train-val-test"), label_mode="majority")
@@ -324,10 +324,10 @@ def test_an_old_contract_version_is_refused_with_export_again(tmp_path, tree_fac
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 48, 48])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
                               [helper.make_tensor("s", TensorProto.INT64, [1], [0]),
-                               helper.make_tensor("e", TensorProto.INT64, [1], [3])])  # fmt: skip
+                               helper.make_tensor("e", TensorProto.INT64, [1], [3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     old = {"classes": ["angry", "happy", "sad"], "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5],
-           "output": "logits", "crop_margin": 0.1, "version": 2}  # fmt: skip
+           "output": "logits", "crop_margin": 0.1, "version": 2}
     helper.set_model_props(model, {"fer_contract": json.dumps(old)})
     path = tmp_path / "old.onnx"
     onnx.save(model, str(path))

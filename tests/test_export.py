@@ -20,7 +20,7 @@ from fer_train.teacher import LoadedTeacher, load_teacher, make_teacher, stored_
 from fer_train.train import main as train_main
 
 CONTRACT = ModelContract(classes=("angry", "happy", "sad"), mean=(0.4,), std=(0.3,), crop_margin=0.15,
-                         provenance={"source": "test"})  # fmt: skip
+                         provenance={"source": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def trained_run(tree_factory, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     args = ["--data-root", str(root), "--out-dir", str(out), "--name", "r", "--arch", "vgg", "--arch-arg",
             "width=0.25", "--batch-size", "8", "--epochs", "4", "--no-progress", "--threads", "1", "--amp", "off",
-            "--lr", "3e-3"]  # fmt: skip
+            "--lr", "3e-3"]
     assert train_main(args) == 0
     return out / "r", root
 
@@ -95,7 +95,7 @@ def test_quantization_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (64, 1, 48, 48), dtype=np.uint8)
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(images, CONTRACT), "minmax",
-                         keep_float=["first_conv", "avg_pool"])  # fmt: skip
+                         keep_float=["first_conv", "avg_pool"])
     assert read_onnx_contract(int8) == read_onnx_contract(fp32)
     proto = onnx.load(str(int8))
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
@@ -106,8 +106,34 @@ def test_quantization_end_to_end(tmp_path):
     pool_outputs = {n.output[0] for n in proto.graph.node if n.op_type == "AveragePool"}
     assert pool_outputs and not any(n.op_type == "QuantizeLinear" and n.input[0] in pool_outputs for n in proto.graph.node)
     assert int8.stat().st_size < fp32.stat().st_size / 2.5
+
+
+def _folder_images(split_dir) -> tuple[np.ndarray, np.ndarray]:
+    """Every PNG of a class-folder split, read with PIL: uint8 N x 1 x 48 x 48 and labels in class order."""
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(sorted(p.name for p in split_dir.iterdir())):
+        for f in sorted((split_dir / name).glob("*.png")):
+            images.append(np.asarray(Image.open(f).convert("L"))[None])
+            labels.append(label)
+    return np.stack(images), np.asarray(labels)
+
+
+def test_int8_gives_the_trained_models_answers(trained_run, tmp_path):
+    """A model trained on the bars is confident, so an INT8 file that lost what it learnt (uniform, or wrong) shows."""
+    run, root = trained_run
+    model, contract = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    fp32 = export_onnx(model.eval(), contract, tmp_path / "m.onnx")
+    calib, _ = _folder_images(root / "train")
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", FaceCalibrationReader(calib, contract), "minmax")
+    images, labels = _folder_images(root / "test")
     a, b = OnnxModel(fp32).predict_pixels(images), OnnxModel(int8).predict_pixels(images)
-    assert np.abs(a - b).max() < 0.2
+    # the test has power: the fp32 model is right and far from uniform
+    assert (a.argmax(1) == labels).mean() >= 0.9 and a.max(1).mean() > 0.8, a.max(1).mean()
+    backing = b[np.arange(len(a)), a.argmax(1)]  # INT8's probability for fp32's answer, on every image
+    assert (b.argmax(1) == a.argmax(1)).mean() >= 0.97 and backing.min() > 0.6 and np.median(backing) > 0.95, backing
+    assert np.abs(a - b).mean() < 0.05, np.abs(a - b).mean()
 
 
 def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_under(tree_factory, tmp_path):
@@ -115,7 +141,7 @@ def test_quantizing_an_onnx_file_follows_the_fer2013_protocol_it_was_trained_und
     contract = CONTRACT.replace(provenance={"data_root": str(root), "layout": "fer2013"})
     fp32 = export_onnx(create_model("vgg", 3, 1, width=0.125).eval(), contract, tmp_path / "m.onnx")
     assert export_main(["--model", str(fp32), "--int8", "--calib-size", "12", "--max-drop", "100", "--out-dir", str(tmp_path),
-                        "--name", "q"]) == 0  # fmt: skip
+                        "--name", "q"]) == 0
     report = json.loads((tmp_path / "q" / "export_report.json").read_text())
     for row in report["artefacts"]:  # val = the 6 PublicTest images per class, test = the 6 PrivateTest ones
         assert row["val"]["num_samples"] == row["test"]["num_samples"] == 18
@@ -199,7 +225,7 @@ def test_pruned_shapes_and_export(tmp_path, name, kwargs):
 def test_fer_export_int8_everyday_path(trained_run, tmp_path):
     run, _ = trained_run
     assert export_main(["--ckpt", str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "e",
-                        "--calib-size", "48", "--max-drop", "100"]) == 0  # fmt: skip
+                        "--calib-size", "48", "--max-drop", "100"]) == 0
     out = tmp_path / "e"
     report = json.loads((out / "export_report.json").read_text())
     names = [r["name"] for r in report["artefacts"]]
@@ -215,7 +241,7 @@ def test_fer_export_int8_everyday_path(trained_run, tmp_path):
 def test_fer_export_prune_and_distill(trained_run, tmp_path):
     run, root = trained_run
     assert export_main(["--ckpt", str(run / "best.pt"), "--prune", "0.5", "--finetune-epochs", "1", "--out-dir", str(tmp_path),
-                        "--name", "p", "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
+                        "--name", "p", "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0
     report = json.loads((tmp_path / "p" / "export_report.json").read_text())
     assert report["pruning"]["flops_reduction"] >= 1.8
     state = load_checkpoint(tmp_path / "p" / "pruned_finetune" / "best.pt")
@@ -224,7 +250,7 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
     assert model(torch.zeros(1, 1, 48, 48)).shape == (1, 3)
     assert export_main(["--distill-from", str(run / "best.pt"), "--arch", "mobile", "--arch-arg", "width=0.25",
                         "--epochs", "1", "--compare-baseline", "--out-dir", str(tmp_path), "--name", "d",
-                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0
     report = json.loads((tmp_path / "d" / "export_report.json").read_text())
     assert set(report["distillation"]["test"]) == {"kd", "alone"}
 
@@ -234,7 +260,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
     assert export_main(["--distill-from", str(run / "best.pt"), "--arch", "vgg", "--arch-arg", "width=0.25",
                         "--epochs", "1", "--prune", "0.5", "--finetune-epochs", "1", "--int8", "--calib-size", "24",
                         "--max-drop", "100", "--out-dir", str(tmp_path), "--name", "c",
-                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0
     out = tmp_path / "c"
     report = json.loads((out / "export_report.json").read_text())
     names = [r["name"] for r in report["artefacts"]]
@@ -251,7 +277,7 @@ def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_pa
     run, _ = trained_run
     assert export_main(["--ckpt", str(run / "best.pt"), "--distill-from", str(run / "best.pt"), "--prune", "0.3",
                         "--finetune-epochs", "1", "--out-dir", str(tmp_path), "--name", "s",
-                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0  # fmt: skip
+                        "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0
     out = tmp_path / "s"
     assert not (out / "student_kd").exists()  # no student trained: the source is the student
     assert json.loads((out / "pruned_finetune" / "config.json").read_text())["teacher"] == [str(run / "best.pt")]
@@ -290,7 +316,7 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
     for i in range(6):
         Image.fromarray(np.zeros((48, 48), np.uint8)).save(other / "surprise" / f"{i}.png")
     code = export_main(["--distill-from", str(run / "best.pt"), "--arch", "mobile", "--data-root", str(other),
-                        "--epochs", "1", "--out-dir", str(tmp_path / "o")])  # fmt: skip
+                        "--epochs", "1", "--out-dir", str(tmp_path / "o")])
     assert code == 2
     assert "teacher classes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -299,7 +325,7 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
 def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys):
     run, _ = trained_run
     code = export_main(["--ckpt", str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "g", "--calib-size", "24",
-                        "--max-drop", "-100"])  # fmt: skip
+                        "--max-drop", "-100"])
     assert code == 3
     assert "INT8 loses" in capsys.readouterr().err
     out = tmp_path / "g"
@@ -312,7 +338,7 @@ def test_interrupted_distillation_resumes_where_it_stopped(trained_run, tmp_path
     run, _ = trained_run
     argv = ["--distill-from", str(run / "best.pt"), "--arch", "vgg", "--arch-arg", "width=0.25", "--epochs", "2",
             "--out-dir", str(tmp_path), "--name", "k", "--train-option", "threads=1",
-            "--train-option", "batch_size=8"]  # fmt: skip
+            "--train-option", "batch_size=8"]
 
     from fer_train.train import fit
 
@@ -382,7 +408,7 @@ def test_cached_teacher_targets_match_the_online_teacher_and_use_each_teachers_o
     raw = ModelContract(classes=("a", "b", "c"), mean=(0.5,), std=(0.5,))
     other = raw.replace(mean=(0.3,), std=(0.2,))
     targets = teacher_targets([LoadedTeacher("raw", raw, recorder("raw")), LoadedTeacher("other", other, recorder("other"))],
-                              images, cpu)  # fmt: skip
+                              images, cpu)
     torch.testing.assert_close(seen["raw"], (torch.from_numpy(images).float() / 255 - 0.5) / 0.5)
     torch.testing.assert_close(seen["other"], (torch.from_numpy(images).float() / 255 - 0.3) / 0.2)
     torch.testing.assert_close(targets.exp(), torch.full((10, 3), 1 / 3))
@@ -421,7 +447,7 @@ def test_fer_train_with_cached_teacher_targets(trained_run, tmp_path, capsys):
     run, root = trained_run
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
             "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off",
-            "--teacher", str(run / "best.pt"), "--teacher-targets", "cached", "--teacher-tta", "flip"]  # fmt: skip
+            "--teacher", str(run / "best.pt"), "--teacher-targets", "cached", "--teacher-tta", "flip"]
     assert train_main([*args, "--name", "c"]) == 0
     assert "1 teacher(s) scored the 96 training images once (tta flip" in capsys.readouterr().out
     assert train_main([*args, "--name", "c2"]) == 0  # the same teacher on the same images: read back
@@ -464,7 +490,7 @@ def test_fer_train_distils_from_an_onnx_and_a_checkpoint_teacher(trained_run, tm
     onnx_path = export_onnx(model, contract, tmp_path / "t.onnx")
     teachers = [str(run / "best.pt"), str(onnx_path)]
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
-            "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off"]  # fmt: skip
+            "--batch-size", "8", "--epochs", "1", "--no-progress", "--threads", "1", "--amp", "off"]
     assert train_main([*args, "--name", "s", "--teacher", teachers[0], "--teacher", teachers[1], "--teacher-tta", "flip"]) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (config["teacher"], config["teacher_tta"]) == (teachers, "flip")
@@ -522,7 +548,7 @@ def test_export_training_stages_keep_the_source_runs_splits_and_input():
     from fer_export.training import train_config
 
     source = {"train_args": {"val_split": 0.2, "test_split": 0.1, "seed": 7, "channels": 3, "input_size": 64,
-                             "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}  # fmt: skip
+                             "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}
     cfg = train_config(ExportConfig(ckpt="x.pt", seed=0), source, epochs=1)
     assert (cfg.val_split, cfg.test_split, cfg.seed, cfg.channels, cfg.input_size) == (0.2, 0.1, 7, 3, 64)
     assert cfg.mean == [0.4, 0.4, 0.4] and cfg.std == [0.2, 0.2, 0.2]
@@ -648,5 +674,5 @@ def test_fer_data_root_is_read_in_one_place():
     repo = Path(__file__).resolve().parents[1]
     readers = [str(p.relative_to(repo)) for package in ("fer_runtime", "fer_train", "fer_export", "benchmarks")
                for p in sorted((repo / package).rglob("*.py")) if "FER_DATA_ROOT\"" in p.read_text()
-               or "FER_DATA_ROOT'" in p.read_text()]  # fmt: skip
+               or "FER_DATA_ROOT'" in p.read_text()]
     assert readers == ["fer_runtime/data/root.py"]

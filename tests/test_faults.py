@@ -45,7 +45,7 @@ def _tmpfs(folder: Path, size: str):
     folder.mkdir()
     try:
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
-                              timeout=10)  # fmt: skip
+                              timeout=10)
     except (OSError, subprocess.SubprocessError):
         pytest.skip("cannot run mount here")
     if proc.returncode != 0:
@@ -172,7 +172,7 @@ def test_a_video_that_does_not_read_back_whole_is_not_reported_written(model, vi
 
 
 def _model_with(path: Path, contract: dict, inputs: int = 1, output_rank: int = 2, classes: int = 3,
-                size: tuple = (48, 48), channels: int = 1) -> Path:  # fmt: skip
+                size: tuple = (48, 48), channels: int = 1) -> Path:
     """A one-node graph (ReduceMean to N x K, or a Reshape) carrying ``contract`` as raw JSON, unchecked."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -204,7 +204,7 @@ def _model_with(path: Path, contract: dict, inputs: int = 1, output_rank: int = 
 
 
 BASE = {"classes": list(CLASSES), "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5],
-        "output": "logits", "version": 3}  # fmt: skip
+        "output": "logits", "version": 3}
 
 
 @pytest.mark.parametrize("change, graph, field", [
@@ -226,7 +226,7 @@ BASE = {"classes": list(CLASSES), "input_size": [48, 48], "channels": 1, "mean":
     ({"classes": [1, 2, 3]}, {}, "classes"),
     ({"crop_margin": [0.1]}, {}, "crop_margin"),
     ({"version": "3"}, {}, "version"),
-])  # fmt: skip
+])
 def test_a_malformed_contract_or_one_that_does_not_fit_its_graph_is_one_line(model, tmp_path, change, graph, field):
     path = _model_with(tmp_path / "bad.onnx", {**BASE, **change}, **graph)
     with pytest.raises(ContractError, match=field):
@@ -255,7 +255,7 @@ def _huge_png(path: Path, width: int, height: int) -> Path:
     row = bytes(width + 1)
     body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))  # fmt: skip
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
 
 
@@ -272,7 +272,7 @@ def test_a_photo_larger_than_any_camera_is_refused_from_its_header_in_bounded_me
     with pytest.raises(ImageTooLarge, match="20000x20000"):
         read_image(big)
     peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(big), "--model", str(model),
-                              "--no-display")  # fmt: skip
+                              "--no-display")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "huge.png is 20000x20000 pixels, over the 50 megapixels read" in proc.stdout
     assert peak < 300, peak  # the import of cv2 and onnxruntime is about 150 MB; the decode would be 400 more
@@ -324,9 +324,9 @@ def test_records_never_outnumber_the_frames_of_the_saved_video(model, video, tmp
 
 
 def test_a_second_sigterm_while_finalising_still_gives_the_summary(model, video, tmp_path, monkeypatch):
-    from fer_runtime.classifier import FaceExpressionClassifier
+    from fer_runtime.engine import FaceEngine
 
-    real_frame, real_close = FaceExpressionClassifier.process_frame, pipeline.RunOutputs.close
+    real_frame, real_close = FaceEngine.process_frame, pipeline.RunOutputs.close
     seen = {"n": 0}
 
     def frame_then_sigterm(self, image):
@@ -339,7 +339,7 @@ def test_a_second_sigterm_while_finalising_still_gives_the_summary(model, video,
         os.kill(os.getpid(), signal.SIGTERM)
         return real_close(self)
 
-    monkeypatch.setattr(FaceExpressionClassifier, "process_frame", frame_then_sigterm)
+    monkeypatch.setattr(FaceEngine, "process_frame", frame_then_sigterm)
     monkeypatch.setattr(pipeline.RunOutputs, "close", close_under_a_second_sigterm)
     out = tmp_path / "o.jsonl"
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -403,21 +403,22 @@ def test_fer_train_on_a_disk_that_fills_mid_run_stays_resumable(tree_factory, tm
     pytest.importorskip("torch")
     import fer_train.train as train_module
     from fer_train.checkpoint import load_checkpoint
+    from fer_train.run_folder import TensorBoard
 
     root = tree_factory("train-val-test", per_class=8)
     with _tmpfs(tmp_path / "disk", "8m") as disk:
-        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: _fill(disk, leave=4096))
+        monkeypatch.setattr(TensorBoard, "add", lambda self, record: _fill(disk, leave=4096))
         argv = ["--data-root", str(root), "--out-dir", str(disk), "--name", "r", "--epochs", "3", *TINY]
         assert train_module.main(argv) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         last = disk / "r" / "last.pt"
         expected = (f"fer-train: error: cannot write {disk / 'r'}/(best|last).pt: No space left on device; {last} holds "
-                    f"the last finished epoch \\(continue with --resume {last}\\)")  # fmt: skip
+                    f"the last finished epoch \\(continue with --resume {last}\\)")
         assert len(lines) == 1 and re.fullmatch(expected, lines[0]), lines
         assert not [p.name for p in (disk / "r").iterdir() if p.name.startswith(".")]  # no temporary file left
         assert load_checkpoint(last)["epoch"] == 1
         (disk / "filler").unlink()
-        monkeypatch.setattr(train_module, "_tensorboard", lambda run_dir, record: None)
+        monkeypatch.setattr(TensorBoard, "add", lambda self, record: None)
         assert train_module.main(["--resume", str(last)]) == 0
         assert load_checkpoint(last)["epoch"] == 3
 
@@ -448,7 +449,7 @@ def test_sigterm_stops_fer_train_like_ctrl_c(tree_factory, tmp_path):
     root = tree_factory("train-val-test", per_class=8)
     argv = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "r", "--epochs", "500", *TINY]
     proc = subprocess.Popen([sys.executable, "-m", "fer_train", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     last = tmp_path / "r" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline and not last.exists() and proc.poll() is None:
@@ -457,7 +458,7 @@ def test_sigterm_stops_fer_train_like_ctrl_c(tree_factory, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == (f"fer-train: interrupted; {last} holds the last finished epoch (continue "
-                                               f"with --resume {last})")  # fmt: skip
+                                               f"with --resume {last})")
 
 
 def test_runs_and_the_cache_under_the_data_root_are_not_classes(tree_factory, tmp_path, capsys):
@@ -466,7 +467,7 @@ def test_runs_and_the_cache_under_the_data_root_are_not_classes(tree_factory, tm
 
     root = tree_factory("class-folders", per_class=10)
     argv = ["--data-root", str(root), "--out-dir", str(root / "runs"), "--cache-dir", str(root / "cache"), "--epochs", "1",
-            *TINY]  # fmt: skip
+            *TINY]
     assert train_main([*argv, "--name", "first"]) == 0
     capsys.readouterr()
     assert train_main([*argv, "--name", "second"]) == 0
@@ -511,7 +512,7 @@ def test_fer_bench_on_a_full_disk_is_one_line_and_leaves_no_folder(model, tree_f
     _fill(full_disk, leave=4096)
     out = full_disk / "bench"
     result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(out),
-                                             "--calls", "1", "--no-incumbent", "--no-progress"])  # fmt: skip
+                                             "--calls", "1", "--no-incumbent", "--no-progress"])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.output.strip().splitlines()
     errors = [line for line in lines if line.startswith("fer-bench: error: ")]
@@ -558,11 +559,11 @@ def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_in_bound
     onnx.save(proto, str(path))
     out = tmp_path / "bench"
     result = CliRunner().invoke(bench_main, ["--model", str(path), "--data-root", str(tree_factory("train-test", 4)),
-                                             "--out-dir", str(out), "--no-incumbent", "--calls", "1"])  # fmt: skip
+                                             "--out-dir", str(out), "--no-incumbent", "--calls", "1"])
     assert result.exit_code == 2 and result.output.startswith("fer-bench: error: ") and "input_size" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
     peak, proc = _peak_rss_mb("from fer_runtime.cli import main; main()", "--source", str(DEMO_IMAGE), "--model", str(path),
-                              "--no-display")  # fmt: skip
+                              "--no-display")
     assert proc.returncode == 2 and "input_size" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert peak < 300, peak
     proto.metadata_props[0].value = json.dumps(BASE)  # the same graph with a sane size runs at that size
@@ -571,7 +572,7 @@ def test_a_model_with_dynamic_sides_and_a_huge_contract_size_is_refused_in_bound
 
 
 def test_a_model_that_gives_nan_still_writes_valid_json():
-    from fer_runtime.classifier import FaceResult
+    from fer_runtime.engine import FaceResult
 
     probs = np.asarray([np.nan, 0.5, np.inf], np.float32)
     record = FaceResult((1.0, 2.0, 3.0, 4.0), 0, "happy", float("nan"), probs, "happy", probs).to_dict(CLASSES)
@@ -588,3 +589,165 @@ def test_an_os_error_is_one_line_that_says_write_only_for_a_write():
     assert str(full) == "cannot write /out/best.pt: No space left on device" and full.exit_code == 2
     unreadable = os_error(PermissionError(errno.EACCES, "Permission denied", "/data/train/angry"))
     assert str(unreadable) == "/data/train/angry: Permission denied" and unreadable.exit_code == 2
+
+
+# --------------------------------------------------------------------------- fer-export and fer-eval: a full disk, SIGTERM
+
+
+def _faint_bars(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """Class folders per split of tests/conftest.py's bars, dim in noise: a model trained on them is right on most
+    images and wrong on some."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.normal(100, 30, (48, 48))
+                img[label * 16 : (label + 1) * 16, 12:36] += 30
+                cv2.imwrite(str(root / split / name / f"{split}_{i:03d}.png"), img.clip(0, 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A fer-train run on faint bars, with a test split larger than its training split (long enough to interrupt)."""
+    pytest.importorskip("torch")
+    from fer_train.train import main as train_main
+
+    root = _faint_bars(tmp_path_factory.mktemp("bars"), {"train": 40, "val": 12, "test": 400})
+    runs = tmp_path_factory.mktemp("runs")
+    assert train_main(["--data-root", str(root), "--out-dir", str(runs), "--name", "r", "--epochs", "2", "--lr", "3e-3",
+                       *TINY]) == 0
+    return runs / "r" / "best.pt", root
+
+
+def _one_line(err: str, prog: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and all(w in lines[0] for w in words), lines
+
+
+def test_fer_export_on_a_full_disk_is_one_line_and_leaves_no_folder(trained, full_disk, capsys):
+    from fer_export.cli import main as export_main
+
+    ckpt, _ = trained
+    _fill(full_disk, leave=4096)
+    capsys.readouterr()
+    assert export_main(["--ckpt", str(ckpt), "--int8", "--calib-size", "30", "--out-dir", str(full_disk / "exports"),
+                        "--name", "e", "--threads", "1"]) == 2
+    _one_line(capsys.readouterr().err, "fer-export", "No space left on device")
+    assert _leftovers(full_disk) == []
+
+
+def test_fer_eval_on_a_full_disk_is_one_line_and_leaves_no_file_half_written(trained, full_disk, tmp_path, capsys):
+    from fer_train.evaluate import main as eval_main
+
+    ckpt, _ = trained
+    out = full_disk / "eval"
+    _fill(full_disk, leave=0)
+    capsys.readouterr()
+    assert eval_main(["--ckpt", str(ckpt), "--out-dir", str(out), "--threads", "1", "--cache-dir", str(tmp_path)]) == 2
+    _one_line(capsys.readouterr().err, "fer-eval", "No space left on device")
+    left = sorted(p for p in full_disk.rglob("*") if p.is_file() and p.name != "filler")
+    assert not [p.name for p in left if p.name.startswith(".")]  # no temporary file
+    for p in left:  # what is there under its own name is whole
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".png":
+            assert cv2.imread(str(p)) is not None, p
+        else:
+            assert p.read_text().endswith("\n"), p
+
+
+def _interrupted_by_sigterm(module: str, argv: list[str], cache: Path) -> tuple[int, str]:
+    """Run a command in a process of its own and send it SIGTERM in the middle of its work: the moment its first
+    decoded split reaches the (empty) decode cache, the process is stopped, sent SIGTERM and continued."""
+    import time
+
+    env = {**os.environ, "FER_CACHE_DIR": str(cache), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300  # a bound for a broken run only
+        while proc.poll() is None and not any(cache.glob("*.npz")) and time.time() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, f"{module} ended before it decoded a split: {proc.communicate()}"
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stderr
+
+
+def test_sigterm_stops_fer_export_like_ctrl_c_and_leaves_no_folder(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "exports"
+    code, stderr = _interrupted_by_sigterm("fer_export.cli", ["--ckpt", str(ckpt), "--int8", "--calib-size", "30",
+                                                              "--out-dir", str(out), "--name", "e", "--threads", "1"],
+                                           tmp_path / "cache")
+    assert code == 130 and stderr.strip().splitlines()[-1] == "fer-export: interrupted", (code, stderr)
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_sigterm_stops_fer_eval_like_ctrl_c(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "eval"
+    code, stderr = _interrupted_by_sigterm("fer_train.evaluate", ["--ckpt", str(ckpt), "--out-dir", str(out),
+                                                                  "--threads", "1", "--tta", "tencrop"],
+                                           tmp_path / "cache")
+    assert code == 130 and stderr.strip().splitlines()[-1] == "fer-eval: interrupted", (code, stderr)
+    assert "Traceback" not in stderr and not any(p.is_file() for p in out.rglob("*"))
+
+
+# --------------------------------------------------------------------------- fer-eval: the figure without train copies
+
+
+def test_fer_eval_scores_the_test_images_without_a_copy_in_train_apart(trained, tmp_path, capsys):
+    """README: fer-eval scores a test split twice, the second time on the images that have no pixel-identical copy in
+    train. Copies of training images put into test (and one changed by a single pixel, which is no copy) are told
+    apart, and the second figure is the model's accuracy on the rest, worked out here image by image."""
+    import shutil
+
+    import torch
+
+    from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
+    from fer_train.evaluate import main as eval_main
+
+    ckpt, bars = trained
+    root = tmp_path / "data"
+    _faint_bars(root, {"train": 40, "val": 12, "test": 20}, seed=1)
+    for split in ("train", "val"):  # the run's own training images
+        shutil.rmtree(root / split)
+        shutil.copytree(bars / split, root / split)
+    copies = []
+    for name in CLASSES:  # 5 training images of each class copied into test, under other names
+        for i in range(5):
+            copies.append(root / "test" / name / f"copy_{i}.png")
+            shutil.copy(root / "train" / name / f"train_{i:03d}.png", copies[-1])
+    nudged = cv2.imread(str(root / "train" / "happy" / "train_010.png"), cv2.IMREAD_GRAYSCALE)
+    nudged[0, 0] ^= 1
+    cv2.imwrite(str(root / "test" / "happy" / "nudged.png"), nudged)
+
+    model, contract = model_from_checkpoint(load_checkpoint(ckpt), prefer_ema=True)
+    right = {}
+    for label, name in enumerate(CLASSES):
+        for f in sorted((root / "test" / name).glob("*.png")):
+            pixels = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+            x = (pixels / 255 - contract.mean[0]) / contract.std[0]
+            with torch.no_grad():
+                right[f] = int(model.eval()(torch.from_numpy(x[None, None]).float()).argmax()) == label
+    unseen = [ok for f, ok in right.items() if f not in copies]
+    assert len(right) == 76 and len(unseen) == 61
+    assert 0.3 < np.mean(unseen) < 1 and np.mean(unseen) != np.mean(list(right.values()))  # the two figures differ
+
+    out = tmp_path / "eval"
+    assert eval_main(["--ckpt", str(ckpt), "--data-root", str(root), "--out-dir", str(out), "--threads", "1"]) == 0
+    metrics = json.loads((out / "eval_test.json").read_text())
+    assert metrics["num_samples"] == 76 and metrics["accuracy"] == pytest.approx(np.mean(list(right.values())))
+    assert metrics["without_train_copies"]["num_samples"] == 61
+    assert metrics["without_train_copies"]["accuracy"] == pytest.approx(np.mean(unseen))
+    assert (f"test without images that have a pixel-identical copy in train: accuracy {np.mean(unseen):.4f}"
+            in capsys.readouterr().out)

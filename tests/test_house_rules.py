@@ -20,9 +20,11 @@ from fer_train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
-# Markdown beside README.md and the generated model card: what holds now, not a diary
-MARKDOWN_BUDGET = 600
-MARKDOWN_EXEMPT = {"README.md", "models/MODEL_CARD.md"}
+# Markdown written by hand (README.md, docs/, RESULTS.md, ...): what holds now, not a diary. Generated Markdown is not
+# counted: the model card benchmarks/model_card.py writes, and the report.md fer-bench writes beside its results.json.
+MARKDOWN_BUDGET = 900
+README_MAX_LINES = 120
+GENERATED_MARKDOWN = {"models/MODEL_CARD.md": "benchmarks/model_card.py"}  # file: the script that writes it
 # the packages held to the size rules
 SIZED_PACKAGES = ("fer_runtime", "fer_train", "fer_export", "benchmarks")
 
@@ -92,21 +94,67 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def markdown_lines() -> dict[str, int]:
-    """Lines of each tracked Markdown file outside README.md and the model card (as ``wc -l`` counts them)."""
-    names = _git("ls-files", "*.md").stdout.split()
-    return {n: (ROOT / n).read_text().count("\n") for n in names if n not in MARKDOWN_EXEMPT and (ROOT / n).is_file()}
+def is_generated(name: str) -> bool:
+    """A Markdown file a program writes: the model card (its script present), or a fer-bench ``report.md`` with the
+    ``results.json`` it was written from beside it."""
+    if name in GENERATED_MARKDOWN:
+        return (ROOT / GENERATED_MARKDOWN[name]).is_file()
+    path = Path(name)
+    return path.name == "report.md" and (ROOT / path.parent / "results.json").is_file()
 
 
-def test_markdown_outside_readme_and_model_card_fits_the_budget():
-    lines = markdown_lines()
-    assert "RESULTS.md" in lines and lines["RESULTS.md"] > 0  # the count sees the files it should
-    listing = "\n".join(f"{n:>5} {name}" for name, n in sorted(lines.items(), key=lambda kv: -kv[1]))
+def markdown_files() -> list[str]:
+    """Markdown files tracked or about to be (untracked and not ignored): what a commit would hold."""
+    return _git("ls-files", "--cached", "--others", "--exclude-standard", "*.md").stdout.split()
+
+
+def markdown_lines(names: list[str]) -> dict[str, int]:
+    """Lines of each hand-written Markdown file of ``names`` (as ``wc -l`` counts them)."""
+    return {n: (ROOT / n).read_text().count("\n") for n in names if not is_generated(n) and (ROOT / n).is_file()}
+
+
+def over_budget(lines: dict[str, int], budget: int) -> str | None:
+    """None within the budget; else the total and each file's lines, longest first."""
     total = sum(lines.values())
-    assert total <= MARKDOWN_BUDGET, f"{total} lines of Markdown, budget {MARKDOWN_BUDGET}:\n{listing}"
+    if total <= budget:
+        return None
+    listing = "\n".join(f"{n:>5} {name}" for name, n in sorted(lines.items(), key=lambda kv: -kv[1]))
+    return f"{total} lines of Markdown, budget {budget}:\n{listing}"
+
+
+def test_hand_written_markdown_fits_the_budget():
+    names = markdown_files()
+    lines = markdown_lines(names)
+    # the count sees what it should: the README, the docs and RESULTS.md, and no bench report
+    assert {"README.md", "RESULTS.md"} <= set(lines) and any(n.startswith("docs/") for n in lines)
+    assert "models/MODEL_CARD.md" not in lines and not [n for n in lines if n.startswith("benchmarks/results/")]
+    assert [n for n in names if n.startswith("benchmarks/results/")], "the bench reports the count leaves out"
+    problem = over_budget(lines, MARKDOWN_BUDGET)
+    assert problem is None, problem
+
+
+def test_the_markdown_budget_can_fail():
+    assert over_budget({"a.md": 500, "docs/b.md": 400}, 900) is None
+    assert over_budget({"a.md": 500, "docs/b.md": 401}, 900).splitlines() == [
+        "901 lines of Markdown, budget 900:", "  500 a.md", "  401 docs/b.md"]
+    assert not is_generated("docs/bench.md") and not is_generated("benchmarks/results/nowhere/report.md")
+    assert is_generated("benchmarks/results/ferplus/report.md") and is_generated("models/MODEL_CARD.md")
+
+
+def test_the_readme_is_a_two_minute_read():
+    """At most README_MAX_LINES lines; the reference lives in docs/."""
+    lines = (ROOT / "README.md").read_text().count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines, at most {README_MAX_LINES}: move reference to docs/"
 
 
 def test_nothing_is_numbered_by_diary_entry_and_no_stale_results_folder():
     found = _git("grep", "-niE", r"\bsessions? [0-9]+").stdout
     assert not found, found
     assert not _git("ls-files", "bench_results").stdout
+
+
+def test_no_formatter_markers_where_no_formatter_runs():
+    """make lint is ruff check alone: a formatter's skip marker would be noise that says a formatter runs."""
+    marker = "fmt" + ": skip"  # spelled apart so this file does not match itself
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert [f for f in files if (ROOT / f).is_file() and marker in (ROOT / f).read_text()] == []

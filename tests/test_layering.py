@@ -18,10 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # source folder -> package name (models/ installs as fer_models)
 PACKAGES = {"fer_runtime": "fer_runtime", "fer_train": "fer_train", "fer_export": "fer_export", "benchmarks": "benchmarks",
-            "models": "fer_models"}  # fmt: skip
+            "models": "fer_models"}
 # the most specific first
 ROOMS = ("fer_runtime.data", "fer_runtime.options", "fer_runtime.errors", "fer_runtime", "fer_train", "fer_export",
-         "benchmarks.scripts", "benchmarks", "fer_models")  # fmt: skip
+         "benchmarks.scripts", "benchmarks", "fer_models")
 TORCH = {"torch", "timm", "torchvision", "torch_pruning"}
 
 # DESIGN.md's "must never import", anywhere in the room (a function-level import counts too)
@@ -164,6 +164,36 @@ def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
     assert "torch" in import_graph()["fer_runtime.options"]
     with pytest.raises(AssertionError, match="options.py"):
         test_rooms_import_only_what_the_design_allows("fer_runtime")
+
+
+# The module map below the rooms: one module per mechanism. Each mechanism's tell-tale (a call, or a definition) appears
+# in its home module and nowhere else in the product, so a second implementation of the same job fails here.
+# fer_train/teacher.py still opens its ONNX teachers as OnnxModel(...) until the train.py split moves it to load_model.
+MECHANISMS = {
+    "open a model file, by its backend": ("fer_runtime.backends", r"(?<!class )\b(OnnxModel|IncumbentModel)\(", set()),
+    "the decision rule": ("fer_runtime.decision",
+                          r"\bdef (decision_probabilities|calibrated_probabilities|prior_correction_for)\b", set()),
+    "score a model on a split": ("fer_runtime.scoring", r"(?<!def )\bcalibration_summary\(", set()),
+    "time models": ("fer_runtime.profiling", r"(?<!def )\btime_interleaved\(", set()),
+    "write files and folders whole": ("fer_runtime.outputs", r"\bos\.(replace|rename)\(|\.rename\(|\bmkdtemp\(", set()),
+    "defer or convert signals": ("fer_runtime.errors", r"\bsignal\.signal\(", set()),
+}
+
+
+@pytest.mark.parametrize("mechanism", sorted(MECHANISMS))
+def test_each_mechanism_has_one_module(mechanism):
+    import re
+
+    home, pattern, not_yet = MECHANISMS[mechanism]
+    assert home in MODULES, home
+    found = set()
+    for module, path in MODULES.items():
+        if module.split(".")[0] in not_yet:
+            continue
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        if re.search(pattern, code):
+            found.add(module)
+    assert found <= {home}, f"{mechanism}: done outside {home} in {sorted(found - {home})}"
 
 
 def test_one_cli_framework_and_fer_export_stages_apart_from_its_command_line():

@@ -11,7 +11,7 @@ import pytest
 from benchmarks import model_card
 
 CLASSES = {"ferplus": ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
-           "fer2013": ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]}  # fmt: skip
+           "fer2013": ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]}
 
 
 def _write(path: Path, obj: object) -> None:
@@ -43,12 +43,12 @@ def _build(root: Path, key: str, kd: str | None) -> None:
         # a second member from before fer-train's --model became --arch, with no test figure of its own
         other = _run(root, f"other_{key}", key, 0.8790, model="vgg", model_arg=["width=0.375"])
         config = {"teacher": [f"{teacher}/best.pt", f"{other}/best.pt"], "teacher_tta": "flip",
-                  "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}  # fmt: skip
+                  "teacher_targets": "cached", "kd_alpha": 0.7, "kd_temperature": 4.0}
     elif kd == "targets":
         targets = root / "models" / "teacher_targets" / f"{key}.npz"
         targets.parent.mkdir(parents=True, exist_ok=True)
         np.savez(targets, teachers=np.array(["t_s0 (exports/t_s0/model.onnx)", "t_s1 (exports/t_s1/model.onnx)"]),
-                 tta=np.array("flip"))  # fmt: skip
+                 tta=np.array("flip"))
         config = {"teacher_targets_file": f"models/teacher_targets/{key}.npz", "kd_alpha": 0.5, "kd_temperature": 2.0}
     run = _run(root, f"student_{key}", key, 0.8811, **config)
     _write(
@@ -65,7 +65,7 @@ def _build(root: Path, key: str, kd: str | None) -> None:
                        "confusion_matrix": [[7] * len(classes)] * len(classes)},
            "quality_train_prior": {"accuracy": 0.8801, "macro_f1": 0.6512, "balanced_accuracy": 0.6345},
            "calibration": {"ece_before": 0.03, "ece_after": 0.01},
-           "latency_b1_1thread": {"p50_ms": 0.291, "p95_ms": 0.407}, "throughput_b32_img_per_s": 3000.0}  # fmt: skip
+           "latency_b1_1thread": {"p50_ms": 0.291, "p95_ms": 0.407}, "throughput_b32_img_per_s": 3000.0}
     _write(
         root / "benchmarks" / "results" / key / "results.json",
         {
@@ -116,7 +116,7 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "| ferplus.int8.onnx | 981 | 0.7012 | 0.6512 | 0.6611 | 0.500 | 0.500 | 0.500 |" in card
     assert "| fer2013.int8.onnx | 927 | 0.7012 | 0.6512 | 0.6611 | 0.500 | - | 0.500 |" in card
     assert "| native | Test CPU: avx2, avx512f | ferplus.int8.onnx | 0.200 | 0.400 | 0.50 |" in card
-    assert "| AVX2 code path (`run-avx2`) | Test CPU: avx2 | fer2013.int8.onnx | 0.300 | 0.400 | 0.75 |" in card
+    assert "| AVX2 code path | Test CPU: avx2 | fer2013.int8.onnx | 0.300 | 0.400 | 0.75 |" in card
     assert "`fer-export --ckpt runs/student_ferplus/best.pt" in card
     assert "validation (accuracy 0.8811 at epoch 2 of 2)" in card
     assert "2 epochs, 3 min of training steps" in card
@@ -148,7 +148,7 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     ("exports/fer2013/export_report.json", "fer2013/export_report.json is missing: run make models first"),
     ("models/recipes/other_ferplus_recipe.toml", "no recipe in models/recipes/ writes runs/other_ferplus"),
     ("models/teacher_targets/fer2013.npz", "models/teacher_targets/fer2013.npz is missing: the run distilled from it"),
-])  # fmt: skip
+])
 def test_a_missing_build_file_or_recipe_is_named_and_no_card_is_written(tmp_path, missing, message):
     _build(tmp_path, "ferplus", kd="runs")
     _build(tmp_path, "fer2013", kd="targets")
@@ -173,7 +173,7 @@ def test_a_re_export_of_a_shipped_onnx_file_names_its_run_and_says_when_the_run_
     _write(tmp_path / "exports" / "fer2013" / "export_report.json",
            {"source": "models/fer2013.onnx", "artefacts": [{"name": "onnx fp32"}],
             "source_provenance": {"source_checkpoint": "/elsewhere/runs/gone_fer2013/best.pt",
-                                  "model": {"name": "vgg", "kwargs": {"width": 0.375}}}})  # fmt: skip
+                                  "model": {"name": "vgg", "kwargs": {"width": 0.375}}}})
     recipe = tmp_path / "models" / "recipes" / "gone_fer2013.toml"
     recipe.write_text('arch = "vgg"\nname = "gone_fer2013"\n')
     assert model_card.main(tmp_path) == 0

@@ -39,7 +39,7 @@ COMMANDS = {
     "fer-export": ("fer_export.cli:command", ExportConfig, set()),
     "fer-run": ("fer_runtime.cli:main", RunConfig, set()),
     "fer-bench": ("benchmarks.bench:main", BenchConfig, set()),
-}  # fmt: skip
+}
 NEEDS_TORCH = {"fer-train", "fer-eval", "fer-export"}
 
 
@@ -130,7 +130,7 @@ def test_the_check_finds_a_field_that_is_no_option_a_flag_declared_only_in_the_c
         pass
 
     assert declared_twice(inline, Config, set()) == ["hidden has no option(...)", "--extra is declared only in the command",
-                                                     "--hidden is not in --help", "--version is not in --help"]  # fmt: skip
+                                                     "--hidden is not in --help", "--version is not in --help"]
     missing = [p for p in declared_twice(bare, Config, set()) if p.endswith("is not in --help")]
     assert missing == [f"{flag} is not in --help" for flag in ("--hidden", "--loud", "--no-loud", "--size", "--version")]
 

@@ -33,7 +33,7 @@ def setup(tree_factory, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     assert train_main(["--data-root", str(root), "--out-dir", str(runs), "--name", "r", "--arch", "vgg", "--arch-arg",
                        "width=0.125", "--epochs", "1", "--batch-size", "8", "--no-progress", "--amp", "off",
-                       "--threads", "1"]) == 0  # fmt: skip
+                       "--threads", "1"]) == 0
     assert export_main(["--ckpt", str(runs / "r" / "best.pt"), "--out-dir", str(runs), "--name", "e"]) == 0
     image = next((root / "test" / "happy").iterdir())
     return {"root": root, "ckpt": runs / "r" / "best.pt", "onnx": runs / "e" / "model.onnx", "image": image}
@@ -48,7 +48,7 @@ def _bad_dirs(tmp_path: Path) -> dict[str, Path]:
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "a_dir").mkdir(exist_ok=True)
     return {"read-only": _read_only_dir(tmp_path) / "o.jsonl", "missing parent": tmp_path / "no" / "such" / "o.jsonl",
-            "a folder": tmp_path / "a_dir"}  # fmt: skip
+            "a folder": tmp_path / "a_dir"}
 
 
 def _command_lines(main, argv, capsys) -> tuple[int, list[str]]:
@@ -78,7 +78,7 @@ def test_every_command_refuses_a_bad_output_folder_before_any_work(setup, tmp_pa
             ("fer-export", _command_lines, export_main, ["--ckpt", str(setup["ckpt"]), "--out-dir", str(where)]),
             ("fer-bench", _click_command, bench_main, ["--model", str(setup["onnx"]), *common, "--out-dir", str(where),
                                                        "--no-incumbent", "--calls", "1"]),
-        ]  # fmt: skip
+        ]
         for prog, invoke, main, argv in cases:
             code, lines = invoke(main, argv, capsys)
             _assert_one_error(code, lines, prog, where)
@@ -93,7 +93,7 @@ def test_every_command_refuses_a_bad_output_file_before_any_work(setup, tmp_path
             ("fer-run", ["--source", str(setup["image"]), "--model", str(setup["onnx"]), "--no-display", "--save", str(where)]),
             ("fer-bench", ["--model", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
                            str(tmp_path / "bench"), "--predictions", str(where), "--no-incumbent"]),
-        ]  # fmt: skip
+        ]
         for prog, argv in cases:
             code, lines = _click_command(run_main if prog == "fer-run" else bench_main, argv, capsys)
             _assert_one_error(code, lines, prog, where)
@@ -105,13 +105,13 @@ def test_an_existing_run_or_export_name_is_refused_unless_overwrite(setup, tmp_p
     runs = ckpt.parent.parent
     stamp = ckpt.stat().st_mtime_ns
     code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(runs), "--name", "r",
-                                                 "--epochs", "1", "--no-progress"], capsys)  # fmt: skip
+                                                 "--epochs", "1", "--no-progress"], capsys)
     assert code == 2 and lines == [f"fer-train: error: {runs / 'r'} already holds a run: pick another --name, continue it "
-                                   f"with --resume {runs / 'r' / 'last.pt'}, or replace it with --overwrite"]  # fmt: skip
+                                   f"with --resume {runs / 'r' / 'last.pt'}, or replace it with --overwrite"]
     assert ckpt.stat().st_mtime_ns == stamp
     code, lines = _command_lines(export_main, ["--ckpt", str(ckpt), "--out-dir", str(runs), "--name", "e"], capsys)
     assert code == 2 and lines == [f"fer-export: error: {runs / 'e'} already exists: pick another --name or replace it "
-                                   "with --overwrite"]  # fmt: skip
+                                   "with --overwrite"]
     assert export_main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path), "--name", "e2"]) == 0
     assert export_main(["--ckpt", str(ckpt), "--out-dir", str(tmp_path), "--name", "e2", "--overwrite"]) == 0
     report = (tmp_path / "e2" / "export_report.json").read_text()
@@ -119,10 +119,10 @@ def test_an_existing_run_or_export_name_is_refused_unless_overwrite(setup, tmp_p
 
 
 @pytest.mark.parametrize("bad", [["--arch", "no_such_model"], ["--arch-arg", "width"], ["--arch-arg", "nonsense=1"],
-                                 ["--init", "missing.pt"]])  # fmt: skip
+                                 ["--init", "missing.pt"]])
 def test_a_run_that_fails_at_start_leaves_no_folder(setup, tmp_path, capsys, bad):
     code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
-                                                 "x", "--epochs", "1", "--no-progress", *bad], capsys)  # fmt: skip
+                                                 "x", "--epochs", "1", "--no-progress", *bad], capsys)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("fer-train: error: "), lines
     assert not (tmp_path / "x").exists()
 
@@ -130,7 +130,7 @@ def test_a_run_that_fails_at_start_leaves_no_folder(setup, tmp_path, capsys, bad
 def test_numeric_options_out_of_range_are_usage_errors(setup, capsys):
     for option, value in (("--max-frames", "-5"), ("--detect-width", "0"), ("--threads", "-3"), ("--camera", "-1")):
         code, lines = _click_command(run_main, ["--source", str(setup["image"]), "--model", str(setup["onnx"]),
-                                                "--no-display", option, value], capsys)  # fmt: skip
+                                                "--no-display", option, value], capsys)
         assert code == 2 and len(lines) == 1 and lines[0].startswith("fer-run: error: ") and option in lines[0], lines
 
 
@@ -139,7 +139,7 @@ def test_bench_torch_row_with_a_non_checkpoint_is_one_line(setup, tmp_path, caps
     bad.write_text("hello")
     code, lines = _click_command(bench_main, ["--model", str(setup["onnx"]), "--data-root", str(setup["root"]), "--out-dir",
                                               str(tmp_path / "b"), "--ckpt", str(bad), "--no-incumbent", "--calls", "1"],
-                                 capsys)  # fmt: skip
+                                 capsys)
     _assert_one_error(code, lines, "fer-bench", bad)
 
 
@@ -152,5 +152,5 @@ def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(setup, 
     monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
     code, lines = _command_lines(train_main, ["--data-root", str(setup["root"]), "--out-dir", str(tmp_path), "--name",
                                                  "i", "--epochs", "1", "--no-progress", "--arch-arg", "width=0.125"],
-                                    capsys)  # fmt: skip
+                                    capsys)
     assert code == 130 and lines[-1] == "fer-train: interrupted before the first epoch finished; nothing to resume"

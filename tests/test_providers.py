@@ -53,7 +53,7 @@ def test_auto_takes_cuda_with_a_device_and_the_cpu_behind_it(fake_ort):
 @pytest.mark.parametrize("request_, expected", [
     ("cpu", (CPU,)), ("tensorrt", ("TensorrtExecutionProvider", CUDA, CPU)),
     ("TensorrtExecutionProvider", ("TensorrtExecutionProvider", CUDA, CPU)), ("cuda", (CUDA, CPU)),
-])  # fmt: skip
+])
 def test_explicit_requests_get_exactly_that_provider(fake_ort, request_, expected):
     fake_ort(GPU_BUILD, devices=1)
     assert resolve(request_).providers == expected
@@ -69,7 +69,7 @@ def test_a_provider_onnxruntime_lists_is_known_by_its_short_name(fake_ort):
     (GPU_BUILD, 0, "cuda", "no CUDA device answers on this machine"),
     ([CPU], 0, "openvino", "has no OpenVINOExecutionProvider (it has: auto, cpu)"),
     ([CPU], 0, "warp-drive", "has no warp-drive"),
-])  # fmt: skip
+])
 def test_a_request_that_cannot_be_met_is_a_provider_error(fake_ort, listed, devices, request_, message):
     fake_ort(listed, devices)
     with pytest.raises(ProviderError, match=re.escape(message)):
@@ -112,11 +112,11 @@ def test_fer_run_says_what_auto_chose_and_refuses_what_cannot_be(fake_ort, model
         "fer-run: running on cpu (CPUExecutionProvider); --provider auto: this onnxruntime has no CUDA"
     ]
     r = CliRunner().invoke(run_cli, ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--provider",
-                                     "cuda"])  # fmt: skip
+                                     "cuda"])
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("fer-run: error: --provider cuda: "), r.output
     r = CliRunner().invoke(run_cli, ["--source", str(DEMO_IMAGE), "--model", str(model), "--no-display", "--provider",
-                                     "cpu"])  # fmt: skip
+                                     "cpu"])
     assert r.exit_code == 0 and "running on" not in r.output
 
 
@@ -126,7 +126,7 @@ def test_fer_bench_refuses_a_provider_it_cannot_have(fake_ort, model, tree_facto
     fake_ort([CPU])
     root = tree_factory("train-test", per_class=2)
     r = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(tmp_path / "o"),
-                                        "--provider", "cuda", "--no-incumbent"])  # fmt: skip
+                                        "--provider", "cuda", "--no-incumbent"])
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("fer-bench: error: --provider cuda: "), r.output
     assert not (tmp_path / "o").exists()

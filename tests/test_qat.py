@@ -96,13 +96,14 @@ def test_the_rounding_points_and_grids_are_onnx_runtime_int8s(tmp_path, monkeypa
 
 
 def test_fer_train_qat_fine_tunes_a_run_into_a_plain_checkpoint(tree_factory, tmp_path, monkeypatch):
-    import fer_train.train as train_module
+    from fer_train import model_setup, run_folder
 
     trained_with_rounding = []
-    monkeypatch.setattr(train_module, "prepare_qat", lambda m: trained_with_rounding.append(prepare_qat(m)) or m)
+    for module in (model_setup, run_folder):  # the model trained, and best.pt as the final report scores it
+        monkeypatch.setattr(module, "prepare_qat", lambda m: trained_with_rounding.append(prepare_qat(m)) or m)
     root = tree_factory("train-val-test", per_class=16)
     common = ["--data-root", str(root), "--out-dir", str(tmp_path), "--arch", "vgg", "--arch-arg", "width=0.125",
-              "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off", "--epochs", "1"]  # fmt: skip
+              "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off", "--epochs", "1"]
     assert train_main([*common, "--name", "fp32"]) == 0
     assert not trained_with_rounding
     assert train_main([*common, "--name", "qat", "--init", str(tmp_path / "fp32" / "best.pt"), "--qat"]) == 0
@@ -111,5 +112,5 @@ def test_fer_train_qat_fine_tunes_a_run_into_a_plain_checkpoint(tree_factory, tm
     model, _ = model_from_checkpoint(load_checkpoint(tmp_path / "qat" / "best.pt"))
     assert not is_qat(model)  # the weights, as any run's: fer-export builds and quantizes a plain model
     assert export_main(["--ckpt", str(tmp_path / "qat" / "best.pt"), "--int8", "--calib-size", "16", "--out-dir",
-                        str(tmp_path), "--name", "e"]) == 0  # fmt: skip
+                        str(tmp_path), "--name", "e"]) == 0
     assert (tmp_path / "e" / "model.int8.onnx").is_file()

@@ -179,7 +179,7 @@ def test_sigterm_flushes_like_ctrl_c(model, face_video_factory, tmp_path):
     code = "from fer_runtime.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "--source", str(video), "--model", str(model), "--no-display",
                              "--json", str(out), "--save", str(saved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True)
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
         time.sleep(0.2)
@@ -260,7 +260,7 @@ def test_a_missing_camera_is_fer_runs_one_line_without_opencvs(model):
         camera.release()
         pytest.skip("this machine has a camera 7")
     proc = subprocess.run([sys.executable, "-c", "from fer_runtime.cli import main; main()", "--camera", "7", "--model",
-                           str(model), "--no-display"], capture_output=True, text=True, timeout=120)  # fmt: skip
+                           str(model), "--no-display"], capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("fer-run: error: cannot open camera 7"), proc.stderr
 
@@ -273,13 +273,13 @@ def test_version(command):
     from fer_runtime import version
 
     proc = subprocess.run([sys.executable, "-c", f"from {command} import main; main()", "--version"], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+                          text=True, timeout=60)
     name = "fer-run" if command == "fer_runtime.cli" else "fer-bench"
     assert proc.returncode == 0 and proc.stdout == f"{name} {version()}\n", proc
 
 
 def test_console_lines_list_faces_from_left_to_right():
-    from fer_runtime.classifier import FaceResult
+    from fer_runtime.engine import FaceResult
     from fer_runtime.pipeline import describe
 
     def face(x, label):

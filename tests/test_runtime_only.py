@@ -10,7 +10,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
-                                reason="only meaningful without the [train] extra (make test-runtime)")  # fmt: skip
+                                reason="only meaningful without the [train] extra (make test-runtime)")
 
 
 @pytest.mark.parametrize("command", ["fer-train", "fer-eval", "fer-export"])

@@ -39,7 +39,7 @@ def test_fer_bench_reproduces_the_model_card(key, data_set, tmp_path):
     model = ROOT / "models" / f"{key}.int8.onnx"
     split = ["--protocol", key, "--split", "test"] if data_set == "own" else ["--split", "all"]
     result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(data), *split, "--no-incumbent",
-                                             "--calls", "1", "--no-progress", "--out-dir", str(tmp_path)])  # fmt: skip
+                                             "--calls", "1", "--no-progress", "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     q = json.loads((tmp_path / "results.json").read_text())["models"][model.name]["quality"]
     measured = tuple(round(q[k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy"))

@@ -18,7 +18,7 @@ from fer_train.models import VGGNet, create_model
 from fer_train.train import main as train_main
 
 TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1",
-        "--amp", "off", "--lr", "3e-3"]  # fmt: skip
+        "--amp", "off", "--lr", "3e-3"]
 
 
 def _train(root, out, name, *extra):
@@ -30,7 +30,7 @@ def _train(root, out, name, *extra):
 def test_train_writes_run_folder_and_learns(tree_factory, tmp_path):
     run = _train(tree_factory("train-val-test", per_class=32), tmp_path, "r", "--epochs", "6", "--ema", "0.9")
     for f in ("best.pt", "last.pt", "config.json", "split_manifest.json", "history.json", "metrics.json",
-              "metrics.md", "confusion_matrix.png", "curves.png", "skipped_files.txt"):  # fmt: skip
+              "metrics.md", "confusion_matrix.png", "curves.png", "skipped_files.txt"):
         assert (run / f).is_file(), f
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.6  # 3 classes, chance is 1/3
@@ -55,6 +55,7 @@ def test_best_pt_evaluates_but_does_not_resume(tree_factory, tmp_path, capsys):
 
 def test_the_final_report_scores_best_pt_in_fp32(tree_factory, tmp_path, monkeypatch):
     """The figure of record is the one fer-eval and fer-export give: fp32, not the bf16 autocast of training."""
+    from fer_train import run_folder
     from fer_train import train as train_module
 
     amps = []
@@ -64,15 +65,16 @@ def test_the_final_report_scores_best_pt_in_fp32(tree_factory, tmp_path, monkeyp
         amps.append(kwargs.get("amp"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", spy)
+    monkeypatch.setattr(train_module, "evaluate", spy)  # each epoch's validation
+    monkeypatch.setattr(run_folder, "evaluate", spy)  # the final report's
     args = ["--data-root", str(tree_factory("train-val-test", per_class=4)), "--out-dir", str(tmp_path), "--name", "a",
-            *[a if a != "off" else "bf16" for a in TINY], "--epochs", "1"]  # fmt: skip
+            *[a if a != "off" else "bf16" for a in TINY], "--epochs", "1"]
     assert train_main(args) == 0
     assert amps == ["bf16", "off", "off"]  # the epoch's validation, then best.pt on val and test
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
-    from fer_train.train import progress_wanted
+    from fer_train.placement import progress_wanted
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert not progress_wanted(False)
@@ -106,11 +108,54 @@ def test_resume_is_exact(tree_factory, tmp_path, layout):
     assert json.loads((part / "metrics.json").read_text())["complete"] is False  # 4 of 5: no longer finished
 
 
+def test_one_rule_says_whether_a_run_is_new_started_or_finished(tmp_path, capsys):
+    """fer-train's eval-only resume, fer-export --resume and make models all ask fer_train.run_status."""
+    from fer_train.run_status import finished, main, run_status
+
+    run = tmp_path / "r"
+    assert run_status(run) == "new"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    assert run_status(run) == "started"
+    (run / "metrics.json").write_text(json.dumps({"complete": False, "epochs": 3}))  # a --stop-after sitting
+    assert run_status(run) == "started"
+    (run / "metrics.json").write_text(json.dumps({"complete": True, "epochs": 3}))
+    assert run_status(run) == "finished" and finished(run, planned=3)
+    assert not finished(run, planned=5, epoch=3)  # resumed with a larger --epochs
+    assert finished(tmp_path / "no-metrics", planned=5, epoch=5) and not finished(tmp_path / "no-metrics")
+    assert main([str(run)]) == 0 and capsys.readouterr().out == "finished\n"
+
+
+def test_tensorboard_opens_one_writer_per_sitting(tree_factory, tmp_path, monkeypatch):
+    import types
+
+    opened, scalars = [], []
+
+    class Writer:
+        def __init__(self, folder: str) -> None:
+            opened.append(folder)
+
+        def add_scalar(self, key: str, value: float, step: int) -> None:
+            scalars.append((key, step))
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    run = _train(tree_factory("train-val-test", per_class=4), tmp_path, "tb", "--epochs", "2")
+    assert opened == [str(run / "tb")] and {step for _, step in scalars} == {1, 2} and ("val_loss", 2) in scalars
+    assert train_main(["--resume", str(run / "last.pt"), "--epochs", "0"]) == 0
+    assert len(opened) == 1  # an eval-only sitting adds no events file
+
+
 def test_options_come_from_defaults_then_the_resumed_run_then_the_recipe_then_the_flags(tmp_path, monkeypatch):
     """The precedence, and the one data-root rule: --data-root (flag or recipe), then FER_DATA_ROOT, then the run's."""
     from fer_runtime.options import load_recipe
     from fer_train.config import TrainConfig
-    from fer_train.train import merged_config
+    from fer_train.run_config import merged_config
 
     saved = TrainConfig(data_root="/saved", lr=0.1, epochs=7, ema=0.9, arch_arg=["width=0.5"])
     recipe = tmp_path / "r.toml"
@@ -152,7 +197,7 @@ def test_recipe_and_saved_values_are_checked_as_the_command_line_checks_them(tmp
 
     for text, said in [('amp = "fp32"', "amp"), ('monitor = "f1"', "monitor"), ('epochs = "many"', "epochs"),
                        ('arch = ["vgg", "mobile"]', "takes one value"), ("epochs = 30.7", "not a valid int"),
-                       ("strict = 1", "not a valid bool"), ("batch_size = true", "not a valid int")]:  # fmt: skip
+                       ("strict = 1", "not a valid bool"), ("batch_size = true", "not a valid int")]:
         (tmp_path / "r.toml").write_text(text + "\n")
         with pytest.raises(OptionError, match=f"r.toml: .*{said}"):
             load_recipe(tmp_path / "r.toml", TrainConfig)
@@ -253,7 +298,7 @@ def test_ddp_two_processes_gloo(tree_factory, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "fer_train", "--data-root", str(root), "--out-dir", str(tmp_path), "--name", "ddp", "--epochs", "2",
-           *TINY]  # fmt: skip
+           *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_checkpoint(tmp_path / "ddp" / "last.pt")
@@ -325,7 +370,7 @@ def test_recipe_files_set_options_and_flags_override_them(tree_factory, tmp_path
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'data_root = "{tree_factory("train-val-test")}"\narch = "vgg"\narch_arg = ["width=0.125"]\n'
                       f'epochs = 3\nbatch_size = 8\nlr = 3e-3\nname = "from_recipe"\nout_dir = "{tmp_path}"\n'
-                      'amp = "off"\nno_progress = true\n')  # fmt: skip
+                      'amp = "off"\nno_progress = true\n')
     assert train_main(["--config", str(recipe), "--epochs", "1"]) == 0
     config = json.loads((tmp_path / "from_recipe" / "config.json").read_text())
     assert (config["epochs"], config["lr"], config["arch_arg"], config["batch_size"]) == (1, 3e-3, ["width=0.125"], 8)
@@ -349,7 +394,7 @@ def test_an_older_checkpoint_contract_upgrades_unless_it_used_retired_conditioni
     from fer_train.checkpoint import upgraded_contract
 
     v1 = {"classes": ["a", "b"], "input_size": [48, 48], "channels": 1, "mean": [0.5], "std": [0.5], "output": "logits",
-          "crop_margin": 0.1, "input_blur": 0.0, "input_deconv": 0.0, "provenance": {}, "version": 1}  # fmt: skip
+          "crop_margin": 0.1, "input_blur": 0.0, "input_deconv": 0.0, "provenance": {}, "version": 1}
     up = upgraded_contract(v1)
     assert up["version"] == CONTRACT_VERSION and "input_blur" not in up and up["classes"] == ["a", "b"]
     with pytest.raises(ContractError, match="no longer supports"):

@@ -21,7 +21,7 @@ def astronaut_bgr() -> np.ndarray:
 
 
 def write_moving_face_video(path: str | Path, frames: int = 300, fps: int = 30, noise: float = 6.0, seed: int = 0,
-                            faces: int = 1) -> Path:  # fmt: skip
+                            faces: int = 1) -> Path:
     """One face moving right and bobbing; with ``faces=2`` a smaller, mirrored one moves left below it."""
     face = astronaut_bgr()[30:230, 130:330]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (640, 480))

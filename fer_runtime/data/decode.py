@@ -89,7 +89,7 @@ def load_split(
         raise DataError(f"{len(cached.skipped)} unreadable images in split '{split}', e.g. {cached.skipped[0][0]}")
     if cached.skipped:
         warnings.warn(f"skipped {len(cached.skipped)} unreadable images in split '{split}' "
-                      f"(listed in skipped_files.txt), e.g. {cached.skipped[0][0]}", stacklevel=2)  # fmt: skip
+                      f"(listed in skipped_files.txt), e.g. {cached.skipped[0][0]}", stacklevel=2)
     return cached
 
 
@@ -119,7 +119,7 @@ def _decode(root, items, split, shape: tuple[int, int, int], strict, progress, t
         raise DataError(f"split '{split}' has no readable images")
     return DecodedSplit(images[keep], np.asarray([y for _, y in items], np.int64)[keep],
                         [rel for (rel, _), k in zip(items, keep) if k], skipped,
-                        None if targets is None else targets[keep], dict(formats))  # fmt: skip
+                        None if targets is None else targets[keep], dict(formats))
 
 
 def _read_cache(cache_file: Path, items, targets) -> DecodedSplit | None:
@@ -134,7 +134,7 @@ def _read_cache(cache_file: Path, items, targets) -> DecodedSplit | None:
         log.warning("ignoring unreadable cache %s: %s", cache_file, exc)
         return None
     return DecodedSplit(images, labels, [rel for (rel, _), k in zip(items, keep) if k], skipped,
-                        None if targets is None else targets[keep], formats)  # fmt: skip
+                        None if targets is None else targets[keep], formats)
 
 
 def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
@@ -144,7 +144,7 @@ def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_file) as tmp:
             np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
-                     formats=json.dumps(decoded.formats))  # fmt: skip
+                     formats=json.dumps(decoded.formats))
     except OSError as exc:
         log.warning("could not write decode cache %s: %s", cache_file, exc)
 

@@ -15,7 +15,7 @@ from fer_runtime.errors import DataError
 # Column order of fer2013new.csv and label.csv (after the image name / face box).
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 _NAME = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad", "anger": "angry",
-         "disgust": "disgust", "fear": "fear", "contempt": "contempt"}  # fmt: skip
+         "disgust": "disgust", "fear": "fear", "contempt": "contempt"}
 CLASSES = tuple(sorted(_NAME.values()))  # angry, contempt, disgust, fear, happy, neutral, sad, surprise
 # column j of the 8 emotions -> index in CLASSES
 _TO_CLASS = np.asarray([CLASSES.index(_NAME[c]) for c in VOTE_COLUMNS[:8]])

@@ -53,7 +53,7 @@ def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
             if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
                 return flag
     raise ImageTooLarge(f"{Path(path).name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
-                        "megapixels read: scale it down first")  # fmt: skip
+                        "megapixels read: scale it down first")
 
 
 def image_header_size(head: bytes) -> tuple[int, int] | None:

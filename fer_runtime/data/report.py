@@ -58,7 +58,7 @@ def duplicate_summary(decoded: dict[str, DecodedSplit]) -> dict:
         in_train = [h in first_label for h in split_hashes]
         same = [h in labels_of and int(y) in labels_of[h] for h, y in zip(split_hashes, d.labels)]
         out[split] = {"images": len(split_hashes), "with_copy_in_train": int(sum(in_train)),
-                      "with_copy_in_train_same_label": int(sum(same))}  # fmt: skip
+                      "with_copy_in_train_same_label": int(sum(same))}
     return out
 
 
@@ -75,7 +75,7 @@ def image_statistics(images: np.ndarray, sample: int = 4000, seed: int = 0) -> d
     sharp, bright = sharpness_values(pick), pick.astype(np.float32).mean((1, 2, 3))
     return {"sampled": len(pick), "sharpness_median": float(np.median(sharp)), "sharpness_p10": float(np.percentile(sharp, 10)),
             "sharpness_p90": float(np.percentile(sharp, 90)), "brightness_mean": float(bright.mean()),
-            "brightness_std": float(bright.std())}  # fmt: skip
+            "brightness_std": float(bright.std())}
 
 
 def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> dict:
@@ -91,7 +91,7 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
         "statistics": stats,
         "duplicates": duplicate_summary(decoded),
         "warnings": [],
-    }  # fmt: skip
+    }
     if "train" in stats:
         base = stats["train"]["sharpness_median"]
         for split, st in stats.items():
@@ -100,11 +100,11 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
                 report["warnings"].append(
                     f"{split} images are {ratio:.1f}x as sharp as train (median mean |Laplacian| "
                     f"{st['sharpness_median']:.1f} vs {base:.1f}): the splits do not look alike; check the data "
-                    "(a blurred or resampled copy?) before trusting figures on it")  # fmt: skip
+                    "(a blurred or resampled copy?) before trusting figures on it")
     for split, dup in report["duplicates"].items():
         if split != "train" and dup["with_copy_in_train"]:
             report["warnings"].append(f"{dup['with_copy_in_train']} of {dup['images']} {split} images have a "
-                                      "pixel-identical copy in train")  # fmt: skip
+                                      "pixel-identical copy in train")
     unreadable = sum(len(v) for v in report["unreadable"].values())
     if unreadable:
         report["warnings"].append(f"{unreadable} unreadable files skipped")
@@ -114,33 +114,33 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
 def report_markdown(r: dict) -> str:
     classes = r["classes"]
     lines = [f"# Data report: {r['root']}", "", f"Layout `{r['layout']}`, protocol `{r['protocol']}`"
-             + (f", label mode `{r['label_mode']}`" if r.get("label_mode") else ""), ""]  # fmt: skip
+             + (f", label mode `{r['label_mode']}`" if r.get("label_mode") else ""), ""]
     lines += [f"- {n}" for n in r["notes"]] + [""]
     if r["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in r["warnings"]] + [""]
     lines += ["## Images per class", "", "| split | " + " | ".join(classes) + " | total |",
-              "|---|" + "---:|" * (len(classes) + 1)]  # fmt: skip
+              "|---|" + "---:|" * (len(classes) + 1)]
     for split, per in r["images_per_class"].items():
         lines.append(f"| {split} | " + " | ".join(str(per[c]) for c in classes) + f" | {sum(per.values())} |")
     lines += ["", "## Image statistics (a sample per split)", "",
               "| split | unreadable | formats | sharpness median (p10-p90) | brightness mean ± std |",
-              "|---|---:|---|---:|---:|"]  # fmt: skip
+              "|---|---:|---|---:|---:|"]
     for split, st in r["statistics"].items():
         formats = ", ".join(f"{k}: {v}" for k, v in sorted(r["formats"][split].items(), key=lambda kv: -kv[1])[:4])
         lines.append(f"| {split} | {len(r['unreadable'][split])} | {formats} | {st['sharpness_median']:.1f} "
                      f"({st['sharpness_p10']:.1f}-{st['sharpness_p90']:.1f}) | {st['brightness_mean']:.1f} ± "
-                     f"{st['brightness_std']:.1f} |")  # fmt: skip
+                     f"{st['brightness_std']:.1f} |")
     dup = r["duplicates"]
     if dup:
         t = dup["train"]
         lines += ["", "## Exact duplicates (pixel-identical after decoding)", "",
                   f"- train: {t['images_in_duplicate_groups']} images in {t['duplicate_groups']} groups of identical "
                   f"images ({t['redundant_copies']} redundant copies; {t['groups_with_conflicting_labels']} groups "
-                  "disagree on the label)"]  # fmt: skip
+                  "disagree on the label)"]
         for split, d in dup.items():
             if split != "train":
                 lines.append(f"- {split}: {d['with_copy_in_train']} of {d['images']} images have a copy in train "
-                             f"({d['with_copy_in_train_same_label']} with the same label)")  # fmt: skip
+                             f"({d['with_copy_in_train_same_label']} with the same label)")
     return "\n".join(lines) + "\n"
 
 

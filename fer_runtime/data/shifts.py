@@ -160,7 +160,7 @@ SHIFTS: dict[str, Shift] = {s.name: s for s in (
     Shift("rotation", "rotation", rotate, (6.0, 12.0, 20.0), "{v:.0f} degrees", 0.0),
     Shift("low_resolution", "resolution", low_resolution, (32.0, 24.0, 16.0), "face {v:.0f} px", 48.0),
     Shift("colour_camera", "colour", colour_camera, (0.5, 1.0, 1.5), "cast x{v}", 0.0),
-)}  # fmt: skip
+)}
 
 
 def image_seed(shift: str, severity: int, index: int, seed: int = 0) -> int:

@@ -60,7 +60,7 @@ class SplitManifest:
             "protocol": self.protocol, "label_mode": self.label_mode,
             "splits": {k: [[p, int(y)] for p, y in v] for k, v in self.splits.items()},
             "targets": {k: [[round(float(x), 6) for x in t] for t in v] for k, v in self.targets.items()},
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> SplitManifest:
@@ -69,7 +69,7 @@ class SplitManifest:
             protocol=data.get("protocol"), label_mode=data.get("label_mode"),
             splits={k: [(str(p), int(y)) for p, y in v] for k, v in data["splits"].items()},
             targets={k: [list(map(float, t)) for t in v] for k, v in data.get("targets", {}).items()},
-        )  # fmt: skip
+        )
 
     def check_classes(self, classes: list[str] | tuple[str, ...]) -> None:
         """A model scored on this data must have its classes, in its order."""
@@ -88,7 +88,7 @@ class SplitManifest:
 
     def counts(self) -> dict[str, list[int]]:
         return {name: np.bincount([y for _, y in items], minlength=len(self.classes)).tolist()
-                for name, items in self.splits.items()}  # fmt: skip
+                for name, items in self.splits.items()}
 
 
 def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None = None) -> SplitManifest:
@@ -110,7 +110,7 @@ def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the rules' own warnings were shown when the run was made
         return discover(root, rules.get("protocol"), rules.get("val_split"), rules.get("test_split"),
-                        rules.get("seed", 0), rules.get("label_mode"))  # fmt: skip
+                        rules.get("seed", 0), rules.get("label_mode"))
 
 
 def _is_image(path: Path) -> bool:
@@ -143,7 +143,7 @@ def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None
         files.sort()
         if unsupported:
             warnings.warn(f"class folder {d}: {unsupported} files in a format not read (GIF, HEIC, AVIF) left out; "
-                          "convert them to PNG to use them", stacklevel=4)  # fmt: skip
+                          "convert them to PNG to use them", stacklevel=4)
         if not files:
             raise DataError(f"class folder {d} has no images")
         found[d.name] = files
@@ -173,7 +173,7 @@ def _check_same_classes(per_split: dict[str, dict[str, list[str]]]) -> list[str]
         if classes != reference:
             only_a, only_b = sorted(set(reference) - set(classes)), sorted(set(classes) - set(reference))
             raise DataError(f"class folders differ between '{reference_split}' and '{split}': "
-                            f"only in {reference_split}: {only_a or '-'}; only in {split}: {only_b or '-'}")  # fmt: skip
+                            f"only in {reference_split}: {only_a or '-'}; only in {split}: {only_b or '-'}")
     return reference
 
 
@@ -230,7 +230,7 @@ def discover(
         raise DataError(f"--label-mode {label_mode} is for --protocol ferplus (FER+ vote labels) only")
     if protocol in ("fer2013", "ferplus") and (val_split or test_split):
         warnings.warn(f"--val-split and --test-split are ignored: --protocol {protocol} has its own validation and test "
-                      "splits", stacklevel=2)  # fmt: skip
+                      "splits", stacklevel=2)
     exclude = {Path(p).resolve(): what for p, what in (exclude or {}).items()}
     try:
         if protocol == "ferplus":
@@ -261,7 +261,7 @@ def _discover_fer2013(root: Path, exclude: dict[Path, str]) -> SplitManifest:
         for split, label, row in fer_csv.read_fer2013(csv_file):
             splits[split].append((f"{csv_file.name}{CSV_ROW}{row}", label))
         return SplitManifest(str(csv_file.parent.resolve()), list(fer_csv.CLASSES), "fer2013-csv", splits,
-                             [note + f" (from {csv_file.name}; emotion codes mapped to class names)"], "fer2013")  # fmt: skip
+                             [note + f" (from {csv_file.name}; emotion codes mapped to class names)"], "fer2013")
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
         raise DataError(f"--protocol fer2013 needs {root}/train and {root}/test (Kaggle image folders) or fer2013.csv")
     found = {s: scan_class_folders(root / s, root, exclude) for s in ("train", "test")}
@@ -299,7 +299,7 @@ def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
         old_csv = _kaggle_csv(base)
         if not new_csv.is_file() or old_csv is None:
             raise DataError(f"--protocol ferplus needs {base}/FER2013Train|Valid|Test/label.csv, or fer2013new.csv "
-                            f"beside fer2013.csv")  # fmt: skip
+                            f"beside fer2013.csv")
         layout = "ferplus-csv"
         faces = fer_csv.read_fer2013(old_csv)
         for i, (split, name, cells) in enumerate(fer_csv.read_ferplus_votes(new_csv, len(faces))):
@@ -321,12 +321,12 @@ def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
             targets.setdefault(split, []).append(target.tolist())
     notes = [f"FER+ protocol: train=FER2013Train ({label_mode} labels), val=FER2013Valid, test=FER2013Test "
              f"(majority labels); excluded by the FER+ label rules: "
-             + ", ".join(f"{s} {excluded[s]}" for s in SPLITS)]  # fmt: skip
+             + ", ".join(f"{s} {excluded[s]}" for s in SPLITS)]
     return SplitManifest(str(base.resolve()), list(ferplus.CLASSES), layout, splits, notes, "ferplus", label_mode, targets)
 
 
 def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int,
-                      exclude: dict[Path, str]) -> SplitManifest:  # fmt: skip
+                      exclude: dict[Path, str]) -> SplitManifest:
     notes: list[str] = []
     has = {s: (root / s).is_dir() for s in SPLITS}
     if has["train"]:
@@ -346,7 +346,7 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
             splits["val"] = splits["test"]
             layout = "train-test"
             msg = ("no val/ folder and no --val-split: the test set doubles as validation, "
-                   "so test figures are not independent of model selection")  # fmt: skip
+                   "so test figures are not independent of model selection")
             warnings.warn(msg, stacklevel=3)
             notes.append(msg)
         else:
@@ -383,4 +383,4 @@ def _warn_thin_splits(splits: dict[str, list[tuple[str, int]]], classes: list[st
     if val_split and val_split >= 0.5:
         n = len(splits["train"])
         warnings.warn(f"--val-split {val_split} leaves {n} of {n + len(splits.get('val', []))} images for training",
-                      stacklevel=4)  # fmt: skip
+                      stacklevel=4)

@@ -1,4 +1,5 @@
-"""``FaceExpressionClassifier``: detect, crop, classify all faces of a frame in one batch, track and smooth."""
+"""``FaceEngine``: the engine behind fer-run and the Python API: detect, crop, classify all faces of a frame in one
+batch, track and smooth."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_runtime.backends import load_model
 from fer_runtime.contract import ContractError
 from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.follow import FaceFollower
 from fer_runtime.profiling import StageTimer
 from fer_runtime.providers import ProviderChoice
-from fer_runtime.session import OnnxModel
 from fer_runtime.track import IouTracker, iou
 
 # Shipped models by name (``fer-run --model NAME``); the first is the default.
@@ -32,7 +33,7 @@ DEFAULT_THREADS = 1
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:
-    """A shipped model's name (ferplus, fer2013), or a path to any ONNX file with a fer_contract."""
+    """A shipped model's name (ferplus, fer2013), or a path to any model file with a fer_contract."""
     key = str(name_or_path or DEFAULT_MODEL)
     if key not in SHIPPED_MODELS:
         return Path(key)
@@ -42,10 +43,6 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     if not path.is_file():
         raise ContractError(f"the shipped model {path} is missing from this install: pass --model PATH")
     return path
-
-
-def default_model_path() -> Path:
-    return resolve_model(None)
 
 
 @dataclass
@@ -82,9 +79,9 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
     return Detection(box, det.score, eyes)
 
 
-class FaceExpressionClassifier:
-    """``model_path``: a shipped model's name or an ONNX file; ``detector``: ``"haar"`` (offline, 320 pixels wide) or
-    a detector ``create_detector`` made (YuNet, another width)."""
+class FaceEngine:
+    """``model_path``: a shipped model's name or a model file (opened by ``load_model``); ``detector``: ``"haar"``
+    (offline, 320 pixels wide) or a detector ``create_detector`` made (YuNet, another width)."""
 
     def __init__(
         self,
@@ -96,8 +93,8 @@ class FaceExpressionClassifier:
         threads: int = DEFAULT_THREADS,
         provider: str | ProviderChoice | None = None,
         prior: str = "model",
-    ):
-        self.model = OnnxModel(resolve_model(model_path), threads=threads, provider=provider, prior=prior)
+    ) -> None:
+        self.model = load_model(resolve_model(model_path), threads=threads, provider=provider, prior=prior)
         self.contract = self.model.contract
         self.classes = self.contract.classes
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
@@ -111,7 +108,7 @@ class FaceExpressionClassifier:
         self._followers: list[FaceFollower] = []
         self._detect_next = False
 
-    def classify_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+    def crop_probabilities(self, crops: list[np.ndarray]) -> np.ndarray:
         """Face crops (BGR or gray uint8, any size) -> probabilities, one row per crop, in contract class order."""
         if not crops:
             return np.zeros((0, len(self.classes)), np.float32)
@@ -168,7 +165,8 @@ class FaceExpressionClassifier:
             h, w = image.shape[:2]
             detections = [Detection((0.0, 0.0, float(w), float(h)), 1.0)] if crops else self._left_to_right(image)
         with timer("preprocess"):
-            faces = [image] if crops else [crop_face(image, d, self.contract.crop_margin) for d in detections]
+            c = self.contract
+            faces = [image] if crops else [crop_face(image, d, c.crop_margin, c.crop_offset) for d in detections]
             batch = self.contract.preprocess(faces) if faces else None
         with timer("classify"):
             probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
@@ -178,7 +176,7 @@ class FaceExpressionClassifier:
         """Face crops (BGR or gray uint8, any size), classified in one batch: one result per crop, its box the
         whole crop; the same probabilities and labels as ``process_image(crop, crops=True)`` for each."""
         boxes = [Detection((0.0, 0.0, float(c.shape[1]), float(c.shape[0])), 1.0) for c in crops]
-        return self._results(boxes, self.classify_crops(crops))
+        return self._results(boxes, self.crop_probabilities(crops))
 
     def _results(self, detections: list[Detection], probs: np.ndarray) -> list[FaceResult]:
         """One photo's faces (or a batch of crops): each labelled on its own, numbered in order, no smoothing."""
@@ -197,7 +195,7 @@ class FaceExpressionClassifier:
             detections = self._detect_or_follow(frame)
         self._frame_index += 1
         with timer("preprocess"):
-            crops = [crop_face(frame, d, self.contract.crop_margin) for d in detections]
+            crops = [crop_face(frame, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]
             batch = self.contract.preprocess(crops) if crops else None
         with timer("classify"):
             probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))
@@ -208,5 +206,5 @@ class FaceExpressionClassifier:
                 smoothed = self.tracker.observe(track, p)
                 k, raw_k = int(smoothed.argmax()), int(p.argmax())
                 results.append(FaceResult(det.box, track.track_id, self.classes[k], float(smoothed[k]), smoothed,
-                                          self.classes[raw_k], p))  # fmt: skip
+                                          self.classes[raw_k], p))
         return results

@@ -1,0 +1,66 @@
+"""``ModelBackend``: what every loaded model offers, whatever runs it (ONNX Runtime, TFLite, ...).
+
+A backend is one class: it opens a file (``accepts`` says which), reads the model's contract and decision rule, and
+runs a normalised batch (``run``). Everything else a caller needs (raw outputs of uint8 images, probabilities under
+the decision rule) is built here on ``run``, the same for every backend. ``fer_runtime.backends.load_model`` picks
+the backend for a file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from fer_runtime.contract import ModelContract
+from fer_runtime.decision import decision_probabilities
+from fer_runtime.providers import CPU, ProviderChoice
+
+# what a backend that runs on the CPU only reports as its provider
+CPU_ONLY = ProviderChoice("cpu", (CPU,))
+
+
+class ModelBackend(ABC):
+    """A model file that runs.
+
+    A subclass is constructed as ``Backend(path, threads=0, provider=None, prior="model")`` (``threads``: intra-op
+    threads, 0 the backend's default; ``provider``: ``--provider``'s value, ignored by a backend that runs on one device
+    only; ``prior``: the decision rule, ``fer_runtime.decision.PRIOR_CHOICES``). It sets ``path``, ``contract``,
+    ``prior_correction`` (the tau the model is read under) and ``provider`` (what runs it), and implements ``run``.
+    """
+
+    # the file suffixes this backend opens (lower case); ``accepts`` may look closer
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    path: Path
+    contract: ModelContract
+    prior_correction: float
+    provider: ProviderChoice
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether this backend opens ``path``: by its suffix unless a backend says otherwise."""
+        return path.suffix.lower() in cls.suffixes
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 N x C x H x W -> raw outputs N x K (logits or probabilities, as the contract says)."""
+
+    def raw_outputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 N x C x H x W (model colour order, model size) -> the model's raw outputs N x K."""
+        outs = [self.run(self.contract.normalize(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, self.contract.num_classes), np.float32)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised batch -> class probabilities under the decision rule (temperature, then tau)."""
+        return decision_probabilities(self.run(batch), self.contract, self.prior_correction)
+
+    def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 N x C x H x W (model colour order, model size) -> probabilities under the decision rule, N x K."""
+        return decision_probabilities(self.raw_outputs(images, batch_size), self.contract, self.prior_correction)
+
+    def param_count(self) -> int | None:
+        """The model's weight count, where the backend can read it from the file (None: it cannot)."""
+        return None
