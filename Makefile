@@ -34,20 +34,28 @@ lint: $(PY)
 # The shipped models (models/MODEL_CARD.md): each recipe in models/recipes/ is trained (or resumed from
 # its last.pt, or kept when finished), exported to ONNX + INT8 with a temperature and a decision rule fitted
 # on val, copied into models/ and benchmarked against the fer package. About 90 to 140 minutes per model on 2 cores with
-# native bf16 (AVX512-BF16), both models side by side at their recipes' thread counts.
+# native bf16 (AVX512-BF16), both models side by side at their recipes' thread counts. A model with a stage 1
+# (RUN_NAME_base, models/recipes/NAME_base.toml) trains that first and exports it to exports/NAME_base/, which its
+# recipe starts from (--init): about 30 minutes more at one thread on an AVX2 EPYC.
 SHARED ?= ../shared/data
 # each shipped model: its recipe (models/recipes/NAME.toml) and the run that recipe writes
 RECIPE_ferplus := ferplus
-RUN_ferplus := runs/ferplus_vgg_w025_d1222_kd4_e250
+RUN_ferplus := runs/ferplus_robust_light_e20
+RUN_ferplus_base := runs/ferplus_vgg_w025_d1222_kd4_e250
 RECIPE_fer2013 := fer2013
-RUN_fer2013 := runs/fer2013_vgg_w025_d1222_kd4_e200
+RUN_fer2013 := runs/fer2013_robust_light_e20
+RUN_fer2013_base := runs/fer2013_vgg_w025_d1222_kd4_e200
+# the checkpoint each model ships from (best.pt unless named): the ship rule preferred this run's last epoch (RESULTS.md)
+CKPT_fer2013 := last.pt
 # teachers for the distilled students (not shipped): models/recipes/teacher_*.toml, seeds 0-3, exported to
 # exports/teachers/DATA_sSEED/. About 5 minutes an epoch at one thread on a 2-core CPU (40 epochs, 3.3 hours each);
 # with DEVICE=cuda on one H200, 5-7 s an epoch, four side by side (RESULTS.md)
 TEACHER_SEEDS := 0 1 2 3
 TEACHERS := $(foreach d,ferplus fer2013,$(foreach s,$(TEACHER_SEEDS),$(d)_s$(s)))
 DEVICE ?= auto
-EXPORT := --int8 --calib-size 512 --calib-method entropy --out-dir exports
+# the crop framing of FER-style training crops under the Haar cascade (benchmarks/results/framing: margin 0.016,
+# offset 0.000, +0.003 box sides, rounded)
+EXPORT := --int8 --calib-size 512 --calib-method entropy --crop-margin 0.02 --crop-offset 0 --crop-offset 0 --out-dir exports
 # measures on the AVX2 code path that most laptops and kiosks have (CPUID faulting hides AVX-512 and VNNI); on a CPU
 # without AVX-512 the native path is that path, and run-avx2 (which needs CPUID faulting) is not used
 RUN_AVX2 ?= $(if $(shell grep -qw avx512f /proc/cpuinfo && echo yes),../shared/tools/avx2/run-avx2)
@@ -67,10 +75,13 @@ train = status=$$($(PY) -m fer_train.run_status $(1)) || exit 1; case $$status i
 	*) exit 1;; esac
 
 model-%: $(PY)
+	$(if $(RUN_$*_base),@$(call train,$(RUN_$*_base),$*_base))
+	$(if $(RUN_$*_base),test -f exports/$*_base/model.onnx || \
+	  $(VENV)/bin/fer-export --ckpt $(RUN_$*_base)/best.pt --out-dir exports --name $*_base)
 	@$(call train,$(RUN_$*),$(RECIPE_$*))
 	rm -rf exports/$*
-	$(VENV)/bin/fer-export --ckpt $(RUN_$*)/best.pt $(EXPORT) --name $*
-	$(VENV)/bin/fer-eval --ckpt $(RUN_$*)/best.pt --split test
+	$(VENV)/bin/fer-export --ckpt $(RUN_$*)/$(or $(CKPT_$*),best.pt) $(EXPORT) --name $*
+	$(VENV)/bin/fer-eval --ckpt $(RUN_$*)/$(or $(CKPT_$*),best.pt) --split test
 	cp exports/$*/model.onnx models/$*.onnx
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
 
@@ -88,6 +99,7 @@ reexport-%: $(PY)
 	cp exports/$*/model.onnx models/$*.onnx
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
 
+YUNET := ../shared/models/face_detection_yunet.onnx
 VIDEO := benchmarks/results/moving_face.mp4
 VIDEO2 := benchmarks/results/two_faces.mp4
 bench: $(PY)
@@ -107,7 +119,7 @@ bench: $(PY)
 	$(RUN_AVX2) $(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --model models/fer2013.int8.onnx \
 	  --data-root $(SHARED)/ferplus --protocol ferplus --split val --calls 50 --out-dir benchmarks/results/latency_avx2
 	$(VENV)/bin/python -m benchmarks.scripts.measure_framing --data-root $(SHARED)/ferplus --protocol ferplus \
-	  --yunet ../shared/models/face_detection_yunet.onnx --out-dir benchmarks/results/framing
+	  $(if $(wildcard $(YUNET)),--yunet $(YUNET)) --out-dir benchmarks/results/framing
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 

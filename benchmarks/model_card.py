@@ -174,6 +174,9 @@ def _framing(root: Path) -> list[str]:
              "| detector | faces found | margin | offset dx, dy | IoU at margin 0.1, centred | IoU under the measured framing |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, d in r["detectors"].items():
+        if not d.get("found"):
+            lines.append(f"| {name} | 0 of {d['images']} | - | - | - | - |")
+            continue
         f, iou = d["framing"], d["iou_with_training_crop"]
         lines.append(f"| {name} | {d['found']} of {d['images']} | {f['margin']:.3f} | {f['dx']:+.3f}, {f['dy']:+.3f} | "
                      f"{iou['current']['median']:.3f} / {iou['current']['p10']:.3f} | "
@@ -279,6 +282,11 @@ def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> l
     lines[0] += (f" Architecture `{arch}` {arch_arg}: {fp32['params']:,} parameters, {fp32['macs'] / 1e6:.1f}M MACs "
                  f"per face. Selected on validation ({metrics['best']['metric']} {metrics['best']['value']:.4f} at epoch "
                  f"{metrics['best']['epoch']} of {len(history)}); test read once.")
+    init = config.get("contract", {}).get("provenance", {}).get("init")
+    if config.get("init"):
+        lines += [f"Fine-tuned from `--init {config['init']}`"
+                  + (f" ({init['file']}, sha256 {init['sha256'][:12]}...)" if init else "") + ": its weights, with its "
+                  "BatchNorm statistics refitted on the training images (`fer_train/onnx_init.py`).", ""]
     return lines + [
         f"Training: {len(history)} epochs, {train_min:.0f} min of training steps (median "
         f"{sorted(h['train_seconds'] for h in history)[len(history) // 2]:.0f} s an epoch, {config['threads']} "

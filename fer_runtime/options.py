@@ -237,7 +237,7 @@ class FerCommand(click.Command):
         except OSError as exc:  # a disk that fills, a folder that vanishes mid-run: one line, not a traceback
             error = os_error(exc)
             click.echo(f"{self.name}: error: {error}", err=True)
-            code = error.exit_code  # README: an output that cannot be written exits 2
+            code = error.exit_code  # docs/reference.md: an output that cannot be written exits 2
         if standalone_mode:
             sys.exit(code or 0)
         return code

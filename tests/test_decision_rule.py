@@ -109,9 +109,9 @@ def test_training_prior_follows_the_sampler_and_soft_targets():
 
 
 def _rule_by_hand(logits: np.ndarray, labels: np.ndarray, temperature: float, prior) -> tuple[float, list]:
-    """The README's rule computed apart from fer_runtime (numpy only, so the runtime venv runs it too): of tau 0, 0.05,
-    ..., 1, the best mean of macro-F1 and balanced accuracy whose accuracy stays within 0.5 points of tau 0's; the
-    smallest of equals. Every class is in ``labels``. Returns tau and every (tau, accuracy, score)."""
+    """The decision rule of docs/export.md computed apart from fer_runtime (numpy only, so the runtime venv runs it
+    too): of tau 0, 0.05, ..., 1, the best mean of macro-F1 and balanced accuracy whose accuracy stays within 0.5
+    points of tau 0's; the smallest of equals. Every class is in ``labels``. Returns tau and every (tau, accuracy, score)."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
     k = logits.shape[1]
     rows = []
@@ -172,7 +172,7 @@ def _split_images(split_dir) -> tuple[np.ndarray, np.ndarray]:
 
 def test_an_export_on_skewed_data_records_the_training_prior_and_the_rule_val_picks(tmp_path):
     """fer-export on a run trained mostly on angry faces: the contract's class_prior is the training split's class
-    frequencies and its prior_correction the tau of the README's rule, both computed here from the files alone."""
+    frequencies and its prior_correction the tau of the rule of docs/export.md, both computed here from the files alone."""
     pytest.importorskip("torch")
     import onnxruntime as ort
 

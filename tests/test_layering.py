@@ -168,7 +168,6 @@ def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
 
 # The module map below the rooms: one module per mechanism. Each mechanism's tell-tale (a call, or a definition) appears
 # in its home module and nowhere else in the product, so a second implementation of the same job fails here.
-# fer_train/teacher.py still opens its ONNX teachers as OnnxModel(...) until the train.py split moves it to load_model.
 MECHANISMS = {
     "open a model file, by its backend": ("fer_runtime.backends", r"(?<!class )\b(OnnxModel|IncumbentModel)\(", set()),
     "the decision rule": ("fer_runtime.decision",
@@ -177,6 +176,8 @@ MECHANISMS = {
     "time models": ("fer_runtime.profiling", r"(?<!def )\btime_interleaved\(", set()),
     "write files and folders whole": ("fer_runtime.outputs", r"\bos\.(replace|rename)\(|\.rename\(|\bmkdtemp\(", set()),
     "defer or convert signals": ("fer_runtime.errors", r"\bsignal\.signal\(", set()),
+    "choose the device": ("fer_train.placement", r"\bcuda\.is_available\(", set()),
+    "decide whether a run is finished": ("fer_train.run_status", r"""\.get\(["']complete["']""", set()),
 }
 
 

@@ -89,6 +89,8 @@ def measure(images: np.ndarray, detector, current: tuple[float, float, float]) -
 @click.option("--yunet", default=None, help="YuNet .onnx: measured beside the Haar cascade")
 @click.option("--out-dir", default="benchmarks/results/framing", show_default=True)
 def main(data_root: str, protocol: str | None, images: int, yunet: str | None, out_dir: str) -> None:
+    if yunet and not Path(yunet).is_file():
+        raise click.UsageError(f"--yunet {yunet}: no such file")
     manifest = discover(data_root, protocol)
     decoded = load_split(manifest, "train", 1, (48, 48))
     pick = np.random.default_rng(0).choice(len(decoded.images), min(images, len(decoded.images)), replace=False)
