@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.contract import read_onnx_contract
 from fer_runtime.options import read_toml
 from fer_runtime.outputs import atomic_write_text
 
@@ -166,11 +167,12 @@ def _framing(root: Path) -> list[str]:
         return []
     r = _load(path)
     sample = next(iter(r["detectors"].values()))["images"]
+    shipped = read_onnx_contract(root / "models" / "ferplus.int8.onnx")  # the card is written for the shipped files
     lines = ["## Crop framing: the detector's box against the training crops", "",
              f"`python -m benchmarks.scripts.measure_framing` ran the detectors on {sample} FER+ training crops scaled up "
-             "4x in a grey canvas. The contract's `crop_margin` and `crop_offset` are the Haar cascade's medians "
-             "(fer-run's default detector). IoU of the crop fer-run takes with the true training crop, median / 10th "
-             "percentile:", "",
+             f"4x in a grey canvas. The shipped contracts' framing (`crop_margin` {shipped.crop_margin}, `crop_offset` "
+             f"{list(shipped.crop_offset)}) is the Haar cascade's medians (fer-run's default detector), rounded to two "
+             "places. IoU of the crop fer-run takes with the true training crop, median / 10th percentile:", "",
              "| detector | faces found | margin | offset dx, dy | IoU at margin 0.1, centred | IoU under the measured framing |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, d in r["detectors"].items():
@@ -253,12 +255,22 @@ def _source_run(export: dict) -> Path:
     return Path("runs") / Path(ckpt).parent.name
 
 
+def _framing_flags(root: Path, key: str) -> str:
+    """The export's crop-framing flags, as the shipped file records its framing."""
+    path = root / "models" / f"{key}.int8.onnx"
+    if not path.is_file():
+        return ""
+    c = read_onnx_contract(path)
+    return f" --crop-margin {c.crop_margin} --crop-offset {c.crop_offset[0]} --crop-offset {c.crop_offset[1]}"
+
+
 def _training_lines(key: str, export: dict, run: Path, root: Path, m: dict) -> list[str]:
     """Recipe, architecture, selection and training time; from the run folder when this machine has it."""
     recipe = _recipe(run, root)
     source = Path(export["source"])
-    how = (f"then `fer-export --ckpt {run}/best.pt --int8 --calib-size 512 --calib-method entropy --out-dir exports "
-           f"--name {key}` (`make models`).")
+    ckpt = source.name if source.suffix == ".pt" else "best.pt"
+    how = (f"then `fer-export --ckpt {run}/{ckpt} --int8 --calib-size 512 --calib-method entropy{_framing_flags(root, key)} "
+           f"--out-dir exports --name {key}` (`make models`).")
     if source.suffix == ".onnx":
         how += (f" These files: `fer-export --model {source} --int8 --calib-size 512 --calib-method entropy --out-dir "
                 f"exports --name {key}`, which fitted the decision rule on validation and quantized the fp32 file "
