@@ -634,9 +634,12 @@ def test_the_sampler_behind_a_training_prior_is_found_where_it_was_recorded(tmp_
     run.mkdir(parents=True)
     (run / "config.json").write_text('{"sampler": "sqrt"}')
     assert training_sampler({"source_checkpoint": str(run / "best.pt")})[0] == "sqrt"
-    # no run folder here: the shipped recipe that writes the run says it (fer2013.toml trains with sqrt sampling)
+    # no run folder here: the shipped recipe that writes the run says it (fer2013_base.toml trains with sqrt sampling,
+    # and fer2013.toml, its fine-tune, inherits it)
     sampler, where = training_sampler({"source_checkpoint": "/gone/runs/fer2013_vgg_w025_d1222_kd4_e200/best.pt"})
-    assert sampler == "sqrt" and "fer2013.toml" in where
+    assert sampler == "sqrt" and "fer2013_base.toml" in where
+    sampler, where = training_sampler({"source_checkpoint": "/gone/runs/fer2013_robust_light_e20/last.pt"})
+    assert sampler == "sqrt" and "the recipe fer2013.toml" in where
     assert training_sampler({"source_checkpoint": "/gone/runs/nobody/best.pt"})[0] == "random"
 
 
