@@ -173,7 +173,13 @@ def _framing(root: Path) -> list[str]:
              f"4x in a grey canvas. The shipped contracts' framing (`crop_margin` {shipped.crop_margin}, `crop_offset` "
              f"{list(shipped.crop_offset)}) is the Haar cascade's medians (fer-run's default detector), rounded to two "
              "places. IoU of the crop fer-run takes with the true training crop, median / 10th percentile:", "",
-             "| detector | faces found | margin | offset dx, dy | IoU at margin 0.1, centred | IoU under the measured framing |",
+             *framing_table(r)]
+    return lines + [""]
+
+
+def framing_table(r: dict) -> list[str]:
+    """Per detector: faces found, the measured framing, and the IoU with the training crop before and under it."""
+    lines = ["| detector | faces found | margin | offset dx, dy | IoU at margin 0.1, centred | IoU under the measured framing |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, d in r["detectors"].items():
         if not d.get("found"):
@@ -183,7 +189,7 @@ def _framing(root: Path) -> list[str]:
         lines.append(f"| {name} | {d['found']} of {d['images']} | {f['margin']:.3f} | {f['dx']:+.3f}, {f['dy']:+.3f} | "
                      f"{iou['current']['median']:.3f} / {iou['current']['p10']:.3f} | "
                      f"{iou['measured']['median']:.3f} / {iou['measured']['p10']:.3f} |")
-    return lines + [""]
+    return lines
 
 
 def _arch(config: dict) -> tuple[str, list[str]]:

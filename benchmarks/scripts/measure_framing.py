@@ -19,6 +19,7 @@ import click
 import cv2
 import numpy as np
 
+from benchmarks.model_card import framing_table
 from fer_runtime.data import discover, load_split
 from fer_runtime.detect import Detection, create_detector
 from fer_runtime.outputs import atomic_write_text
@@ -115,17 +116,8 @@ def main(data_root: str, protocol: str | None, images: int, yunet: str | None, o
 def report(r: dict) -> str:
     lines = [f"# Detector boxes against the training framing ({r['data_root']}, {r['split']})", "",
              "Command: `python -m benchmarks.scripts.measure_framing` (module docstring). margin, dx, dy: "
-             "`crop_face`'s framing, in units of the box side.", "",
-             "| detector | found | margin | dx | dy | IoU with the training crop, margin 0.1 no offset (median / p10) "
-             "| IoU under the measured framing (median / p10) |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, d in r["detectors"].items():
-        if not d.get("found"):
-            lines.append(f"| {name} | 0 of {d['images']} | - | - | - | - | - |")
-            continue
-        f, iou = d["framing"], d["iou_with_training_crop"]
-        lines.append(f"| {name} | {d['found']} of {d['images']} | {f['margin']:.3f} | {f['dx']:+.3f} | {f['dy']:+.3f} | "
-                     f"{iou['current']['median']:.3f} / {iou['current']['p10']:.3f} | "
-                     f"{iou['measured']['median']:.3f} / {iou['measured']['p10']:.3f} |")
+             "`crop_face`'s framing, in units of the box side; IoU of the crop with the training crop, median / p10.",
+             "", *framing_table(r)]
     return "\n".join(lines) + "\n"
 
 
