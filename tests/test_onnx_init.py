@@ -130,3 +130,25 @@ def test_fer_train_init_refuses_a_file_with_other_classes(tree_factory, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--init classes ['x', 'y', 'z'] differ" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_resumed_run_is_rebuilt_from_its_checkpoint_not_from_its_init_file(exported, tree_factory, tmp_path):
+    """The init file may be replaced after the run starts (the shipped file it fine-tunes is what it replaces)."""
+    import shutil
+
+    _, path = exported
+    init = tmp_path / "init.onnx"
+    shutil.copy(path, init)
+    root = tree_factory("train-val-test", per_class=6, seed=3)
+    args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "ft", "--init", str(init), "--epochs", "2",
+            "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off"]
+    assert train_main([*args, "--stop-after", "1"]) == 0
+    recorded = json.loads((tmp_path / "ft" / "config.json").read_text())["contract"]["provenance"]["init"]
+    other = ModelContract(classes=CLASSES, provenance={"model": {"name": "vgg", "kwargs": {"width": 0.25}}})
+    export_onnx(create_model("vgg", 3, 1, width=0.25).eval(), other, init)  # another architecture under the same name
+    assert train_main(["--resume", str(tmp_path / "ft" / "last.pt")]) == 0
+    from fer_train.checkpoint import contract_of, load_checkpoint
+
+    state = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert state["epoch"] == 2 and state["model"]["kwargs"] == KWARGS
+    assert contract_of(state).provenance["init"] == recorded

@@ -90,16 +90,20 @@ def test_contract_carries_the_crop_offset_and_refuses_a_wild_one():
 # ------------------------------------------------------------------------------------------------ the shift report
 
 
-def test_bench_shift_report_scores_each_shift_as_the_model_would_alone(tiny_model_factory, tree_factory, tmp_path):
+def test_bench_shift_report_scores_each_shift_as_the_model_would_alone(tmp_path):
     pytest.importorskip("matplotlib")
+    pytest.importorskip("onnx")
     import onnxruntime as ort
 
     from benchmarks.bench import main as bench_main
     from fer_runtime.contract import read_onnx_contract
     from fer_runtime.data import discover, load_split
+    from tests.onnx_models import bars_classifier
+    from tests.test_bench import _faint_bars
 
-    model = tiny_model_factory(seed=3)
-    root = tree_factory("train-test", per_class=10, seed=4)
+    # a model that reads the bars, on bars faint enough that shifts change its answers: drops are not all zero
+    model = bars_classifier(tmp_path / "tiny.onnx", ModelContract(classes=("angry", "happy", "sad")))
+    root = _faint_bars(tmp_path / "data", per_class=10, contrast=4.0)
     out = tmp_path / "bench"
     result = CliRunner().invoke(bench_main, ["--model", str(model), "--data-root", str(root), "--out-dir", str(out),
                                              "--calls", "2", "--no-incumbent", "--shifts", "all"])
@@ -118,6 +122,7 @@ def test_bench_shift_report_scores_each_shift_as_the_model_would_alone(tiny_mode
         logits = session.run(None, {session.get_inputs()[0].name: contract.preprocess(images)})[0]
         assert row["accuracy"] == pytest.approx(float((logits.argmax(1) == decoded.labels).mean()))
         assert row["drop"] == pytest.approx(100 * (report["clean"]["accuracy"] - row["accuracy"]))
+    assert max(row["drop"] for row in report["shifts"]["noise"]) > 0  # the harsh noise costs this model something
     moderate = {s: rows[MODERATE]["drop"] for s, rows in report["shifts"].items()}
     assert report["moderate"]["worst_drop"] == pytest.approx(max(moderate.values()))
     assert report["moderate"]["mean_drop"] == pytest.approx(np.mean(list(moderate.values())))
@@ -219,3 +224,15 @@ def test_degrade_out_of_range_and_fixed_shift_with_degrade_are_one_line(tree_fac
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_train_transform_degrades_only_when_asked():
+    torch = pytest.importorskip("torch")
+    from fer_train.augment import AugmentConfig, normalize, train_transform
+
+    batch = torch.from_numpy(np.stack([textured_face(i)[None] for i in range(8)]))
+    still = {"shift": 0.0, "scale": (1.0, 1.0), "rotation": 0.0, "hflip": False}
+    clean = normalize(batch, (0.5,), (0.5,))
+    assert torch.allclose(train_transform(batch, AugmentConfig(**still), (0.5,), (0.5,)), clean, atol=1e-5)
+    degraded = train_transform(batch, AugmentConfig(**still, degrade=1.0), (0.5,), (0.5,))
+    assert all(not torch.allclose(degraded[i], clean[i], atol=1e-3) for i in range(8))
