@@ -298,16 +298,16 @@ def _score(name: str, model: ModelBackend, decoded: DecodedSplit, classes: list[
 
 def _shifts(cfg: BenchConfig, models: dict[str, ModelBackend], manifest: SplitManifest, progress: bool) -> dict:
     """The shift report of every model that shares a class with the data, through the same scorer as the table."""
-    labels = load_for_shifts(manifest, cfg.split)
+    decoded = load_for_shifts(manifest, cfg.split)
     scorers = {}
     for name, model in models.items():
         try:
-            scorers[name] = SplitScorer(model, manifest.classes, labels)
+            scorers[name] = SplitScorer(model, manifest.classes, decoded.labels)
         except DataError:
             continue  # the table notes it
     with click.progressbar(length=shift_steps(cfg.shifts), label="shift report",
                            file=None if progress else io.StringIO()) as bar:
-        return shift_report(scorers, manifest, cfg.split, cfg.shifts, bar.update)
+        return shift_report(scorers, decoded, cfg.split, cfg.shifts, bar.update)
 
 
 def _agreement(a: list[str], b: list[str]) -> float | None:

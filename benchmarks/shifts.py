@@ -15,29 +15,25 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.contract import to_model_layout
-from fer_runtime.data import SplitManifest, load_split
+from fer_runtime.data import DecodedSplit, SplitManifest, load_split
 from fer_runtime.data.shifts import MODERATE, REFERENCE_SIDE, SEVERITIES, SHIFTS, shifted_images
 from fer_runtime.scoring import SplitScorer
 
 LEVELS = {"moderate": (MODERATE,), "all": tuple(range(len(SEVERITIES)))}
 
 
-def _base(manifest: SplitManifest, split: str):
+def load_for_shifts(manifest: SplitManifest, split: str) -> DecodedSplit:
+    """The images the report shifts: the split decoded in grey at 48 px (the decode cache), and their labels."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the main table reports skipped files
         return load_split(manifest, split, 1, (REFERENCE_SIDE, REFERENCE_SIDE))
 
 
-def load_for_shifts(manifest: SplitManifest, split: str) -> np.ndarray:
-    """The labels of the images the report shifts (the split decoded in grey at 48 px, from the decode cache)."""
-    return _base(manifest, split).labels
-
-
-def shift_report(scorers: dict[str, SplitScorer], manifest: SplitManifest, split: str, levels: str,
+def shift_report(scorers: dict[str, SplitScorer], decoded: DecodedSplit, split: str, levels: str,
                  progress: Callable[[int], None] | None = None) -> dict:
-    """Per model (each scorer made with ``load_for_shifts``'s labels): the unshifted figures, each shift at each
-    severity asked for, and at the moderate severity the mean and worst accuracy drop over all shifts."""
-    base = _base(manifest, split).images
+    """Per model (each scorer made with ``decoded``'s labels): the unshifted figures, each shift at each severity
+    asked for, and at the moderate severity the mean and worst accuracy drop over all shifts."""
+    base = decoded.images
     severities = LEVELS[levels]
     clean = {name: _quality(scorer, list(base[:, 0])) for name, scorer in scorers.items()}
     rows: dict[str, dict[str, list[dict]]] = {name: {} for name in scorers}
