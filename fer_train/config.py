@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from fer_runtime.data.ferplus import LABEL_MODES
+from fer_runtime.data.groups import Grouping
 from fer_runtime.data.shifts import SHIFTS
 from fer_runtime.data.splits import PROTOCOLS
 from fer_runtime.options import checked_values, option
@@ -19,6 +20,8 @@ DEVICES = ["auto", "cpu", "cuda"]
 THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
 CACHE = "~/.cache/fer-toolchain"
 SHIFT_NAMES = list(SHIFTS)
+# a fine-tune from a trained model (--init): a shorter schedule at a lower peak learning rate (docs/training.md)
+SCRATCH_EPOCHS, FINETUNE_EPOCHS, FINETUNE_LR_FACTOR = 30, 20, 3
 
 
 @dataclass
@@ -34,10 +37,18 @@ class TrainConfig:
     val_split: float | None = option(None, "fraction carved (stratified, seeded) for validation",
                                      none_means="0.1 for class folders, else none")
     test_split: float | None = option(None, "fraction carved for test (class-folder layout)", none_means="0")
+    group_by: str | None = option(None, "keep the images of one person or sequence in one split: a regular expression "
+                                  "searched in each path below its class folder, its first group (or whole match) "
+                                  "naming the group, e.g. '^(S\\d+)_' or '^([^/]+)/'", metavar="REGEX",
+                                  none_means="split image by image")
+    folds: int = option(0, "K-fold cross-validation by --group-by groups: K runs, each testing on one fold, and their "
+                        "mean ± std (class-folder roots)", bounds=(0, None))
+    fold: int | None = option(None, "with --folds: train only this fold's run (1 to K)", none_means="all folds")
     strict: bool = option(False, "unreadable images are fatal")
     cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     # model
-    arch: str = option("vgg", "architecture: a registered name (vgg, mobile, resnet, simple_cnn) or timm:<name>")
+    arch: str = option("edge", "architecture: a registered name (edge: the shipped models' own; vgg, mobile, resnet, "
+                       "simple_cnn) or timm:<name>")
     arch_arg: list[str] = option([], "architecture option, e.g. width=0.5 (repeat for several)", metavar="KEY=VALUE",
                                  multiple=True)
     pretrained: str | None = option(None, "local weights file ('hub' tries a timm download)")
@@ -52,13 +63,16 @@ class TrainConfig:
     crop_margin: float = option(0.02, "face-box margin per side recorded in the contract: how the training crops frame a "
                                 "detector's box (0.02 for FER2013-style crops under the Haar cascade: "
                                 "benchmarks/scripts/measure_framing.py)")
+    freeze: int = option(0, "leading convolutions (with their BatchNorms) kept as --init gave them", bounds=(0, None))
     qat: bool = option(False, "quantization-aware: train with the INT8 rounding fer-export --int8 applies (fine-tune "
                        "a trained run with --init)")
     # optimisation
-    epochs: int = option(30, "training epochs (0 with --resume: only evaluate)")
+    epochs: int | None = option(None, "training epochs (0 with --resume: only evaluate)",
+                                none_means=f"{SCRATCH_EPOCHS}; {FINETUNE_EPOCHS} with --init")
     batch_size: int = option(64, "images per step")
     opt: str = option("adamw", "AdamW, or SGD with Nesterov momentum", choices=["adamw", "sgd"])
-    lr: float | None = option(None, "peak learning rate", none_means="1e-3 with adamw, 0.05 with sgd")
+    lr: float | None = option(None, "peak learning rate",
+                              none_means=f"1e-3 with adamw, 0.05 with sgd; a {FINETUNE_LR_FACTOR:g}th of it with --init")
     weight_decay: float | None = option(None, "weight decay (not on biases and norms)",
                                         none_means="0.05 with adamw, 5e-4 with sgd")
     momentum: float = option(0.9, "SGD momentum")
@@ -93,7 +107,8 @@ class TrainConfig:
     channels_last: bool = option(False, "NHWC weights; about 10-20% faster CPU training steps on AVX2 (checkpoints stay NCHW)")
     grad_checkpointing: bool = option(False, "timm models that support it")
     ema: float = option(0.0, "EMA decay of weights, e.g. 0.999 (0 off)")
-    monitor: str = option("macro_f1", "validation metric for best.pt", choices=["macro_f1", "accuracy"])
+    monitor: str = option("macro_f1", "validation metric for best.pt; last: best.pt is the last epoch (a fixed schedule, "
+                          "for validation splits too small to choose an epoch on)", choices=["macro_f1", "accuracy", "last"])
     patience: int = option(0, "early stop after N epochs without improvement (0 off)")
     seed: int = option(0, "seed of splits, sampling and initialisation")
     deterministic: bool = option(False, "deterministic torch algorithms")
@@ -126,7 +141,13 @@ class TrainConfig:
     def split_rules(self) -> dict:
         """How this run split its data, for ``run_manifest`` on a machine where the saved manifest's files are not."""
         return {"protocol": self.protocol, "label_mode": self.label_mode, "val_split": self.val_split,
-                "test_split": self.test_split, "seed": self.seed}
+                "test_split": self.test_split, "seed": self.seed, "group_by": self.group_by, "folds": self.folds,
+                "fold": self.fold}
+
+    def grouping(self) -> Grouping | None:
+        if self.group_by is None:
+            return None
+        return Grouping(self.group_by, self.folds, self.fold)
 
 
 @dataclass

@@ -68,7 +68,7 @@ def split_manifest(cfg: TrainConfig, resume_state: dict | None, placement: Place
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = discover(cfg.data_root, cfg.protocol, cfg.val_split, cfg.test_split, cfg.seed, cfg.label_mode,
-                            exclude=not_classes(cfg))
+                            exclude=not_classes(cfg), grouping=cfg.grouping())
     for w in caught:
         placement.warn(str(w.message))
     return manifest

@@ -65,7 +65,7 @@ def plot_curves(history: list[dict], path: Path, monitor: str | None = None) -> 
     b.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy", **style)
     b.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1", **style)
     b.set(xlabel="epoch", ylabel="score", ylim=(0, 1), title="validation")
-    if monitor and history:
+    if monitor and history and f"val_{monitor}" in history[0]:
         key = f"val_{monitor}"
         best = max(history, key=lambda h: h[key])
         b.axvline(best["epoch"], color="grey", ls="--", lw=1)

@@ -14,7 +14,8 @@ from fer_train.checkpoint import CheckpointError, contract_of, fit_modules_to_st
 from fer_train.config import TrainConfig
 from fer_train.data_prep import PreparedData
 from fer_train.engine import ModelEma
-from fer_train.models import count_parameters, create_model, parse_arch_args
+from fer_train.head import class_rows, describe_rows, freeze_leading_convolutions, remap_classifier
+from fer_train.models import count_parameters, create_model, inference_cost, parse_arch_args
 from fer_train.onnx_init import file_sha256, is_onnx_init, model_from_onnx, refit_batchnorm
 from fer_train.placement import Placement
 from fer_train.qat import prepare_qat
@@ -46,6 +47,8 @@ def build_model(cfg: TrainConfig, data: PreparedData, resume_state: dict | None,
             placement.warn("this model has no gradient checkpointing; flag ignored")
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
+    if cfg.freeze:
+        freeze_leading_convolutions(model, cfg.freeze)
     if cfg.qat:
         prepare_qat(model)
     model.to(placement.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
@@ -61,6 +64,10 @@ def build_model(cfg: TrainConfig, data: PreparedData, resume_state: dict | None,
         print(f"fer-train: {name} {kwargs or ''} {count_parameters(model) / 1e6:.2f}M params | classes "
               f"{data.manifest.classes} | images per class {_counts(data.decoded, len(data.manifest.classes))} | "
               f"device {placement.device} x{placement.world} amp {placement.amp}")
+        cost = inference_cost(model, contract.channels, contract.input_size)
+        print(f"fer-train: {cost.describe()}")
+        if not cost.real_time:
+            placement.warn(cost.warning())
     return BuiltModel(model, train_model, ema, contract, name, kwargs, pruned)
 
 
@@ -78,33 +85,38 @@ def _initial_model(cfg: TrainConfig, data: PreparedData,
         model = create_model(name, contract.num_classes, contract.channels, **kwargs)
     elif from_onnx:
         model, init_contract, path = model_from_onnx(cfg.init)
-        _check_init_classes(init_contract, data)
+        mapping = _map_classes(model, init_contract, data, cfg.seed)
         spec = init_contract.provenance["model"]
         name, kwargs = spec["name"], dict(spec.get("kwargs", {}))
-        contract = init_contract.replace(provenance={**contract.provenance, "init": {"file": path.name,
-                                                                                     "sha256": file_sha256(path)}})
+        init = {"file": path.name, "sha256": file_sha256(path), "classes": mapping}
+        contract = init_contract.replace(classes=tuple(data.manifest.classes),
+                                         provenance={**contract.provenance, "init": init})
         if "train" in data.tensors:
             refit_batchnorm(model, data.tensors["train"][0], contract)
     elif init_state is not None:
         model, init_contract = model_from_checkpoint(init_state)
-        _check_init_classes(init_contract, data)
+        mapping = _map_classes(model, init_contract, data, cfg.seed)
         name, kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
-        contract = init_contract.replace(provenance=contract.provenance)
+        contract = init_contract.replace(classes=tuple(data.manifest.classes),
+                                         provenance={**contract.provenance, "init": {"file": cfg.init, "classes": mapping}})
     else:
         pretrained = None if resume_state else cfg.pretrained
         model = create_model(name, contract.num_classes, contract.channels, pretrained=pretrained, **kwargs)
     return model, name, kwargs, contract, pruned
 
 
-def _check_init_classes(init_contract: ModelContract, data: PreparedData) -> None:
-    """The data decoded as the --init model takes it: the same classes, colour mode and input size."""
-    if list(init_contract.classes) != data.manifest.classes:
-        raise CheckpointError(f"--init classes {list(init_contract.classes)} differ from the data's "
-                              f"{data.manifest.classes}")
+def _map_classes(model: nn.Module, init_contract: ModelContract, data: PreparedData, seed: int) -> str:
+    """The --init model's classifier rows onto the data's classes by meaning (``fer_train.head``), once its input is
+    checked to be the data's as decoded; what was kept, added and dropped, as printed."""
     took, given = (init_contract.channels, init_contract.input_size), (data.contract.channels, data.contract.input_size)
     if took != given:
         raise CheckpointError(f"--init takes {took[0]}-channel {took[1][0]}x{took[1][1]} input; this run decodes "
                               f"{given[0]}-channel {given[1][0]}x{given[1][1]}: set --channels and --input-size to match")
+    rows = class_rows(init_contract.classes, data.manifest.classes)
+    remap_classifier(model, init_contract.num_classes, rows, seed)
+    mapping = describe_rows(init_contract.classes, data.manifest.classes, rows)
+    print(f"fer-train: --init: {mapping}")
+    return mapping
 
 
 def _counts(decoded: dict, num_classes: int) -> dict[str, list[int]]:

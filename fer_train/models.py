@@ -6,6 +6,7 @@ Own compact CNNs for 48x48 faces, plus any timm model as ``timm:<name>``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -222,6 +223,16 @@ def vgg(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
     return VGGNet(num_classes, in_chans, **kw)
 
 
+# the shipped models' architecture (models/recipes/ferplus_base.toml): 24.7M MACs at 48x48, about 0.3 ms a face in INT8
+EDGE_VGG = {"width": 0.25, "pool": 2, "depths": [1, 2, 2, 2]}
+
+
+@register("edge")
+def edge(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
+    """The fer-train default: the shipped models' VGG, as fast as they are (``--arch-arg`` still overrides)."""
+    return VGGNet(num_classes, in_chans, **{**EDGE_VGG, **kw})
+
+
 @register("mobile")
 def mobile(num_classes: int = 7, in_chans: int = 1, **kw) -> nn.Module:
     return MobileFER(num_classes, in_chans, **kw)
@@ -307,6 +318,58 @@ def load_matching_weights(model: nn.Module, path: str | Path) -> list[str]:
         raise ModelError(f"no tensor in {path} matches the model's layers")
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
+
+
+# Expected INT8 time a face: MACs times the shipped edge model's measured rate (ONNX Runtime, batch 1, one thread, on
+# a 2-core AMD EPYC with AVX2; RESULTS.md "Own data"). A rule of thumb: wide layers run at a better rate than this.
+INT8_MS_PER_MMAC = 0.33 / 24.7
+EDGE_MS = 1.0  # about 5-10x this on a Raspberry Pi-class CPU: still real time there
+REAL_TIME_MS = 8.0  # 30 frames/s with four faces on one core of two (the other captures and detects)
+
+
+@dataclass(frozen=True)
+class InferenceCost:
+    macs: int
+    int8_ms: float  # expected, on the reference CPU
+
+    @property
+    def real_time(self) -> bool:
+        return self.int8_ms <= REAL_TIME_MS
+
+    def describe(self) -> str:
+        if self.int8_ms <= EDGE_MS:
+            kind = "edge class: real time on a Raspberry Pi-class CPU too"
+        elif self.real_time:
+            kind = "desktop class: real time on a 2-core laptop CPU, not on a Raspberry Pi-class one"
+        else:
+            kind = "not real time on a 2-core CPU"
+        return (f"{self.macs / 1e6:.1f}M MACs a face; expected INT8 about {self.int8_ms:.2g} ms a face on a 2-core AVX2 "
+                f"CPU ({kind})")
+
+    def warning(self) -> str:
+        return (f"this model needs about {self.int8_ms:.0f} ms a face in INT8 on a 2-core CPU, over the {REAL_TIME_MS:g} ms "
+                "that 30 frames/s with four faces allows: leave --arch out for the shipped models' edge architecture")
+
+
+@torch.no_grad()
+def inference_cost(model: nn.Module, channels: int, input_size: tuple[int, int]) -> InferenceCost:
+    """Multiply-accumulates of one face through the convolutions and linear layers, and the INT8 time they suggest."""
+    total = [0]
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        per_output = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
+        total[0] += per_output * output[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, channels, *input_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return InferenceCost(total[0], total[0] / 1e6 * INT8_MS_PER_MMAC)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from fer_runtime.data import resolve_data_root
 from fer_runtime.options import OptionError
-from fer_train.config import TrainConfig
+from fer_train.config import FINETUNE_EPOCHS, FINETUNE_LR_FACTOR, SCRATCH_EPOCHS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,12 @@ def merged_config(given: dict, saved: TrainConfig | None) -> TrainConfig:
 def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConfig:
     """Every option decided: the data root, lr and weight decay by --opt, mean and std by --channels; ranges checked."""
     adamw = cfg.opt == "adamw"
+    finetune = bool(cfg.init)
     resolved = replace(
         cfg,
         data_root=resolve_data_root(cfg.data_root, saved_root),
-        lr=(1e-3 if adamw else 0.05) if cfg.lr is None else cfg.lr,
+        epochs=(FINETUNE_EPOCHS if finetune else SCRATCH_EPOCHS) if cfg.epochs is None else cfg.epochs,
+        lr=(1e-3 if adamw else 0.05) / (FINETUNE_LR_FACTOR if finetune else 1) if cfg.lr is None else cfg.lr,
         weight_decay=(0.05 if adamw else 5e-4) if cfg.weight_decay is None else cfg.weight_decay,
         mean=[0.5] * cfg.channels if cfg.mean is None else cfg.mean,
         std=[0.5] * cfg.channels if cfg.std is None else cfg.std,
@@ -51,6 +53,7 @@ def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConf
         raise OptionError(f"--threads must be 0 (all cores) or more, got {resolved.threads}")
     if resolved.fixed_shift and resolved.degrade > 0:
         raise OptionError("--fixed-shift measures one shift alone: leave --degrade at 0")
+    _check_grouping(resolved)
     return resolved
 
 
@@ -66,3 +69,15 @@ def check_resumable(resume_state: dict | None, cfg: TrainConfig, flags: Invocati
 def end_epoch_of(epochs: int, stop_after: int | None, start_epoch: int) -> int:
     """Where this sitting stops: the last epoch, or earlier with --stop-after."""
     return epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+
+
+def _check_grouping(cfg: TrainConfig) -> None:
+    """--folds and --fold make sense only with groups to keep whole; --freeze only with weights to keep."""
+    if cfg.folds == 1:
+        raise OptionError("--folds needs at least 2 folds (0: no cross-validation)")
+    if cfg.folds and cfg.group_by is None:
+        raise OptionError("--folds deals whole groups to folds: give --group-by REGEX (e.g. '^(S\\d+)_' for CK+ subjects)")
+    if cfg.fold is not None and not (cfg.folds and 1 <= cfg.fold <= cfg.folds):
+        raise OptionError(f"--fold must be 1 to --folds ({cfg.folds}), got {cfg.fold}")
+    if cfg.freeze and not cfg.init:
+        raise OptionError("--freeze keeps weights a trained model gave: use it with --init")

@@ -18,10 +18,11 @@ import torch
 
 from fer_runtime.data.report import write_data_report
 from fer_runtime.errors import EXIT_INTERRUPTED, FerError, os_error, sigterm_as_interrupt
-from fer_runtime.options import FerCommand, config_options, given_options, load_recipe
+from fer_runtime.options import FerCommand, OptionError, config_options, given_options, load_recipe
 from fer_runtime.outputs import check_output_dir, version_option
 from fer_train.checkpoint import load_checkpoint
 from fer_train.config import TrainConfig
+from fer_train.cross_validation import cross_validate
 from fer_train.data_prep import PreparedData, prepare_data, train_batches
 from fer_train.distill_setup import keep_teacher_targets, load_teachers, make_distillation
 from fer_train.engine import Distillation, epoch_indices, evaluate, train_one_epoch
@@ -141,6 +142,10 @@ class RunResult:
 
 def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | None) -> RunResult:
     """The stages of a run: placement, data, teachers, model, run folder, epochs, final report."""
+    if cfg.folds and cfg.fold is None and not flags.data_report_only:
+        if flags.resume:
+            raise OptionError("--resume continues one run: to continue a cross-validation, give its command again")
+        return RunResult(cross_validate(cfg, flags, train_run))
     placement = place_process(cfg)
     if flags.data_report_only:
         return report_data_only(cfg, resume_state, placement)

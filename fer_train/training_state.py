@@ -31,9 +31,10 @@ class TrainingState:
         self.epoch = epoch
         self.history.append({"epoch": epoch, **stats, "lr": lr, "val_loss": val_metrics["loss"],
                              "val_accuracy": val_metrics["accuracy"], "val_macro_f1": val_metrics["macro_f1"]})
-        improved = val_metrics[monitor] > self.best["value"]
+        value = val_metrics["accuracy" if monitor == "last" else monitor]
+        improved = monitor == "last" or value > self.best["value"]  # "last": a fixed schedule, best.pt its last epoch
         if improved:
-            self.best, self.stale = {"metric": monitor, "value": val_metrics[monitor], "epoch": epoch}, 0
+            self.best, self.stale = {"metric": monitor, "value": value, "epoch": epoch}, 0
         else:
             self.stale += 1
         return improved

@@ -1,8 +1,12 @@
-"""Look at the data before training on it: counts, unreadable files, formats, sharpness, brightness, duplicates.
+"""Look at the data before training on it: counts, unreadable files, formats, sharpness, brightness, duplicates,
+near-duplicates, and people or recordings that cross the splits.
 
 The sharpness comparison is what found the blurred FER2013 training copy; it now warns and changes
 nothing. Duplicates are pixel-identical images after decoding to the model's input: within train (they
 weigh some faces double) and between train and val/test (a test image seen in training inflates accuracy).
+Near-duplicates are val/test images whose perceptual hash is close to a training image's: the next frame of the same
+recording, as in CK+, is not pixel-identical but tells the model the answer just the same. Groups (``--group-by``) and
+what look like recordings (names that differ only in a trailing frame number) are counted where they cross splits.
 """
 
 from __future__ import annotations
@@ -14,10 +18,65 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.data.decode import DecodedSplit
+from fer_runtime.data.groups import compile_pattern, crossing, group_key, sequence_key
 from fer_runtime.data.splits import SplitManifest
 from fer_runtime.outputs import atomic_write_text
 
 SHARPNESS_RATIO_WARN = 1.5  # splits whose median sharpness differs more than this get a warning
+HASH_SIDE = 16  # a 256-bit difference hash
+# Near: at most this many of the 256 bits differ. On CK+ it pairs 94% of the frames of one recording with each other,
+# under 1% of one person's other recordings, and no two people (benchmarks/results: docs/data.md).
+NEAR_BITS = 24
+SEQUENCE_SHARE = 0.3  # names "look like frames of recordings" when this share of images shares a recording
+
+
+def perceptual_hashes(images: np.ndarray) -> np.ndarray:
+    """Difference hashes, N x 32 bytes: whether each cell of a 17x16 shrunken grey image is brighter than its left
+    neighbour. Robust to small shifts of brightness and to JPEG; close for the next frame of a recording."""
+    import cv2
+
+    grey = images.astype(np.float32).mean(1)
+    small = np.stack([cv2.resize(im, (HASH_SIDE + 1, HASH_SIDE), interpolation=cv2.INTER_AREA) for im in grey])
+    return np.packbits((small[:, :, 1:] > small[:, :, :-1]).reshape(len(images), -1), axis=1)
+
+
+def nearest_distances(queries: np.ndarray, reference: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per query hash: the smallest bit distance to a reference hash, and which reference hash that is."""
+    table = np.asarray([bin(i).count("1") for i in range(256)], np.uint8)
+    best, where = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
+    for i in range(0, len(queries), chunk):
+        distances = table[queries[i : i + chunk, None, :] ^ reference[None, :, :]].sum(-1, dtype=np.int64)
+        where[i : i + chunk] = distances.argmin(1)
+        best[i : i + chunk] = distances.min(1)
+    return best, where
+
+
+def near_duplicate_summary(decoded: dict[str, DecodedSplit]) -> dict:
+    """Val/test images within ``NEAR_BITS`` of a training image's perceptual hash, with examples."""
+    train = decoded.get("train")
+    if train is None or not len(train.images):
+        return {}
+    reference = perceptual_hashes(train.images)
+    out = {}
+    for split, d in decoded.items():
+        if split == "train" or not len(d.images):
+            continue
+        distance, nearest = nearest_distances(perceptual_hashes(d.images), reference)
+        near = np.flatnonzero(distance <= NEAR_BITS)
+        out[split] = {"images": len(d.images), "with_near_copy_in_train": len(near),
+                      "examples": [[d.paths[i], train.paths[nearest[i]], int(distance[i])] for i in near[:5]]}
+    return out
+
+
+def crossing_summary(manifest: SplitManifest) -> dict:
+    """Look-alike recordings and ``--group-by`` groups with images in more than one split."""
+    out = {"recordings": crossing(manifest.splits, lambda source, _label: sequence_key(source))}
+    rec = out["recordings"]
+    out["names_look_like_recordings"] = rec["images_sharing_a_group"] >= SEQUENCE_SHARE * max(rec["images_in_groups"], 1) > 0
+    if manifest.group_by:
+        regex = compile_pattern(manifest.group_by)
+        out["groups"] = crossing(manifest.splits, lambda source, label: group_key(regex, source, manifest.classes[label]))
+    return out
 
 
 def image_hashes(images: np.ndarray) -> list[bytes]:
@@ -90,6 +149,9 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
         "formats": {s: d.formats for s, d in decoded.items()},
         "statistics": stats,
         "duplicates": duplicate_summary(decoded),
+        "near_duplicates": near_duplicate_summary(decoded),
+        "crossing": crossing_summary(manifest),
+        "group_by": manifest.group_by,
         "warnings": [],
     }
     if "train" in stats:
@@ -105,10 +167,36 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
         if split != "train" and dup["with_copy_in_train"]:
             report["warnings"].append(f"{dup['with_copy_in_train']} of {dup['images']} {split} images have a "
                                       "pixel-identical copy in train")
+    report["warnings"] += leak_warnings(report)
     unreadable = sum(len(v) for v in report["unreadable"].values())
     if unreadable:
         report["warnings"].append(f"{unreadable} unreadable files skipped")
     return report
+
+
+def _examples(summary: dict) -> str:
+    return "; ".join(f"{e['group']} ({', '.join(f'{s} {n}' for s, n in e['images'].items())})"
+                     for e in summary["examples"][:3])
+
+
+def leak_warnings(r: dict) -> list[str]:
+    """Near-copies across splits, recordings cut by the split, groups that cross it."""
+    out = []
+    for split, near in r["near_duplicates"].items():
+        if near["with_near_copy_in_train"]:
+            a, b, _ = near["examples"][0]
+            out.append(f"{near['with_near_copy_in_train']} of {near['images']} {split} images are near-copies of a "
+                       f"training image (perceptual hash within {NEAR_BITS} of 256 bits), e.g. {a} ~ {b}")
+    rec, groups = r["crossing"]["recordings"], r["crossing"].get("groups")
+    if r["crossing"]["names_look_like_recordings"] and not r["group_by"]:
+        out.append(f"file names look like frames of recordings and no --group-by was given: {rec['crossing']} of "
+                   f"{rec['groups']} recordings have frames in more than one split ({rec['images_in_crossing']} images"
+                   + (f"; {_examples(rec)}" if rec["crossing"] else "") + "); keep each person's images together with "
+                   "--group-by REGEX, e.g. '^(S\\d+)_' for names like S010_004_00000017.png")
+    if groups and groups["crossing"]:
+        out.append(f"{groups['crossing']} of {groups['groups']} groups of --group-by {r['group_by']!r} have images in "
+                   f"more than one split ({groups['images_in_crossing']} images; {_examples(groups)})")
+    return out
 
 
 def report_markdown(r: dict) -> str:
@@ -141,7 +229,21 @@ def report_markdown(r: dict) -> str:
             if split != "train":
                 lines.append(f"- {split}: {d['with_copy_in_train']} of {d['images']} images have a copy in train "
                              f"({d['with_copy_in_train_same_label']} with the same label)")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _leak_lines(r)) + "\n"
+
+
+def _leak_lines(r: dict) -> list[str]:
+    lines = ["", f"## Near-copies and groups across splits (perceptual hash within {NEAR_BITS} of 256 bits)", ""]
+    for split, near in r.get("near_duplicates", {}).items():
+        lines.append(f"- {split}: {near['with_near_copy_in_train']} of {near['images']} images are near-copies of a "
+                     "training image" + "".join(f"\n  - {a} ~ {b} ({n} bits)" for a, b, n in near["examples"]))
+    for name, what in (("recordings", "recordings (names differing only in a trailing number)"),
+                       ("groups", f"groups of --group-by {r.get('group_by')!r}")):
+        c = r.get("crossing", {}).get(name)
+        if c:
+            lines.append(f"- {what}: {c['crossing']} of {c['groups']} in more than one split, {c['images_in_crossing']} "
+                         "images" + (f"; e.g. {_examples(c)}" if c["crossing"] else ""))
+    return lines
 
 
 def write_data_report(report: dict, out_dir: Path) -> list[Path]:

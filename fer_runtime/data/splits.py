@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.data import fer_csv, ferplus
+from fer_runtime.data.groups import Grouping, fold_of, group_keys, group_split
 from fer_runtime.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS
 from fer_runtime.data.root import resolve_data_root
 from fer_runtime.errors import DataError
@@ -53,11 +54,12 @@ class SplitManifest:
     protocol: str | None = None
     label_mode: str | None = None  # FER+ only
     targets: dict[str, list[list[float]]] = field(default_factory=dict)  # split -> per-item distributions
+    group_by: str | None = None  # the --group-by pattern the splits keep groups whole by
 
     def to_dict(self) -> dict:
         return {
             "root": self.root, "classes": self.classes, "layout": self.layout, "notes": self.notes,
-            "protocol": self.protocol, "label_mode": self.label_mode,
+            "protocol": self.protocol, "label_mode": self.label_mode, "group_by": self.group_by,
             "splits": {k: [[p, int(y)] for p, y in v] for k, v in self.splits.items()},
             "targets": {k: [[round(float(x), 6) for x in t] for t in v] for k, v in self.targets.items()},
         }
@@ -66,7 +68,7 @@ class SplitManifest:
     def from_dict(cls, data: dict) -> SplitManifest:
         return cls(
             root=data["root"], classes=list(data["classes"]), layout=data["layout"], notes=list(data.get("notes", [])),
-            protocol=data.get("protocol"), label_mode=data.get("label_mode"),
+            protocol=data.get("protocol"), label_mode=data.get("label_mode"), group_by=data.get("group_by"),
             splits={k: [(str(p), int(y)) for p, y in v] for k, v in data["splits"].items()},
             targets={k: [list(map(float, t)) for t in v] for k, v in data.get("targets", {}).items()},
         )
@@ -109,8 +111,9 @@ def run_manifest(saved: dict | None, data_root: str | None, rules: dict | None =
     rules = rules or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the rules' own warnings were shown when the run was made
+        grouping = Grouping(rules["group_by"], rules.get("folds", 0), rules.get("fold")) if rules.get("group_by") else None
         return discover(root, rules.get("protocol"), rules.get("val_split"), rules.get("test_split"),
-                        rules.get("seed", 0), rules.get("label_mode"))
+                        rules.get("seed", 0), rules.get("label_mode"), grouping=grouping)
 
 
 def _is_image(path: Path) -> bool:
@@ -210,10 +213,12 @@ def discover(
     seed: int = 0,
     label_mode: str | None = None,
     exclude: dict[Path, str] | None = None,
+    grouping: Grouping | None = None,
 ) -> SplitManifest:
     """Find classes and build train/val/test splits for any supported layout or protocol.
 
-    ``exclude``: folders under the root that are not classes (resolved path -> what they are, for the warning)."""
+    ``exclude``: folders under the root that are not classes (resolved path -> what they are, for the warning).
+    ``grouping``: image folders only; carved splits (and cross-validation folds) keep each group whole."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data root not found: {root}")
@@ -232,13 +237,15 @@ def discover(
         warnings.warn(f"--val-split and --test-split are ignored: --protocol {protocol} has its own validation and test "
                       "splits", stacklevel=2)
     exclude = {Path(p).resolve(): what for p, what in (exclude or {}).items()}
+    if grouping is not None and protocol in ("fer2013", "ferplus"):
+        raise DataError(f"--group-by is for image folders; --protocol {protocol} has fixed splits")
     try:
         if protocol == "ferplus":
             manifest = _discover_ferplus(root, label_mode or "majority")
         elif protocol == "fer2013":
             manifest = _discover_fer2013(root, exclude)
         else:
-            manifest = _discover_folders(root, val_split, test_split, seed, exclude)
+            manifest = _discover_folders(root, val_split, test_split, seed, exclude, grouping)
     except (fer_csv.CsvDataError, ValueError) as exc:
         raise DataError(str(exc)) from None
     for name, items in manifest.splits.items():
@@ -326,49 +333,88 @@ def _discover_ferplus(root: Path, label_mode: str) -> SplitManifest:
 
 
 def _discover_folders(root: Path, val_split: float | None, test_split: float | None, seed: int,
-                      exclude: dict[Path, str]) -> SplitManifest:
-    notes: list[str] = []
+                      exclude: dict[Path, str], grouping: Grouping | None) -> SplitManifest:
     has = {s: (root / s).is_dir() for s in SPLITS}
     if has["train"]:
-        present = [s for s in SPLITS if has[s]]
-        found = {s: scan_class_folders(root / s, root, exclude) for s in present}
-        classes = _check_same_classes(found)
-        splits = {s: _labelled(found[s], classes) for s in present}
-        if has["val"]:
-            layout = "train-val-test" if has["test"] else "train-val"
-            if val_split:
-                notes.append("--val-split ignored: the data root has its own val/ folder")
-        elif val_split:
-            splits["train"], splits["val"] = stratified_split(splits["train"], val_split, seed)
-            layout = "train-test" if has["test"] else "train-only"
-            notes.append(f"val carved from train: stratified {val_split:.3f}, seed {seed}")
-        elif has["test"]:
-            splits["val"] = splits["test"]
-            layout = "train-test"
-            msg = ("no val/ folder and no --val-split: the test set doubles as validation, "
-                   "so test figures are not independent of model selection")
-            warnings.warn(msg, stacklevel=3)
-            notes.append(msg)
-        else:
-            raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
-        if test_split:
-            notes.append("--test-split ignored: the layout has folders per split")
-        _warn_thin_splits(splits, classes, val_split)
-        return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders")
+        if grouping is not None and grouping.folds:
+            raise DataError("--folds needs one folder of class folders (ROOT/<class>/); this root has its own train/ split")
+        return _discover_split_folders(root, has, val_split, test_split, seed, exclude, grouping)
     found = scan_class_folders(root, root, exclude)
     classes = sorted(found)
     test_frac = 0.0 if test_split is None else test_split
     val_frac = 0.1 if val_split is None else val_split
     if test_frac + val_frac >= 1.0:
         raise DataError("--val-split plus --test-split must be below 1")
-    rest, test = stratified_split(_labelled(found, classes), test_frac, seed)
-    train, val = stratified_split(rest, val_frac / (1.0 - test_frac), seed + 1)  # val is a fraction of the whole
+    items = _labelled(found, classes)
+    notes = [f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}"]
+    if grouping is not None and grouping.folds:
+        rest, test = _held_out_fold(items, classes, grouping, seed)
+        test_frac = 1.0 / grouping.folds
+        notes = [f"cross-validation: fold {grouping.fold} of {grouping.folds} is the test split; val {val_frac} of the "
+                 f"whole carved from the other folds, seed {seed}"]
+    else:
+        rest, test = _carve(items, classes, test_frac, seed, grouping)
+    train, val = _carve(rest, classes, val_frac / (1.0 - test_frac), seed + 1, grouping)  # val: a fraction of the whole
     if not val:
         raise DataError("the validation split is empty: raise --val-split")
     splits = {"train": train, "val": val, **({"test": test} if test else {})}
-    notes.append(f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}")
+    if grouping is not None:
+        notes.append(f"every group of --group-by {grouping.pattern!r} is whole in one split")
     _warn_thin_splits(splits, classes, val_frac)
-    return SplitManifest(str(root.resolve()), classes, "class-folders", splits, notes, "folders")
+    return SplitManifest(str(root.resolve()), classes, "class-folders", splits, notes, "folders",
+                         group_by=grouping.pattern if grouping else None)
+
+
+def _discover_split_folders(root: Path, has: dict[str, bool], val_split: float | None, test_split: float | None,
+                            seed: int, exclude: dict[Path, str], grouping: Grouping | None) -> SplitManifest:
+    """ROOT/train/<class>/ with val/ and/or test/ beside it (or val carved from train)."""
+    notes: list[str] = []
+    present = [s for s in SPLITS if has[s]]
+    found = {s: scan_class_folders(root / s, root, exclude) for s in present}
+    classes = _check_same_classes(found)
+    splits = {s: _labelled(found[s], classes) for s in present}
+    if has["val"]:
+        layout = "train-val-test" if has["test"] else "train-val"
+        if val_split:
+            notes.append("--val-split ignored: the data root has its own val/ folder")
+    elif val_split:
+        splits["train"], splits["val"] = _carve(splits["train"], classes, val_split, seed, grouping)
+        layout = "train-test" if has["test"] else "train-only"
+        notes.append(f"val carved from train: stratified {val_split:.3f}, seed {seed}"
+                     + (f", whole groups of --group-by {grouping.pattern!r}" if grouping else ""))
+    elif has["test"]:
+        splits["val"] = splits["test"]
+        layout = "train-test"
+        msg = ("no val/ folder and no --val-split: the test set doubles as validation, "
+               "so test figures are not independent of model selection")
+        warnings.warn(msg, stacklevel=4)
+        notes.append(msg)
+    else:
+        raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
+    if test_split:
+        notes.append("--test-split ignored: the layout has folders per split")
+    _warn_thin_splits(splits, classes, val_split)
+    return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders",
+                         group_by=grouping.pattern if grouping else None)
+
+
+def _carve(items: list[tuple[str, int]], classes: list[str], fraction: float, seed: int,
+           grouping: Grouping | None) -> tuple[list, list]:
+    """(rest, carved): stratified by class, and by whole groups with a grouping."""
+    if grouping is None:
+        return stratified_split(items, fraction, seed)
+    rest, carved = group_split(items, group_keys(items, classes, grouping.pattern), fraction, seed)
+    key = lambda it: (it[1], it[0])  # noqa: E731
+    return sorted(rest, key=key), sorted(carved, key=key)
+
+
+def _held_out_fold(items: list[tuple[str, int]], classes: list[str], grouping: Grouping, seed: int) -> tuple[list, list]:
+    """(the other folds, fold ``grouping.fold``) of ``grouping.folds`` group-disjoint folds."""
+    if grouping.fold is None or not 1 <= grouping.fold <= grouping.folds:
+        raise DataError(f"--fold must be 1 to {grouping.folds}, got {grouping.fold}")
+    folds = fold_of(items, group_keys(items, classes, grouping.pattern), grouping.folds, seed)
+    return ([it for it, f in zip(items, folds) if f != grouping.fold - 1],
+            [it for it, f in zip(items, folds) if f == grouping.fold - 1])
 
 
 def _warn_thin_splits(splits: dict[str, list[tuple[str, int]]], classes: list[str], val_split: float | None) -> None:

@@ -1,0 +1,122 @@
+"""``fer-train --folds K --group-by REGEX``: K-fold cross-validation by groups (people, sequences), the protocol that
+CK+, JAFFE and KDEF results are reported under.
+
+Every fold is an ordinary run in ``RUN/foldN/``: it trains on the other folds (best.pt chosen on a group-disjoint
+validation split carved from them) and is tested once on its own fold, whose people it never saw. ``RUN/cv.json``,
+``cv.md`` and ``cv.png`` give each fold's test figures and their mean ± standard deviation (over folds, ddof 1) and the
+confusion matrix of all folds' test images pooled. The same command again continues: finished folds are kept, a
+started one resumes from its last.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from fer_runtime.errors import OutputError
+from fer_runtime.metrics import classification_metrics
+from fer_runtime.outputs import atomic_write_text, check_output_dir
+from fer_train.checkpoint import load_checkpoint
+from fer_train.config import TrainConfig
+from fer_train.metrics import plot_confusion_matrix
+from fer_train.run_config import InvocationFlags, merged_config, saved_config
+from fer_train.run_status import run_status
+
+FIGURES = ("accuracy", "macro_f1", "balanced_accuracy")
+
+
+def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable) -> Path:
+    """Train (or continue) every fold's run, then write the summary; returns the cross-validation folder."""
+    top = _cv_folder(cfg, flags)
+    started = time.monotonic()
+    rows = []
+    for fold in range(1, cfg.folds + 1):
+        fold_dir = top / f"fold{fold}"
+        status = run_status(fold_dir)
+        print(f"fer-train: cross-validation fold {fold}/{cfg.folds} ({status}) in {fold_dir}", flush=True)
+        if status == "started":
+            state = load_checkpoint(fold_dir / "last.pt")
+            train_run(merged_config({}, saved_config(state)), InvocationFlags(resume=str(fold_dir / "last.pt")), state)
+        elif status == "new":
+            train_run(replace(cfg, fold=fold, out_dir=str(top), name=f"fold{fold}"), InvocationFlags(), None)
+        rows.append(_fold_row(fold, fold_dir))
+    summary = summarise(rows, cfg, time.monotonic() - started)
+    write_summary(summary, top)
+    mean, std = summary["mean"]["accuracy"], summary["std"]["accuracy"]
+    print(f"fer-train: {cfg.folds}-fold cross-validation by {cfg.group_by!r}: test accuracy {mean:.4f} ± {std:.4f}, "
+          f"macro-F1 {summary['mean']['macro_f1']:.4f} ± {summary['std']['macro_f1']:.4f}; {top / 'cv.md'}")
+    return top
+
+
+def _cv_folder(cfg: TrainConfig, flags: InvocationFlags) -> Path:
+    """RUN: new, or one this same cross-validation started (its cv_config.json agrees), or replaced with --overwrite."""
+    check_output_dir(cfg.out_dir)
+    top = Path(cfg.out_dir) / (cfg.name or f"cv-{time.strftime('%Y%m%d-%H%M%S')}")
+    wanted = {k: v for k, v in asdict(cfg).items() if k != "fold"}
+    saved = top / "cv_config.json"
+    if top.exists() and any(top.iterdir()) and not flags.overwrite:
+        if not saved.is_file() or json.loads(saved.read_text()) != json.loads(json.dumps(wanted)):
+            raise OutputError(f"{top} already holds another run: pick another --name, or replace it with --overwrite")
+    elif top.exists() and flags.overwrite:
+        import shutil
+
+        shutil.rmtree(top)
+    top.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, json.dumps(wanted, indent=2))
+    return top
+
+
+def _fold_row(fold: int, fold_dir: Path) -> dict:
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    test, val = metrics["test"], metrics["val"]
+    return {"fold": fold, "test_images": test["num_samples"], "best_epoch": metrics.get("best", {}).get("epoch"),
+            **{k: test[k] for k in FIGURES}, "val_accuracy": val["accuracy"], "classes": test["classes"],
+            "confusion_matrix": test["confusion_matrix"]}
+
+
+def summarise(rows: list[dict], cfg: TrainConfig, seconds: float) -> dict:
+    """Each fold's figures, their mean and standard deviation, and the pooled test confusion matrix's metrics."""
+    figures = (*FIGURES, "val_accuracy")
+    cm = np.sum([np.asarray(r["confusion_matrix"]) for r in rows], axis=0)
+    true, pred = np.nonzero(cm)
+    counts = cm[true, pred]
+    pooled = classification_metrics(np.repeat(true, counts), np.repeat(pred, counts), rows[0]["classes"])
+    return {
+        "folds": cfg.folds, "group_by": cfg.group_by, "init": cfg.init, "arch": cfg.arch, "epochs": cfg.epochs,
+        "lr": cfg.lr, "freeze": cfg.freeze, "seed": cfg.seed, "seconds": round(seconds, 1),
+        "per_fold": [{k: v for k, v in r.items() if k not in ("classes", "confusion_matrix")} for r in rows],
+        "mean": {k: float(np.mean([r[k] for r in rows])) for k in figures},
+        "std": {k: float(np.std([r[k] for r in rows], ddof=1)) for k in figures},
+        "pooled": pooled,
+    }
+
+
+def write_summary(summary: dict, top: Path) -> None:
+    atomic_write_text(top / "cv.json", json.dumps(summary, indent=2))
+    atomic_write_text(top / "cv.md", summary_markdown(summary))
+    plot_confusion_matrix(summary["pooled"], top / "cv.png", title=f"{summary['folds']} folds pooled: accuracy "
+                          f"{summary['pooled']['accuracy']:.4f}, macro-F1 {summary['pooled']['macro_f1']:.4f}")
+
+
+def summary_markdown(s: dict) -> str:
+    lines = [f"# {s['folds']}-fold cross-validation by `{s['group_by']}`", "",
+             f"init `{s['init'] or 'none (random weights)'}`, arch `{s['arch']}`, {s['epochs']} epochs, lr {s['lr']:g}, "
+             f"freeze {s['freeze']}, seed {s['seed']}; {s['seconds']:.0f} s in all. Each fold's test split is people "
+             "its run never saw; best.pt is chosen on a validation split carved from the other folds.", "",
+             "| fold | test images | best epoch | test accuracy | test macro-F1 | test balanced acc. | val accuracy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in s["per_fold"]:
+        lines.append(f"| {r['fold']} | {r['test_images']} | {r['best_epoch']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} "
+                     f"| {r['balanced_accuracy']:.4f} | {r['val_accuracy']:.4f} |")
+    m, d = s["mean"], s["std"]
+    lines.append(f"| **mean ± std** | | | **{m['accuracy']:.4f} ± {d['accuracy']:.4f}** | {m['macro_f1']:.4f} ± "
+                 f"{d['macro_f1']:.4f} | {m['balanced_accuracy']:.4f} ± {d['balanced_accuracy']:.4f} | "
+                 f"{m['val_accuracy']:.4f} ± {d['val_accuracy']:.4f} |")
+    lines += ["", f"All folds' test images pooled: accuracy {s['pooled']['accuracy']:.4f}, macro-F1 "
+              f"{s['pooled']['macro_f1']:.4f} (confusion matrix: cv.png)."]
+    return "\n".join(lines) + "\n"
