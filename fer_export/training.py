@@ -38,10 +38,11 @@ SET_BY_EXPORT = {"data_root": "use --data-root", "out_dir": "use --out-dir", "na
                  "arch_arg": "use --arch-arg", "teacher": "use --distill-from", "teacher_targets_file": "use --distill-from",
                  "kd_alpha": "use --kd-alpha", "kd_temperature": "use --kd-temperature",
                  "epochs": "use --epochs or --finetune-epochs", "init": "the fine-tune starts from the pruned model",
-                 **dict.fromkeys(("seed", "protocol", "val_split", "test_split", "input_size", "channels"),
-                                 FROM_THE_SOURCE_RUN)}
+                 **dict.fromkeys(("seed", "protocol", "val_split", "test_split", "input_size", "channels", "group_by",
+                                  "folds", "fold"), FROM_THE_SOURCE_RUN)}
 # what a training stage keeps of its source run: how the data was split and labelled, the input, the selection metric
-FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "input_size", "channels", "mean", "std", "monitor")
+FROM_SOURCE = ("protocol", "label_mode", "val_split", "test_split", "seed", "group_by", "folds", "fold", "input_size",
+               "channels", "mean", "std", "monitor")
 
 
 def train_options(items: list[str]) -> dict:
@@ -64,7 +65,7 @@ def train_config(cfg: ExportConfig, source: dict, **stage: object) -> TrainConfi
     settings, then --train-option."""
     saved = TrainConfig.from_saved(source.get("train_args", {}))
     values: dict = {k: getattr(saved, k) for k in FROM_SOURCE}
-    values.update(no_progress=cfg.no_progress, threads=cfg.threads, **stage)
+    values.update(no_progress=cfg.no_progress, threads=cfg.threads, freeze=0, **stage)  # every layer trains
     if cfg.distill_from:  # the student (or the pruned model's fine-tune) learns from the teacher, not from labels alone
         values.update(teacher=[cfg.distill_from], kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature)
     return TrainConfig(**{**values, **train_options(cfg.train_option)})

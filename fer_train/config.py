@@ -21,7 +21,7 @@ THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
 CACHE = "~/.cache/fer-toolchain"
 SHIFT_NAMES = list(SHIFTS)
 # a fine-tune from a trained model (--init): a shorter schedule at a lower peak learning rate (docs/training.md)
-SCRATCH_EPOCHS, FINETUNE_EPOCHS, FINETUNE_LR_FACTOR = 30, 20, 3
+SCRATCH_EPOCHS, FINETUNE_EPOCHS, FINETUNE_LR_FACTOR, FINETUNE_FREEZE = 30, 20, 3, 3
 
 
 @dataclass
@@ -63,7 +63,8 @@ class TrainConfig:
     crop_margin: float = option(0.02, "face-box margin per side recorded in the contract: how the training crops frame a "
                                 "detector's box (0.02 for FER2013-style crops under the Haar cascade: "
                                 "benchmarks/scripts/measure_framing.py)")
-    freeze: int = option(0, "leading convolutions (with their BatchNorms) kept as --init gave them", bounds=(0, None))
+    freeze: int | None = option(None, "leading convolutions (with their BatchNorms) kept as --init gave them",
+                                bounds=(0, None), none_means=f"{FINETUNE_FREEZE} with --init, else 0")
     qat: bool = option(False, "quantization-aware: train with the INT8 rounding fer-export --int8 applies (fine-tune "
                        "a trained run with --init)")
     # optimisation
@@ -72,7 +73,7 @@ class TrainConfig:
     batch_size: int = option(64, "images per step")
     opt: str = option("adamw", "AdamW, or SGD with Nesterov momentum", choices=["adamw", "sgd"])
     lr: float | None = option(None, "peak learning rate",
-                              none_means=f"1e-3 with adamw, 0.05 with sgd; a {FINETUNE_LR_FACTOR:g}th of it with --init")
+                              none_means=f"1e-3 with adamw, 0.05 with sgd; divided by {FINETUNE_LR_FACTOR:g} with --init")
     weight_decay: float | None = option(None, "weight decay (not on biases and norms)",
                                         none_means="0.05 with adamw, 5e-4 with sgd")
     momentum: float = option(0.9, "SGD momentum")
@@ -107,8 +108,9 @@ class TrainConfig:
     channels_last: bool = option(False, "NHWC weights; about 10-20% faster CPU training steps on AVX2 (checkpoints stay NCHW)")
     grad_checkpointing: bool = option(False, "timm models that support it")
     ema: float = option(0.0, "EMA decay of weights, e.g. 0.999 (0 off)")
-    monitor: str = option("macro_f1", "validation metric for best.pt; last: best.pt is the last epoch (a fixed schedule, "
-                          "for validation splits too small to choose an epoch on)", choices=["macro_f1", "accuracy", "last"])
+    monitor: str | None = option(None, "validation metric for best.pt; last: best.pt is the last epoch (a fixed schedule, "
+                                 "for validation splits too small to choose an epoch on)",
+                                 choices=["macro_f1", "accuracy", "last"], none_means="macro_f1; last with --init")
     patience: int = option(0, "early stop after N epochs without improvement (0 off)")
     seed: int = option(0, "seed of splits, sampling and initialisation")
     deterministic: bool = option(False, "deterministic torch algorithms")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from fer_runtime.data import resolve_data_root
 from fer_runtime.options import OptionError
-from fer_train.config import FINETUNE_EPOCHS, FINETUNE_LR_FACTOR, SCRATCH_EPOCHS, TrainConfig
+from fer_train.config import FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR_FACTOR, SCRATCH_EPOCHS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ def merged_config(given: dict, saved: TrainConfig | None) -> TrainConfig:
 
 
 def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConfig:
-    """Every option decided: the data root, lr and weight decay by --opt, mean and std by --channels; ranges checked."""
+    """Every option decided: the data root, lr and weight decay by --opt, mean and std by --channels, the schedule by
+    --init (a fine-tune's: fewer epochs, a lower rate, early convolutions frozen, the last epoch kept); ranges checked."""
     adamw = cfg.opt == "adamw"
     finetune = bool(cfg.init)
     resolved = replace(
@@ -43,6 +44,8 @@ def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConf
         data_root=resolve_data_root(cfg.data_root, saved_root),
         epochs=(FINETUNE_EPOCHS if finetune else SCRATCH_EPOCHS) if cfg.epochs is None else cfg.epochs,
         lr=(1e-3 if adamw else 0.05) / (FINETUNE_LR_FACTOR if finetune else 1) if cfg.lr is None else cfg.lr,
+        freeze=(FINETUNE_FREEZE if finetune else 0) if cfg.freeze is None else cfg.freeze,
+        monitor=("last" if finetune else "macro_f1") if cfg.monitor is None else cfg.monitor,
         weight_decay=(0.05 if adamw else 5e-4) if cfg.weight_decay is None else cfg.weight_decay,
         mean=[0.5] * cfg.channels if cfg.mean is None else cfg.mean,
         std=[0.5] * cfg.channels if cfg.std is None else cfg.std,

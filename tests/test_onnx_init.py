@@ -116,19 +116,22 @@ def test_fer_train_init_from_onnx_starts_where_the_file_is_and_records_it(export
     assert train_main(args) == 0
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     init = config["contract"]["provenance"]["init"]
-    assert init == {"file": "model.onnx", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert init == {"file": "model.onnx", "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                    "classes": "classes kept angry, happy, sad; new none; dropped none"}
     assert config["arch"] == "vgg" and config["degrade"] == 0.5
 
 
-def test_fer_train_init_refuses_a_file_with_other_classes(tree_factory, tmp_path, capsys):
-    contract = ModelContract(classes=("x", "y", "z"), provenance={"model": {"name": "vgg", "kwargs": KWARGS}})
-    path = export_onnx(trained_like(), contract, tmp_path / "other.onnx")
+def test_fer_train_init_refuses_a_file_that_takes_other_input(tree_factory, tmp_path, capsys):
+    contract = ModelContract(classes=CLASSES, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                             provenance={"model": {"name": "vgg", "kwargs": KWARGS}})
+    torch.manual_seed(0)
+    path = export_onnx(create_model("vgg", 3, 3, **KWARGS).eval(), contract, tmp_path / "colour.onnx")
     root = tree_factory("train-val-test", per_class=4, seed=2)
     args = ["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "x", "--init", str(path), "--epochs", "1",
             "--no-progress", "--threads", "1"]
     assert train_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--init classes ['x', 'y', 'z'] differ" in err[0]
+    assert len(err) == 1 and "--init takes 3-channel 48x48 input; this run decodes 1-channel" in err[0]
     assert not (tmp_path / "x").exists()
 
 

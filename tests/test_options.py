@@ -99,7 +99,8 @@ def test_every_option_shows_its_default(prog):
         assert flags.startswith(flag_of(f.name)) and "[default: " in text, (flags, text)
     if cls is TrainConfig:
         flags, text = records["lr"]
-        assert (flags, " ".join(text.split())) == ("--lr FLOAT", "peak learning rate [default: (1e-3 with adamw, 0.05 with sgd)]")
+        assert (flags, " ".join(text.split())) == (
+            "--lr FLOAT", "peak learning rate [default: (1e-3 with adamw, 0.05 with sgd; divided by 3 with --init)]")
 
 
 @pytest.mark.parametrize("prog", ["fer-bench", "fer-run"])

@@ -27,7 +27,9 @@ HASH_SIDE = 16  # a 256-bit difference hash
 # Near: at most this many of the 256 bits differ. On CK+ it pairs 94% of the frames of one recording with each other,
 # under 1% of one person's other recordings, and no two people (benchmarks/results: docs/data.md).
 NEAR_BITS = 24
-SEQUENCE_SHARE = 0.3  # names "look like frames of recordings" when this share of images shares a recording
+# Names "look like frames of recordings" when this share of images shares a recording with another image, at several
+# recordings a folder on average (numbered files, img_0001.png ..., make one "recording" a folder).
+SEQUENCE_SHARE, RECORDINGS_PER_FOLDER = 0.3, 2
 
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
@@ -40,14 +42,32 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     return np.packbits((small[:, :, 1:] > small[:, :, :-1]).reshape(len(images), -1), axis=1)
 
 
-def nearest_distances(queries: np.ndarray, reference: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Per query hash: the smallest bit distance to a reference hash, and which reference hash that is."""
+def nearest_within(queries: np.ndarray, reference: np.ndarray, bits: int = NEAR_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """Per query hash: the smallest bit distance to a reference hash when it is at most ``bits`` (else ``bits + 1``),
+    and which reference hash that is.
+
+    Only candidates are compared: the hashes are cut into ``bits + 1`` bands, and two hashes that differ in at most
+    ``bits`` bits agree on at least one whole band (pigeonhole), so every neighbour within ``bits`` is found exactly."""
     table = np.asarray([bin(i).count("1") for i in range(256)], np.uint8)
-    best, where = np.zeros(len(queries), np.int64), np.zeros(len(queries), np.int64)
-    for i in range(0, len(queries), chunk):
-        distances = table[queries[i : i + chunk, None, :] ^ reference[None, :, :]].sum(-1, dtype=np.int64)
-        where[i : i + chunk] = distances.argmin(1)
-        best[i : i + chunk] = distances.min(1)
+    ref_bits, query_bits = np.unpackbits(reference, axis=1), np.unpackbits(queries, axis=1)
+    width = ref_bits.shape[1] // (bits + 1)
+    weights = 1 << np.arange(width, dtype=np.int64)
+    candidates: list[list[np.ndarray]] = [[] for _ in range(len(queries))]
+    for b in range(bits + 1):
+        ref_band = ref_bits[:, b * width : (b + 1) * width] @ weights
+        query_band = query_bits[:, b * width : (b + 1) * width] @ weights
+        order = np.argsort(ref_band, kind="stable")
+        lo, hi = np.searchsorted(ref_band[order], query_band, "left"), np.searchsorted(ref_band[order], query_band, "right")
+        for q in np.flatnonzero(hi > lo):
+            candidates[q].append(order[lo[q] : hi[q]])
+    best, where = np.full(len(queries), bits + 1, np.int64), np.zeros(len(queries), np.int64)
+    for q, found in enumerate(candidates):
+        if found:
+            pool = np.unique(np.concatenate(found))
+            distances = table[queries[q] ^ reference[pool]].sum(1, dtype=np.int64)
+            k = int(distances.argmin())
+            if distances[k] <= bits:
+                best[q], where[q] = distances[k], pool[k]
     return best, where
 
 
@@ -61,7 +81,7 @@ def near_duplicate_summary(decoded: dict[str, DecodedSplit]) -> dict:
     for split, d in decoded.items():
         if split == "train" or not len(d.images):
             continue
-        distance, nearest = nearest_distances(perceptual_hashes(d.images), reference)
+        distance, nearest = nearest_within(perceptual_hashes(d.images), reference)
         near = np.flatnonzero(distance <= NEAR_BITS)
         out[split] = {"images": len(d.images), "with_near_copy_in_train": len(near),
                       "examples": [[d.paths[i], train.paths[nearest[i]], int(distance[i])] for i in near[:5]]}
@@ -72,7 +92,10 @@ def crossing_summary(manifest: SplitManifest) -> dict:
     """Look-alike recordings and ``--group-by`` groups with images in more than one split."""
     out = {"recordings": crossing(manifest.splits, lambda source, _label: sequence_key(source))}
     rec = out["recordings"]
-    out["names_look_like_recordings"] = rec["images_sharing_a_group"] >= SEQUENCE_SHARE * max(rec["images_in_groups"], 1) > 0
+    folders = {source.rsplit("/", 1)[0] for items in manifest.splits.values() for source, _ in items}
+    out["names_look_like_recordings"] = bool(rec["images_in_groups"]) and (
+        rec["images_sharing_a_group"] >= SEQUENCE_SHARE * rec["images_in_groups"]
+        and rec["groups"] >= RECORDINGS_PER_FOLDER * len(folders))
     if manifest.group_by:
         regex = compile_pattern(manifest.group_by)
         out["groups"] = crossing(manifest.splits, lambda source, label: group_key(regex, source, manifest.classes[label]))
@@ -188,11 +211,11 @@ def leak_warnings(r: dict) -> list[str]:
             out.append(f"{near['with_near_copy_in_train']} of {near['images']} {split} images are near-copies of a "
                        f"training image (perceptual hash within {NEAR_BITS} of 256 bits), e.g. {a} ~ {b}")
     rec, groups = r["crossing"]["recordings"], r["crossing"].get("groups")
-    if r["crossing"]["names_look_like_recordings"] and not r["group_by"]:
+    if r["crossing"]["names_look_like_recordings"] and not r["group_by"] and rec["crossing"]:
         out.append(f"file names look like frames of recordings and no --group-by was given: {rec['crossing']} of "
-                   f"{rec['groups']} recordings have frames in more than one split ({rec['images_in_crossing']} images"
-                   + (f"; {_examples(rec)}" if rec["crossing"] else "") + "); keep each person's images together with "
-                   "--group-by REGEX, e.g. '^(S\\d+)_' for names like S010_004_00000017.png")
+                   f"{rec['groups']} recordings have frames in more than one split ({rec['images_in_crossing']} images; "
+                   f"{_examples(rec)}); keep each person's images together with --group-by REGEX, e.g. '^(S\\d+)_' "
+                   "for names like S010_004_00000017.png")
     if groups and groups["crossing"]:
         out.append(f"{groups['crossing']} of {groups['groups']} groups of --group-by {r['group_by']!r} have images in "
                    f"more than one split ({groups['images_in_crossing']} images; {_examples(groups)})")

@@ -1,0 +1,173 @@
+"""A user's own faces: fine-tuning a shipped model onto their classes, splits that keep a person whole, cross-validation
+by people, the data report's leak warnings, and the edge-sized default."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fer_models import MODELS_DIR  # noqa: E402
+
+from fer_export.cli import main as export_main  # noqa: E402
+from fer_runtime.contract import read_onnx_contract  # noqa: E402
+from fer_runtime.data import DataError, discover  # noqa: E402
+from fer_runtime.data.decode import load_split  # noqa: E402
+from fer_runtime.data.groups import Grouping, crossing  # noqa: E402
+from fer_runtime.data.report import data_report  # noqa: E402
+from fer_train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from fer_train.config import TrainConfig  # noqa: E402
+from fer_train.head import class_rows, classifier_of  # noqa: E402
+from fer_train.models import create_model, inference_cost  # noqa: E402
+from fer_train.onnx_init import model_from_onnx  # noqa: E402
+from fer_train.train import main as train_main  # noqa: E402
+from tests.conftest import make_image  # noqa: E402
+
+USER_CLASSES = ("anger", "happy", "unicorn")  # CK+'s word for angry, a shared word, a class no shipped model has
+TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off"]
+SUBJECT = r"^(S\d+)_"
+
+
+def write_recordings(root, subjects: int = 6, frames: int = 3, classes=USER_CLASSES, seed: int = 0) -> None:
+    """CK+-like names: per subject one recording per class, a few near-identical frames each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for s in range(1, subjects + 1):
+            base = make_image(label % 3, rng).astype(np.int16)
+            for f in range(frames):
+                frame = np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(frame).save(root / name / f"S{s:03d}_{label + 1:03d}_{f + 10:08d}.png")
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    write_recordings(root)
+    return root
+
+
+def subject_of(source: str, _label: int) -> str:
+    return source.split("/")[-1].split("_")[0]
+
+
+def test_classes_match_by_meaning_across_vocabularies():
+    ferplus = read_onnx_contract(MODELS_DIR / "ferplus.onnx").classes
+    rows = class_rows(ferplus, ["Anger", "happy", "unicorn", "sadness"])
+    assert [None if r is None else ferplus[r] for r in rows] == ["angry", "happy", None, "sad"]
+
+
+@pytest.mark.parametrize("shipped", ["ferplus", "fer2013"])
+def test_init_from_a_shipped_model_keeps_its_rows_adds_new_ones_and_the_export_names_it(shipped, recordings, tmp_path):
+    args = ["--data-root", str(recordings), "--init", shipped, "--group-by", SUBJECT, "--out-dir", str(tmp_path),
+            "--name", "ft", "--epochs", "1", "--lr", "0", "--batch-size", "8", "--no-progress", "--threads", "1",
+            "--amp", "off"]
+    assert train_main(args) == 0
+    state = load_checkpoint(tmp_path / "ft" / "best.pt")
+    model, contract = model_from_checkpoint(state)
+    assert contract.classes == USER_CLASSES
+    source, source_contract, path = model_from_onnx(shipped)
+    _, before = classifier_of(source, source_contract.num_classes)
+    _, after = classifier_of(model, 3)
+    angry, happy = source_contract.classes.index("angry"), source_contract.classes.index("happy")
+    # lr 0: the matching rows are the shipped model's own; the new class has a fresh row
+    assert torch.equal(after.weight[0], before.weight[angry]) and torch.equal(after.weight[1], before.weight[happy])
+    assert not any(torch.equal(after.weight[2], row) for row in before.weight)
+    init = contract.provenance["init"]
+    assert init["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and "new unicorn" in init["classes"]
+    if shipped == "ferplus":  # the exported file says which model it started from
+        assert export_main(["--ckpt", str(tmp_path / "ft" / "best.pt"), "--out-dir", str(tmp_path / "ex"),
+                            "--name", "mine"]) == 0
+        assert read_onnx_contract(tmp_path / "ex" / "mine" / "model.onnx").provenance["init"] == init
+
+
+def test_group_splits_and_folds_keep_every_person_whole(recordings):
+    manifest = discover(recordings, grouping=Grouping(SUBJECT))
+    assert crossing(manifest.splits, subject_of)["crossing"] == 0 and manifest.group_by == SUBJECT
+    tests = [discover(recordings, val_split=0.2, grouping=Grouping(SUBJECT, 3, k)) for k in (1, 2, 3)]
+    for m in tests:
+        assert crossing(m.splits, subject_of)["crossing"] == 0 and set(m.splits) == {"train", "val", "test"}
+    held_out = [src for m in tests for src, _ in m.splits["test"]]
+    assert len(held_out) == len(set(held_out)) == 6 * 3 * 3  # the folds' test splits partition the data
+    # split image by image, the same data puts frames of one recording on both sides
+    assert crossing(discover(recordings, val_split=0.3).splits, subject_of)["crossing"] > 0
+
+
+def test_a_group_pattern_that_misses_is_one_line(recordings, tmp_path, capsys):
+    with pytest.raises(DataError, match=r"matches no group in 54 of 54 file paths, e.g. 'S001_001_00000010.png'"):
+        discover(recordings, grouping=Grouping(r"^(P\d+)_"))
+    code = train_main(["--data-root", str(recordings), "--group-by", "(", "--out-dir", str(tmp_path), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a regular expression" in err[0]
+    assert train_main(["--data-root", str(recordings), "--folds", "3", "--out-dir", str(tmp_path), *TINY]) == 2
+    assert "give --group-by" in capsys.readouterr().err
+
+
+def test_cross_validation_reports_each_fold_and_their_mean_and_continues(recordings, tmp_path, capsys):
+    args = ["--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "2", "--epochs", "1", "--val-split",
+            "0.2", "--out-dir", str(tmp_path), "--name", "cv", *TINY]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert "fold 2/2 (new)" in out and "MACs a face" in out
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    accuracies = [json.loads((tmp_path / "cv" / f"fold{k}" / "metrics.json").read_text())["test"]["accuracy"] for k in (1, 2)]
+    assert [f["accuracy"] for f in cv["per_fold"]] == accuracies
+    assert cv["mean"]["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert cv["std"]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert sum(f["test_images"] for f in cv["per_fold"]) == 54 and (tmp_path / "cv" / "cv.png").stat().st_size > 0
+    assert "mean ± std" in (tmp_path / "cv" / "cv.md").read_text()
+    stamp = (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns
+    assert train_main(args) == 0  # the same command again: both folds are finished and kept
+    assert "fold 1/2 (finished)" in capsys.readouterr().out
+    assert (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns == stamp
+    assert train_main([*args[:-len(TINY)], *TINY, "--seed", "1"]) == 2  # another cross-validation under the name
+    assert "already holds another run" in capsys.readouterr().err
+
+
+def test_the_summary_is_the_folds_mean_and_sample_deviation_and_pools_their_confusion():
+    from fer_train.cross_validation import summarise, summary_markdown
+
+    def fold(k: int, cm: list[list[int]]) -> dict:
+        right, total = sum(cm[i][i] for i in range(2)), sum(map(sum, cm))
+        return {"fold": k, "test_images": total, "best_epoch": 3, "accuracy": right / total, "macro_f1": 0.5,
+                "balanced_accuracy": 0.5, "val_accuracy": 0.9, "classes": ["a", "b"], "confusion_matrix": cm}
+
+    rows = [fold(1, [[4, 0], [1, 5]]), fold(2, [[2, 2], [0, 6]]), fold(3, [[5, 0], [0, 5]])]
+    s = summarise(rows, TrainConfig(folds=3, group_by=SUBJECT, lr=1e-3, freeze=0), 12.0)
+    assert s["mean"]["accuracy"] == pytest.approx(0.9) and s["std"]["accuracy"] == pytest.approx(0.1)
+    assert s["pooled"]["confusion_matrix"] == [[11, 2], [1, 16]] and s["pooled"]["accuracy"] == pytest.approx(27 / 30)
+    assert "**0.9000 ± 0.1000**" in summary_markdown(s)
+
+
+def test_the_data_report_names_recordings_and_near_copies_across_splits(recordings):
+    def report(grouping):
+        manifest = discover(recordings, val_split=0.3, grouping=grouping)
+        decoded = {s: load_split(manifest, s, 1, (48, 48)) for s in manifest.splits}
+        return data_report(manifest, decoded)
+
+    loose = report(None)
+    warning = next(w for w in loose["warnings"] if "look like frames of recordings" in w)
+    assert "--group-by" in warning and "(train 2, val 1)" in warning
+    near = loose["near_duplicates"]["val"]
+    val_image, train_image, _ = near["examples"][0]
+    assert near["with_near_copy_in_train"] > 0 and val_image.rsplit("_", 1)[0] == train_image.rsplit("_", 1)[0]
+    grouped = report(Grouping(SUBJECT))
+    assert grouped["near_duplicates"]["val"]["with_near_copy_in_train"] == 0
+    assert not [w for w in grouped["warnings"] if "recordings" in w or "near-copies" in w]
+
+
+def test_the_default_model_is_the_shipped_architecture_and_a_slow_one_is_warned_of():
+    assert TrainConfig().arch == "edge"
+    shipped = read_onnx_contract(MODELS_DIR / "ferplus.onnx").provenance["model"]
+    edge = create_model("edge", 8, 1)
+    same = create_model(shipped["name"], 8, 1, **shipped["kwargs"])
+    assert [p.shape for p in edge.parameters()] == [p.shape for p in same.parameters()]
+    assert inference_cost(edge, 1, (48, 48)).real_time
+    slow = inference_cost(create_model("vgg", 8, 1, width=2.0), 1, (48, 48))
+    assert not slow.real_time and "not real time" in slow.describe() and "leave --arch out" in slow.warning()
