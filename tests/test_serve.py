@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.scripts.serve_load import running_server
 from fer_runtime import FaceExpressionRecognizer
 from fer_runtime.cli import DEMO_IMAGE
 from fer_runtime.data import MAX_IMAGE_PIXELS
-from tests.serving import running_server
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -175,3 +175,16 @@ def test_a_port_in_use_is_one_line():
 def test_health_is_json_the_page_reads(server):
     _, _, body = server.request("GET", "/health")
     assert json.loads(json.dumps(body)) == body and set(body["priors"]) == {"model", "train", "balanced"}
+
+
+def test_a_short_load_has_no_errors_and_flat_memory(tmp_path):
+    """4 clients for 4 s (benchmarks/scripts/serve_load.py is the long run): every request answered 200 with its face,
+    and the server's memory grows by less than 40 MB (a 1280x960 image left behind per request would be 3.7 MB each)."""
+    from benchmarks.scripts.serve_load import SERVER_ARGS, run_load
+
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    with running_server(SERVER_ARGS, folder) as srv:
+        result = run_load(srv, clients=4, seconds=4)
+    assert result["errors"] == 0 and result["ok"] >= 4, result
+    assert result["rss_end_mb"] - result["rss_start_mb"] < 40, result

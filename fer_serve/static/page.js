@@ -81,6 +81,7 @@ function draw(faces, width, height, ms) {
     item.className = "face";
     item.dataset.label = face.dominant_emotion;
     item.dataset.confidence = face.confidence.toFixed(3);
+    item.dataset.box = face.box.join(",");
     item.textContent = `${label} at [${face.box.join(", ")}]`;
     items.push(item);
   }
