@@ -2,7 +2,7 @@
 driven through chromedriver's W3C WebDriver protocol (plain HTTP and JSON: the standard library is the client).
 
 \b
-    python -m benchmarks.scripts.serve_page --screenshot docs/fer-serve.png
+    python -m benchmarks.scripts.serve_page --screenshot benchmarks/results/serve/page.png
 
 Starts fer-serve on a free localhost port, writes a Y4M clip of the bundled face on a 640x480 canvas, opens the page,
 waits until it lists a face, prints what the page shows and saves a screenshot of it. tests/test_serve_browser.py runs
