@@ -178,8 +178,9 @@ def test_health_is_json_the_page_reads(server):
 
 
 def test_a_short_load_has_no_errors_and_flat_memory(tmp_path):
-    """4 clients for 4 s (benchmarks/scripts/serve_load.py is the long run): every request answered 200 with its face,
-    and the server's memory grows by less than 40 MB (a 1280x960 image left behind per request would be 3.7 MB each)."""
+    """4 clients for 4 s (benchmarks/scripts/serve_load.py is the long run): every request answered 200 with the records
+    of its photo made alone, and the server's memory grows by less than 40 MB (a 1280x960 image left behind per request
+    would be 3.7 MB each)."""
     from benchmarks.scripts.serve_load import SERVER_ARGS, run_load
 
     folder = tmp_path / "cwd"
