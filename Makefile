@@ -17,14 +17,15 @@ test: $(PY)
 	$(PIP) install -q -e '.[cpu,dev]'
 	$(PY) -m pytest
 
-# The runtime tests again in a venv with the base install only (no torch): what `make run` users have.
+# The runtime tests again in a venv with the base install only (no torch): what `make run` users have (and fer-serve's).
 RUNTIME_VENV ?= .venv-runtime
 test-runtime:
 	python3 -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/python -m pip install -q '.[cpu]' pytest onnx scikit-image
+	$(RUNTIME_VENV)/bin/python -m pip install -q '.[cpu,serve]' pytest onnx scikit-image
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
-	  tests/test_calibration.py tests/test_decision_rule.py tests/test_providers.py tests/test_api.py
+	  tests/test_calibration.py tests/test_decision_rule.py tests/test_providers.py tests/test_api.py \
+	  tests/test_api_threads.py tests/test_serve.py tests/test_serve_browser.py
 
 lint: $(PY)
 	$(VENV)/bin/ruff check .

@@ -42,6 +42,9 @@ class FaceExpressionRecognizer:
 
     Raises ``ContractError`` for a model file that is missing or not a fer-export model, ``ProviderError`` for a
     provider this machine cannot run, ``DetectorError`` for a detector that cannot load.
+
+    One recognizer may be shared by threads: concurrent ``analyze`` and ``classify_crops`` calls give exactly the
+    records of the same calls made alone (each thread runs its own OpenCV detector; the model session is shared).
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, detector: str = "haar",

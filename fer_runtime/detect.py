@@ -1,7 +1,12 @@
-"""Face detectors: OpenCV's Haar cascade (offline default) and YuNet (cv2.FaceDetectorYN)."""
+"""Face detectors: OpenCV's Haar cascade (offline default) and YuNet (cv2.FaceDetectorYN).
+
+A detector may be called from several threads at once: each thread runs its own OpenCV object (``PerThread``).
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,24 @@ class Detection:
     box: tuple[float, float, float, float]  # x, y, w, h in frame pixels
     score: float = 1.0
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # (right eye, left eye) in the image
+
+
+class PerThread:
+    """One object per calling thread, made by ``make`` on the thread's first call. OpenCV's detectors are not safe
+    to share: a CascadeClassifier keeps its scaled images and a FaceDetectorYN its input size in the object, so two
+    threads on one object get each other's faces (issue 50: 60 of 120 photo results wrong from 4 threads)."""
+
+    def __init__(self, make: Callable[[], object], first: object | None = None) -> None:
+        self._make = make
+        self._local = threading.local()
+        if first is not None:
+            self._local.value = first
+
+    def get(self):
+        value = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = self._make()
+        return value
 
 
 def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
@@ -41,9 +64,10 @@ class HaarDetector:
                 "pip install 'opencv-python<5', or use --detector yunet --detector-model PATH"
             )
         path = Path(data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
+        cascade = cv2.CascadeClassifier(str(path))
+        if cascade.empty():
             raise DetectorError(f"could not load the Haar cascade at {path}")
+        self._cascades = PerThread(lambda: cv2.CascadeClassifier(str(path)), cascade)
         self.detect_width = detect_width
         self.min_face = min_face
 
@@ -51,7 +75,7 @@ class HaarDetector:
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         small, scale = _downscale(gray, self.detect_width)
         min_side = max(12, int(self.min_face * scale))
-        boxes = self.cascade.detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
+        boxes = self._cascades.get().detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
         return [Detection(tuple(float(v) / scale for v in b)) for b in (boxes if len(boxes) else [])]
 
 
@@ -64,30 +88,41 @@ class YuNetDetector:
             raise DetectorError(f"YuNet model not found: {model_path} (pass --detector-model PATH)")
         if not hasattr(cv2, "FaceDetectorYN"):
             raise DetectorError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; pip install 'opencv-python>=4.8'")
+        make = lambda: _SizedYuNet(cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50))
         try:
-            self.detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50)
+            first = make()
         except cv2.error:
             raise DetectorError(
                 f"{model_path} is not a YuNet model OpenCV can load (get face_detection_yunet_2023mar.onnx "
                 "from the OpenCV model zoo)"
             ) from None
+        self._detectors = PerThread(make, first)
         self.detect_width = detect_width
-        self._size: tuple[int, int] | None = None
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         small, scale = _downscale(bgr, self.detect_width)
-        size = (small.shape[1], small.shape[0])
-        if size != self._size:
-            self.detector.setInputSize(size)
-            self._size = size
-        _, faces = self.detector.detect(small)
+        _, faces = self._detectors.get().detect(small)
         out = []
         for f in faces if faces is not None else []:
             x, y, w, h = (float(v) / scale for v in f[:4])
             eyes = ((float(f[4]) / scale, float(f[5]) / scale), (float(f[6]) / scale, float(f[7]) / scale))
             out.append(Detection((x, y, w, h), float(f[14]), eyes))
         return out
+
+
+class _SizedYuNet:
+    """A FaceDetectorYN and the input size it is set to (set again only when the image size changes)."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.size = detector, None
+
+    def detect(self, image: np.ndarray):
+        size = (image.shape[1], image.shape[0])
+        if size != self.size:
+            self.detector.setInputSize(size)
+            self.size = size
+        return self.detector.detect(image)
 
 
 def create_detector(name: str = "haar", model_path: str | Path | None = None, detect_width: int = 320):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -88,10 +89,12 @@ class Reservoir:
 
 
 class StageTimer:
-    """Accumulates per-stage wall times: ``with timer('detect'): ...``; memory stays bounded (``Reservoir``)."""
+    """Accumulates per-stage wall times: ``with timer('detect'): ...``; memory stays bounded (``Reservoir``). Threads
+    may time stages on one timer at once (a reservoir's count, sum and slots change together, under a lock)."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.samples: dict[str, Reservoir] = defaultdict(lambda: Reservoir(size))
+        self._lock = threading.Lock()
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -99,7 +102,10 @@ class StageTimer:
         try:
             yield
         finally:
-            self.samples[stage].append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            with self._lock:
+                self.samples[stage].append(elapsed)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        return {stage: s.summary() for stage, s in self.samples.items()}
+        with self._lock:
+            return {stage: s.summary() for stage, s in self.samples.items()}

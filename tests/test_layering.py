@@ -18,20 +18,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # source folder -> package name (models/ installs as fer_models)
 PACKAGES = {"fer_runtime": "fer_runtime", "fer_train": "fer_train", "fer_export": "fer_export", "benchmarks": "benchmarks",
-            "models": "fer_models"}
+            "models": "fer_models", "fer_serve": "fer_serve"}
 # the most specific first
 ROOMS = ("fer_runtime.data", "fer_runtime.options", "fer_runtime.errors", "fer_runtime", "fer_train", "fer_export",
-         "benchmarks.scripts", "benchmarks", "fer_models")
+         "benchmarks.scripts", "benchmarks", "fer_models", "fer_serve")
 TORCH = {"torch", "timm", "torchvision", "torch_pruning"}
 
 # DESIGN.md's "must never import", anywhere in the room (a function-level import counts too)
 FORBIDDEN = {
-    "fer_runtime": TORCH | {"fer_train", "fer_export", "benchmarks"},
+    "fer_runtime": TORCH | {"fer_train", "fer_export", "benchmarks", "fer_serve", "starlette", "uvicorn"},
     "fer_train": {"fer_export", "benchmarks"},
     "fer_export": {"benchmarks"},
     # the product bench: fer_train only behind the optional --ckpt row (checked below); never the export or the lab
     "benchmarks": {"fer_export", "benchmarks.scripts"},
     "fer_models": TORCH | {"fer_runtime", "fer_train", "fer_export", "benchmarks"},
+    # fer-serve: the runtime behind HTTP (starlette, uvicorn: the serve extra), never training, export or the bench
+    "fer_serve": TORCH | {"fer_train", "fer_export", "benchmarks"},
 }
 # rooms at the bottom of the runtime, and the only project modules each may import (besides its own)
 BELOW = {

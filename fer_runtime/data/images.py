@@ -30,7 +30,13 @@ def read_image(path: str | Path) -> np.ndarray | None:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
         return None
-    img = cv2.imdecode(buf, _decode_flags(buf, path)) if buf.size else None
+    return decode_image_bytes(buf, Path(path).name)
+
+
+def decode_image_bytes(buf: np.ndarray | bytes, name: str) -> np.ndarray | None:
+    """``read_image`` of a file's bytes already in memory (fer-serve's request bodies); ``name`` names it in errors."""
+    buf = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes | bytearray) else buf
+    img = cv2.imdecode(buf, _decode_flags(buf, name)) if buf.size else None
     if img is None:
         return None
     if img.dtype != np.uint8:
@@ -44,7 +50,7 @@ def read_image(path: str | Path) -> np.ndarray | None:
     return img
 
 
-def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
+def _decode_flags(buf: np.ndarray, name: str) -> int:
     size = image_header_size(buf[:262144].tobytes())
     if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
         return cv2.IMREAD_UNCHANGED
@@ -52,7 +58,7 @@ def _decode_flags(buf: np.ndarray, path: str | Path) -> int:
         for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
             if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
                 return flag
-    raise ImageTooLarge(f"{Path(path).name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
+    raise ImageTooLarge(f"{name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
                         "megapixels read: scale it down first")
 
 
