@@ -6,7 +6,12 @@ classes and preprocessing.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+# ONNX Runtime 1.29+ on Linux and macOS writes a device id (~/.cache/Microsoft) and a session file ($TMPDIR/.ses) and
+# uploads usage events unless this is set before it loads: every command and the API import fer_runtime first
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from fer_runtime.contract import ContractError, ModelContract, read_onnx_contract
 

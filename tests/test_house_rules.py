@@ -26,7 +26,7 @@ MARKDOWN_BUDGET = 900
 README_MAX_LINES = 120
 GENERATED_MARKDOWN = {"models/MODEL_CARD.md": "benchmarks/model_card.py"}  # file: the script that writes it
 # the packages held to the size rules
-SIZED_PACKAGES = ("fer_runtime", "fer_train", "fer_export", "benchmarks", "fer_serve")
+SIZED_PACKAGES = ("fer_runtime", "fer_train", "fer_export", "benchmarks")
 
 
 def oversized_functions(source: str, where: str) -> list[str]:

@@ -155,7 +155,7 @@ def test_no_traceback_and_nothing_written(server):
     (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000"),  # a documentation address: not this machine
 ])
 def test_bad_options_are_one_line_and_a_nonzero_exit(args, message):
-    from fer_serve.cli import main
+    from fer_runtime.serve.cli import main
 
     result = CliRunner().invoke(main, args)
     lines = result.output.strip().splitlines()
@@ -163,7 +163,7 @@ def test_bad_options_are_one_line_and_a_nonzero_exit(args, message):
 
 
 def test_a_port_in_use_is_one_line():
-    from fer_serve.cli import main
+    from fer_runtime.serve.cli import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -69,9 +69,9 @@ def running_server(args: list[str], folder: Path, timeout: float = 120) -> Itera
     """``fer-serve --port 0 ARGS`` with ``folder`` as its working folder, temporary folder and home; stopped on exit."""
     log = folder.parent / f"{folder.name}.log"
     env = {**os.environ, "TMPDIR": str(folder), "HOME": str(folder), "PYTHONPATH": str(ROOT)}
-    env.pop("ORT_DISABLE_TELEMETRY", None)  # fer-serve sets it itself
+    env.pop("ORT_DISABLE_TELEMETRY", None)  # fer-serve sets it itself (import fer_runtime)
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fer_serve.cli", "--port", "0", *args], cwd=folder, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "fer_runtime.serve.cli", "--port", "0", *args], cwd=folder, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         server = _wait_for_address(process, log, timeout)

@@ -65,7 +65,7 @@ class Service:
         self.recognizers, self.default_prior, self.model, self.limits = recognizers, default_prior, model, limits
         self.pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="fer-serve")
         self.admitted = 0  # changed on the event loop only: no lock
-        self.page = {route: (files("fer_serve.static").joinpath(name).read_bytes(), kind)
+        self.page = {route: (files("fer_runtime.serve.static").joinpath(name).read_bytes(), kind)
                      for route, (name, kind) in PAGE_FILES.items()}
 
     def health(self, _request: Request) -> JSONResponse:

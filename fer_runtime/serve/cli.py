@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import click
@@ -11,7 +10,7 @@ from fer_runtime.contract import ContractError
 from fer_runtime.errors import FerError
 from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import version_option
-from fer_serve.config import ServeConfig
+from fer_runtime.serve.config import ServeConfig
 
 
 def _uvicorn():
@@ -67,11 +66,8 @@ def main(**options) -> int:
 
 
 def serve(cfg: ServeConfig) -> int:
-    # ONNX Runtime 1.29+ on Linux and macOS writes a device id (~/.cache/Microsoft) and a session file ($TMPDIR/.ses)
-    # and uploads usage events unless this is set before it loads; fer-serve writes nothing and calls no one
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     uvicorn = _uvicorn()
-    from fer_serve.app import Limits, create_app
+    from fer_runtime.serve.app import Limits, create_app
 
     if cfg.detector == "yunet" and not cfg.detector_model:
         raise click.UsageError("--detector yunet needs --detector-model FILE")
