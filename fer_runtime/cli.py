@@ -131,14 +131,17 @@ def run(cfg: RunConfig) -> int:
         check_output_file(cfg.json, "--json")
     engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
                         detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
-                        prior=cfg.prior)
+                        prior=cfg.prior, background=cfg.background_detection)
     src = _open(camera, source, default_camera)
     _check_source(src, cfg)
     if engine.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(engine.model.provider)}", err=True)
     with sigterm_as_interrupt():  # the video is finalised and the JSONL complete
-        stats = run_pipeline(engine, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
-                             crops=cfg.crops)
+        try:
+            stats = run_pipeline(engine, src, display, cfg.save, cfg.json, cfg.max_frames,
+                                 echo=None if display else click.echo, crops=cfg.crops)
+        finally:
+            engine.close()
     # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
     with signals_deferred() as late:
         code = _report(stats, src, cfg.profile, display)

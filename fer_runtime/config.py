@@ -24,6 +24,8 @@ class RunConfig:
     detect_width: int = option(320, "detect on a frame this wide", bounds=(32, None))
     detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
                                "followed in between (1: detect on every frame)", bounds=(1, None))
+    background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "
+                                        "adopted when it finishes, so that no frame waits for it (off: on the frame)")
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
     # the model
     threads: int = option(DEFAULT_THREADS, "ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and "
