@@ -8,6 +8,7 @@ from fer_runtime.decision import PRIOR_CHOICES
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
+from fer_runtime.sources import DEFAULT_RECONNECT_S
 
 
 @dataclass
@@ -16,6 +17,8 @@ class RunConfig:
     camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", bounds=(0, None),
                                 none_means="0, else the bundled photo")
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
+    reconnect: float = option(DEFAULT_RECONNECT_S, "a camera or stream that drops is reopened for this many seconds "
+                              "(inf: for ever) before the run ends", metavar="SECONDS", bounds=(0, None))
     model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
                                 none_means="ferplus")
     # faces

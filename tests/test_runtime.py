@@ -149,10 +149,11 @@ def test_camera_lost_mid_stream_stops_cleanly(tiny_model):
         created.append(cap)
         return cap
 
-    source = LiveSource(0, capture_factory=factory, retries=2, retry_wait=0.01)
+    source = LiveSource(0, capture_factory=factory, reconnect=0.2, retry_wait=0.01)
     stats = run_pipeline(FaceEngine(tiny_model), source)
     assert stats["source_lost"] and 1 <= stats["frames"] <= 5
-    assert len(created) == 3  # the first open plus two retries
+    assert 3 <= len(created) <= 6  # the first open, then reopened with backoff (0.01, 0.02, 0.04, ...) for 0.2 s
+    assert len(stats["outages"]) == 1 and stats["outages"][0] >= 0.2
 
 
 def test_ctrl_c_flushes_outputs(tiny_model, astronaut, tmp_path):
