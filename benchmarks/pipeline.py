@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from fer_runtime.data import DataError
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
@@ -19,12 +20,13 @@ MATCH_IOU = 0.5
 
 
 def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu",
-         background: bool = True) -> tuple[dict, list[list[tuple]]]:
+         background: bool = True, detect_width: int = DEFAULT_DETECT_WIDTH) -> tuple[dict, list[list[tuple]]]:
     try:
         source = open_source(source=video)
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    engine = FaceEngine(model, detect_every=detect_every, provider=provider, background=background)
+    engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider,
+                        background=background)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
         try:
@@ -86,12 +88,18 @@ def _summary(stats: dict, reference: list[list[tuple]] | None = None, boxes: lis
 def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "cpu") -> dict:
     """The defaults (detection on its own thread) and detection on the frame, against detection on every frame,
     one after the other on the same video."""
+    # each against detection on every frame at its own width: how fer-run ran before issue 48 (detection on the
+    # frame, 320 pixels wide), then the defaults
+    before_every_stats, before_every = _run(model, video, 1, provider, detect_width=320)
+    inline_stats, inline_boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider, background=False, detect_width=320)
     every_stats, every_boxes = _run(model, video, 1, provider)
-    inline_stats, inline_boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider, background=False)
     stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider)
     return {
         **_summary(stats, every_boxes, boxes),
-        "settings": {"detector": "haar", "detect_width": 320, "detect_every": DEFAULT_DETECT_EVERY, "flags": "defaults"},
-        "detection_on_the_frame": _summary(inline_stats, every_boxes, inline_boxes),
+        "settings": {"detector": "haar", "detect_width": DEFAULT_DETECT_WIDTH, "detect_every": DEFAULT_DETECT_EVERY,
+                     "flags": "defaults"},
+        "before_issue_48": {**_summary(inline_stats, before_every, inline_boxes),
+                            "settings": {"detect_width": 320, "flags": "--no-background-detection --detect-width 320"},
+                            "every_frame_detection": _summary(before_every_stats)},
         "every_frame_detection": _summary(every_stats),
     }

@@ -51,6 +51,25 @@ def quiet_opencv() -> Iterator[None]:
         logging.setLogLevel(level)
 
 
+OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_clash() -> str | None:
+    """A line when more than one OpenCV wheel is installed: they all install the one cv2 module, the last one wins."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in OPENCV_WHEELS:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return None
+    return (f"fer-run: warning: {len(found)} OpenCV packages share the cv2 module here ({', '.join(found)}); keep one: "
+            "pip uninstall -y " + " ".join(OPENCV_WHEELS) + " && pip install 'fer-toolchain[desktop]' (or [headless])")
+
+
 def summary(stats: dict, images: bool, rate: bool = True) -> str:
     """The last line of a run; ``rate`` False where a window held the photos (the time was the viewer's)."""
     what = "images" if images else "frames"
@@ -154,6 +173,8 @@ def run(cfg: RunConfig) -> int:
 
 
 def _run(cfg: RunConfig) -> int:
+    if clash := opencv_clash():
+        click.echo(clash, err=True)
     camera, source, default_camera = _what_to_read(cfg)
     display = _display(cfg.display)
     check_outputs_apart(source, {"--save": cfg.save, "--json": cfg.json})
@@ -193,7 +214,7 @@ def _display(asked: bool | None) -> bool:
     if asked and not can_show:
         raise click.UsageError(
             "no window possible: no display, or the headless OpenCV wheel is installed "
-            "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
+            "(pip install 'fer-toolchain[desktop]' in place of [headless]); use --no-display with --save/--json"
         )
     return can_show if asked is None else asked
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fer_runtime.decision import PRIOR_CHOICES
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
@@ -24,7 +25,8 @@ class RunConfig:
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
-    detect_width: int = option(320, "detect on a frame this wide", bounds=(32, None))
+    detect_width: int = option(DEFAULT_DETECT_WIDTH, "video and cameras: detect on a copy of the frame this wide (photos: "
+                               "640 at least)", bounds=(32, None))
     detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
                                "followed in between (1: detect on every frame)", bounds=(1, None))
     background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "

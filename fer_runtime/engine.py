@@ -28,6 +28,8 @@ DEFAULT_DETECT_EVERY = 8
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3
+# A photo is searched on a copy this wide (a 640x480 one at full size): it finds a 40-pixel face; video at --detect-width
+PHOTO_DETECT_WIDTH = 640
 # One ONNX Runtime thread for the frame loop: with more, ORT's idle workers spin on the core that OpenCV
 # decodes and detects on (moving_face.mp4, 2-core EPYC: capture p50 1.07 -> 0.22 ms, 255 -> 382 FPS).
 DEFAULT_THREADS = 1
@@ -267,7 +269,11 @@ class FaceEngine:
         return results
 
     def _left_to_right(self, image: np.ndarray) -> list[Detection]:
-        return sorted(self.detector(image), key=lambda d: d.box[0])
+        """A photo's faces, searched at PHOTO_DETECT_WIDTH at least (a detector of its own, such as a test's, as it is)."""
+        detect = getattr(self.detector, "detect", None)
+        width = max(PHOTO_DETECT_WIDTH, getattr(self.detector, "detect_width", 0))
+        found = detect(image, width) if detect is not None else self.detector(image)
+        return sorted(found, key=lambda d: d.box[0])
 
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer

@@ -102,7 +102,7 @@ class VideoSource:
 
 
 DEFAULT_RECONNECT_S = 30.0  # how long a dropped camera or stream is reopened before the run ends (--reconnect)
-MAX_BACKOFF_S = 5.0  # the longest wait between two attempts to reopen it
+MAX_BACKOFF_S = 2.0  # the longest wait between two attempts to reopen it
 
 
 class LiveSource:
