@@ -123,7 +123,7 @@ class FaceEngine:
         self._detect_next = False
         # background=True: full detection on a thread of its own (fer-run's default); no frame but the first waits for it
         self._background = BackgroundDetector(self.detector) if background and detect_every > 1 else None
-        self._submitted = 0  # the frame the running (or last) background detection was handed
+        self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
         self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
 
     def close(self) -> None:
@@ -183,6 +183,7 @@ class FaceEngine:
         if done is not None:
             self.timer.samples["background"].append(done.seconds)
             self._adopt(*done.tag, done.detections, gray)
+            self._submitted = self._frame_index  # counted from here: the detector rests as long as it works, or longer
         due = self._frame_index - self._submitted >= self.detect_every
         if not background.busy and (lost or not self._followers or due):
             background.submit((gray, list(zip(self._followers, [d.box for d in self._last_detections]))), frame)
