@@ -143,6 +143,16 @@ class LiveSource:
         self._thread.start()
 
     def _reader(self) -> None:
+        try:
+            self._read_until_lost()
+        except Exception:  # noqa: BLE001 - a capture that raises as it is reopened is a source lost, not a hung run
+            self.lost = True
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _read_until_lost(self) -> None:
         last_frame, down, wait = time.perf_counter(), False, self.retry_wait
         while not self._stop.is_set():
             ok, img = self.cap.read()
@@ -164,9 +174,6 @@ class LiveSource:
             wait = min(wait * 2, MAX_BACKOFF_S)
             self.cap.release()
             self.cap = self.factory(self.target)
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
 
     def __iter__(self) -> Iterator[Frame]:
         """The newest frame each time; through an outage it waits (in short steps, so Ctrl-C gets through)."""

@@ -265,7 +265,7 @@ def test_shipped_default_model_labels_astronaut(astronaut, tmp_path):
 def test_stream_url_is_a_live_source():
     caps = iter([FakeCapture(2)] + [FakeCapture(0) for _ in range(5)])
     source = open_source(source="rtsp://127.0.0.1:8554/cam", capture_factory=lambda target: next(caps))
-    source.retry_wait = 0.01
+    source.retry_wait, source.reconnect = 0.01, 0.2
     assert isinstance(source, LiveSource) and source.target == "rtsp://127.0.0.1:8554/cam"
     frames = list(source)
     source.close()
