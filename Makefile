@@ -126,6 +126,7 @@ bench: $(PY)
 	  $(if $(wildcard $(YUNET)),--yunet $(YUNET)) --out-dir benchmarks/results/framing
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
+	$(VENV)/bin/python -m benchmarks.scripts.small_faces benchmarks/results/small_faces
 
 teachers: $(PY)
 	$(PIP) install -q -e '.[cpu,train]'

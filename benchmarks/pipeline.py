@@ -25,8 +25,9 @@ def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | 
         source = open_source(source=video)
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider,
-                        background=background)
+    engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
+    if background:
+        engine.detect_in_background()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
         try:

@@ -182,7 +182,9 @@ def _run(cfg: RunConfig) -> int:
         check_output_file(cfg.json, "--json")
     engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
                         detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
-                        prior=cfg.prior, background=cfg.background_detection)
+                        prior=cfg.prior)
+    if cfg.background_detection:
+        engine.detect_in_background()
     src = _open(camera, source, default_camera, cfg.reconnect)
     _check_source(src, cfg)
     if engine.model.provider.request == "auto":

@@ -106,7 +106,6 @@ class FaceEngine:
         threads: int = DEFAULT_THREADS,
         provider: str | ProviderChoice | None = None,
         prior: str = "model",
-        background: bool = False,
     ) -> None:
         self.model = load_model(resolve_model(model_path), threads=threads, provider=provider, prior=prior)
         self.contract = self.model.contract
@@ -121,10 +120,16 @@ class FaceEngine:
         self._last_detections: list[Detection] = []
         self._followers: list[FaceFollower] = []
         self._detect_next = False
-        # background=True: full detection on a thread of its own (fer-run's default); no frame but the first waits for it
-        self._background = BackgroundDetector(self.detector) if background and detect_every > 1 else None
+        self._background: BackgroundDetector | None = None  # detect_in_background()
         self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
         self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
+
+    def detect_in_background(self) -> FaceEngine:
+        """Video and cameras: full detection on a thread of its own (fer-run's default), so that no frame but the first
+        waits for it (``_follow_and_adopt``); with ``detect_every=1`` detection stays on every frame. Returns the engine."""
+        if self.detect_every > 1 and self._background is None:
+            self._background = BackgroundDetector(self.detector)
+        return self
 
     def close(self) -> None:
         """Stops the background detection's thread (a stream's engine; nothing to do otherwise)."""

@@ -51,7 +51,7 @@ class HeldDetector:
 
 
 def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_finishes(tiny_model, face):
-    engine = FaceEngine(tiny_model, detect_every=4, background=True)
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background()
     detector = HeldDetector()
     engine.detector = engine._background.detector = detector
     seen = []
@@ -79,7 +79,7 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
 
 
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
-    engine = FaceEngine(tiny_model, background=True)
+    engine = FaceEngine(tiny_model).detect_in_background()
 
     def broken(image):
         raise RuntimeError("detector broke")

@@ -55,7 +55,7 @@ def detect_ms(width: int, frame: np.ndarray, calls: int = 30) -> float:
 
 def video_found(face: np.ndarray, side: int, width: int) -> bool:
     """Found on some frame within one detection period (the first DEFAULT_DETECT_EVERY + 1 frames)?"""
-    engine = FaceEngine(None, HaarDetector(width), background=True)
+    engine = FaceEngine(None, HaarDetector(width)).detect_in_background()
     try:
         for i in range(DEFAULT_DETECT_EVERY + 1):
             if engine.process_frame(frame_with_face(face, side, seed=i)):
