@@ -94,7 +94,8 @@ def _carried(found: tuple, then: tuple, now: tuple) -> tuple[float, float, float
 
 class FaceEngine:
     """``model_path``: a shipped model's name or a model file (opened by ``load_model``); ``detector``: ``"haar"``
-    (offline, 320 pixels wide) or a detector ``create_detector`` made (YuNet, another width)."""
+    (offline, 400 pixels wide) or a detector ``create_detector`` made (YuNet, another width). ``process_frame`` detects
+    on the frame unless ``detect_in_background()`` was called (fer-run does)."""
 
     def __init__(
         self,
@@ -168,9 +169,9 @@ class FaceEngine:
         return self._last_detections
 
     def _follow_and_adopt(self, frame: np.ndarray) -> list[Detection]:
-        """Every face followed on every frame, the full detection running beside the frame loop: handed a frame every
-        ``detect_every`` frames (at once when a face was lost or none is followed), its faces adopted on the frame where
-        it finishes. Only the first frame, with nothing to follow yet, is detected on the frame."""
+        """Every face followed on every frame, the full detection running beside the frame loop: handed a frame
+        ``detect_every`` frames after the last one came back (at once when a face was lost or none is followed), its
+        faces adopted on the frame where it finishes. Only the first frame, with nothing to follow yet, waits for one."""
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         if self._frame_index == 0:
             self._adopt(gray, [], self.detector(frame), gray)
@@ -209,13 +210,8 @@ class FaceEngine:
                 old, box_then = max(same, key=lambda fb: iou(fb[1], det.box))
                 replaced.add(id(old))
                 follower.box = _carried(det.box, box_then, old.box)
-            else:
-                for g in self._since if gray_then is not gray else []:
-                    if follower.follow(g) is None:
-                        break
-                else:
-                    found.append((follower, _moved(det, follower.box)))
-                continue
+            elif gray_then is not gray and not all(follower.follow(g) is not None for g in self._since):
+                continue  # a new face that has left since
             found.append((follower, _moved(det, follower.box)))
         kept = []
         for follower, det in zip(self._followers, self._last_detections):
