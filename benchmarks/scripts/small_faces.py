@@ -2,7 +2,7 @@
 a 640x480 frame, S from 24 to 96, as a photo (``process_image``) and as a still video (background detection, one face
 and no other; found within one detection period?) at several detection widths.
 
-python -m benchmarks.scripts.small_faces OUT_DIR   (JSON + Markdown)
+python -m benchmarks.scripts.small_faces OUT_DIR   (results.json + report.md)
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ def main(out_dir: Path) -> dict:
         found = {s: video_found(face, s, width) for s in SIZES}
         report["video"][width] = {"smallest_px": smallest(found), "detect_ms_p50": detect_ms(width, blank), "found": found}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "small_faces.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "results.json").write_text(json.dumps(report, indent=1))
     lines = [f"# Smallest face found (640x480, {report['machine']}, OpenCV {report['opencv']})", "",
              f"- photo (searched {PHOTO_DETECT_WIDTH} px wide): {report['photo']['smallest_px']} px", "",
              "| video detection width | smallest face found within one detection period | full detection p50 ms |",
              "|---:|---:|---:|"]
     lines += [f"| {w} | {v['smallest_px']} px | {v['detect_ms_p50']:.1f} |" for w, v in report["video"].items()]
-    (out_dir / "small_faces.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return report
 
 
