@@ -4,6 +4,8 @@ names the outage; OpenCV's and FFmpeg's own log lines never reach the user."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -26,3 +28,17 @@ def test_a_stream_that_drops_and_comes_back_is_followed_to_its_end(tmp_path):
     assert centres and centres[0] < 320 < centres[-1]  # faces from before the outage and from after it
     # OpenCV's "[ WARN:0@...]" and FFmpeg's "[http @ 0x...]" lines stay out: fer-run says it once, in its own words
     assert not [line for line in result.stderr.splitlines() if line.startswith("[")], result.stderr
+
+
+def test_a_full_disk_is_one_line_of_fer_run_s_and_no_opencv_log_line(tiny_model_factory, face_video_factory, tmp_path):
+    from tests.test_faults import _tmpfs
+
+    video = face_video_factory(frames=48, fps=24)
+    with _tmpfs(tmp_path / "full", "256k") as full:
+        result = subprocess.run([sys.executable, "-m", "fer_runtime.cli", "--source", str(video), "--no-display",
+                                 "--model", str(tiny_model_factory()), "--save", str(full / "y.mp4")],
+                                capture_output=True, text=True, timeout=300)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 2 and len([line for line in lines if line.startswith("fer-run: error: ")]) == 1, lines
+    # OpenCV's "[ WARN:0@0.43] global cap_ffmpeg.cpp ... Failed to write frame" lines stay out
+    assert not [line for line in lines if line.startswith("[")], lines
