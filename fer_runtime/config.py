@@ -27,8 +27,9 @@ class RunConfig:
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
     detect_width: int = option(DEFAULT_DETECT_WIDTH, "video and cameras: detect on a copy of the frame this wide (photos: "
                                "640 at least)", bounds=(32, None))
-    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
-                               "followed in between (1: detect on every frame)", bounds=(1, None))
+    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection k frames after the last one came back (on the frame: "
+                               "every k-th frame) and at once when a face is lost; faces are followed in between (1: "
+                               "detect on every frame)", bounds=(1, None))
     background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "
                                         "adopted when it finishes, so that no frame waits for it (off: on the frame)")
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
