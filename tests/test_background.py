@@ -95,3 +95,14 @@ def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the
             if engine._background._thread is not None:
                 engine._background._thread.join(timeout=0.5)
     engine.close()
+
+
+def test_small_faces_a_40_px_face_in_a_photo_and_a_48_px_face_in_video_within_one_detection_period(tiny_model):
+    """benchmarks/scripts/small_faces.py's frames: the astronaut's face, its Haar box scaled to 40 or 48 px, in 640x480."""
+    pytest.importorskip("skimage")
+    from benchmarks.scripts.small_faces import face_box_crop, frame_with_face, video_found
+    from fer_runtime.detect import DEFAULT_DETECT_WIDTH
+
+    face = face_box_crop()
+    assert len(FaceEngine(tiny_model).process_image(frame_with_face(face, 40))) == 1
+    assert video_found(face, 48, DEFAULT_DETECT_WIDTH)
