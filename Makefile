@@ -10,22 +10,26 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 run: $(PY)
-	$(PIP) install -q '.[cpu]'
+	$(PIP) install -q '.[cpu,desktop]'
 	$(VENV)/bin/fer-run
 
 test: $(PY)
 	$(PIP) install -q -e '.[cpu,dev]'
 	$(PY) -m pytest
 
-# The runtime tests again in a venv with the base install only (no torch): what `make run` users have (and fer-serve's).
+# The runtime tests again in a venv with the base install only (no torch), headless, on the other OpenCV major than
+# `make test` (which gets the newest, 5.x): OPENCV=4 by default; with fer-serve's extra.
 RUNTIME_VENV ?= .venv-runtime
+OPENCV ?= 4
 test-runtime:
 	python3 -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME_VENV)/bin/python -m pip install -q '.[cpu,serve]' pytest onnx scikit-image
+	$(RUNTIME_VENV)/bin/python -m pip install -q '.[cpu,headless,serve]' 'opencv-contrib-python-headless==$(OPENCV).*' \
+	  pytest onnx scikit-image
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
 	  tests/test_calibration.py tests/test_decision_rule.py tests/test_providers.py tests/test_api.py \
-	  tests/test_api_threads.py tests/test_serve.py tests/test_serve_browser.py
+	  tests/test_background.py tests/test_streams.py tests/test_api_threads.py tests/test_serve.py \
+	  tests/test_serve_browser.py
 
 lint: $(PY)
 	$(VENV)/bin/ruff check .
@@ -123,6 +127,7 @@ bench: $(PY)
 	  $(if $(wildcard $(YUNET)),--yunet $(YUNET)) --out-dir benchmarks/results/framing
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
+	$(VENV)/bin/python -m benchmarks.scripts.small_faces benchmarks/results/small_faces
 
 teachers: $(PY)
 	$(PIP) install -q -e '.[cpu,train]'

@@ -1,5 +1,6 @@
 """End-to-end fer-run on a video: frames per second with the defaults, and how well the faces it follows
-between detections match detection on every frame (recall, box IoU), per stage p50."""
+between detections match detection on every frame (recall, box IoU, frames until a new face is picked up), per stage
+p50 and p95; the same with detection on the frame (``--no-background-detection``, how fer-run ran before) beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from fer_runtime.data import DataError
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
@@ -17,17 +19,24 @@ from fer_runtime.track import iou
 MATCH_IOU = 0.5
 
 
-def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu") -> tuple[dict, list[list[tuple]]]:
+def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu",
+         background: bool = True, detect_width: int = DEFAULT_DETECT_WIDTH) -> tuple[dict, list[list[tuple]]]:
     try:
         source = open_source(source=video)
     except SourceError as exc:
         raise DataError(str(exc)) from None
-    engine = FaceEngine(model, detect_every=detect_every, provider=provider)
+    engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
+    if background:
+        engine.detect_in_background()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
-        stats = run_pipeline(engine, source, json_path=str(out))
-        boxes = [[tuple(f["box"]) for f in json.loads(line)["faces"]] for line in out.read_text().splitlines()]
-    return stats, boxes
+        try:
+            stats = run_pipeline(engine, source, json_path=str(out))
+        finally:
+            engine.close()
+        records = [json.loads(line)["faces"] for line in out.read_text().splitlines()]
+    stats["tracks"] = len({f["track_id"] for faces in records for f in faces})
+    return stats, [[tuple(f["box"]) for f in faces] for faces in records]
 
 
 def compare_boxes(reference: list[list[tuple]], followed: list[list[tuple]]) -> dict:
@@ -44,15 +53,54 @@ def compare_boxes(reference: list[list[tuple]], followed: list[list[tuple]]) -> 
             "mean_iou": sum(ious) / len(ious) if ious else 0.0}
 
 
+def pickup_frames(reference: list[list[tuple]], followed: list[list[tuple]]) -> list[int]:
+    """For each face that appears in the reference (a box no box of the frame before overlaps: a face coming in, or
+    the first frame's faces), the frames until the followed run has it (IoU >= 0.5), the face followed through the
+    reference by its best overlap from frame to frame; a face never picked up counts the frames it was seen."""
+    delays = []
+    for t, boxes in enumerate(reference):
+        for box in boxes:
+            if t and any(iou(box, b) >= 0.3 for b in reference[t - 1]):
+                continue
+            d = 0
+            while t + d < len(reference) and max((iou(box, g) for g in followed[t + d]), default=0.0) < MATCH_IOU:
+                d += 1
+                nxt = max(reference[t + d], key=lambda b, box=box: iou(box, b), default=None) if t + d < len(reference) else None
+                if nxt is None or iou(box, nxt) < 0.3:
+                    break
+                box = nxt
+            delays.append(d)
+    return delays
+
+
+def _summary(stats: dict, reference: list[list[tuple]] | None = None, boxes: list[list[tuple]] | None = None) -> dict:
+    stages = stats["stages"]
+    row = {"fps": stats["fps"], "frames": stats["frames"], "faces": stats["faces"], "tracks": stats["tracks"],
+           "labels": stats["labels"], "stage_p50_ms": {k: v["p50_ms"] for k, v in stages.items()},
+           "stage_p95_ms": {k: v["p95_ms"] for k, v in stages.items()}}
+    if reference is not None:
+        pickups = pickup_frames(reference, boxes)
+        row["against_every_frame_detection"] = {**compare_boxes(reference, boxes), "new_faces": len(pickups),
+                                                "pickup_frames_max": max(pickups, default=0),
+                                                "pickup_frames_mean": sum(pickups) / len(pickups) if pickups else 0.0}
+    return row
+
+
 def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "cpu") -> dict:
-    """The defaults against detection on every frame, one after the other on the same video."""
+    """The defaults (detection on its own thread) and detection on the frame, against detection on every frame,
+    one after the other on the same video."""
+    # each against detection on every frame at its own width: how fer-run ran before issue 48 (detection on the
+    # frame, 320 pixels wide), then the defaults
+    before_every_stats, before_every = _run(model, video, 1, provider, detect_width=320)
+    inline_stats, inline_boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider, background=False, detect_width=320)
     every_stats, every_boxes = _run(model, video, 1, provider)
     stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider)
     return {
-        "fps": stats["fps"], "frames": stats["frames"], "faces": stats["faces"],
-        "settings": {"detector": "haar", "detect_width": 320, "detect_every": DEFAULT_DETECT_EVERY, "flags": "defaults"},
-        "stage_p50_ms": {k: v["p50_ms"] for k, v in stats["stages"].items()},
-        "every_frame_detection": {"fps": every_stats["fps"], "faces": every_stats["faces"],
-                                  "stage_p50_ms": {k: v["p50_ms"] for k, v in every_stats["stages"].items()}},
-        "against_every_frame_detection": compare_boxes(every_boxes, boxes),
+        **_summary(stats, every_boxes, boxes),
+        "settings": {"detector": "haar", "detect_width": DEFAULT_DETECT_WIDTH, "detect_every": DEFAULT_DETECT_EVERY,
+                     "flags": "defaults"},
+        "before_issue_48": {**_summary(inline_stats, before_every, inline_boxes),
+                            "settings": {"detect_width": 320, "flags": "--no-background-detection --detect-width 320"},
+                            "every_frame_detection": _summary(before_every_stats)},
+        "every_frame_detection": _summary(every_stats),
     }

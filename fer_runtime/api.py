@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from fer_runtime.data import read_image
-from fer_runtime.detect import create_detector
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_MODEL, FaceEngine, FaceResult
 
 ImageLike = str | Path | np.ndarray
@@ -34,7 +34,8 @@ class FaceExpressionRecognizer:
             classes), or the path of any ``.onnx`` file fer-export wrote (it carries its classes and preprocessing).
         detector: ``"haar"`` (OpenCV's cascade, offline) or ``"yunet"`` with ``detector_model`` (a YuNet ``.onnx``).
         detector_model: the YuNet file for ``detector="yunet"``.
-        detect_width: faces are searched on a copy of the image this many pixels wide.
+        detect_width: faces are searched on a copy of the image this many pixels wide (photos: at least 640, where a
+            40 px face is found).
         provider: ONNX Runtime execution provider, as fer-run's ``--provider``: ``"auto"``, ``"cpu"``, ``"cuda"``...
         threads: ONNX Runtime threads (0: all cores).
         prior: the decision rule, as fer-run's ``--prior``: ``"model"`` (the model's own, fitted on validation),
@@ -48,7 +49,7 @@ class FaceExpressionRecognizer:
     """
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, detector: str = "haar",
-                 detector_model: str | Path | None = None, detect_width: int = 320, provider: str = "auto",
+                 detector_model: str | Path | None = None, detect_width: int = DEFAULT_DETECT_WIDTH, provider: str = "auto",
                  threads: int = 1, prior: str = "model") -> None:
         self._engine = FaceEngine(model, create_detector(detector, detector_model, detect_width), threads=threads,
                                   provider=provider, prior=prior)

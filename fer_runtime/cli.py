@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -18,27 +20,54 @@ from fer_runtime.options import FerCommand, config_of, config_options
 from fer_runtime.outputs import check_output_dir, check_output_file, version_option
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import describe as describe_provider
-from fer_runtime.sources import SourceError, open_source
+from fer_runtime.sources import DEFAULT_RECONNECT_S, SourceError, open_source
 
 DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "demo_face.jpg"
 
 
-def _open(camera: int | None, source: str | None, default_camera: bool):
+def _open(camera: int | None, source: str | None, default_camera: bool, reconnect: float = DEFAULT_RECONNECT_S):
     """The source; with no --camera or --source and no camera here, the bundled demo photo instead."""
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
-    # OpenCV's own lines about a missing camera ("[ERROR:0@0.081] ... Camera index out of range") come before and
-    # say less than fer-run's one line
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        return open_source(camera, source)
+        return open_source(camera, source, reconnect=reconnect)
     except SourceError:
         if not default_camera:
             raise
         click.echo("fer-run: no camera 0 on this machine; showing the bundled demo photo instead (fer-run --demo)")
         return open_source(None, str(DEMO_IMAGE))
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's and FFmpeg's own log lines ("[ WARN:0@0.43] global cap_ffmpeg.cpp ...", "[http @ 0x...] Stream ends
+    prematurely") off for the run: what they report (a stream that drops, a disk that fills, a camera that is not
+    there) fer-run says once, in its own words. FFmpeg reads its level when OpenCV first opens a video."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
     finally:
         logging.setLogLevel(level)
+
+
+OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_clash() -> str | None:
+    """A line when more than one OpenCV wheel is installed: they all install the one cv2 module, the last one wins."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in OPENCV_WHEELS:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return None
+    return (f"fer-run: warning: {len(found)} OpenCV packages share the cv2 module here ({', '.join(found)}); keep one: "
+            "pip uninstall -y " + " ".join(OPENCV_WHEELS) + " && pip install 'fer-toolchain[desktop]' (or [headless])")
 
 
 def summary(stats: dict, images: bool, rate: bool = True) -> str:
@@ -55,8 +84,23 @@ def summary(stats: dict, images: bool, rate: bool = True) -> str:
     if stats.get("unsupported"):
         names = ", ".join(stats["unsupported"][:5]) + (", ..." if len(stats["unsupported"]) > 5 else "")
         line += f"; {len(stats['unsupported'])} files in a format not read left out ({names}: convert them to PNG)"
+    line += _outages(stats.get("outages", []), stats["source_lost"])
     line += " (interrupted)" if stats["interrupted"] else ""
-    return line + (" (source lost after retries)" if stats["source_lost"] else "")
+    return line
+
+
+def _outages(outages: list[float], lost: bool) -> str:
+    """'; the stream dropped 2 times (5.1 s, 0.8 s) and came back' and, when the last one did not end, how long it was
+    reopened before the run gave up."""
+    back = outages[:-1] if lost else outages
+    text = ""
+    if back:
+        times = "once" if len(back) == 1 else f"{len(back)} times"
+        text = f"; the source dropped {times} ({', '.join(f'{s:.1f} s' for s in back)}) and came back"
+    if lost:
+        gone = f" after {outages[-1]:.1f} s of reopening it" if outages else ""
+        text += f"; the source was lost{gone} (--reconnect SECONDS to wait longer)"
+    return text
 
 
 def gui_available() -> bool:
@@ -124,6 +168,13 @@ def main(**options) -> int:
 
 def run(cfg: RunConfig) -> int:
     """fer-run with a typed config: outputs checked, the model and source opened, every frame run; the exit code."""
+    with quiet_opencv():
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> int:
+    if clash := opencv_clash():
+        click.echo(clash, err=True)
     camera, source, default_camera = _what_to_read(cfg)
     display = _display(cfg.display)
     check_outputs_apart(source, {"--save": cfg.save, "--json": cfg.json})
@@ -132,13 +183,18 @@ def run(cfg: RunConfig) -> int:
     engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
                         detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
                         prior=cfg.prior)
-    src = _open(camera, source, default_camera)
+    if cfg.background_detection:
+        engine.detect_in_background()
+    src = _open(camera, source, default_camera, cfg.reconnect)
     _check_source(src, cfg)
     if engine.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(engine.model.provider)}", err=True)
     with sigterm_as_interrupt():  # the video is finalised and the JSONL complete
-        stats = run_pipeline(engine, src, display, cfg.save, cfg.json, cfg.max_frames, echo=None if display else click.echo,
-                             crops=cfg.crops)
+        try:
+            stats = run_pipeline(engine, src, display, cfg.save, cfg.json, cfg.max_frames,
+                                 echo=None if display else click.echo, crops=cfg.crops)
+        finally:
+            engine.close()
     # the outputs are final: a further Ctrl-C or SIGTERM only waits for the summary (the exit code says interrupted)
     with signals_deferred() as late:
         code = _report(stats, src, cfg.profile, display)
@@ -160,7 +216,7 @@ def _display(asked: bool | None) -> bool:
     if asked and not can_show:
         raise click.UsageError(
             "no window possible: no display, or the headless OpenCV wheel is installed "
-            "(pip uninstall opencv-python-headless && pip install 'opencv-python<5'); use --no-display with --save/--json"
+            "(pip install 'fer-toolchain[desktop]' in place of [headless]); use --no-display with --save/--json"
         )
     return can_show if asked is None else asked
 

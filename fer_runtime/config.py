@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fer_runtime.decision import PRIOR_CHOICES
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
+from fer_runtime.sources import DEFAULT_RECONNECT_S
 
 
 @dataclass
@@ -16,14 +18,20 @@ class RunConfig:
     camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", bounds=(0, None),
                                 none_means="0, else the bundled photo")
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
+    reconnect: float = option(DEFAULT_RECONNECT_S, "a camera or stream that drops is reopened for this many seconds "
+                              "(inf: for ever) before the run ends", metavar="SECONDS", bounds=(0, None))
     model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
                                 none_means="ferplus")
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
-    detect_width: int = option(320, "detect on a frame this wide", bounds=(32, None))
-    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection every k-th frame and when a face is lost; faces are "
-                               "followed in between (1: detect on every frame)", bounds=(1, None))
+    detect_width: int = option(DEFAULT_DETECT_WIDTH, "video and cameras: detect on a copy of the frame this wide (photos: "
+                               "640 at least)", bounds=(32, None))
+    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection k frames after the last one came back (on the frame: "
+                               "every k-th frame) and at once when a face is lost; faces are followed in between (1: "
+                               "detect on every frame)", bounds=(1, None))
+    background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "
+                                        "adopted when it finishes, so that no frame waits for it (off: on the frame)")
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
     # the model
     threads: int = option(DEFAULT_THREADS, "ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and "

@@ -15,6 +15,10 @@ import numpy as np
 
 from fer_runtime.errors import FerError
 
+# Video and cameras: frames are searched on a copy this wide. 400 finds a 48-pixel face in a 640x480 frame within one
+# detection period, 320 one of 60 (benchmarks/results/small_faces); the detection runs beside the frame loop.
+DEFAULT_DETECT_WIDTH = 400
+
 
 class DetectorError(FerError, RuntimeError):
     pass
@@ -54,14 +58,14 @@ def _downscale(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
 
 
 class HaarDetector:
-    """Frontal-face Haar cascade shipped with opencv-python 4.x, run on a downscaled gray frame."""
+    """Frontal-face Haar cascade shipped with OpenCV 4.x and the 5.x contrib wheels, run on a downscaled gray frame."""
 
-    def __init__(self, detect_width: int = 320, min_face: int = 24):
+    def __init__(self, detect_width: int = DEFAULT_DETECT_WIDTH, min_face: int = 24):
         data = getattr(cv2, "data", None)
         if not hasattr(cv2, "CascadeClassifier") or data is None:
             raise DetectorError(
-                f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 removed them): "
-                "pip install 'opencv-python<5', or use --detector yunet --detector-model PATH"
+                f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 keeps them in the contrib wheels only): "
+                "pip install 'fer-toolchain[desktop]' (or [headless]), or use --detector yunet --detector-model PATH"
             )
         path = Path(data.haarcascades) / "haarcascade_frontalface_default.xml"
         cascade = cv2.CascadeClassifier(str(path))
@@ -72,8 +76,12 @@ class HaarDetector:
         self.min_face = min_face
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
+        return self.detect(frame, self.detect_width)
+
+    def detect(self, frame: np.ndarray, width: int) -> list[Detection]:
+        """The faces of ``frame`` searched on a copy at most ``width`` pixels wide."""
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        small, scale = _downscale(gray, self.detect_width)
+        small, scale = _downscale(gray, width)
         min_side = max(12, int(self.min_face * scale))
         boxes = self._cascades.get().detectMultiScale(small, scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side))
         return [Detection(tuple(float(v) / scale for v in b)) for b in (boxes if len(boxes) else [])]
@@ -82,7 +90,7 @@ class HaarDetector:
 class YuNetDetector:
     """YuNet via cv2.FaceDetectorYN; gives eye landmarks used for alignment."""
 
-    def __init__(self, model_path: str | Path, detect_width: int = 320, score_threshold: float = 0.7):
+    def __init__(self, model_path: str | Path, detect_width: int = DEFAULT_DETECT_WIDTH, score_threshold: float = 0.7):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise DetectorError(f"YuNet model not found: {model_path} (pass --detector-model PATH)")
@@ -100,8 +108,12 @@ class YuNetDetector:
         self.detect_width = detect_width
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
+        return self.detect(frame, self.detect_width)
+
+    def detect(self, frame: np.ndarray, width: int) -> list[Detection]:
+        """The faces of ``frame`` searched on a copy at most ``width`` pixels wide."""
         bgr = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        small, scale = _downscale(bgr, self.detect_width)
+        small, scale = _downscale(bgr, width)
         _, faces = self._detectors.get().detect(small)
         out = []
         for f in faces if faces is not None else []:
@@ -125,7 +137,7 @@ class _SizedYuNet:
         return self.detector.detect(image)
 
 
-def create_detector(name: str = "haar", model_path: str | Path | None = None, detect_width: int = 320):
+def create_detector(name: str = "haar", model_path: str | Path | None = None, detect_width: int = DEFAULT_DETECT_WIDTH):
     if name == "haar":
         return HaarDetector(detect_width)
     if name == "yunet":

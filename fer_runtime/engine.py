@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from fer_runtime.backends import load_model
+from fer_runtime.background import BackgroundDetector
 from fer_runtime.contract import ContractError
 from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.follow import FaceFollower
@@ -27,6 +28,8 @@ DEFAULT_DETECT_EVERY = 8
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3
+# A photo is searched on a copy this wide (a 640x480 one at full size): it finds a 40-pixel face; video at --detect-width
+PHOTO_DETECT_WIDTH = 640
 # One ONNX Runtime thread for the frame loop: with more, ORT's idle workers spin on the core that OpenCV
 # decodes and detects on (moving_face.mp4, 2-core EPYC: capture p50 1.07 -> 0.22 ms, 255 -> 382 FPS).
 DEFAULT_THREADS = 1
@@ -79,9 +82,20 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
     return Detection(box, det.score, eyes)
 
 
+def _carried(found: tuple, then: tuple, now: tuple) -> tuple[float, float, float, float]:
+    """The box a detection ``found`` on an earlier frame, carried to this one as the followed face it corrects moved
+    from ``then`` to ``now``: its offset from the followed box and its size scaled as the face grew or shrank."""
+    scale = now[2] / max(then[2], 1e-6)
+    cx = now[0] + now[2] / 2 + (found[0] + found[2] / 2 - then[0] - then[2] / 2) * scale
+    cy = now[1] + now[3] / 2 + (found[1] + found[3] / 2 - then[1] - then[3] / 2) * scale
+    w, h = found[2] * scale, found[3] * scale
+    return (cx - w / 2, cy - h / 2, w, h)
+
+
 class FaceEngine:
     """``model_path``: a shipped model's name or a model file (opened by ``load_model``); ``detector``: ``"haar"``
-    (offline, 320 pixels wide) or a detector ``create_detector`` made (YuNet, another width)."""
+    (offline, 400 pixels wide) or a detector ``create_detector`` made (YuNet, another width). ``process_frame`` detects
+    on the frame unless ``detect_in_background()`` was called (fer-run does)."""
 
     def __init__(
         self,
@@ -107,6 +121,21 @@ class FaceEngine:
         self._last_detections: list[Detection] = []
         self._followers: list[FaceFollower] = []
         self._detect_next = False
+        self._background: BackgroundDetector | None = None  # detect_in_background()
+        self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
+        self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
+
+    def detect_in_background(self) -> FaceEngine:
+        """Video and cameras: full detection on a thread of its own (fer-run's default), so that no frame but the first
+        waits for it (``_follow_and_adopt``); with ``detect_every=1`` detection stays on every frame. Returns the engine."""
+        if self.detect_every > 1 and self._background is None:
+            self._background = BackgroundDetector(self.detector)
+        return self
+
+    def close(self) -> None:
+        """Stops the background detection's thread (a stream's engine; nothing to do otherwise)."""
+        if self._background is not None:
+            self._background.close()
 
     def crop_probabilities(self, crops: list[np.ndarray]) -> np.ndarray:
         """Face crops (BGR or gray uint8, any size) -> probabilities, one row per crop, in contract class order."""
@@ -138,6 +167,61 @@ class FaceEngine:
         self._followers = [FaceFollower(gray, d.box) for d in detections] + [f for f, _ in kept]
         self._last_detections = detections + [d for _, d in kept]
         return self._last_detections
+
+    def _follow_and_adopt(self, frame: np.ndarray) -> list[Detection]:
+        """Every face followed on every frame, the full detection running beside the frame loop: handed a frame
+        ``detect_every`` frames after the last one came back (at once when a face was lost or none is followed), its
+        faces adopted on the frame where it finishes. Only the first frame, with nothing to follow yet, waits for one."""
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if self._frame_index == 0:
+            self._adopt(gray, [], self.detector(frame), gray)
+            return self._last_detections
+        followed, lost = [], False
+        for follower, det in zip(self._followers, self._last_detections):
+            box = follower.follow(gray)
+            lost = lost or box is None
+            if box is not None:
+                followed.append((follower, _moved(det, box)))
+        self._followers, self._last_detections = [f for f, _ in followed], [d for _, d in followed]
+        background = self._background
+        self._since.append(gray)
+        done = background.take()
+        if done is not None:
+            self.timer.samples["background"].append(done.seconds)
+            self._adopt(*done.tag, done.detections, gray)
+            self._submitted = self._frame_index  # counted from here: the detector rests as long as it works, or longer
+        due = self._frame_index - self._submitted >= self.detect_every
+        if not background.busy and (lost or not self._followers or due):
+            background.submit((gray, list(zip(self._followers, [d.box for d in self._last_detections]))), frame)
+            self._submitted, self._since = self._frame_index, []
+        return self._last_detections
+
+    def _adopt(self, gray_then: np.ndarray, then: list, detections: list[Detection], gray: np.ndarray) -> None:
+        """The faces a detection found on an earlier frame (``gray_then``, where the followed faces had the boxes
+        ``then``) take the place of the followed faces they overlapped there: a face's box is corrected by what the
+        detection saw and its template taken from the detection. A new face is followed over the frames since. A
+        followed face the detection missed stays while its template matches, for MAX_MISSED_DETECTIONS detections."""
+        found, replaced = [], set()
+        for det in detections:
+            follower = FaceFollower(gray_then, det.box)
+            same = [(f, box) for f, box in then if f in self._followers and id(f) not in replaced
+                    and iou(box, det.box) > SAME_FACE_IOU]
+            if same:
+                old, box_then = max(same, key=lambda fb: iou(fb[1], det.box))
+                replaced.add(id(old))
+                follower.box = _carried(det.box, box_then, old.box)
+            elif gray_then is not gray and not all(follower.follow(g) is not None for g in self._since):
+                continue  # a new face that has left since
+            found.append((follower, _moved(det, follower.box)))
+        kept = []
+        for follower, det in zip(self._followers, self._last_detections):
+            if id(follower) in replaced or any(iou(det.box, d.box) > SAME_FACE_IOU for _, d in found):
+                continue
+            follower.missed_detections += 1
+            if follower.missed_detections <= MAX_MISSED_DETECTIONS:
+                kept.append((follower, det))
+        self._followers = [f for f, _ in found + kept]
+        self._last_detections = [d for _, d in found + kept]
 
     def _missed_but_followed(self, gray: np.ndarray, detections: list[Detection]) -> list[tuple[FaceFollower, Detection]]:
         """Followed faces this detection missed that their template still finds, for MAX_MISSED_DETECTIONS detections
@@ -187,12 +271,16 @@ class FaceEngine:
         return results
 
     def _left_to_right(self, image: np.ndarray) -> list[Detection]:
-        return sorted(self.detector(image), key=lambda d: d.box[0])
+        """A photo's faces, searched at PHOTO_DETECT_WIDTH at least (a detector of its own, such as a test's, as it is)."""
+        detect = getattr(self.detector, "detect", None)
+        width = max(PHOTO_DETECT_WIDTH, getattr(self.detector, "detect_width", 0))
+        found = detect(image, width) if detect is not None else self.detector(image)
+        return sorted(found, key=lambda d: d.box[0])
 
     def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
         timer = self.timer
         with timer("detect"):
-            detections = self._detect_or_follow(frame)
+            detections = self._detect_or_follow(frame) if self._background is None else self._follow_and_adopt(frame)
         self._frame_index += 1
         with timer("preprocess"):
             crops = [crop_face(frame, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]

@@ -239,7 +239,8 @@ class FrameLoop:
             "frames": self.frames, "faces": self.faces, "corrupt_frames": len(self.corrupt), "corrupt": self.corrupt,
             "labels": self.labels, "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
             "fps": self.frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
-            "source_lost": bool(getattr(source, "lost", False)), "stages": self.engine.timer.summary(),
+            "source_lost": bool(getattr(source, "lost", False)), "outages": list(getattr(source, "outages", [])),
+            "stages": self.engine.timer.summary(),
             "written": self.outputs.written,
         }
 

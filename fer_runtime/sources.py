@@ -101,19 +101,26 @@ class VideoSource:
         self.cap.release()
 
 
+DEFAULT_RECONNECT_S = 30.0  # how long a dropped camera or stream is reopened before the run ends (--reconnect)
+MAX_BACKOFF_S = 2.0  # the longest wait between two attempts to reopen it
+
+
 class LiveSource:
     """Camera or stream URL read on a background thread; the consumer always gets the newest frame.
 
-    A lost device is reopened up to ``retries`` times, then the stream ends cleanly with ``lost`` set.
+    A camera or stream that stops giving frames is reopened with backoff (``retry_wait`` doubling up to
+    MAX_BACKOFF_S) for up to ``reconnect`` seconds (``math.inf``: for ever); meanwhile the frame loop waits and the
+    outputs stay as they are. Each outage's length is kept in ``outages``; one that outlasts ``reconnect`` ends the
+    stream cleanly with ``lost`` set.
     """
 
     independent = False
 
     def __init__(self, target: int | str, capture_factory: Callable[[int | str], object] = cv2.VideoCapture,
-                 retries: int = 3, retry_wait: float = 0.5):
+                 reconnect: float = DEFAULT_RECONNECT_S, retry_wait: float = 0.5):
         self.target = target
         self.factory = capture_factory
-        self.retries = retries
+        self.reconnect = reconnect
         self.retry_wait = retry_wait
         self.cap = capture_factory(target)
         if not self.cap.isOpened():
@@ -126,6 +133,7 @@ class LiveSource:
                               "here, and that OpenCV's FFmpeg backend supports the protocol")
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
         self.lost = False
+        self.outages: list[float] = []  # seconds from the last frame before each outage to the first after it
         self._latest: np.ndarray | None = None
         self._seq = 0
         self._cond = threading.Condition()
@@ -135,31 +143,45 @@ class LiveSource:
         self._thread.start()
 
     def _reader(self) -> None:
-        failures = 0
+        try:
+            self._read_until_lost()
+        except Exception:  # noqa: BLE001 - a capture that raises as it is reopened is a source lost, not a hung run
+            self.lost = True
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _read_until_lost(self) -> None:
+        last_frame, down, wait = time.perf_counter(), False, self.retry_wait
         while not self._stop.is_set():
             ok, img = self.cap.read()
             if ok and img is not None:
-                failures = 0
+                if down:
+                    self.outages.append(time.perf_counter() - last_frame)
+                down, wait, last_frame = False, self.retry_wait, time.perf_counter()
                 with self._cond:
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
                 continue
-            failures += 1
-            if failures > self.retries:
+            down = True
+            if time.perf_counter() - last_frame >= self.reconnect:
                 self.lost = True
+                self.outages.append(time.perf_counter() - last_frame)
                 break
-            time.sleep(self.retry_wait)
+            if self._stop.wait(min(wait, max(0.0, last_frame + self.reconnect - time.perf_counter()))):
+                break
+            wait = min(wait * 2, MAX_BACKOFF_S)
             self.cap.release()
             self.cap = self.factory(self.target)
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
 
     def __iter__(self) -> Iterator[Frame]:
+        """The newest frame each time; through an outage it waits (in short steps, so Ctrl-C gets through)."""
         start, seen, index = time.perf_counter(), 0, 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda seen=seen: self._seq > seen or self._done, timeout=5.0)
+                while self._seq == seen and not self._done:
+                    self._cond.wait(timeout=0.1)
                 if self._seq == seen:
                     return
                 img, seen = self._latest, self._seq
@@ -188,13 +210,13 @@ def folder_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
 
 
 def open_source(camera: int | None = None, source: str | None = None,
-                capture_factory: Callable[[int | str], object] = cv2.VideoCapture):
+                capture_factory: Callable[[int | str], object] = cv2.VideoCapture, reconnect: float = DEFAULT_RECONNECT_S):
     if (camera is None) == (source is None):
         raise SourceError("give exactly one of --camera N or --source PATH|URL")
     if camera is not None:
-        return LiveSource(camera, capture_factory)
+        return LiveSource(camera, capture_factory, reconnect)
     if "://" in source:
-        return LiveSource(source, capture_factory)
+        return LiveSource(source, capture_factory, reconnect)
     path = Path(source)
     if not path.exists():
         raise SourceError(f"source not found: {source}")

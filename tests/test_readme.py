@@ -272,5 +272,5 @@ def test_the_quick_start_is_the_makefile_s():
     assert commands == ["make run", "make test"]
     makefile = (ROOT / "Makefile").read_text()
     recipe = {t: makefile.split(f"\n{t}:", 1)[1].split("\n\n", 1)[0] for t in ("run", "test")}
-    assert "'.[cpu]'" in recipe["run"] and "/fer-run" in recipe["run"] and "torch" not in recipe["run"]
+    assert "'.[cpu,desktop]'" in recipe["run"] and "/fer-run" in recipe["run"] and "torch" not in recipe["run"]
     assert "dev]'" in recipe["test"] and "pytest" in recipe["test"]

@@ -1,0 +1,108 @@
+"""Background detection (issue 48): no frame of a stream waits for a full detection, and the faces it finds are
+adopted on the frame where it finishes, followed there from the frame it ran on."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_runtime.detect import Detection
+from fer_runtime.engine import FaceEngine
+from tests.conftest import CLASSES
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_factory):
+    return tiny_model_factory(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def face():
+    skimage_data = pytest.importorskip("skimage.data")
+    return cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330], (100, 100))
+
+
+def frame(face: np.ndarray, i: int, with_b: bool) -> tuple[np.ndarray, list[tuple]]:
+    """Face A moving right 4 px a frame; face B, when there, moving left below it."""
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    boxes = [(40 + 4 * i, 60, 100, 100)] + ([(500 - 4 * i, 300, 100, 100)] if with_b else [])
+    for x, y, w, h in boxes:
+        canvas[y : y + h, x : x + w] = face
+    noise = np.random.default_rng(i).normal(0, 4, canvas.shape)
+    return np.clip(canvas + noise, 0, 255).astype(np.uint8), boxes
+
+
+class HeldDetector:
+    """The true boxes of the frame it is given; a detection off the first frame waits until ``release`` (at most 5 s,
+    noted in ``timed_out``): a frame loop that waited for it would stall here."""
+
+    def __init__(self) -> None:
+        self.release, self.calls, self.timed_out, self.truth = threading.Event(), [], False, {}
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        key = image.tobytes()[:4096] + image.tobytes()[-4096:]
+        self.calls.append(threading.current_thread() is threading.main_thread())
+        if len(self.calls) > 1 and not self.release.wait(timeout=5.0):
+            self.timed_out = True
+        return [Detection(tuple(float(v) for v in b), 1.0) for b in self.truth[key]]
+
+
+def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_finishes(tiny_model, face):
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background()
+    detector = HeldDetector()
+    engine.detector = engine._background.detector = detector
+    seen = []
+    try:
+        for i in range(30):
+            image, truth = frame(face, i, with_b=i >= 2)
+            detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
+            if i == 20:  # the detection handed over on a frame with face B finishes now
+                detector.release.set()
+                for _ in range(500):  # at most 5 s for the thread to finish it
+                    if engine._background._done is not None:
+                        break
+                    threading.Event().wait(0.01)
+            seen.append(sorted(r.box[0] for r in engine.process_frame(image)))
+    finally:
+        detector.release.set()
+        engine.close()
+    assert not detector.timed_out, "a frame waited for the background detection"
+    assert detector.calls[0] and not any(detector.calls[1:])  # the first frame on the frame loop, then the thread
+    assert all(len(s) == 1 for s in seen[:20]), seen  # face A followed while the detection is held
+    assert abs(seen[19][0] - (40 + 4 * 19)) < 6
+    # B was found on frame 4 (the first due after frame 0) and is followed from there to where it is now, on frame 20
+    assert len(seen[20]) == 2 and abs(seen[20][1] - (500 - 4 * 20)) < 6, seen[20]
+    assert all(len(s) == 2 for s in seen[20:]), seen
+
+
+def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
+    engine = FaceEngine(tiny_model).detect_in_background()
+
+    def broken(image):
+        raise RuntimeError("detector broke")
+
+    first = engine.detector
+    engine.detector, engine._background.detector = first, broken
+    image, _ = frame(face, 0, with_b=False)
+    engine.process_image(image)  # photos: on the call, never the thread
+    assert engine._background._thread is None
+    with pytest.raises(RuntimeError, match="detector broke"):
+        for i in range(40):
+            engine.process_frame(frame(face, i, with_b=False)[0])
+            if engine._background._thread is not None:
+                engine._background._thread.join(timeout=0.5)
+    engine.close()
+
+
+def test_small_faces_a_40_px_face_in_a_photo_and_a_48_px_face_in_video_within_one_detection_period(tiny_model):
+    """benchmarks/scripts/small_faces.py's frames: the astronaut's face, its Haar box scaled to 40 or 48 px, in 640x480."""
+    pytest.importorskip("skimage")
+    from benchmarks.scripts.small_faces import face_box_crop, frame_with_face, video_found
+    from fer_runtime.detect import DEFAULT_DETECT_WIDTH
+
+    face = face_box_crop()
+    assert len(FaceEngine(tiny_model).process_image(frame_with_face(face, 40))) == 1
+    assert video_found(face, 48, DEFAULT_DETECT_WIDTH)
