@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from fer_runtime.entry import RUNTIME_NEEDS
+from fer_runtime.entry import run_entry as run_runtime_entry
 
 # top-level modules of the [train] extra
 TRAIN_MODULES = {"torch", "torchvision", "timm", "onnx", "onnxscript", "sklearn", "PIL", "tqdm", "matplotlib",
                  "torch_pruning"}
 
 
+TRAIN_NEEDS = {
+    **RUNTIME_NEEDS,
+    "onnxruntime": "needs ONNX Runtime: pip install 'fer-toolchain[cpu,train]' (or [gpu,train] for onnxruntime-gpu)",
+    **dict.fromkeys(TRAIN_MODULES, "needs the training extra: pip install 'fer-toolchain[train]'"),
+}
+
+
 def run_entry(module: str, prog: str) -> int:
-    """Import ``module`` and run its ``main``; a missing training dependency is one line and exit code 2."""
-    try:
-        target = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] == "onnxruntime":
-            print(f"{prog}: error: {prog} needs ONNX Runtime: pip install 'fer-toolchain[cpu,train]' (or [gpu,train] "
-                  "for onnxruntime-gpu)", file=sys.stderr)
-            return 2
-        if (exc.name or "").split(".")[0] not in TRAIN_MODULES:
-            raise
-        print(f"{prog}: error: {prog} needs the training extra (no module {exc.name!r}): "
-              "pip install 'fer-toolchain[train]'", file=sys.stderr)
-        return 2
-    return target.main()
+    """Import ``module`` and run its ``main``; a missing training (or runtime) dependency is one line and exit code 2."""
+    return run_runtime_entry(module, prog, TRAIN_NEEDS)
 
 
 def train() -> None:

@@ -413,3 +413,13 @@ def test_faces_in_a_photo_are_listed_from_left_to_right_in_the_jsonl_and_the_api
     assert len(xs) == 3 and xs == sorted(xs), xs
     api = [f["box"][0] for f in FaceExpressionRecognizer(tiny_model).analyze(str(photo))]
     assert api == pytest.approx(xs, abs=1), api
+
+
+@pytest.mark.parametrize("entry", ["fer_run", "fer_bench", "fer_serve"])
+def test_a_command_without_opencv_names_the_extra_in_one_line(entry):
+    """No OpenCV installed (a bare `pip install .`): one line naming both OpenCV extras, exit code 2."""
+    code = f"import sys; sys.modules['cv2'] = None; sys.argv = ['x', '--help']; from fer_runtime.entry import {entry}; {entry}()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "needs OpenCV" in lines[0] and "[desktop]" in lines[0] and "[headless]" in lines[0]
