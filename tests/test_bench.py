@@ -231,16 +231,16 @@ def test_with_no_model_the_shipped_pair_that_fits_the_data_is_benched():
 
 
 def test_agreement_and_speed_up_only_between_a_model_and_its_own_int8(tmp_path):
-    from benchmarks.bench import _comparisons, int8_pairs
+    from benchmarks.bench import _comparisons, paired_files
     from benchmarks.incumbent import NAME
 
     paths = [tmp_path / "a" / "ferplus.onnx", tmp_path / "a" / "ferplus.int8.onnx", tmp_path / "a" / "fer2013.int8.onnx"]
     names = [p.name for p in paths]
-    assert int8_pairs(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
+    assert paired_files(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
     rows = {n: {"latency_b1_1thread": {"p50_ms": ms}} for n, ms in zip([*names, NAME], [2.0, 1.0, 0.5, 4.0])}
     preds = {n: ["angry", "happy", "happy", "sad"] for n in names}
     preds["ferplus.int8.onnx"] = ["angry", "happy", "sad", "sad"]
-    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
+    agreement, ratios = _comparisons(rows, preds, paired_files(names, paths))
     assert agreement == {"ferplus.int8.onnx vs ferplus.onnx": 0.75}
     assert ratios["ferplus.int8.onnx speed-up over ferplus.onnx (b1, 1 thread, p50)"] == 2.0
     assert ratios[f"fer2013.int8.onnx speed-up over the {NAME} (b1, 1 thread, p50)"] == 8.0

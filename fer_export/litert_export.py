@@ -1,0 +1,165 @@
+"""ONNX -> TFLite through litert-torch (``pip install 'fer-toolchain[litert-export]'``; no TensorFlow).
+
+The fp32 ``.onnx`` file is rebuilt as its registry model (``fer_train.onnx_init``) and converted by litert-torch at a
+batch of one. INT8 is full-integer (int8 weights per channel, int8 activations, int8 input and output), PT2E-quantized
+on the calibration sample; every activation that the ONNX INT8 file also quantizes takes that file's own scale and zero
+point (found by running both on the same images), so the two INT8 files round alike and agree, rather than being two
+quantizations of one model. The contract goes into the TFLite metadata (``fer_runtime.litert_model.with_metadata``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from fer_export.onnx_export import ExportError
+from fer_runtime.contract import METADATA_KEY, read_onnx_contract
+from fer_runtime.litert_model import with_metadata
+from fer_runtime.outputs import atomic_path
+from fer_train.checkpoint import CheckpointError
+from fer_train.onnx_init import model_from_onnx
+
+MATCH_IMAGES = 4  # images both INT8 paths are run on to pair each torch observer with an ONNX tensor
+
+
+def tflite_from_onnx(fp32_onnx: Path, path: Path, int8_onnx: Path | None = None,
+                     calibration: np.ndarray | None = None) -> Path:
+    """``fp32_onnx`` as a TFLite file at ``path`` carrying the contract of the ONNX file it stands for: fp32, or with
+    ``int8_onnx`` and ``calibration`` (normalised N x C x H x W) full-integer INT8 rounded as that file rounds."""
+    try:
+        with _quiet():
+            model, contract, _ = model_from_onnx(str(fp32_onnx))
+    except CheckpointError as exc:
+        raise ExportError(f"--format tflite: {exc}") from None
+    sample = (torch.zeros(1, contract.channels, *contract.input_size),)
+    try:
+        with _quiet():
+            if int8_onnx is None:
+                edge = _convert(model.eval(), sample)
+            else:
+                edge = _convert_int8(model.eval(), sample, fp32_onnx, int8_onnx, calibration)
+    except Exception as exc:  # the converter raises many types, with the whole graph in the message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"--format tflite: litert-torch cannot convert {fp32_onnx.name}: {first[:300]}") from None
+    carried = read_onnx_contract(int8_onnx or fp32_onnx)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(with_metadata(edge.model_content(), METADATA_KEY, carried.to_json().encode()))
+    return path
+
+
+def _convert(model: torch.nn.Module, sample: tuple, quant_config=None):
+    import litert_torch
+
+    return litert_torch.convert(model, sample, quant_config=quant_config)
+
+
+def _convert_int8(model: torch.nn.Module, sample: tuple, fp32_onnx: Path, int8_onnx: Path, calibration: np.ndarray):
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(_minmax_config(pt2e_quantizer))
+    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, sample).module(), quantizer)
+    _pin_onnx_ranges(prepared, fp32_onnx, int8_onnx, calibration[:MATCH_IMAGES])
+    with torch.no_grad():
+        for x in calibration:  # the converted graph takes one image: calibrate one at a time
+            prepared(torch.from_numpy(x[None]))
+    return _convert(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False), sample, QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _minmax_config(pt2e_quantizer):
+    """litert-torch's static per-channel config with min/max activation observers: the ranges that matter are pinned
+    to the ONNX file's, and the others (input, output) want the plain extremes, not a histogram search."""
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    minmax = MinMaxObserver.with_args(eps=2**-12)
+    act_in = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=minmax)
+    act_out = dataclasses.replace(config.output_activation, observer_or_fake_quant_ctr=minmax)
+    return dataclasses.replace(config, input_activation=act_in, output_activation=act_out)
+
+
+def _pin_onnx_ranges(prepared: torch.nn.Module, fp32_onnx: Path, int8_onnx: Path, images: np.ndarray) -> None:
+    """Each activation observer whose tensor the ONNX INT8 file quantizes returns that file's scale and zero point
+    (uint8 zero point - 128: the same grid in int8)."""
+    onnx_values = _onnx_quantized_tensors(fp32_onnx, int8_onnx, images)
+    seen: dict[str, list[np.ndarray]] = {}
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, []).append(
+        args[0].detach().numpy().copy())) for name, module in prepared.named_children()
+        if name.startswith("activation_post_process")]
+    with torch.no_grad():
+        for x in images:
+            prepared(torch.from_numpy(x[None]))
+    for hook in hooks:
+        hook.remove()
+    nodes = [n for n in prepared.graph.nodes if n.op == "call_module" and n.target.startswith("activation_post_process")]
+    for name, values in seen.items():
+        calls = len(values) // len(images)  # an observer shared by several tensors (a pool after a ReLU) sees each
+        targets = [n for n in nodes if getattr(prepared, n.target) is getattr(prepared, name)]
+        pinned = None
+        for j in range(calls):
+            found = next(((s, z) for value, s, z in onnx_values if _same(value, np.concatenate(values[j::calls]), z)), None)
+            if found is None or found == pinned:
+                continue
+            observer = getattr(prepared, name) if pinned is None else copy.deepcopy(getattr(prepared, name))
+            if pinned is not None:  # the ONNX file quantizes this tensor on a grid of its own (a pool's output)
+                targets[j].target = f"{name}_{j}"
+                setattr(prepared, targets[j].target, observer)
+            params = (torch.tensor([found[0]], dtype=torch.float32), torch.tensor([found[1] - 128], dtype=torch.int32))
+            observer.calculate_qparams = lambda params=params: params
+            pinned = pinned or found
+    prepared.recompile()
+
+
+def _same(onnx_value: np.ndarray, torch_value: np.ndarray, zero: int) -> bool:
+    """The same tensor, or (zero point 0: a range from 0) the ONNX file's ReLU of it: that grid clips as the ReLU does."""
+    if onnx_value.shape != torch_value.shape:
+        return False
+    atol = 1e-3 * max(1.0, float(np.abs(onnx_value).max()))
+    return np.allclose(onnx_value, torch_value, atol=atol) or zero == 0 and np.allclose(onnx_value, np.maximum(torch_value, 0),
+                                                                                          atol=atol)
+
+
+def _onnx_quantized_tensors(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray) -> list[tuple[np.ndarray, float, int]]:
+    """(value on ``images``, scale, uint8 zero point) of every activation the INT8 file quantizes per tensor, the values
+    read from the fp32 file's graph under the same tensor names."""
+    import onnxruntime as ort
+
+    graph = onnx.load(str(int8_onnx)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    params = {n.input[0]: (float(init[n.input[1]]), int(init[n.input[2]])) for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in init and n.input[1] in init and len(n.input) > 2
+              and init[n.input[1]].size == 1 and init[n.input[2]].dtype == np.uint8}
+    fp32 = onnx.load(str(fp32_onnx))
+    produced = {out for node in fp32.graph.node for out in node.output}
+    # the quantizer renames a graph output it quantizes ("logits" -> "logits_QuantizeLinear_Input")
+    params = {n.removesuffix("_QuantizeLinear_Input") if n not in produced else n: v for n, v in params.items()}
+    names = [n for n in params if n in produced]
+    have = {o.name for o in fp32.graph.output}
+    fp32.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    session = ort.InferenceSession(fp32.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: images})))
+    return [(outputs[n], *params[n]) for n in names]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """litert-torch prints its progress and absl notes; fer-export reports what matters itself. Errors still raise."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
