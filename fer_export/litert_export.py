@@ -26,6 +26,7 @@ from fer_export.onnx_export import ExportError
 from fer_runtime.contract import METADATA_KEY, read_onnx_contract
 from fer_runtime.litert_model import with_metadata
 from fer_runtime.outputs import atomic_path
+from fer_runtime.providers import captured_stderr
 from fer_train.checkpoint import CheckpointError
 from fer_train.onnx_init import model_from_onnx
 
@@ -48,12 +49,13 @@ def tflite_from_onnx(fp32_onnx: Path, path: Path, int8_onnx: Path | None = None,
                 edge = _convert(model.eval(), sample)
             else:
                 edge = _convert_int8(model.eval(), sample, fp32_onnx, int8_onnx, calibration)
+            content = edge.model_content()
     except Exception as exc:  # the converter raises many types, with the whole graph in the message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"--format tflite: litert-torch cannot convert {fp32_onnx.name}: {first[:300]}") from None
     carried = read_onnx_contract(int8_onnx or fp32_onnx)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(with_metadata(edge.model_content(), METADATA_KEY, carried.to_json().encode()))
+        tmp.write_bytes(with_metadata(content, METADATA_KEY, carried.to_json().encode()))
     return path
 
 
@@ -154,11 +156,13 @@ def _onnx_quantized_tensors(fp32_onnx: Path, int8_onnx: Path, images: np.ndarray
 
 @contextlib.contextmanager
 def _quiet():
-    """litert-torch prints its progress and absl notes; fer-export reports what matters itself. Errors still raise."""
+    """litert-torch prints its progress and absl notes (the latter from C++, on file descriptor 2); fer-export reports what
+    matters itself. Errors still raise."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()),
+              captured_stderr()):
             warnings.simplefilter("ignore")
             yield
     finally:
