@@ -237,9 +237,13 @@ def _sessions(cfg: BenchConfig, names: list[str], paths: list[Path], provider: P
     provider they run on."""
     one = {n: load_model(p, threads=1, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
     allc = {n: load_model(p, threads=threads_all, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
-    provider = next(iter(one.values())).provider if one else provider
-    if provider.request == "auto":
+    onnx = [m.provider for m in one.values() if not m.provider.runtime]  # ONNX Runtime's provider names the machine's
+    provider = onnx[0] if onnx else provider
+    if onnx and provider.request == "auto":
         click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
+    for name, model in one.items():  # a file of another runtime: each one named
+        if model.provider.runtime:
+            click.echo(f"fer-bench: {name}: {describe_provider(model.provider)}", err=True)
     if cfg.incumbent and (pair := _load_incumbent(threads_all)) is not None:
         one[incumbent.NAME], allc[incumbent.NAME] = pair
     return one, allc, provider
@@ -344,7 +348,8 @@ def _time(one: dict[str, ModelBackend], allc: dict[str, ModelBackend], calls: in
         rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
         rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name, type(one[n]).__module__)
+        provider = one[n].provider.request if one[n].provider.runtime else one[n].provider.name  # another runtime: auto
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, provider, type(one[n]).__module__)
     return lat1
 
 

@@ -16,8 +16,8 @@ class RunConfig:
     camera: int | None = option(None, "camera index (e.g. 0)", metavar="N", bounds=(0, None),
                                 none_means="0, else the bundled photo")
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
-    model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
-                                none_means="ferplus")
+    model: str | None = option(None, "shipped model (ferplus, fer2013) or a model file: .onnx, OpenVINO .xml, .tflite",
+                               metavar="NAME|FILE", none_means="ferplus")
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
