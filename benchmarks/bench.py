@@ -448,9 +448,8 @@ def markdown_report(r: dict) -> str:
         lines.append(f"| {name} | {acc} | {f1} | {bal} | {ece} | {row.get('temperature', '-')} | "
                      f"{'- (no prior)' if tau is None else tau} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
                      f"{speed} |")
-    lines += runtime_table(r["models"])
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
-    lines += ["", *notes] if notes else []
+    lines += runtime_table(r["models"]) + (["", *notes] if notes else [])
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
     lines += ["", "## Per-class F1 / recall", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
     for name, row in scored.items():

@@ -1,5 +1,5 @@
-"""ONNX -> OpenVINO IR (``pip install 'fer-toolchain[openvino]'``): the ONNX file as OpenVINO reads it (an INT8 QDQ
-file stays INT8), weights kept in fp32, the contract in the IR's ``rt_info``."""
+"""ONNX -> OpenVINO IR (``pip install 'fer-toolchain[openvino]'``): the ONNX file as OpenVINO's runtime reads it (an
+INT8 QDQ file stays INT8), weights kept in fp32 (no fp16 compression), the contract in the IR's ``rt_info``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 from fer_export.onnx_export import ExportError
 from fer_runtime.contract import METADATA_KEY, read_onnx_contract
+from fer_runtime.openvino_model import import_openvino
 
 
 def ir_from_onnx(onnx_path: Path, xml_path: Path) -> Path:
     """``onnx_path`` as ``xml_path`` and the ``.bin`` beside it, carrying the ONNX file's contract."""
-    import openvino as ov
-
+    ov = import_openvino()
     try:
-        model = ov.convert_model(str(onnx_path))
+        model = ov.Core().read_model(str(onnx_path))
     except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"--format openvino: OpenVINO cannot convert {onnx_path.name}: {first[:300]}") from None

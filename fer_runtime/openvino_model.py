@@ -3,6 +3,7 @@ OpenVINO on the CPU (``pip install 'fer-toolchain[openvino]'``). ``fer-export --
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,14 @@ from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
 from fer_runtime.decision import prior_correction_for
 from fer_runtime.model import ModelBackend, cpu_runtime, import_runtime
 from fer_runtime.providers import ProviderChoice
+
+
+def import_openvino():
+    """The ``openvino`` module, without its usage telemetry: importing openvino imports its converter, which sends an
+    event to Google Analytics unless the user has opted out; with ``openvino_telemetry`` unimportable it takes its own
+    stub instead. Nothing fer-toolchain runs goes online."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    return import_runtime("openvino", "openvino", ".xml")
 
 
 def read_ir_contract(model, path: Path) -> ModelContract:
@@ -28,7 +37,7 @@ class OpenVinoModel(ModelBackend):
 
     def __init__(self, path: str | Path, threads: int = 0, provider: str | ProviderChoice | None = None,
                  prior: str = "model") -> None:
-        ov = import_runtime("openvino", "openvino", ".xml")
+        ov = import_openvino()
         self.path = Path(path)
         self.provider = cpu_runtime(f"OpenVINO {ov.get_version().split('-')[0]} (CPU)", provider, ".xml")
         core = ov.Core()

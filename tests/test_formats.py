@@ -40,11 +40,26 @@ def tiny_onnx(tree_factory, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny_onnx, tmp_path_factory):
+    """Every format exported with the network refused: the converters work offline and reach for nothing."""
+    import socket
+
     path, root = tiny_onnx
     out = tmp_path_factory.mktemp("formats")
-    assert export_main(["--model", str(path), "--int8", "--format", "onnx,openvino,tflite", "--calib-size", "24",
-                        "--max-drop", "100", "--out-dir", str(out), "--name", "f"]) == 0
+    attempts = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", lambda self, address: attempts.append(address) or (_ for _ in ()).throw(
+            OSError("no network in this test")))
+        assert export_main(["--model", str(path), "--int8", "--format", "onnx,openvino,tflite", "--calib-size", "24",
+                            "--max-drop", "100", "--out-dir", str(out), "--name", "f"]) == 0
+    assert not attempts
     return out / "f", root
+
+
+def test_openvino_runs_without_its_usage_telemetry(exported):
+    import sys
+
+    load_model(exported[0] / "model.xml")
+    assert sys.modules.get("openvino_telemetry", "not imported") is None  # its own stub instead: nothing is sent
 
 
 def test_every_format_is_written_with_its_contract_and_agrees_with_its_onnx_file(exported):
@@ -61,12 +76,22 @@ def test_every_format_is_written_with_its_contract_and_agrees_with_its_onnx_file
         assert load_model(folder / name).contract == onnx
 
 
-def test_tflite_int8_is_full_integer(exported):
+def test_tflite_int8_is_full_integer_on_the_onnx_files_own_grid(exported):
+    import onnx
     from ai_edge_litert.interpreter import Interpreter
+    from onnx import numpy_helper
 
     interpreter = Interpreter(model_path=str(exported[0] / "model.int8.tflite"))
-    kinds = {t["dtype"] for t in interpreter.get_tensor_details() if len(t["shape"]) == 4}
-    assert kinds == {np.int8}, kinds  # every image-shaped tensor, the input included, is int8
+    tensors = [t for t in interpreter.get_tensor_details() if len(t["shape"]) in (2, 4)]
+    assert {t["dtype"] for t in tensors if len(t["shape"]) == 4} == {np.int8}  # the input included
+    # every activation grid of the ONNX INT8 file is a grid of the TFLite file: the two round alike
+    graph = onnx.load(str(exported[0] / "model.int8.onnx")).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    onnx_grids = {(round(float(init[n.input[1]]), 7), int(init[n.input[2]]) - 128) for n in graph.node
+                  if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+    tflite_grids = {(round(float(t["quantization"][0]), 7), int(t["quantization"][1])) for t in tensors
+                    if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 1}
+    assert onnx_grids and onnx_grids <= tflite_grids, onnx_grids - tflite_grids
 
 
 def test_fer_run_takes_every_format_and_names_its_runtime(exported, tmp_path):
