@@ -348,8 +348,7 @@ def _time(one: dict[str, ModelBackend], allc: dict[str, ModelBackend], calls: in
         rows[n]["latency_b1_1thread"] = percentiles(lat1[n])
         rows[n]["latency_b1_all_threads"] = percentiles(latn[n])
         rows[n]["throughput_b32_img_per_s"] = 32 / float(np.median(thr[n]))
-        provider = one[n].provider.request if one[n].provider.runtime else one[n].provider.name  # another runtime: auto
-        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, provider, type(one[n]).__module__)
+        rows[n]["peak_rss_mb"] = peak_rss_mb(one[n].path, 0, one[n].provider.name, type(one[n]).__module__)
     return lat1
 
 

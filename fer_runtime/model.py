@@ -40,7 +40,7 @@ def cpu_runtime(runtime: str, provider: str | ProviderChoice | None, suffix: str
     if request not in ("auto", "cpu"):
         raise ProviderError(f"--provider {request}: a {suffix} file runs on {runtime} (auto or cpu); use the .onnx "
                             "file for ONNX Runtime's providers")
-    return ProviderChoice(request, (runtime,), f"chosen by the file ({suffix})", runtime=runtime)
+    return ProviderChoice(request, (CPU,), f"chosen by the file ({suffix})", runtime=runtime)
 
 
 class ModelBackend(ABC):
