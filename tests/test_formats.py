@@ -3,6 +3,7 @@ file, and run by fer-run through its own runtime; a missing extra or a disagreei
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("torch")
-pytest.importorskip("openvino")
 pytest.importorskip("litert_torch")
+if importlib.util.find_spec("openvino") is None:  # not imported here: fer_runtime imports it without its telemetry
+    pytest.skip("needs openvino", allow_module_level=True)
 
 from fer_export.cli import main as export_main  # noqa: E402
 from fer_export.onnx_export import export_onnx  # noqa: E402
@@ -76,22 +78,34 @@ def test_every_format_is_written_with_its_contract_and_agrees_with_its_onnx_file
         assert load_model(folder / name).contract == onnx
 
 
-def test_tflite_int8_is_full_integer_on_the_onnx_files_own_grid(exported):
+def _grids_and_input(folder, name: str) -> tuple[set, set, type]:
+    """(the ONNX INT8 file's activation grids, the TFLite file's int8 grids, the TFLite file's input type)."""
     import onnx
     from ai_edge_litert.interpreter import Interpreter
     from onnx import numpy_helper
 
-    interpreter = Interpreter(model_path=str(exported[0] / "model.int8.tflite"))
-    tensors = [t for t in interpreter.get_tensor_details() if len(t["shape"]) in (2, 4)]
-    assert {t["dtype"] for t in tensors if len(t["shape"]) == 4} == {np.int8}  # the input included
-    # every activation grid of the ONNX INT8 file is a grid of the TFLite file: the two round alike
-    graph = onnx.load(str(exported[0] / "model.int8.onnx")).graph
+    interpreter = Interpreter(model_path=str(folder / f"{name}.int8.tflite"))
+    graph = onnx.load(str(folder / f"{name}.int8.onnx")).graph
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     onnx_grids = {(round(float(init[n.input[1]]), 7), int(init[n.input[2]]) - 128) for n in graph.node
                   if n.op_type == "QuantizeLinear" and n.input[0] not in init}
-    tflite_grids = {(round(float(t["quantization"][0]), 7), int(t["quantization"][1])) for t in tensors
+    tflite_grids = {(round(float(t["quantization"][0]), 7), int(t["quantization"][1])) for t in interpreter.get_tensor_details()
                     if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"]) == 1}
+    return onnx_grids, tflite_grids, interpreter.get_input_details()[0]["dtype"]
+
+
+def test_tflite_int8_quantizes_what_the_onnx_int8_file_quantizes_on_its_grids(exported):
+    onnx_grids, tflite_grids, input_type = _grids_and_input(exported[0], "model")
+    assert onnx_grids and onnx_grids <= tflite_grids, onnx_grids - tflite_grids  # the two round alike
+    assert input_type == np.float32  # the ONNX file keeps the first convolution float (--keep-float's default)
+
+
+def test_with_keep_float_none_the_tflite_int8_file_is_full_integer(tiny_onnx, tmp_path):
+    assert export_main(["--model", str(tiny_onnx[0]), "--int8", "--keep-float", "none", "--format", "tflite",
+                        "--calib-size", "12", "--max-drop", "100", "--out-dir", str(tmp_path), "--name", "n"]) == 0
+    onnx_grids, tflite_grids, input_type = _grids_and_input(tmp_path / "n", "model")
     assert onnx_grids and onnx_grids <= tflite_grids, onnx_grids - tflite_grids
+    assert input_type == np.int8  # the input on the ONNX file's input grid too
 
 
 def test_fer_run_takes_every_format_and_names_its_runtime(exported, tmp_path):
