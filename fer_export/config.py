@@ -50,7 +50,10 @@ class ExportConfig:
                                        none_means="the checkpoint's")
     crop_offset: list[float] = option([], "crop centre offset from the box centre, in box sides: give the flag twice, "
                                       "dx then dy (not given: the checkpoint's)", multiple=True, metavar="SIDES")
-    # ONNX and INT8
+    # formats, ONNX and INT8
+    format: str = option("onnx", "comma list of onnx, openvino, tflite: each format's fp32 file and, with --int8, its INT8 "
+                         "file, each checked against the ONNX file of the same precision (ONNX is always written)",
+                         metavar="LIST")
     opset: int = option(17, "ONNX opset")
     int8: bool = option(False, "also write an INT8 (QDQ) model")
     calib_size: int = option(512, "stratified training images for calibration")

@@ -14,11 +14,13 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from fer_export.calibrate import calibrate_onnx, training_sampler, with_training_prior
 from fer_export.config import ExportConfig
+from fer_export.formats import export_formats, requested_formats
 from fer_export.onnx_export import export_onnx, parity_check
 from fer_export.quantize import FaceCalibrationReader, quantize_int8, stratified_sample
 from fer_export.report import print_summary, reliability_plot, write_report
@@ -161,19 +163,28 @@ def onnx_model_data(cfg: ExportConfig, contract: ModelContract) -> dict[str, Dec
 
 
 def score_and_quantize(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit], out: Path, report: dict) -> int:
-    """The fp32 file's row, then with --int8 the INT8 stage; the exit code."""
+    """The fp32 file's row, then with --int8 the INT8 stage, then the other --format files; the exit code."""
     fp32_row = onnx_row("onnx fp32", fp32_path, data, timed=not cfg.int8, threads=cfg.threads)  # INT8 times both
     report["artefacts"].append(fp32_row)
-    return int8_stage(cfg, fp32_path, data, out, report, fp32_row) if cfg.int8 else 0
+    code = int8_stage(cfg, fp32_path, data, out, report, fp32_row) if cfg.int8 else 0
+    formats = requested_formats(cfg.format)
+    if formats != ["onnx"]:
+        calibration = read_onnx_contract(fp32_path).normalize(_calibration_images(cfg, data["train"])) if cfg.int8 else None
+        export_formats(formats, out, data["val"].images[:PARITY_IMAGES], calibration, report)
+    return code
+
+
+def _calibration_images(cfg: ExportConfig, train: DecodedSplit) -> np.ndarray:
+    """The stratified sample of training images every INT8 file is calibrated on (ONNX and TFLite alike)."""
+    return train.images[stratified_sample(train.labels, cfg.calib_size, cfg.seed)]
 
 
 def int8_stage(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit], out: Path, report: dict,
                fp32_row: dict) -> int:
     """Quantize on a stratified sample of training images, fit the INT8 file's own decision rule, time it beside the
     fp32 file, and gate it on its val accuracy drop; the exit code."""
-    train = data["train"]
-    idx = stratified_sample(train.labels, cfg.calib_size, cfg.seed)
-    reader = FaceCalibrationReader(train.images[idx], read_onnx_contract(fp32_path))
+    sample = _calibration_images(cfg, data["train"])
+    reader = FaceCalibrationReader(sample, read_onnx_contract(fp32_path))
     keep = [k.strip() for k in cfg.keep_float.split(",") if k.strip() and k.strip() != "none"]
     int8_path = quantize_int8(fp32_path, out / "model.int8.onnx", reader, cfg.calib_method, keep_float=keep)
     report.setdefault("decision_rule", {})["onnx int8"] = calibrate_onnx(int8_path, data["val"], cfg.threads)
@@ -182,7 +193,7 @@ def int8_stage(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit]
     fp32_row["latency_ms"], int8_row["latency_ms"] = latency_ms(fp32_path, int8_path)
     report["artefacts"].append(int8_row)
     report["paths"]["int8"] = str(int8_path)
-    report["calibration"] = {"images": int(len(idx)), "method": cfg.calib_method, "keep_float": keep}
+    report["calibration"] = {"images": int(len(sample)), "method": cfg.calib_method, "keep_float": keep}
     drop = 100 * (fp32_row["val"]["accuracy"] - int8_row["val"]["accuracy"])
     report["ratios"] = {
         "int8_size_reduction": fp32_row["file_kb"] / int8_row["file_kb"],

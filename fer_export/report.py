@@ -48,11 +48,28 @@ def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> 
                       "|---:|---:|---:|---:|"]
             lines += [f"| {r['tau']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['balanced_accuracy']:.4f} |"
                       for r in fit["grid"]]
+    lines += _formats_table(report.get("formats", []))
     for key in ("parity", "ratios", "notes", "paths"):
         if report.get(key):
             lines += ["", f"## {key}", "", "```json", json.dumps(report[key], indent=2), "```"]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def _formats_table(rows: list[dict]) -> list[str]:
+    """Each --format file against the ONNX file of its precision (fer_export.formats)."""
+    if not rows:
+        return []
+    lines = ["", "## Formats: each file against the ONNX file of its precision", "",
+             "Validation images, probabilities under each file's decision rule; latency at batch 1, one thread, each file "
+             "timed interleaved with its ONNX file.", "",
+             "| file | runtime | precision | size KB | against | images | top-1 agreement | mean abs prob. diff | latency ms | "
+             "ONNX latency ms |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {Path(r['file']).name} | {r['runtime']} | {r['precision']} | {r['file_kb']} | "
+                     f"{Path(r['reference']).name} | {r['images']} | {r['top1_agreement']:.4f} | {r['mean_abs_prob_diff']:.4f} | "
+                     f"{r['latency_ms']:.3f} | {r['onnx_latency_ms']:.3f} |")
+    return lines
 
 
 def reliability_plot(report: dict, out: Path) -> None:

@@ -1,8 +1,9 @@
 """``load_model``: the one way a model file is opened; the backend is picked by the file.
 
-ONNX Runtime opens ``.onnx`` files. Another backend is one ``ModelBackend`` subclass, registered with
+ONNX Runtime opens ``.onnx`` files, OpenVINO ``.xml`` IR files and LiteRT ``.tflite`` files (each runtime from its
+extra, imported only when such a file is opened). Another backend is one ``ModelBackend`` subclass, registered with
 ``register_backend``: here for one that ships with the runtime, or by the package that defines it (fer-bench's
-incumbent TFLite model registers itself in ``benchmarks.incumbent``).
+incumbent TFLite model registers itself in ``benchmarks.incumbent``, ahead of the LiteRT backend).
 """
 
 from __future__ import annotations
@@ -10,21 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from fer_runtime.contract import ContractError
+from fer_runtime.litert_model import LiteRtModel
 from fer_runtime.model import ModelBackend
+from fer_runtime.openvino_model import OpenVinoModel
 from fer_runtime.providers import ProviderChoice
 from fer_runtime.session import OnnxModel
 
 BACKENDS: list[type[ModelBackend]] = []
 
 
-def register_backend(backend: type[ModelBackend]) -> type[ModelBackend]:
-    """Make ``load_model`` open the files ``backend.accepts``; backends are asked in the order they registered."""
+def register_backend(backend: type[ModelBackend], first: bool = False) -> type[ModelBackend]:
+    """Make ``load_model`` open the files ``backend.accepts``; backends are asked in the order they registered, a
+    backend registered ``first`` (one for a few files of a suffix another backend opens) before all others."""
     if backend not in BACKENDS:
-        BACKENDS.append(backend)
+        BACKENDS.insert(0, backend) if first else BACKENDS.append(backend)
     return backend
 
 
-register_backend(OnnxModel)
+for _backend in (OnnxModel, OpenVinoModel, LiteRtModel):
+    register_backend(_backend)
 
 
 def backend_for(path: str | Path) -> type[ModelBackend]:

@@ -20,8 +20,8 @@ class RunConfig:
     source: str | None = option(None, "video file, image, folder of images, or stream URL", metavar="PATH|URL")
     reconnect: float = option(DEFAULT_RECONNECT_S, "a camera or stream that drops is reopened for this many seconds "
                               "(inf: for ever) before the run ends", metavar="SECONDS", bounds=(0, None))
-    model: str | None = option(None, "shipped model (ferplus, fer2013) or an ONNX file", metavar="NAME|FILE",
-                                none_means="ferplus")
+    model: str | None = option(None, "shipped model (ferplus, fer2013) or a model file: .onnx, OpenVINO .xml, .tflite",
+                               metavar="NAME|FILE", none_means="ferplus")
     # faces
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")

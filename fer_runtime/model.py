@@ -16,10 +16,31 @@ import numpy as np
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.decision import decision_probabilities
-from fer_runtime.providers import CPU, ProviderChoice
+from fer_runtime.providers import CPU, ProviderChoice, ProviderError
 
 # what a backend that runs on the CPU only reports as its provider
 CPU_ONLY = ProviderChoice("cpu", (CPU,))
+
+
+def import_runtime(module: str, extra: str, suffix: str):
+    """The runtime module a backend needs, or one line naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ProviderError(f"a {suffix} file runs on {module.split('.')[0]}, which is not installed: "
+                            f"pip install 'fer-toolchain[{extra}]'") from None
+
+
+def cpu_runtime(runtime: str, provider: str | ProviderChoice | None, suffix: str) -> ProviderChoice:
+    """The provider of a backend whose runtime runs on the CPU only: ``--provider`` auto or cpu, anything else refused
+    in one line. ``runtime`` names it in the "running on" line (``fer_runtime.providers.describe``)."""
+    request = provider.request if isinstance(provider, ProviderChoice) else (provider or "auto")
+    if request not in ("auto", "cpu"):
+        raise ProviderError(f"--provider {request}: a {suffix} file runs on {runtime} (auto or cpu); use the .onnx "
+                            "file for ONNX Runtime's providers")
+    return ProviderChoice(request, (CPU,), f"chosen by the file ({suffix})", runtime=runtime)
 
 
 class ModelBackend(ABC):
@@ -60,6 +81,10 @@ class ModelBackend(ABC):
     def predict_pixels(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 N x C x H x W (model colour order, model size) -> probabilities under the decision rule, N x K."""
         return decision_probabilities(self.raw_outputs(images, batch_size), self.contract, self.prior_correction)
+
+    def size_bytes(self) -> int:
+        """The size of the model's files on disk."""
+        return self.path.stat().st_size
 
     def param_count(self) -> int | None:
         """The model's weight count, where the backend can read it from the file (None: it cannot)."""

@@ -48,6 +48,7 @@ class ProviderChoice:
     request: str  # what was asked for: "auto", "cuda", ...
     providers: tuple[str, ...]  # what the session is given, in order of preference
     reason: str = ""  # why auto chose what it chose
+    runtime: str = ""  # a runtime other than ONNX Runtime, as the "running on" line names it ("OpenVINO 2026.4.1 (CPU)")
 
     @property
     def name(self) -> str:
@@ -132,7 +133,7 @@ def check_started(choice: ProviderChoice, started: list[str], log: str = "") -> 
 
 def describe(choice: ProviderChoice) -> str:
     """One line: what runs the model, and for auto why."""
-    line = f"running on {choice.name} ({choice.providers[0]})"
+    line = f"running on {choice.runtime or f'{choice.name} ({choice.providers[0]})'}"
     return line + (f"; --provider auto: {choice.reason}" if choice.request == "auto" and choice.reason else "")
 
 

