@@ -88,7 +88,7 @@ def summarise(rows: list[dict], cfg: TrainConfig, seconds: float) -> dict:
     pooled = classification_metrics(np.repeat(true, counts), np.repeat(pred, counts), rows[0]["classes"])
     return {
         "folds": cfg.folds, "group_by": cfg.group_by, "init": cfg.init, "arch": cfg.arch, "epochs": cfg.epochs,
-        "lr": cfg.lr, "freeze": cfg.freeze, "seed": cfg.seed, "seconds": round(seconds, 1),
+        "lr": cfg.lr, "freeze": cfg.freeze, "monitor": cfg.monitor, "seed": cfg.seed, "seconds": round(seconds, 1),
         "per_fold": [{k: v for k, v in r.items() if k not in ("classes", "confusion_matrix")} for r in rows],
         "mean": {k: float(np.mean([r[k] for r in rows])) for k in figures},
         "std": {k: float(np.std([r[k] for r in rows], ddof=1)) for k in figures},
@@ -107,7 +107,9 @@ def summary_markdown(s: dict) -> str:
     lines = [f"# {s['folds']}-fold cross-validation by `{s['group_by']}`", "",
              f"init `{s['init'] or 'none (random weights)'}`, arch `{s['arch']}`, {s['epochs']} epochs, lr {s['lr']:g}, "
              f"freeze {s['freeze']}, seed {s['seed']}; {s['seconds']:.0f} s in all. Each fold's test split is people "
-             "its run never saw; best.pt is chosen on a validation split carved from the other folds.", "",
+             "its run never saw; " + ("best.pt is its last epoch (`--monitor last`)" if s["monitor"] == "last" else
+                                      f"best.pt is chosen by val {s['monitor']} on a split carved from the other folds")
+             + ".", "",
              "| fold | test images | best epoch | test accuracy | test macro-F1 | test balanced acc. | val accuracy |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in s["per_fold"]:

@@ -27,6 +27,7 @@ from fer_runtime.options import (
     option_fields,
     scalar_type,
 )
+from fer_runtime.serve.config import ServeConfig
 from fer_train.config import EvalConfig, TrainConfig
 
 COMMON = {"--help", "-h", "--version"}
@@ -39,6 +40,7 @@ COMMANDS = {
     "fer-export": ("fer_export.cli:command", ExportConfig, set()),
     "fer-run": ("fer_runtime.cli:main", RunConfig, set()),
     "fer-bench": ("benchmarks.bench:main", BenchConfig, set()),
+    "fer-serve": ("fer_runtime.serve.cli:main", ServeConfig, set()),
 }
 NEEDS_TORCH = {"fer-train", "fer-eval", "fer-export"}
 

@@ -139,10 +139,10 @@ def test_the_summary_is_the_folds_mean_and_sample_deviation_and_pools_their_conf
                 "balanced_accuracy": 0.5, "val_accuracy": 0.9, "classes": ["a", "b"], "confusion_matrix": cm}
 
     rows = [fold(1, [[4, 0], [1, 5]]), fold(2, [[2, 2], [0, 6]]), fold(3, [[5, 0], [0, 5]])]
-    s = summarise(rows, TrainConfig(folds=3, group_by=SUBJECT, lr=1e-3, freeze=0), 12.0)
+    s = summarise(rows, TrainConfig(folds=3, group_by=SUBJECT, lr=1e-3, freeze=0, monitor="last"), 12.0)
     assert s["mean"]["accuracy"] == pytest.approx(0.9) and s["std"]["accuracy"] == pytest.approx(0.1)
     assert s["pooled"]["confusion_matrix"] == [[11, 2], [1, 16]] and s["pooled"]["accuracy"] == pytest.approx(27 / 30)
-    assert "**0.9000 ± 0.1000**" in summary_markdown(s)
+    assert "**0.9000 ± 0.1000**" in summary_markdown(s) and "best.pt is its last epoch" in summary_markdown(s)
 
 
 def test_the_data_report_names_recordings_and_near_copies_across_splits(recordings):

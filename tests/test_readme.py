@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ENTRY = {"fer-run": "from fer_runtime.cli import main; main()", "fer-bench": "from benchmarks.bench import main; main()"}
 # other programs' flags the docs name (torchrun's, pip's): not flags of ours
-OTHER_FLAGS = {"--nproc_per_node", "--require-hashes", "--target"}
+# other programs' flags: torchrun, pip, and the load script behind docs/serve.md's figures
+OTHER_FLAGS = {"--nproc_per_node", "--require-hashes", "--target", "--clients", "--seconds"}
 PER_SPLIT = {"FER2013Train": 60, "FER2013Valid": 40, "FER2013Test": 120}  # FER+ rows of label.csv kept
 PER_CLASS = {"train": 4, "PublicTest_": 4, "PrivateTest_": 12}  # FER2013 files kept per class
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from fer_runtime.decision import PRIOR_CHOICES
+from fer_runtime.detect import DEFAULT_DETECT_WIDTH
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
 
@@ -24,7 +25,8 @@ class ServeConfig:
                                none_means="ferplus")
     detector: str = option("haar", "face detector: OpenCV's Haar cascade (offline) or YuNet", choices=["haar", "yunet"])
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
-    detect_width: int = option(320, "detect on an image this wide", bounds=(32, None))
+    detect_width: int = option(DEFAULT_DETECT_WIDTH, "detect on a copy of the image at least this wide (photos: at least "
+                               "640, where a 40 px face is found)", bounds=(32, None))
     prior: str = option("model", "the decision rule of requests that name none (each request may pass ?prior=)",
                         choices=PRIOR_CHOICES)
     provider: str = option("auto", PROVIDER_HELP)
