@@ -22,7 +22,7 @@ MAX_FUNCTION_LINES = 60
 MAX_PARAMETERS = 8
 # Markdown written by hand (README.md, docs/, RESULTS.md, ...): what holds now, not a diary. Generated Markdown is not
 # counted: the model card benchmarks/model_card.py writes, and the report.md fer-bench writes beside its results.json.
-MARKDOWN_BUDGET = 1040  # 900 before four capabilities (own data, formats, fer-serve, steady real time) came in
+MARKDOWN_BUDGET = 1050  # 900 before four capabilities (own data, formats, fer-serve, steady real time) came in
 README_MAX_LINES = 120
 GENERATED_MARKDOWN = {"models/MODEL_CARD.md": "benchmarks/model_card.py"}  # file: the script that writes it
 # the packages held to the size rules
