@@ -385,7 +385,7 @@ def test_help_shows_every_default_from_train_config(capsys):
 
     assert train_main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--epochs INTEGER training epochs (0 with --resume: only evaluate) [default: 30]" in text
+    assert "--epochs INTEGER training epochs (0 with --resume: only evaluate) [default: (30; 20 with --init)]" in text
     assert "--teacher MODEL" in text and "--arch-arg KEY=VALUE" in text
 
 
