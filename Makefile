@@ -66,7 +66,7 @@ EXPORT := --int8 --calib-size 512 --calib-method entropy --crop-margin 0.02 --cr
 RUN_AVX2 ?= $(if $(shell grep -qw avx512f /proc/cpuinfo && echo yes),../shared/tools/avx2/run-avx2)
 
 models: $(PY)
-	$(PIP) install -q -e '.[cpu,train]'
+	$(PIP) install -q -e '.[cpu,desktop,train]'
 	$(MAKE) --no-print-directory -j2 model-ferplus model-fer2013
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
@@ -91,7 +91,7 @@ model-%: $(PY)
 	cp exports/$*/model.int8.onnx models/$*.int8.onnx
 
 reexport: $(PY)
-	$(PIP) install -q -e '.[cpu,train]'
+	$(PIP) install -q -e '.[cpu,desktop,train]'
 	$(MAKE) --no-print-directory reexport-ferplus reexport-fer2013
 	$(MAKE) --no-print-directory bench
 	$(VENV)/bin/python benchmarks/model_card.py
@@ -135,7 +135,7 @@ bench: $(PY)
 # "which runtime on this CPU" table
 FORMAT_FILES := model.onnx model.int8.onnx model.xml model.int8.xml model.tflite model.int8.tflite
 runtimes-%: $(PY)
-	$(PIP) install -q -e '.[cpu,openvino,litert-export]'
+	$(PIP) install -q -e '.[cpu,desktop,openvino,litert-export]'
 	rm -rf exports/$*_formats
 	$(VENV)/bin/fer-export --model models/$*.onnx $(EXPORT) --format onnx,openvino,tflite --name $*_formats \
 	  --data-root $(SHARED)/$*
@@ -145,7 +145,7 @@ runtimes-%: $(PY)
 	  --protocol $* --split test --out-dir benchmarks/results/runtimes_$*_avx2
 
 teachers: $(PY)
-	$(PIP) install -q -e '.[cpu,train]'
+	$(PIP) install -q -e '.[cpu,desktop,train]'
 	$(MAKE) --no-print-directory -j2 $(addprefix teacher-,$(TEACHERS))
 
 # teacher-ferplus_s0: train (or resume) runs/teacher_ferplus_vgg_w075_e40_s0, export it to exports/teachers/ferplus_s0

@@ -95,7 +95,8 @@ class YuNetDetector:
         if not model_path.is_file():
             raise DetectorError(f"YuNet model not found: {model_path} (pass --detector-model PATH)")
         if not hasattr(cv2, "FaceDetectorYN"):
-            raise DetectorError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; pip install 'opencv-python>=4.8'")
+            raise DetectorError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; pip install 'fer-toolchain[desktop]' "
+                                "(or [headless])")
         make = lambda: _SizedYuNet(cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50))
         try:
             first = make()

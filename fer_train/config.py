@@ -138,6 +138,7 @@ class TrainConfig:
         """A run's ``config.json`` or a checkpoint's ``train_args``: the fields this version knows (the rest dropped),
         checked as the command line checks them."""
         known = {f.name for f in fields(cls)}
+        saved = {"freeze": 0, **saved}  # a run saved before --freeze froze nothing (None would mean 3 with --init)
         return cls(**checked_values(cls, {k: v for k, v in saved.items() if k in known}, "the run's saved config"))
 
     def split_rules(self) -> dict:
@@ -147,9 +148,10 @@ class TrainConfig:
                 "fold": self.fold}
 
     def grouping(self) -> Grouping | None:
+        """How the splits keep groups whole; a cross-validation that names no fold (its data report) splits as one."""
         if self.group_by is None:
             return None
-        return Grouping(self.group_by, self.folds, self.fold)
+        return Grouping(self.group_by, self.folds, self.fold) if self.fold is not None else Grouping(self.group_by)
 
 
 @dataclass

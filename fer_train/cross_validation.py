@@ -28,6 +28,7 @@ from fer_train.run_config import InvocationFlags, merged_config, saved_config
 from fer_train.run_status import run_status
 
 FIGURES = ("accuracy", "macro_f1", "balanced_accuracy")
+PLACEMENT = ("fold", "threads", "device", "no_progress", "cache_dir")  # may differ when a cross-validation continues
 
 
 def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable) -> Path:
@@ -57,7 +58,7 @@ def _cv_folder(cfg: TrainConfig, flags: InvocationFlags) -> Path:
     """RUN: new, or one this same cross-validation started (its cv_config.json agrees), or replaced with --overwrite."""
     check_output_dir(cfg.out_dir)
     top = Path(cfg.out_dir) / (cfg.name or f"cv-{time.strftime('%Y%m%d-%H%M%S')}")
-    wanted = {k: v for k, v in asdict(cfg).items() if k != "fold"}
+    wanted = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT}
     saved = top / "cv_config.json"
     if top.exists() and any(top.iterdir()) and not flags.overwrite:
         if not saved.is_file() or json.loads(saved.read_text()) != json.loads(json.dumps(wanted)):

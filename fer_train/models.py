@@ -364,7 +364,7 @@ def inference_cost(model: nn.Module, channels: int, input_size: tuple[int, int])
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, channels, *input_size))
+        model(torch.zeros(1, channels, *input_size, device=next(model.parameters()).device))
     finally:
         model.train(was_training)
         for h in hooks:

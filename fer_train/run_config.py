@@ -75,12 +75,16 @@ def end_epoch_of(epochs: int, stop_after: int | None, start_epoch: int) -> int:
 
 
 def _check_grouping(cfg: TrainConfig) -> None:
-    """--folds and --fold make sense only with groups to keep whole; --freeze only with weights to keep."""
+    """--folds and --fold make sense only with groups to keep whole; --freeze only with weights to keep; --patience only
+    with a metric that can stop improving."""
     if cfg.folds == 1:
         raise OptionError("--folds needs at least 2 folds (0: no cross-validation)")
     if cfg.folds and cfg.group_by is None:
         raise OptionError("--folds deals whole groups to folds: give --group-by REGEX (e.g. '^(S\\d+)_' for CK+ subjects)")
     if cfg.fold is not None and not (cfg.folds and 1 <= cfg.fold <= cfg.folds):
         raise OptionError(f"--fold must be 1 to --folds ({cfg.folds}), got {cfg.fold}")
+    if cfg.patience and cfg.monitor == "last":
+        raise OptionError("--patience stops when val stops improving; --monitor last keeps every epoch: give "
+                          "--monitor accuracy or macro_f1 with it")
     if cfg.freeze and not cfg.init:
         raise OptionError("--freeze keeps weights a trained model gave: use it with --init")

@@ -171,3 +171,35 @@ def test_the_default_model_is_the_shipped_architecture_and_a_slow_one_is_warned_
     assert inference_cost(edge, 1, (48, 48)).real_time
     slow = inference_cost(create_model("vgg", 8, 1, width=2.0), 1, (48, 48))
     assert not slow.real_time and "not real time" in slow.describe() and "leave --arch out" in slow.warning()
+
+
+def test_groups_of_one_class_each_still_fill_every_fold():
+    """Recordings carry one label each: a group that shares no class with the bins ties on every bin."""
+    from fer_runtime.data.groups import assign_groups
+
+    keys = [f"g{c}_{i}" for c in range(7) for i in range(5) for _ in range(3)]
+    labels = [c for c in range(7) for _ in range(5) for _ in range(3)]
+    assert set(assign_groups(keys, labels, [0.1] * 10, seed=0)) == set(range(10))
+    assert sorted(assign_groups(["a", "b", "c"], [0, 1, 2], [1 / 3] * 3, seed=0)) == [0, 1, 2]
+    with pytest.raises(DataError, match="one is left empty"):
+        assign_groups(["a", "a", "b"], [0, 0, 1], [0.9, 0.05, 0.05], seed=0)
+
+
+def test_recordings_that_cross_split_folders_are_named(tmp_path):
+    """A user's own train/ and val/ folders that cut through recordings: the split folder is not part of the name."""
+    write_recordings(tmp_path / "train", subjects=4, frames=2)
+    write_recordings(tmp_path / "val", subjects=4, frames=2, seed=1)  # the same names: the same recordings
+    manifest = discover(tmp_path)
+    decoded = {s: load_split(manifest, s, 1, (48, 48)) for s in manifest.splits}
+    warning = next(w for w in data_report(manifest, decoded)["warnings"] if "recordings" in w)
+    assert "12 of 12 recordings" in warning and "anger/S001_001 (train 2, val 2)" in warning
+
+
+def test_old_runs_resume_unfrozen_and_options_that_cannot_meet_are_refused(recordings, tmp_path, capsys):
+    assert TrainConfig.from_saved({"init": "ferplus"}).freeze == 0  # a run saved before --freeze existed
+    assert train_main(["--data-root", str(recordings), "--init", "ferplus", "--patience", "3", "--out-dir",
+                       str(tmp_path), *TINY]) == 2
+    assert "--monitor last keeps every epoch" in capsys.readouterr().err
+    assert train_main(["--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "3", "--data-report-only",
+                       "--out-dir", str(tmp_path / "report")]) == 0  # a cross-validation's data, reported as one split
+    assert (tmp_path / "report" / "data_report.md").is_file()

@@ -69,7 +69,8 @@ def assign_groups(keys: list[str], labels: list[int], shares: list[float], seed:
     """Each item's bin (a split or a fold), whole groups at a time.
 
     Groups go largest first (ties in seeded order) to the bin whose per-class counts move least away from its share
-    of every class (the smallest rise in squared error): group-disjoint, and stratified as far as groups allow."""
+    of every class (the smallest rise in squared error; on a tie, the bin furthest below its share of all images):
+    group-disjoint, and stratified as far as groups allow. ``DataError`` when a bin is left empty."""
     names = sorted(set(keys))
     num_classes = max(labels) + 1
     per_group = np.zeros((len(names), num_classes))
@@ -83,9 +84,14 @@ def assign_groups(keys: list[str], labels: list[int], shares: list[float], seed:
     bin_of = np.zeros(len(names), int)
     for g in order:
         rise = (per_group[g] * (2 * (counts - target) + per_group[g])).sum(1)
-        b = int(np.argmin(rise))
+        filled = counts.sum(1) / np.maximum(target.sum(1), 1e-9)
+        b = int(np.lexsort((filled, rise))[0])
         bin_of[g] = b
         counts[b] += per_group[g]
+    empty = sorted(set(range(len(shares))) - set(bin_of.tolist()))
+    if empty:
+        raise DataError(f"{len(names)} groups of --group-by cannot fill {len(shares)} splits or folds by whole groups "
+                        "(one is left empty): give fewer folds or a larger split fraction")
     return [int(bin_of[index[k]]) for k in keys]
 
 
@@ -93,6 +99,8 @@ def group_split(items: list[tuple[str, int]], keys: list[str], fraction: float, 
     """``stratified_split`` by groups: (rest, carved), with about ``fraction`` of every class carved, whole groups."""
     if fraction == 0.0:
         return list(items), []
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"a split by groups takes a fraction in (0, 1), got {fraction:.3g}: lower --val-split or --folds")
     if len(set(keys)) < 2:
         raise DataError(f"--group-by finds {len(set(keys))} group: a split by groups needs at least two")
     bins = assign_groups(keys, [y for _, y in items], [1.0 - fraction, fraction], seed)

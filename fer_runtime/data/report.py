@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_runtime.data.decode import DecodedSplit
-from fer_runtime.data.groups import compile_pattern, crossing, group_key, sequence_key
+from fer_runtime.data.groups import below_class, compile_pattern, crossing, group_key, sequence_key
 from fer_runtime.data.splits import SplitManifest
 from fer_runtime.outputs import atomic_write_text
 
@@ -90,9 +90,12 @@ def near_duplicate_summary(decoded: dict[str, DecodedSplit]) -> dict:
 
 def crossing_summary(manifest: SplitManifest) -> dict:
     """Look-alike recordings and ``--group-by`` groups with images in more than one split."""
-    out = {"recordings": crossing(manifest.splits, lambda source, _label: sequence_key(source))}
+    def in_class(source: str, label: int) -> str:  # the split folder dropped: train/anger/x.png and val/anger/x.png meet
+        return f"{manifest.classes[label]}/{below_class(source, manifest.classes[label])}"
+
+    out = {"recordings": crossing(manifest.splits, lambda source, label: sequence_key(in_class(source, label)))}
     rec = out["recordings"]
-    folders = {source.rsplit("/", 1)[0] for items in manifest.splits.values() for source, _ in items}
+    folders = {in_class(source, label).rsplit("/", 1)[0] for items in manifest.splits.values() for source, label in items}
     out["names_look_like_recordings"] = bool(rec["images_in_groups"]) and (
         rec["images_sharing_a_group"] >= SEQUENCE_SHARE * rec["images_in_groups"]
         and rec["groups"] >= RECORDINGS_PER_FOLDER * len(folders))

@@ -348,8 +348,10 @@ def _discover_folders(root: Path, val_split: float | None, test_split: float | N
     items = _labelled(found, classes)
     notes = [f"stratified splits from class folders: val {val_frac}, test {test_frac}, seed {seed}"]
     if grouping is not None and grouping.folds:
-        rest, test = _held_out_fold(items, classes, grouping, seed)
         test_frac = 1.0 / grouping.folds
+        if test_frac + val_frac >= 1.0:
+            raise DataError(f"--val-split {val_frac} and a test fold of 1/{grouping.folds} leave nothing to train on")
+        rest, test = _held_out_fold(items, classes, grouping, seed)
         notes = [f"cross-validation: fold {grouping.fold} of {grouping.folds} is the test split; val {val_frac} of the "
                  f"whole carved from the other folds, seed {seed}"]
     else:
