@@ -11,6 +11,7 @@ started one resumes from its last.pt.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -64,8 +65,6 @@ def _cv_folder(cfg: TrainConfig, flags: InvocationFlags) -> Path:
         if not saved.is_file() or json.loads(saved.read_text()) != json.loads(json.dumps(wanted)):
             raise OutputError(f"{top} already holds another run: pick another --name, or replace it with --overwrite")
     elif top.exists() and flags.overwrite:
-        import shutil
-
         shutil.rmtree(top)
     top.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, json.dumps(wanted, indent=2))
