@@ -474,6 +474,8 @@ def markdown_report(r: dict) -> str:
             lines.append(f"- {name}: {_pipeline_line(p, 'with the defaults')}")
             if p.get("before_issue_48"):
                 lines.append(f"  - before issue 48: {_pipeline_line(p['before_issue_48'], 'detection on the frame')}")
+            if p.get("at_clip_rate"):
+                lines.append(f"  - fed at the clip's frame rate, as a camera gives frames: {_at_clip_rate(p)}")
     return "\n".join(lines) + "\n"
 
 
@@ -488,6 +490,15 @@ def _pipeline_line(p: dict, how: str) -> str:
             f"ms; {p['faces']} faces, {p.get('tracks', '?')} tracks, labels {p.get('labels', {})}; {p['settings']}); stage "
             f"p50/p95 ms: {stages}. Against detection on every frame ({every['fps']:.1f} FPS, {every['faces']} faces): "
             f"recall {cmp['recall']:.4f}, mean box IoU {cmp['mean_iou']:.3f} over {cmp['reference_faces']} faces{pickup}")
+
+
+def _at_clip_rate(p: dict) -> str:
+    """Recall, box IoU and pick-up at the clip's frame rate: now, and before issue 48 when it was run."""
+    def cell(run: dict) -> str:
+        a = run["against_every_frame_detection"]
+        return f"recall {a['recall']:.4f}, box IoU {a['mean_iou']:.3f}, new face within {a['pickup_frames_max']} frames"
+    before = p.get("before_issue_48", {}).get("at_clip_rate")
+    return cell(p["at_clip_rate"]) + (f" (before issue 48: {cell(before)})" if before else "")
 
 
 def runtime_table(models: dict[str, dict]) -> list[str]:

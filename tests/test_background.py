@@ -4,6 +4,7 @@ adopted on the frame where it finishes, followed there from the frame it ran on.
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -78,6 +79,32 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     assert all(len(s) == 2 for s in seen[20:]), seen
 
 
+def test_the_background_detector_rests_as_long_as_a_detection_takes_so_it_keeps_to_half_a_core(tiny_model, face):
+    """Frames far faster than a detection (a video read at full speed): the detector works at most half the time."""
+    engine = FaceEngine(tiny_model, detect_every=2).detect_in_background()
+    detector = HeldDetector()
+    detector.release.set()
+    slow = 0.05
+
+    def slow_detector(image):
+        time.sleep(slow)
+        return detector(image)
+
+    engine.detector = engine._background.detector = slow_detector
+    images = [frame(face, i, with_b=False) for i in range(40)]
+    for image, truth in images:
+        detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
+    start = time.perf_counter()
+    try:
+        for i in range(1200):
+            engine.process_frame(images[i % 40][0] if (i // 40) % 2 == 0 else images[39 - i % 40][0])
+    finally:
+        engine.close()
+    elapsed = time.perf_counter() - start
+    background = len(detector.calls) - 1  # the first frame's detection is on the frame loop
+    assert elapsed > 4 * slow and 2 <= background <= elapsed / (2 * slow) + 2, (background, elapsed)
+
+
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
     engine = FaceEngine(tiny_model).detect_in_background()
 
@@ -106,3 +133,55 @@ def test_small_faces_a_40_px_face_in_a_photo_and_a_48_px_face_in_video_within_on
     face = face_box_crop()
     assert len(FaceEngine(tiny_model).process_image(frame_with_face(face, 40))) == 1
     assert video_found(face, 48, DEFAULT_DETECT_WIDTH)
+
+
+def _numbered_video(path, frames: int = 12) -> str:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120))
+    for i in range(frames):
+        writer.write(np.full((120, 160, 3), 10 + 20 * i, np.uint8))
+    writer.release()
+    return str(path)
+
+
+class ThreadNotingCapture:
+    """A VideoCapture that notes which thread each read ran on, and raises at frame ``fail_at``."""
+
+    def __init__(self, cap, fail_at: int | None = None) -> None:
+        self.cap, self.fail_at, self.threads = cap, fail_at, []
+
+    def read(self):
+        self.threads.append(threading.current_thread().name)
+        if self.fail_at is not None and len(self.threads) > self.fail_at:
+            raise RuntimeError("decoder broke")
+        return self.cap.read()
+
+    def __getattr__(self, name):
+        return getattr(self.cap, name)
+
+
+def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tmp_path):
+    from fer_runtime.sources import VideoSource
+
+    path = _numbered_video(tmp_path / "n.mp4")
+    inline = [f.image for f in VideoSource(path, prefetch=0)]
+    source = VideoSource(path)
+    source.cap = capture = ThreadNotingCapture(source.cap)
+    ahead = list(source)
+    source.close()
+    assert len(ahead) == len(inline) == 12 and [f.index for f in ahead] == list(range(12))
+    assert all(np.array_equal(a.image, b) for a, b in zip(ahead, inline))
+    assert set(capture.threads) == {"fer-decode"}
+
+    # a run that stops early (--max-frames, Ctrl-C) ends the reader, which waits on a full queue
+    source = VideoSource(path, prefetch=2)
+    frames = iter(source)
+    next(frames)
+    source.close()
+    assert not source._reader.is_alive()
+
+    # an error in decoding ends the run in the frame loop, not silently in the thread
+    source = VideoSource(path)
+    source.cap = ThreadNotingCapture(source.cap, fail_at=5)
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        list(source)
+    source.close()

@@ -309,6 +309,18 @@ def test_faces_are_followed_between_detections_and_match_every_frame_detection(t
     assert cmp["reference_faces"] >= 40 and cmp["recall"] >= 0.98 and cmp["mean_iou"] >= 0.8
 
 
+def test_the_pipeline_report_reads_quality_at_full_speed_and_at_the_clips_own_frame_rate(tiny_model, moving_face_video):
+    from benchmarks.pipeline import _run, pipeline_report
+
+    paced_stats, _ = _run(tiny_model, str(moving_face_video), 8, paced=True)
+    assert paced_stats["frames"] == 48 and paced_stats["seconds"] >= 47 / 24, paced_stats["seconds"]  # the clip is 24 FPS
+    report = pipeline_report(tiny_model, str(moving_face_video))
+    for run in (report, report["at_clip_rate"], report["before_issue_48"], report["before_issue_48"]["at_clip_rate"]):
+        a = run["against_every_frame_detection"]
+        assert run["frames"] == 48 and a["reference_faces"] >= 40 and a["recall"] >= 0.95 and a["mean_iou"] >= 0.8, a
+    assert report["fps"] > report["at_clip_rate"]["fps"] and report["at_clip_rate"]["fps"] <= 25
+
+
 def test_a_face_one_detection_misses_is_kept_while_followed_and_dropped_once_gone(tiny_model, astronaut):
     """Haar misses a face on one frame and finds it on the next: the followed face stays; a face that left goes."""
     from fer_runtime.detect import Detection
