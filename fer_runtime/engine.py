@@ -4,7 +4,6 @@ batch, track and smooth."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,6 @@ DEFAULT_MODEL = "ferplus"
 DEFAULT_DETECT_EVERY = 8
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
-# The background detector then rests at least as long as its last detection took, so it takes at most half a core
-# however fast frames come: a video read at full speed leaves the rest to decoding and the frame loop (issue 48:
-# moving_face.mp4 597-700 FPS against 559-624 without it). At a camera's 30 FPS the eight-frame rest is longer anyway.
-DETECT_REST_FACTOR = 1.0
 SAME_FACE_IOU = 0.3
 # A photo is searched on a copy this wide (a 640x480 one at full size): it finds a 40-pixel face; video at --detect-width
 PHOTO_DETECT_WIDTH = 640
@@ -129,7 +124,6 @@ class FaceEngine:
         self._background: BackgroundDetector | None = None  # detect_in_background()
         self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
         self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
-        self._rest_until = 0.0  # perf_counter time before which no detection is due (DETECT_REST_FACTOR)
 
     def detect_in_background(self) -> FaceEngine:
         """Video and cameras: full detection on a thread of its own (fer-run's default), so that no frame but the first
@@ -199,8 +193,7 @@ class FaceEngine:
             self.timer.samples["background"].append(done.seconds)
             self._adopt(*done.tag, done.detections, gray)
             self._submitted = self._frame_index  # counted from here
-            self._rest_until = time.perf_counter() + DETECT_REST_FACTOR * done.seconds
-        due = self._frame_index - self._submitted >= self.detect_every and time.perf_counter() >= self._rest_until
+        due = self._frame_index - self._submitted >= self.detect_every
         if not background.busy and (lost or not self._followers or due):
             background.submit((gray, list(zip(self._followers, [d.box for d in self._last_detections]))), frame)
             self._submitted, self._since = self._frame_index, []

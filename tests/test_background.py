@@ -4,7 +4,6 @@ adopted on the frame where it finishes, followed there from the frame it ran on.
 from __future__ import annotations
 
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -77,32 +76,6 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     # B was found on frame 4 (the first due after frame 0) and is followed from there to where it is now, on frame 20
     assert len(seen[20]) == 2 and abs(seen[20][1] - (500 - 4 * 20)) < 6, seen[20]
     assert all(len(s) == 2 for s in seen[20:]), seen
-
-
-def test_the_background_detector_rests_as_long_as_a_detection_takes_so_it_keeps_to_half_a_core(tiny_model, face):
-    """Frames far faster than a detection (a video read at full speed): the detector works at most half the time."""
-    engine = FaceEngine(tiny_model, detect_every=2).detect_in_background()
-    detector = HeldDetector()
-    detector.release.set()
-    slow = 0.05
-
-    def slow_detector(image):
-        time.sleep(slow)
-        return detector(image)
-
-    engine.detector = engine._background.detector = slow_detector
-    images = [frame(face, i, with_b=False) for i in range(40)]
-    for image, truth in images:
-        detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
-    start = time.perf_counter()
-    try:
-        for i in range(1200):
-            engine.process_frame(images[i % 40][0] if (i // 40) % 2 == 0 else images[39 - i % 40][0])
-    finally:
-        engine.close()
-    elapsed = time.perf_counter() - start
-    background = len(detector.calls) - 1  # the first frame's detection is on the frame loop
-    assert elapsed > 4 * slow and 2 <= background <= elapsed / (2 * slow) + 2, (background, elapsed)
 
 
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
