@@ -183,10 +183,10 @@ def _run(cfg: RunConfig) -> int:
     engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
                         detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
                         prior=cfg.prior)
-    if cfg.background_detection:
-        engine.detect_in_background()
     src = _open(camera, source, default_camera, cfg.reconnect)
     _check_source(src, cfg)
+    if cfg.background_detection and not getattr(src, "independent", False):
+        engine.detect_in_background()
     if engine.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(engine.model.provider)}", err=True)
     with sigterm_as_interrupt():  # the video is finalised and the JSONL complete

@@ -4,6 +4,7 @@ batch, track and smooth."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,14 @@ PHOTO_DETECT_WIDTH = 640
 # One ONNX Runtime thread for the frame loop: with more, ORT's idle workers spin on the core that OpenCV
 # decodes and detects on (moving_face.mp4, 2-core EPYC: capture p50 1.07 -> 0.22 ms, 255 -> 382 FPS).
 DEFAULT_THREADS = 1
+
+
+def opencv_threads_beside_a_stream() -> int:
+    """OpenCV's worker threads (process-wide) while a stream runs with background detection: the cores the frame loop
+    and the video decoder leave, one at least. On two cores, detection, decoding and the frame loop then take a core's
+    share each instead of all fanning out over the same two (issue 48)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 2)
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:
@@ -124,21 +133,24 @@ class FaceEngine:
         self._background: BackgroundDetector | None = None  # detect_in_background()
         self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
         self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
+        self._opencv_threads: int | None = None  # OpenCV's thread count before detect_in_background, given back on close
 
     def detect_in_background(self) -> FaceEngine:
         """Video and cameras: full detection on a thread of its own (fer-run's default), so that no frame but the first
         waits for it (``_follow_and_adopt``); with ``detect_every=1`` detection stays on every frame. Returns the engine."""
         if self.detect_every > 1 and self._background is None:
             self._background = BackgroundDetector(self.detector)
-            # OpenCV's worker pool (process-wide) down to one thread: the detection, the video decoder and the frame
-            # loop then take a core's share each instead of fanning out over the same two (issue 48)
-            cv2.setNumThreads(1)
+            self._opencv_threads = cv2.getNumThreads()
+            cv2.setNumThreads(opencv_threads_beside_a_stream())
         return self
 
     def close(self) -> None:
-        """Stops the background detection's thread (a stream's engine; nothing to do otherwise)."""
+        """Stops the background detection's thread and gives OpenCV back its thread count (a stream's engine)."""
         if self._background is not None:
             self._background.close()
+        if self._opencv_threads is not None:
+            cv2.setNumThreads(self._opencv_threads)
+            self._opencv_threads = None
 
     def crop_probabilities(self, crops: list[np.ndarray]) -> np.ndarray:
         """Face crops (BGR or gray uint8, any size) -> probabilities, one row per crop, in contract class order."""

@@ -69,11 +69,57 @@ class ImageSource:
 # costs about 1 ms on a 2-core EPYC, half of a 500 FPS frame, and overlaps the frame loop there (issue 48).
 PREFETCH_FRAMES = 4
 _END = object()
+_WAIT_S = 0.1  # how often a thread waiting on the queue looks whether it should stop
+JOIN_S = 5.0  # how long closing waits for the decoder to stop (a read in progress finishes first)
+
+
+class _DecodeAhead:
+    """One pass over a video's frames, decoded on a thread of its own into a queue of ``size``; ``end`` stops it."""
+
+    def __init__(self, frames: Callable[[threading.Event], Iterator[Frame]], size: int) -> None:
+        self.ready: queue.Queue = queue.Queue(maxsize=size)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(frames,), name="fer-decode", daemon=True)
+        self.thread.start()
+
+    def _work(self, frames: Callable[[threading.Event], Iterator[Frame]]) -> None:
+        try:
+            for frame in frames(self.stop):
+                if not self._put(frame):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - raised in the frame loop, where the run ends
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=_WAIT_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self, closed: threading.Event):
+        """The next frame, the error that ended decoding, or _END (the video's end, or the source closed meanwhile)."""
+        while True:
+            try:
+                return self.ready.get(timeout=_WAIT_S)
+            except queue.Empty:
+                if closed.is_set() or not self.thread.is_alive():
+                    try:
+                        return self.ready.get_nowait()  # what the reader put just before it ended
+                    except queue.Empty:
+                        return _END
+
+    def end(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=JOIN_S)
 
 
 class VideoSource:
     """A video file: every frame is kept, in order, decoded up to ``prefetch`` frames ahead on a thread of its own
-    (``prefetch=0``: on the caller's)."""
+    (``prefetch=0``: on the caller's). The capture is read by one thread at a time and never released mid-read."""
 
     independent = False
     timeline = True  # frame timestamps are positions in the file: a window plays them at the file's frame rate
@@ -86,65 +132,61 @@ class VideoSource:
         self.lost = False
         self.unread = 0  # frames the container lists that were never reached (a truncated or damaged tail)
         self.prefetch = prefetch
-        self._stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._tail = 0  # ``unread`` as the decoder found it at the end, taken once the frame loop gets there
+        self._closed = threading.Event()
+        self._capture = threading.Lock()
+        self._ahead: _DecodeAhead | None = None
 
     def __iter__(self) -> Iterator[Frame]:
+        if self._ahead is not None:
+            self._ahead.end()  # a pass left unfinished stops reading before this one starts
         if not self.prefetch:
-            yield from self._decode()
+            yield from self._decode(self._closed)
+            self.unread = self._tail
             return
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        self._reader = threading.Thread(target=self._decode_ahead, args=(ready,), name="fer-decode", daemon=True)
-        self._reader.start()
-        while (item := ready.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def _decode_ahead(self, ready: queue.Queue) -> None:
-        """The reader thread: frames (then _END, or the error that stopped it) into ``ready``, until ``close``."""
+        ahead = self._ahead = _DecodeAhead(self._decode, self.prefetch)
         try:
-            for frame in self._decode():
-                if not self._put(ready, frame):
-                    return
-            self._put(ready, _END)
-        except BaseException as exc:  # noqa: BLE001 - raised in the frame loop, where the run ends
-            self._put(ready, exc)
+            while (item := ahead.next(self._closed)) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            if not self._closed.is_set():
+                self.unread = self._tail
+        finally:
+            ahead.end()
 
-    def _put(self, ready: queue.Queue, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _decode(self) -> Iterator[Frame]:
+    def _decode(self, stop: threading.Event) -> Iterator[Frame]:
         """Every frame; one that does not decode comes as ``image=None`` (counted, skipped) and the video goes on."""
         total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         i = failures = 0
-        while not self._stop.is_set():
-            ok, img = self.cap.read()
+        while not stop.is_set() and not self._closed.is_set():
+            with self._capture:
+                if self._closed.is_set():
+                    return
+                ok, img = self.cap.read()
             if not ok or img is None or not img.size:
                 # OpenCV stops at a damaged frame; the container may still hold good ones after it
                 failures += 1
                 if i >= total - 1 or failures > MAX_BAD_FRAMES:
-                    self.unread = max(0, total - i)
+                    self._tail = max(0, total - i)
                     return
                 yield Frame(i, i / self.fps, None)
                 i += 1
-                self.cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+                with self._capture:
+                    if self._closed.is_set():
+                        return
+                    self.cap.set(cv2.CAP_PROP_POS_FRAMES, i)
                 continue
             failures = 0
             yield Frame(i, i / self.fps, img)
             i += 1
 
     def close(self) -> None:
-        self._stop.set()
-        if self._reader is not None:
-            self._reader.join(timeout=5.0)
-        self.cap.release()
+        self._closed.set()
+        if self._ahead is not None:
+            self._ahead.end()
+        with self._capture:  # after a read in progress, never during it
+            self.cap.release()
 
 
 DEFAULT_RECONNECT_S = 30.0  # how long a dropped camera or stream is reopened before the run ends (--reconnect)

@@ -4,6 +4,7 @@ adopted on the frame where it finishes, followed there from the frame it ran on.
 from __future__ import annotations
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -117,22 +118,34 @@ def _numbered_video(path, frames: int = 12) -> str:
 
 
 class ThreadNotingCapture:
-    """A VideoCapture that notes which thread each read ran on, and raises at frame ``fail_at``."""
+    """A VideoCapture that notes which thread each read ran on, takes ``delay`` seconds a read, raises at frame
+    ``fail_at``, and notes whether it was released in the middle of a read."""
 
-    def __init__(self, cap, fail_at: int | None = None) -> None:
-        self.cap, self.fail_at, self.threads = cap, fail_at, []
+    def __init__(self, cap, fail_at: int | None = None, delay: float = 0.0) -> None:
+        self.cap, self.fail_at, self.delay, self.threads = cap, fail_at, delay, []
+        self.reading = self.released_mid_read = False
 
     def read(self):
-        self.threads.append(threading.current_thread().name)
-        if self.fail_at is not None and len(self.threads) > self.fail_at:
-            raise RuntimeError("decoder broke")
-        return self.cap.read()
+        self.reading = True
+        try:
+            self.threads.append(threading.current_thread().name)
+            if self.fail_at is not None and len(self.threads) > self.fail_at:
+                raise RuntimeError("decoder broke")
+            time.sleep(self.delay)
+            return self.cap.read()
+        finally:
+            self.reading = False
+
+    def release(self):
+        self.released_mid_read = self.reading
+        self.cap.release()
 
     def __getattr__(self, name):
         return getattr(self.cap, name)
 
 
-def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tmp_path):
+def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tmp_path, monkeypatch):
+    from fer_runtime import sources
     from fer_runtime.sources import VideoSource
 
     path = _numbered_video(tmp_path / "n.mp4")
@@ -145,12 +158,30 @@ def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tm
     assert all(np.array_equal(a.image, b) for a, b in zip(ahead, inline))
     assert set(capture.threads) == {"fer-decode"}
 
-    # a run that stops early (--max-frames, Ctrl-C) ends the reader, which waits on a full queue
+    # a run that stops early (--max-frames, Ctrl-C) ends the reader, which waits on a full queue; so does a loop
+    # that stops taking frames without closing the source
     source = VideoSource(path, prefetch=2)
     frames = iter(source)
     next(frames)
     source.close()
-    assert not source._reader.is_alive()
+    assert not source._ahead.thread.is_alive()
+    source = VideoSource(path, prefetch=2)
+    frames = iter(source)
+    next(frames)
+    frames.close()
+    assert not source._ahead.thread.is_alive()
+    source.close()
+
+    # closed from another thread while the frame loop waits for a frame: the loop ends, and the capture is released
+    # after the read in progress, not during it
+    monkeypatch.setattr(sources, "JOIN_S", 0.05)  # closing gives up waiting for the decoder mid-read
+    source = VideoSource(path)
+    source.cap = capture = ThreadNotingCapture(source.cap, delay=0.3)
+    done = threading.Event()
+    threading.Thread(target=lambda: (list(source), done.set()), daemon=True).start()
+    time.sleep(0.1)
+    source.close()
+    assert done.wait(2.0) and capture.threads and not capture.released_mid_read
 
     # an error in decoding ends the run in the frame loop, not silently in the thread
     source = VideoSource(path)
@@ -158,3 +189,28 @@ def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tm
     with pytest.raises(RuntimeError, match="decoder broke"):
         list(source)
     source.close()
+
+
+def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream_ends(tiny_model, face, tmp_path,
+                                                                                    monkeypatch):
+    from fer_runtime import engine as engine_module
+
+    before = cv2.getNumThreads()
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    engine = FaceEngine(tiny_model).detect_in_background()
+    assert cv2.getNumThreads() == 1  # two cores: the detection keeps to the one the frame loop and decoder leave
+    engine.close()
+    assert cv2.getNumThreads() == before
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert engine_module.opencv_threads_beside_a_stream() == 6
+
+    seen = []
+    real = FaceEngine.detect_in_background
+    monkeypatch.setattr(FaceEngine, "detect_in_background", lambda self: seen.append(1) or real(self))
+    from click.testing import CliRunner
+
+    from fer_runtime.cli import main as run_main
+
+    cv2.imwrite(str(tmp_path / "face.png"), face)
+    r = CliRunner().invoke(run_main, ["--model", str(tiny_model), "--source", str(tmp_path / "face.png"), "--no-display"])
+    assert r.exit_code == 0 and not seen, r.output  # a photo: detection on the call, OpenCV untouched
