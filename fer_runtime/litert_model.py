@@ -6,6 +6,7 @@ known in advance.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ class LiteRtModel(ModelBackend):
 
     The input may be N x C x H x W (litert-torch's files) or N x H x W x C; an integer input and output (full-integer
     INT8) are quantized and dequantized here with the file's own scale and zero point. ``threads``: the interpreter's
-    threads (0: one per core)."""
+    threads (0: one per core). Calls from several threads take turns: the interpreter holds one input and output."""
 
     suffixes = (".tflite",)
 
@@ -83,15 +84,17 @@ class LiteRtModel(ModelBackend):
             raise ContractError(f"{self.path}: the input is {list(self._in['shape'])}, not an image of the contract's "
                                 f"{c.channels} x {list(c.input_size)}")
         self.channels_last = shape != (c.channels, *c.input_size)
+        self._turn = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 N x C x H x W -> raw outputs N x K, one interpreter call per image."""
         out = []
         for x in batch:
             x = x.transpose(1, 2, 0) if self.channels_last else x
-            self.interpreter.set_tensor(self._in["index"], _quantized(x[None], self._in))
-            self.interpreter.invoke()
-            out.append(_dequantized(self.interpreter.get_tensor(self._out["index"])[0], self._out))
+            with self._turn:
+                self.interpreter.set_tensor(self._in["index"], _quantized(x[None], self._in))
+                self.interpreter.invoke()
+                out.append(_dequantized(self.interpreter.get_tensor(self._out["index"])[0], self._out))
         return np.stack(out) if out else np.zeros((0, self.contract.num_classes), np.float32)
 
 

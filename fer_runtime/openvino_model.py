@@ -4,6 +4,7 @@ OpenVINO on the CPU (``pip install 'fer-toolchain[openvino]'``). ``fer-export --
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ def read_ir_contract(model, path: Path) -> ModelContract:
 
 class OpenVinoModel(ModelBackend):
     """An OpenVINO IR classifier, compiled for the CPU in fp32 (no bf16 or fp16 hint: the ONNX file's arithmetic), with
-    a dynamic batch as exported. ``threads``: OpenVINO's inference threads (0: its default)."""
+    a dynamic batch as exported. ``threads``: OpenVINO's inference threads (0: its default). Each calling thread runs
+    its own infer request: one request shared by threads hands them each other's outputs."""
 
     suffixes = (".xml",)
 
@@ -51,7 +53,7 @@ class OpenVinoModel(ModelBackend):
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self._requests = threading.local()
         self._check_output()
 
     def _check_output(self) -> None:
@@ -72,4 +74,7 @@ class OpenVinoModel(ModelBackend):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 N x C x H x W -> raw outputs (logits or probabilities per the contract)."""
-        return self.request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        return request.infer({0: np.ascontiguousarray(batch, np.float32)})[0].copy()
