@@ -173,8 +173,9 @@ def test_an_openvino_model_may_be_shared_by_threads(tmp_path):
     fast for calls to overlap."""
     import threading
 
-    from fer_export.openvino_export import ir_from_onnx
     from fer_models import MODELS_DIR
+
+    from fer_export.openvino_export import ir_from_onnx
 
     model = load_model(ir_from_onnx(MODELS_DIR / "ferplus.int8.onnx", tmp_path / "ferplus.int8.xml"), threads=1)
     rng = np.random.default_rng(0)
