@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from fer_export.onnx_export import ExportError
 from fer_runtime.contract import METADATA_KEY, ModelContract, read_onnx_contract
+from fer_runtime.errors import first_line
 from fer_runtime.litert_model import with_metadata
 from fer_runtime.outputs import atomic_path
 from fer_runtime.providers import captured_stderr
@@ -54,8 +55,7 @@ def tflite_from_onnx(fp32_onnx: Path, path: Path, int8_onnx: Path | None = None,
                 edge = _convert_int8(model.eval(), contract, fp32_onnx, int8_onnx, calibration)
             content = edge.model_content()
     except Exception as exc:  # the converter raises many types, with the whole graph in the message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"--format tflite: litert-torch cannot convert {fp32_onnx.name}: {first[:300]}") from None
+        raise ExportError(f"--format tflite: litert-torch cannot convert {fp32_onnx.name}: {first_line(exc, 300)}") from None
     carried = read_onnx_contract(int8_onnx or fp32_onnx)
     with atomic_path(path) as tmp:
         tmp.write_bytes(with_metadata(content, METADATA_KEY, carried.to_json().encode()))

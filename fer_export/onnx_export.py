@@ -12,7 +12,7 @@ from torch import nn
 
 from fer_runtime.backends import load_model
 from fer_runtime.contract import METADATA_KEY, ModelContract
-from fer_runtime.errors import FerError
+from fer_runtime.errors import FerError, first_line
 from fer_runtime.outputs import atomic_path
 
 MIN_AGREEMENT = 0.999
@@ -50,8 +50,7 @@ def export_onnx(model: nn.Module, contract: ModelContract, path: str | Path, ops
                     dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
                 )
             except Exception as exc:  # the exporter raises many types, with the whole graph in the message
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ExportError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
+                raise ExportError(f"ONNX export of {type(model).__name__} failed: {first_line(exc, 300)}") from None
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         set_contract(proto, contract.replace(output="logits", layers=special_layers(model, proto)))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fer_export.onnx_export import ExportError
 from fer_runtime.contract import METADATA_KEY, read_onnx_contract
+from fer_runtime.errors import first_line
 from fer_runtime.openvino_model import import_openvino
 
 
@@ -16,8 +17,7 @@ def ir_from_onnx(onnx_path: Path, xml_path: Path) -> Path:
     try:
         model = ov.Core().read_model(str(onnx_path))
     except Exception as exc:  # OpenVINO raises its own exception types for unsupported graphs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"--format openvino: OpenVINO cannot convert {onnx_path.name}: {first[:300]}") from None
+        raise ExportError(f"--format openvino: OpenVINO cannot convert {onnx_path.name}: {first_line(exc, 300)}") from None
     model.set_rt_info(read_onnx_contract(onnx_path).to_json(), METADATA_KEY)
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path

@@ -132,7 +132,7 @@ class FaceEngine:
         self._detect_next = False
         self._background: BackgroundDetector | None = None  # detect_in_background()
         self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
-        self._since: list[np.ndarray] = []  # the gray frames since then, to follow a face it finds up to the present
+        self._since: list[np.ndarray] = []  # the gray frames since it was handed one, to follow a face it finds to now
         self._opencv_threads: int | None = None  # OpenCV's thread count before detect_in_background, given back on close
 
     def detect_in_background(self) -> FaceEngine:
@@ -199,7 +199,8 @@ class FaceEngine:
                 followed.append((follower, _moved(det, box)))
         self._followers, self._last_detections = [f for f, _ in followed], [d for _, d in followed]
         background = self._background
-        self._since.append(gray)
+        if background.busy:  # a frame the running detection's new faces are followed over, once it finishes
+            self._since.append(gray)
         done = background.take()
         if done is not None:
             self.timer.samples["background"].append(done.seconds)

@@ -18,6 +18,13 @@ from pathlib import Path
 EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """What an exception says, in one line for the user: its first line, cut at ``limit`` characters (converters and
+    runtimes put whole graphs in their messages), or its type where it says nothing."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class FerError(Exception):
     """A problem the user can fix: bad input, a missing file, an unwritable folder."""
 

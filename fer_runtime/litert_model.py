@@ -13,6 +13,7 @@ import numpy as np
 
 from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
 from fer_runtime.decision import prior_correction_for
+from fer_runtime.errors import first_line
 from fer_runtime.model import ModelBackend, cpu_runtime, import_runtime
 from fer_runtime.providers import ProviderChoice, captured_stderr
 
@@ -77,7 +78,7 @@ class LiteRtModel(ModelBackend):
                 self.interpreter = litert.Interpreter(model_path=str(self.path), num_threads=threads or None)
                 self.interpreter.allocate_tensors()
             except (RuntimeError, ValueError) as exc:
-                raise ContractError(f"{self.path} is not a readable TFLite model: {str(exc).splitlines()[0][:200]}") from None
+                raise ContractError(f"{self.path} is not a readable TFLite model: {first_line(exc)}") from None
         self._in, self._out = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
         shape, c = tuple(self._in["shape"][1:]), self.contract
         if shape not in ((c.channels, *c.input_size), (*c.input_size, c.channels)):

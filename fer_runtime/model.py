@@ -9,13 +9,15 @@ the backend for a file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from fer_runtime.contract import ModelContract
+from fer_runtime.contract import ContractError, ModelContract
 from fer_runtime.decision import decision_probabilities
+from fer_runtime.errors import first_line
 from fer_runtime.providers import CPU, ProviderChoice, ProviderError
 
 # what a backend that runs on the CPU only reports as its provider
@@ -41,6 +43,19 @@ def cpu_runtime(runtime: str, provider: str | ProviderChoice | None, suffix: str
         raise ProviderError(f"--provider {request}: a {suffix} file runs on {runtime} (auto or cpu); use the .onnx "
                             "file for ONNX Runtime's providers")
     return ProviderChoice(request, (CPU,), f"chosen by the file ({suffix})", runtime=runtime)
+
+
+def check_output_by_running(run: Callable[[np.ndarray], np.ndarray], contract: ModelContract, path: Path) -> None:
+    """One blank image through ``run`` (normalised N x C x H x W -> raw outputs): the model runs on the contract's input
+    and gives one output per contract class."""
+    x = np.zeros((1, contract.channels, *contract.input_size), np.float32)
+    try:
+        out = run(x)
+    except Exception as exc:  # the runtimes raise several unrelated types
+        raise ContractError(f"{path} does not run on a {contract.input_size} input: {first_line(exc)}") from None
+    if out.ndim != 2 or out.shape[1] != contract.num_classes:
+        raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the model gives "
+                            f"{out.shape} outputs")
 
 
 class ModelBackend(ABC):

@@ -11,7 +11,8 @@ import numpy as np
 
 from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
 from fer_runtime.decision import prior_correction_for
-from fer_runtime.model import ModelBackend, cpu_runtime, import_runtime
+from fer_runtime.errors import first_line
+from fer_runtime.model import ModelBackend, check_output_by_running, cpu_runtime, import_runtime
 from fer_runtime.providers import ProviderChoice
 
 
@@ -46,7 +47,7 @@ class OpenVinoModel(ModelBackend):
         try:
             model = core.read_model(str(self.path))
         except RuntimeError as exc:
-            raise ContractError(f"{self.path} is not a readable OpenVINO IR: {str(exc).splitlines()[0][:200]}") from None
+            raise ContractError(f"{self.path} is not a readable OpenVINO IR: {first_line(exc)}") from None
         self.contract = read_ir_contract(model, self.path)
         self.prior_correction = prior_correction_for(self.contract, prior)
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -54,18 +55,7 @@ class OpenVinoModel(ModelBackend):
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
         self._requests = threading.local()
-        self._check_output()
-
-    def _check_output(self) -> None:
-        x = np.zeros((1, self.contract.channels, *self.contract.input_size), np.float32)
-        try:
-            out = self.run(x)
-        except RuntimeError as exc:
-            raise ContractError(f"{self.path} does not run on a {self.contract.input_size} input: "
-                                f"{str(exc).splitlines()[0][:200]}") from None
-        if out.shape != (1, self.contract.num_classes):
-            raise ContractError(f"{self.path}: contract classes lists {self.contract.num_classes} classes but the model "
-                                f"gives {out.shape} outputs")
+        check_output_by_running(self.run, self.contract, self.path)
 
     def size_bytes(self) -> int:
         """The .xml and the .bin of weights beside it."""

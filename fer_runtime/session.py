@@ -8,7 +8,8 @@ import numpy as np
 
 from fer_runtime.contract import ContractError, ModelContract, contract_from_session
 from fer_runtime.decision import prior_correction_for
-from fer_runtime.model import ModelBackend
+from fer_runtime.errors import first_line
+from fer_runtime.model import ModelBackend, check_output_by_running
 from fer_runtime.providers import CPU, ProviderChoice, captured_stderr, check_started, import_onnxruntime, resolve
 
 # ORT moves an INT8 model's first QuantizeLinear above a max pool that follows a float first conv, so
@@ -50,7 +51,7 @@ class OnnxModel(ModelBackend):
                 self.session = ort.InferenceSession(str(self.path), options, providers=list(choice.providers),
                                                     disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
-            raise ContractError(f"{self.path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
+            raise ContractError(f"{self.path} is not a readable ONNX model: {first_line(exc)}") from None
         self.provider = check_started(choice, self.session.get_providers(), "".join(log))
         self.contract: ModelContract = contract_from_session(self.session, self.path)
         check_graph(self.session, self.contract, self.path)
@@ -96,16 +97,5 @@ def check_graph(session, contract: ModelContract, path: Path) -> None:
         raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives {out[1]} "
                             "outputs")
     if not isinstance(out[1], int):
-        _check_output_by_running(session, contract, path)
-
-
-def _check_output_by_running(session, contract: ModelContract, path: Path) -> None:
-    """A graph whose class count is not static: one blank image tells it (the input is bounded by the contract)."""
-    x = np.zeros((1, contract.channels, *contract.input_size), np.float32)
-    try:
-        out = session.run(None, {session.get_inputs()[0].name: x})[0]
-    except Exception as exc:  # onnxruntime raises several unrelated types
-        raise ContractError(f"{path} does not run on a {contract.input_size} input: {str(exc).splitlines()[0][:200]}") from None
-    if out.ndim != 2 or out.shape[1] != contract.num_classes:
-        raise ContractError(f"{path}: contract classes lists {contract.num_classes} classes but the graph gives "
-                            f"{out.shape} outputs")
+        # a graph whose class count is not static: one blank image tells it (the input is bounded by the contract)
+        check_output_by_running(lambda x: session.run(None, {session.get_inputs()[0].name: x})[0], contract, path)

@@ -159,11 +159,8 @@ class VideoSource:
         """Every frame; one that does not decode comes as ``image=None`` (counted, skipped) and the video goes on."""
         total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         i = failures = 0
-        while not stop.is_set() and not self._closed.is_set():
-            with self._capture:
-                if self._closed.is_set():
-                    return
-                ok, img = self.cap.read()
+        while not stop.is_set() and (read := self._with_capture(lambda cap: cap.read())) is not None:
+            ok, img = read
             if not ok or img is None or not img.size:
                 # OpenCV stops at a damaged frame; the container may still hold good ones after it
                 failures += 1
@@ -172,14 +169,17 @@ class VideoSource:
                     return
                 yield Frame(i, i / self.fps, None)
                 i += 1
-                with self._capture:
-                    if self._closed.is_set():
-                        return
-                    self.cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+                if self._with_capture(lambda cap, i=i: cap.set(cv2.CAP_PROP_POS_FRAMES, i)) is None:
+                    return
                 continue
             failures = 0
             yield Frame(i, i / self.fps, img)
             i += 1
+
+    def _with_capture(self, call: Callable):
+        """``call(capture)``, or None once the source is closed: never while ``close`` releases the capture."""
+        with self._capture:
+            return None if self._closed.is_set() else call(self.cap)
 
     def close(self) -> None:
         self._closed.set()
