@@ -3,7 +3,7 @@ between detections match detection on every frame (recall, box IoU, frames until
 p50 and p95; the same with detection on the frame (``--no-background-detection``, how fer-run ran before) beside it.
 
 Frames go as fast as they are processed (the speed a slower CPU would have at a camera's rate), and then again at the
-clip's own frame rate, as a camera gives them: a background detection spans 15 to 25 frames at full speed here, less
+clip's own frame rate, as a camera gives them: a background detection spans 19 to 30 frames at full speed here, less
 than one at 30 FPS, so how soon a new face is picked up is read at the clip's rate."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
-from fer_runtime.sources import SourceError, open_source
+from fer_runtime.sources import PREFETCH_FRAMES, SourceError, open_source
 from fer_runtime.track import iou
 
 MATCH_IOU = 0.5
@@ -47,8 +47,8 @@ class Paced:
 def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu",
          background: bool = True, detect_width: int = DEFAULT_DETECT_WIDTH, paced: bool = False
          ) -> tuple[dict, list[list[tuple]]]:
-    try:
-        source = open_source(source=video)
+    try:  # before issue 48 (no background detection) the video was decoded on the frame loop too
+        source = open_source(source=video, prefetch=PREFETCH_FRAMES if background else 0)
     except SourceError as exc:
         raise DataError(str(exc)) from None
     engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
@@ -56,8 +56,6 @@ def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | 
         engine.detect_in_background()
     if not background or detect_every == 1:  # detection on the frame: OpenCV at its own thread count
         cv2.setNumThreads(-1)
-    if not background:  # as fer-run ran before issue 48: the video decoded on the frame loop too
-        source.prefetch = 0
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
         try:

@@ -2,7 +2,7 @@
 
 The frame loop hands a frame over when the thread is idle (``submit``) and takes the faces found whenever they are
 ready (``take``); in between it follows the faces it has. OpenCV and ONNX Runtime release the GIL while they work, so
-the detection runs beside the frame loop on a second core.
+the detection runs beside the frame loop, on a core other than the frame loop's where there are two (``cores.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fer_runtime.cores import keep_off_frame_core
 
 
 @dataclass
@@ -64,6 +66,7 @@ class BackgroundDetector:
         return Finished(tag, detections, seconds)
 
     def _work(self) -> None:
+        keep_off_frame_core()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._job is not None or self._closed)

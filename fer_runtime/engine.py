@@ -149,6 +149,9 @@ class FaceEngine:
         if self._background is not None:
             self._background.close()
         if self._opencv_threads is not None:
+            # through one thread, so the worker pool is made again from the next thread that needs it: the detection
+            # thread may have made it, kept off the frame loop's core (fer_runtime/cores.py)
+            cv2.setNumThreads(1)
             cv2.setNumThreads(self._opencv_threads)
             self._opencv_threads = None
 

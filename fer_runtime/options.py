@@ -234,6 +234,12 @@ class FerCommand(click.Command):
         except (click.Abort, KeyboardInterrupt):
             click.echo(f"{self.name}: interrupted", err=True)
             code = EXIT_INTERRUPTED
+        except SystemError as exc:
+            # a signal's KeyboardInterrupt raised while a builtin ran (os.fspath) comes out as this error, caused by it
+            if not isinstance(exc.__cause__, KeyboardInterrupt):
+                raise
+            click.echo(f"{self.name}: interrupted", err=True)
+            code = EXIT_INTERRUPTED
         except OSError as exc:  # a disk that fills, a folder that vanishes mid-run: one line, not a traceback
             error = os_error(exc)
             click.echo(f"{self.name}: error: {error}", err=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_runtime.cores import keep_off_frame_core, made_off_frame_core
 from fer_runtime.data import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageTooLarge, read_image
 from fer_runtime.errors import FerError
 
@@ -83,6 +84,7 @@ class _DecodeAhead:
         self.thread.start()
 
     def _work(self, frames: Callable[[threading.Event], Iterator[Frame]]) -> None:
+        keep_off_frame_core()
         try:
             for frame in frames(self.stop):
                 if not self._put(frame):
@@ -119,13 +121,14 @@ class _DecodeAhead:
 
 class VideoSource:
     """A video file: every frame is kept, in order, decoded up to ``prefetch`` frames ahead on a thread of its own
-    (``prefetch=0``: on the caller's). The capture is read by one thread at a time and never released mid-read."""
+    (``prefetch=0``: on the caller's), which with FFmpeg's threads keeps off the frame loop's core (``cores.py``). The
+    capture is read by one thread at a time and never released mid-read."""
 
     independent = False
     timeline = True  # frame timestamps are positions in the file: a window plays them at the file's frame rate
 
     def __init__(self, path: str, prefetch: int = PREFETCH_FRAMES):
-        self.cap = cv2.VideoCapture(path)
+        self.cap = made_off_frame_core(lambda: cv2.VideoCapture(path)) if prefetch else cv2.VideoCapture(path)
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video {path}: not a video OpenCV can read")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 30.0
@@ -210,7 +213,7 @@ class LiveSource:
         self.factory = capture_factory
         self.reconnect = reconnect
         self.retry_wait = retry_wait
-        self.cap = capture_factory(target)
+        self.cap = made_off_frame_core(lambda: capture_factory(target))
         if not self.cap.isOpened():
             if isinstance(target, int):
                 raise SourceError(
@@ -231,6 +234,7 @@ class LiveSource:
         self._thread.start()
 
     def _reader(self) -> None:
+        keep_off_frame_core()
         try:
             self._read_until_lost()
         except Exception:  # noqa: BLE001 - a capture that raises as it is reopened is a source lost, not a hung run
@@ -298,7 +302,8 @@ def folder_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
 
 
 def open_source(camera: int | None = None, source: str | None = None,
-                capture_factory: Callable[[int | str], object] = cv2.VideoCapture, reconnect: float = DEFAULT_RECONNECT_S):
+                capture_factory: Callable[[int | str], object] = cv2.VideoCapture, reconnect: float = DEFAULT_RECONNECT_S,
+                prefetch: int = PREFETCH_FRAMES):
     if (camera is None) == (source is None):
         raise SourceError("give exactly one of --camera N or --source PATH|URL")
     if camera is not None:
@@ -323,4 +328,4 @@ def open_source(camera: int | None = None, source: str | None = None,
                           "not taken for video); convert it to PNG, or to MP4 for an animation")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource([path])
-    return VideoSource(str(path))
+    return VideoSource(str(path), prefetch)

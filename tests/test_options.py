@@ -177,3 +177,20 @@ def test_ranges_and_switches_come_from_the_field():
     for argv in (["--level", "0"], ["--share", "1"]):
         result = runner.invoke(command, argv)
         assert result.exit_code == 2 and result.output.startswith(f"x: error: Invalid value for '{argv[0]}'"), result.output
+
+
+def test_an_interrupt_that_lands_inside_a_builtin_still_exits_130(capsys):
+    # SIGTERM's KeyboardInterrupt raised while os.fspath ran reached fer-export as "SystemError: <built-in function
+    # fspath> returned a result with an exception set", caused by the interrupt: a traceback and exit 1
+    @click.command("z", cls=FerCommand)
+    def interrupted_inside_a_builtin():
+        raise SystemError("<built-in function fspath> returned a result with an exception set") from KeyboardInterrupt()
+
+    @click.command("w", cls=FerCommand)
+    def broken():
+        raise SystemError("a real one")
+
+    assert interrupted_inside_a_builtin.main([], standalone_mode=False) == 130
+    assert capsys.readouterr().err.strip() == "z: interrupted"
+    with pytest.raises(SystemError, match="a real one"):
+        broken.main([], standalone_mode=False)
