@@ -28,7 +28,7 @@ test-runtime:
 	  pytest onnx scikit-image
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_runtime_only.py tests/test_runtime.py \
 	  tests/test_calibration.py tests/test_decision_rule.py tests/test_providers.py tests/test_api.py \
-	  tests/test_background.py tests/test_streams.py tests/test_api_threads.py tests/test_serve.py \
+	  tests/test_background.py tests/test_cores.py tests/test_streams.py tests/test_api_threads.py tests/test_serve.py \
 	  tests/test_serve_browser.py
 
 lint: $(PY)
