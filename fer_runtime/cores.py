@@ -21,12 +21,19 @@ T = TypeVar("T")
 OPT_OUT = "FER_HELPER_CORES"  # "all": helper threads may run on every core, the frame loop's too
 
 
+def usable_cores() -> set[int]:
+    """The cores this process may use (its main thread's affinity), or all of them where that cannot be asked."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(os.getpid()))
+    return set(range(os.cpu_count() or 1))
+
+
 def helper_cores() -> set[int] | None:
     """The cores this process may use (its main thread's) but the first, for a stream's helper threads; None where
     there are fewer than two, threads cannot be pinned (not Linux) or ``FER_HELPER_CORES=all``."""
     if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "").strip().lower() == "all":
         return None
-    allowed = sorted(os.sched_getaffinity(os.getpid()))
+    allowed = sorted(usable_cores())
     return set(allowed[1:]) if len(allowed) > 1 else None
 
 

@@ -4,7 +4,6 @@ batch, track and smooth."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from fer_runtime.backends import load_model
 from fer_runtime.background import BackgroundDetector
 from fer_runtime.contract import ContractError
+from fer_runtime.cores import usable_cores
 from fer_runtime.detect import Detection, create_detector, crop_face
 from fer_runtime.follow import FaceFollower
 from fer_runtime.profiling import StageTimer
@@ -40,8 +40,7 @@ def opencv_threads_beside_a_stream() -> int:
     """OpenCV's worker threads (process-wide) while a stream runs with background detection: the cores the frame loop
     and the video decoder leave, one at least. On two cores, detection, decoding and the frame loop then take a core's
     share each instead of all fanning out over the same two (issue 48)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 2)
+    return max(1, len(usable_cores()) - 2)
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:

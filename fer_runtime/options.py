@@ -231,12 +231,9 @@ class FerCommand(click.Command):
         except FerError as exc:
             click.echo(f"{self.name}: error: {exc}", err=True)
             code = exc.exit_code
-        except (click.Abort, KeyboardInterrupt):
-            click.echo(f"{self.name}: interrupted", err=True)
-            code = EXIT_INTERRUPTED
-        except SystemError as exc:
-            # a signal's KeyboardInterrupt raised while a builtin ran (os.fspath) comes out as this error, caused by it
-            if not isinstance(exc.__cause__, KeyboardInterrupt):
+        except (click.Abort, KeyboardInterrupt, SystemError) as exc:
+            # a signal's KeyboardInterrupt raised while a builtin ran (os.fspath) comes out as a SystemError caused by it
+            if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
                 raise
             click.echo(f"{self.name}: interrupted", err=True)
             code = EXIT_INTERRUPTED

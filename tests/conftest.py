@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -17,6 +18,15 @@ def make_image(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarr
     band = size // len(CLASSES)
     img[label * band : (label + 1) * band, size // 4 : 3 * size // 4] += 120
     return img.clip(0, 255).astype(np.uint8)
+
+
+def numbered_video(path, frames: int = 12) -> str:
+    """A small MPEG-4 video whose frame i is the flat grey 10 + 20 * i."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120))
+    for i in range(frames):
+        writer.write(np.full((120, 160, 3), 10 + 20 * i, np.uint8))
+    writer.release()
+    return str(path)
 
 
 def write_class_tree(folder: Path, per_class: int, rng: np.random.Generator, prefix: str = "img", classes=CLASSES) -> None:

@@ -3,6 +3,7 @@ adopted on the frame where it finishes, followed there from the frame it ran on.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 
 from fer_runtime.detect import Detection
 from fer_runtime.engine import FaceEngine
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, numbered_video
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +110,6 @@ def test_small_faces_a_40_px_face_in_a_photo_and_a_48_px_face_in_video_within_on
     assert video_found(face, 48, DEFAULT_DETECT_WIDTH)
 
 
-def _numbered_video(path, frames: int = 12) -> str:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120))
-    for i in range(frames):
-        writer.write(np.full((120, 160, 3), 10 + 20 * i, np.uint8))
-    writer.release()
-    return str(path)
-
-
 class ThreadNotingCapture:
     """A VideoCapture that notes which thread each read ran on, takes ``delay`` seconds a read, raises at frame
     ``fail_at``, and notes whether it was released in the middle of a read."""
@@ -148,7 +141,7 @@ def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tm
     from fer_runtime import sources
     from fer_runtime.sources import VideoSource
 
-    path = _numbered_video(tmp_path / "n.mp4")
+    path = numbered_video(tmp_path / "n.mp4")
     inline = [f.image for f in VideoSource(path, prefetch=0)]
     source = VideoSource(path)
     source.cap = capture = ThreadNotingCapture(source.cap)
@@ -196,12 +189,12 @@ def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream
     from fer_runtime import engine as engine_module
 
     before = cv2.getNumThreads()
-    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     engine = FaceEngine(tiny_model).detect_in_background()
     assert cv2.getNumThreads() == 1  # two cores: the detection keeps to the one the frame loop and decoder leave
     engine.close()
     assert cv2.getNumThreads() == before
-    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert engine_module.opencv_threads_beside_a_stream() == 6
 
     seen = []

@@ -17,6 +17,7 @@ import pytest
 
 from fer_runtime import cores
 from fer_runtime.cores import OPT_OUT, helper_cores, made_off_frame_core
+from tests.conftest import numbered_video
 
 pinnable = pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
                               reason="needs Linux thread affinity and two cores")
@@ -43,12 +44,15 @@ def test_an_error_in_opening_off_the_frame_core_is_raised_to_the_caller():
     assert made_off_frame_core(lambda: os.sched_getaffinity(0)) == helper_cores()
 
 
-def _video(path) -> str:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (160, 120))
-    for i in range(12):
-        writer.write(np.full((120, 160, 3), 10 + 20 * i, np.uint8))
-    writer.release()
-    return str(path)
+def _threads() -> dict[str, tuple[str, set[int]]]:
+    """This process's threads: id -> (name, cores), those that end while being read left out."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            found[tid] = (Path(f"/proc/self/task/{tid}/comm").read_text().strip(), os.sched_getaffinity(int(tid)))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
 
 
 class AffinityNotingCapture:
@@ -82,7 +86,7 @@ def test_a_streams_helper_threads_keep_off_the_frame_loops_core(tmp_path, tiny_m
     frame_loop = os.sched_getaffinity(0)
     helpers = helper_cores()
 
-    source = VideoSource(_video(tmp_path / "v.mp4"))
+    source = VideoSource(numbered_video(tmp_path / "v.mp4"))
     frames = iter(source)
     next(frames)
     assert os.sched_getaffinity(source._ahead.thread.native_id) == helpers
@@ -118,8 +122,9 @@ def test_opencv_still_counts_every_core_when_a_helper_thread_is_the_first_to_ask
         assert out.returncode == 0, out.stderr
         return out.stdout.split()[-1]
 
-    first_in_a_helper = (f"from fer_runtime.sources import VideoSource\nsource = VideoSource({_video(tmp_path / 'v.mp4')!r})"
-                         "\nnext(iter(source))\nsource.close()\n")
+    video = numbered_video(tmp_path / "v.mp4")
+    first_in_a_helper = (f"from fer_runtime.sources import VideoSource\nsource = VideoSource({video!r})\n"
+                         "next(iter(source))\nsource.close()\n")
     assert count(first_in_a_helper) == count("")
 
 
@@ -136,13 +141,7 @@ def test_the_threads_ffmpeg_starts_as_a_video_opens_keep_off_the_frame_loops_cor
     writer.release()
     source = VideoSource(path)
     try:
-        decoders = {}  # FFmpeg names its threads av:CODEC:...
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("av:"):
-                    decoders[tid] = os.sched_getaffinity(int(tid))
-            except (OSError, ProcessLookupError):
-                continue  # a thread that ended meanwhile
+        decoders = {tid: cores_ for tid, (name, cores_) in _threads().items() if name.startswith("av:")}  # av:CODEC:...
         if not decoders:
             pytest.skip("this FFmpeg starts no decoding threads (one core allowed?)")
         assert all(cores_seen == helper_cores() for cores_seen in decoders.values()), decoders
@@ -190,20 +189,13 @@ def test_a_thread_the_system_will_not_pin_runs_where_it_may(tmp_path, monkeypatc
         raise PermissionError("not in this sandbox")
 
     monkeypatch.setattr(cores.os, "sched_setaffinity", refuse)
-    source = VideoSource(_video(tmp_path / "v.mp4"))
+    source = VideoSource(numbered_video(tmp_path / "v.mp4"))
     assert len(list(source)) == 12
     source.close()
 
 
 def _pinned_threads(since: set[str], cores_: set[int]) -> set[str]:
-    found = set()
-    for tid in set(os.listdir("/proc/self/task")) - since:
-        try:
-            if os.sched_getaffinity(int(tid)) == cores_:
-                found.add(tid)
-        except (OSError, ProcessLookupError):
-            continue
-    return found
+    return {tid for tid, (_, pinned) in _threads().items() if tid not in since and pinned == cores_}
 
 
 @pinnable
