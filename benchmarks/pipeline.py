@@ -17,7 +17,7 @@ import cv2
 
 from fer_runtime.data import DataError
 from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
-from fer_runtime.engine import DEFAULT_DETECT_EVERY, FaceEngine
+from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_PERIOD, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
 from fer_runtime.sources import PREFETCH_FRAMES, SourceError, open_source
@@ -128,6 +128,7 @@ def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "c
     return {
         **_summary(stats, every_boxes, boxes),
         "settings": {"detector": "haar", "detect_width": DEFAULT_DETECT_WIDTH, "detect_every": DEFAULT_DETECT_EVERY,
+                     "detect_period_s": DEFAULT_DETECT_PERIOD,
                      "flags": "defaults"},
         "at_clip_rate": _summary(paced[0], every_boxes, paced[1]),
         "before_issue_48": {**_summary(inline_stats, before_every, inline_boxes),

@@ -186,7 +186,7 @@ def _run(cfg: RunConfig) -> int:
     src = _open(camera, source, default_camera, cfg.reconnect)
     _check_source(src, cfg)
     if cfg.background_detection and not getattr(src, "independent", False):
-        engine.detect_in_background()
+        engine.detect_in_background(cfg.detect_period)
     if engine.model.provider.request == "auto":
         click.echo(f"fer-run: {describe_provider(engine.model.provider)}", err=True)
     with sigterm_as_interrupt():  # the video is finalised and the JSONL complete

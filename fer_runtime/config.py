@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fer_runtime.decision import PRIOR_CHOICES
 from fer_runtime.detect import DEFAULT_DETECT_WIDTH
-from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_THREADS
+from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_PERIOD, DEFAULT_THREADS
 from fer_runtime.options import option
 from fer_runtime.providers import PROVIDER_HELP
 from fer_runtime.sources import DEFAULT_RECONNECT_S
@@ -30,6 +30,9 @@ class RunConfig:
     detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection k frames after the last one came back (on the frame: "
                                "every k-th frame) and at once when a face is lost; faces are followed in between (1: "
                                "detect on every frame)", bounds=(1, None))
+    detect_period: float = option(DEFAULT_DETECT_PERIOD, "background detection also runs again this many seconds after "
+                                  "the last came back, when that is sooner than --detect-every frames (0: frames only)",
+                                  metavar="SECONDS", bounds=(0, None))
     background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "
                                         "adopted when it finishes, so that no frame waits for it (off: on the frame)")
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))

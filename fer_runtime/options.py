@@ -9,6 +9,7 @@ the one place where a ``FerError`` becomes ``PROG: error: MESSAGE`` and its exit
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields
@@ -95,7 +96,17 @@ def _value_type(f: Field) -> Any:
     if not meta.get("bounds") or kind not in (int, float):
         return click.types.convert_type(kind)
     low, high, *below = meta["bounds"]
-    return (click.IntRange if kind is int else click.FloatRange)(low, high, max_open=below == ["<"])
+    return (click.IntRange if kind is int else FloatRange)(low, high, max_open=below == ["<"])
+
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange, refusing nan too (which every range comparison lets through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        return number
 
 
 def defaults_of_field(f: Field) -> Any:

@@ -53,7 +53,7 @@ class HeldDetector:
 
 
 def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_finishes(tiny_model, face):
-    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background()
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
     detector = HeldDetector()
     engine.detector = engine._background.detector = detector
     seen = []
@@ -78,6 +78,30 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     # B was found on frame 4 (the first due after frame 0) and is followed from there to where it is now, on frame 20
     assert len(seen[20]) == 2 and abs(seen[20][1] - (500 - 4 * 20)) < 6, seen[20]
     assert all(len(s) == 2 for s in seen[20:]), seen
+
+
+@pytest.mark.parametrize("period", [0.0, 0.05])
+def test_background_detection_also_runs_detect_period_seconds_after_the_last_at_a_cameras_pace(tiny_model, face, period):
+    """Frames 20 ms apart, as a camera gives them: with --detect-period 0.05 a detection is handed over every few
+    frames although --detect-every's 1000 frames never pass; with 0 only the frame count (and a lost face) counts."""
+    engine = FaceEngine(tiny_model, detect_every=1000).detect_in_background(period)
+    detector = HeldDetector()
+    detector.release.set()
+    engine.detector = engine._background.detector = detector
+    try:
+        for i in range(25):
+            image, truth = frame(face, i, with_b=False)
+            detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
+            assert len(engine.process_frame(image)) == 1
+            assert i != 1 or engine._submitted == 0  # the period counts from the first frame's detection
+            time.sleep(0.02)
+    finally:
+        engine.close()
+    on_thread = len(detector.calls) - 1  # the first frame's detection is on the frame loop
+    if period:
+        assert 3 <= on_thread <= 12, detector.calls  # about every third frame over 25 frames of 20 ms or more
+    else:
+        assert on_thread == 0, detector.calls
 
 
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):

@@ -174,7 +174,7 @@ def test_ranges_and_switches_come_from_the_field():
     assert runner.invoke(command, []).exit_code == 0 and got.pop() == Config()
     assert runner.invoke(command, ["--no-loud", "--no-shown", "--quiet", "--share", "0"]).exit_code == 0
     assert got.pop() == Config(loud=False, shown=False, quiet=True, share=0.0)
-    for argv in (["--level", "0"], ["--share", "1"]):
+    for argv in (["--level", "0"], ["--share", "1"], ["--share", "nan"]):  # nan passes every comparison
         result = runner.invoke(command, argv)
         assert result.exit_code == 2 and result.output.startswith(f"x: error: Invalid value for '{argv[0]}'"), result.output
 
