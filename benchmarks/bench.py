@@ -496,9 +496,13 @@ def _at_clip_rate(p: dict) -> str:
     """Recall, box IoU and pick-up at the clip's frame rate: now, and before issue 48 when it was run."""
     def cell(run: dict) -> str:
         a = run["against_every_frame_detection"]
-        return f"recall {a['recall']:.4f}, box IoU {a['mean_iou']:.3f}, new face within {a['pickup_frames_max']} frames"
+        return (f"recall {a['recall']:.4f}, box IoU {a['mean_iou']:.3f}, new face within {a['pickup_frames_max']} frames"
+                + (f", {run['background_detections']} detections" if run.get("background_detections") else "")
+                + (f", {run['cores_busy']:.0%} of a core" if "cores_busy" in run else ""))
     before = p.get("before_issue_48", {}).get("at_clip_rate")
-    return cell(p["at_clip_rate"]) + (f" (before issue 48: {cell(before)})" if before else "")
+    frames_only = p.get("at_clip_rate_detect_period_0")
+    return (cell(p["at_clip_rate"]) + (f" (--detect-period 0: {cell(frames_only)})" if frames_only else "")
+            + (f" (before issue 48: {cell(before)})" if before else ""))
 
 
 def runtime_table(models: dict[str, dict]) -> list[str]:

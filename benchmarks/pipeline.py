@@ -45,23 +45,25 @@ class Paced:
 
 
 def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | str = "cpu",
-         background: bool = True, detect_width: int = DEFAULT_DETECT_WIDTH, paced: bool = False
-         ) -> tuple[dict, list[list[tuple]]]:
+         background: bool = True, detect_width: int = DEFAULT_DETECT_WIDTH, paced: bool = False,
+         period: float = DEFAULT_DETECT_PERIOD) -> tuple[dict, list[list[tuple]]]:
     try:  # before issue 48 (no background detection) the video was decoded on the frame loop too
         source = open_source(source=video, prefetch=PREFETCH_FRAMES if background else 0)
     except SourceError as exc:
         raise DataError(str(exc)) from None
     engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
     if background:
-        engine.detect_in_background()
+        engine.detect_in_background(period)
     if not background or detect_every == 1:  # detection on the frame: OpenCV at its own thread count
         cv2.setNumThreads(-1)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faces.jsonl"
+        cpu = time.process_time()  # all the process's threads
         try:
             stats = run_pipeline(engine, Paced(source) if paced else source, json_path=str(out))
         finally:
             engine.close()
+        stats["cpu_seconds"] = time.process_time() - cpu
         records = [json.loads(line)["faces"] for line in out.read_text().splitlines()]
     stats["tracks"] = len({f["track_id"] for faces in records for f in faces})
     return stats, [[tuple(f["box"]) for f in faces] for faces in records]
@@ -104,7 +106,9 @@ def pickup_frames(reference: list[list[tuple]], followed: list[list[tuple]]) -> 
 def _summary(stats: dict, reference: list[list[tuple]] | None = None, boxes: list[list[tuple]] | None = None) -> dict:
     stages = stats["stages"]
     row = {"fps": stats["fps"], "frames": stats["frames"], "faces": stats["faces"], "tracks": stats["tracks"],
-           "labels": stats["labels"], "stage_p50_ms": {k: v["p50_ms"] for k, v in stages.items()},
+           "labels": stats["labels"], "cores_busy": stats["cpu_seconds"] / stats["seconds"] if stats["seconds"] else 0.0,
+           "background_detections": stages.get("background", {}).get("n", 0),
+           "stage_p50_ms": {k: v["p50_ms"] for k, v in stages.items()},
            "stage_p95_ms": {k: v["p95_ms"] for k, v in stages.items()}}
     if reference is not None:
         pickups = pickup_frames(reference, boxes)
@@ -125,12 +129,14 @@ def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "c
     stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider)
     paced_inline = _run(model, video, DEFAULT_DETECT_EVERY, provider, background=False, detect_width=320, paced=True)
     paced = _run(model, video, DEFAULT_DETECT_EVERY, provider, paced=True)
+    paced_frames_only = _run(model, video, DEFAULT_DETECT_EVERY, provider, paced=True, period=0.0)
     return {
         **_summary(stats, every_boxes, boxes),
         "settings": {"detector": "haar", "detect_width": DEFAULT_DETECT_WIDTH, "detect_every": DEFAULT_DETECT_EVERY,
                      "detect_period_s": DEFAULT_DETECT_PERIOD,
                      "flags": "defaults"},
         "at_clip_rate": _summary(paced[0], every_boxes, paced[1]),
+        "at_clip_rate_detect_period_0": _summary(paced_frames_only[0], every_boxes, paced_frames_only[1]),
         "before_issue_48": {**_summary(inline_stats, before_every, inline_boxes),
                             "settings": {"detect_width": 320, "flags": "--no-background-detection --detect-width 320",
                                          "video": "decoded on the frame loop"},

@@ -93,20 +93,26 @@ def _value_type(f: Field) -> Any:
         return click.BOOL
     if meta["choices"]:
         return click.Choice([str(c) for c in meta["choices"]])
-    if not meta.get("bounds") or kind not in (int, float):
+    if kind is float and not meta.get("bounds"):
+        return Float()
+    if not meta.get("bounds") or kind is not int and kind is not float:
         return click.types.convert_type(kind)
     low, high, *below = meta["bounds"]
     return (click.IntRange if kind is int else FloatRange)(low, high, max_open=below == ["<"])
 
 
-class FloatRange(click.FloatRange):
-    """click's FloatRange, refusing nan too (which every range comparison lets through)."""
+class Float(click.types.FloatParamType):
+    """click's float, refusing nan: no option means it, and every range comparison lets it through."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if math.isnan(number):
             self.fail(f"{value!r} is not a number.", param, ctx)
         return number
+
+
+class FloatRange(click.FloatRange, Float):
+    """click's FloatRange, refusing nan too."""
 
 
 def defaults_of_field(f: Field) -> Any:

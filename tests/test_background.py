@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
+from fer_runtime import engine as engine_module
 from fer_runtime.detect import Detection
 from fer_runtime.engine import FaceEngine
 from tests.conftest import CLASSES, numbered_video
@@ -80,28 +82,33 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     assert all(len(s) == 2 for s in seen[20:]), seen
 
 
-@pytest.mark.parametrize("period", [0.0, 0.05])
-def test_background_detection_also_runs_detect_period_seconds_after_the_last_at_a_cameras_pace(tiny_model, face, period):
-    """Frames 20 ms apart, as a camera gives them: with --detect-period 0.05 a detection is handed over every few
-    frames although --detect-every's 1000 frames never pass; with 0 only the frame count (and a lost face) counts."""
+@pytest.mark.parametrize("period, handed_on", [(0.0, []), (0.05, [3, 7, 11, 15, 19, 23])])
+def test_background_detection_also_runs_detect_period_seconds_after_the_last(tiny_model, face, monkeypatch, period,
+                                                                              handed_on):
+    """Frames 20 ms apart by the engine's clock, as a camera gives them, each detection back before the next frame:
+    with a 0.05 s period one is handed over on the third frame after the last came back (counted from the first
+    frame's), although --detect-every's 1000 frames never pass; with 0 only the frame count (and a lost face) counts."""
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     engine = FaceEngine(tiny_model, detect_every=1000).detect_in_background(period)
     detector = HeldDetector()
     detector.release.set()
     engine.detector = engine._background.detector = detector
+    frames = [frame(face, i, with_b=False) for i in range(25)]
+    handed = []
     try:
-        for i in range(25):
-            image, truth = frame(face, i, with_b=False)
+        for i, (image, truth) in enumerate(frames):
+            clock[0] = 100.0 + 0.02 * i  # perf_counter counts from an arbitrary point
             detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
             assert len(engine.process_frame(image)) == 1
-            assert i != 1 or engine._submitted == 0  # the period counts from the first frame's detection
-            time.sleep(0.02)
+            background = engine._background
+            if i and background.busy and engine._submitted == i:
+                handed.append(i)
+                with background._cond:
+                    assert background._cond.wait_for(lambda b=background: b._done is not None, timeout=5.0)
     finally:
         engine.close()
-    on_thread = len(detector.calls) - 1  # the first frame's detection is on the frame loop
-    if period:
-        assert 3 <= on_thread <= 12, detector.calls  # about every third frame over 25 frames of 20 ms or more
-    else:
-        assert on_thread == 0, detector.calls
+    assert handed == handed_on
 
 
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
@@ -210,7 +217,6 @@ def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tm
 
 def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream_ends(tiny_model, face, tmp_path,
                                                                                     monkeypatch):
-    from fer_runtime import engine as engine_module
 
     before = cv2.getNumThreads()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -223,7 +229,7 @@ def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream
 
     seen = []
     real = FaceEngine.detect_in_background
-    monkeypatch.setattr(FaceEngine, "detect_in_background", lambda self: seen.append(1) or real(self))
+    monkeypatch.setattr(FaceEngine, "detect_in_background", lambda self, *a, **k: seen.append(1) or real(self, *a, **k))
     from click.testing import CliRunner
 
     from fer_runtime.cli import main as run_main

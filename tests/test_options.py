@@ -159,6 +159,7 @@ def test_ranges_and_switches_come_from_the_field():
     class Config:
         level: int = option(3, "how much", bounds=(1, None))
         share: float = option(0.5, "a share", bounds=(0, 1, "<"))
+        rate: float = option(1.0, "a rate")
         loud: bool = option(True, "say it")
         shown: bool | None = option(None, "a window", none_means="when possible")
         quiet: bool = option(False, "say nothing")
@@ -174,7 +175,7 @@ def test_ranges_and_switches_come_from_the_field():
     assert runner.invoke(command, []).exit_code == 0 and got.pop() == Config()
     assert runner.invoke(command, ["--no-loud", "--no-shown", "--quiet", "--share", "0"]).exit_code == 0
     assert got.pop() == Config(loud=False, shown=False, quiet=True, share=0.0)
-    for argv in (["--level", "0"], ["--share", "1"], ["--share", "nan"]):  # nan passes every comparison
+    for argv in (["--level", "0"], ["--share", "1"], ["--share", "nan"], ["--rate", "nan"]):  # nan passes comparisons
         result = runner.invoke(command, argv)
         assert result.exit_code == 2 and result.output.startswith(f"x: error: Invalid value for '{argv[0]}'"), result.output
 
