@@ -28,9 +28,9 @@ DEFAULT_MODEL = "ferplus"
 # full-frame detection on one frame in this many (and whenever a followed face is lost)
 DEFAULT_DETECT_EVERY = 8
 # background detection also runs again this many seconds after the last came back, when that comes first: at a
-# camera's 30 FPS on the next frame but one, on the core the frame loop leaves to helpers, so faces are as fresh as
-# detection on the frame made them before issue 48 (two_faces.mp4: recall 0.998, IoU 0.890, a new face within 2 frames;
-# frames only: 0.995, 0.880, 4) for half a core in all (a quarter); at full speed (over 270 FPS) frames come first
+# camera's 30 FPS every other frame, on the core the frame loop leaves to helpers, so faces are as fresh as detection on
+# the frame made them before issue 48 (two_faces.mp4: recall 0.998, IoU 0.890, a new face within 2 frames; frames only:
+# 0.995, 0.880, 4) for half a core in all (frames only: a quarter); above 8 / 0.03 = 267 FPS the frame count comes first
 DEFAULT_DETECT_PERIOD = 0.03
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2

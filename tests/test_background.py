@@ -217,7 +217,6 @@ def test_a_video_is_decoded_ahead_on_a_thread_of_its_own_every_frame_in_order(tm
 
 def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream_ends(tiny_model, face, tmp_path,
                                                                                     monkeypatch):
-
     before = cv2.getNumThreads()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     engine = FaceEngine(tiny_model).detect_in_background()

@@ -311,6 +311,7 @@ def test_faces_are_followed_between_detections_and_match_every_frame_detection(t
 
 def test_the_pipeline_report_reads_quality_at_full_speed_and_at_the_clips_own_frame_rate(tiny_model, moving_face_video):
     from benchmarks.pipeline import _run, pipeline_report
+    from fer_runtime.cores import usable_cores
 
     paced_stats, _ = _run(tiny_model, str(moving_face_video), 8, paced=True)
     assert paced_stats["frames"] == 48 and paced_stats["seconds"] >= 47 / 24, paced_stats["seconds"]  # the clip is 24 FPS
@@ -319,9 +320,9 @@ def test_the_pipeline_report_reads_quality_at_full_speed_and_at_the_clips_own_fr
     for run in (report, paced, frames_only, report["before_issue_48"], report["before_issue_48"]["at_clip_rate"]):
         a = run["against_every_frame_detection"]
         assert run["frames"] == 48 and a["reference_faces"] >= 40 and a["recall"] >= 0.95 and a["mean_iou"] >= 0.8, a
-        assert 0 < run["cores_busy"] < 3
+        assert 0 < run["cores_busy"] <= len(usable_cores()) + 0.5
     assert report["fps"] > paced["fps"] and paced["fps"] <= 25
-    # at 24 FPS the 0.1 s period comes before 8 frames: a detection on about one frame in 4, not 9
+    # at 24 FPS the 0.03 s period comes before 8 frames: a detection about every other frame, not one in 9
     assert paced["background_detections"] > frames_only["background_detections"] >= 3, (paced, frames_only)
 
 
