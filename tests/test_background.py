@@ -46,8 +46,16 @@ class HeldDetector:
     def __init__(self) -> None:
         self.release, self.calls, self.timed_out, self.truth = threading.Event(), [], False, {}
 
+    @staticmethod
+    def _key(image: np.ndarray) -> bytes:
+        return image.tobytes()[:4096] + image.tobytes()[-4096:]
+
+    def knows(self, image: np.ndarray, boxes: list[tuple]) -> None:
+        """``boxes`` are the faces of ``image``."""
+        self.truth[self._key(image)] = boxes
+
     def __call__(self, image: np.ndarray) -> list[Detection]:
-        key = image.tobytes()[:4096] + image.tobytes()[-4096:]
+        key = self._key(image)
         self.calls.append(threading.current_thread() is threading.main_thread())
         if len(self.calls) > 1 and not self.release.wait(timeout=5.0):
             self.timed_out = True
@@ -62,7 +70,7 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     try:
         for i in range(30):
             image, truth = frame(face, i, with_b=i >= 2)
-            detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
+            detector.knows(image, truth)
             if i == 20:  # the detection handed over on a frame with face B finishes now
                 detector.release.set()
                 for _ in range(500):  # at most 5 s for the thread to finish it
@@ -99,7 +107,7 @@ def test_background_detection_also_runs_detect_period_seconds_after_the_last(tin
     try:
         for i, (image, truth) in enumerate(frames):
             clock[0] = 100.0 + 0.02 * i  # perf_counter counts from an arbitrary point
-            detector.truth[image.tobytes()[:4096] + image.tobytes()[-4096:]] = truth
+            detector.knows(image, truth)
             assert len(engine.process_frame(image)) == 1
             background = engine._background
             if i and background.busy and engine._submitted == i:
