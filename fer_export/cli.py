@@ -69,6 +69,8 @@ def check_config(cfg: ExportConfig) -> None:
     """The config's sources and numbers make sense together: one line naming the flag when not."""
     _check_source(cfg)
     check_formats(cfg.format)
+    if cfg.source and Path(cfg.source).is_dir():
+        raise OptionError(f"{cfg.source} is a folder: give the file, e.g. {Path(cfg.source) / 'best.pt'}")
     if cfg.source and not Path(cfg.source).is_file():
         raise OptionError(f"not found: {cfg.source}")
     if cfg.model and cfg.pruning:

@@ -41,6 +41,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give its checkpoint, e.g. {path / 'last.pt'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):

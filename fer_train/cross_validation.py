@@ -5,49 +5,86 @@ Every fold is an ordinary run in ``RUN/foldN/``: it trains on the other folds (b
 validation split carved from them) and is tested once on its own fold, whose people it never saw. ``RUN/cv.json``,
 ``cv.md`` and ``cv.png`` give each fold's test figures and their mean ± standard deviation (over folds, ddof 1) and the
 confusion matrix of all folds' test images pooled. The same command again continues: finished folds are kept, a
-started one resumes from its last.pt.
+started one resumes from its last.pt; the images must be the same. ``--fold N`` trains that fold's run alone, in the same
+folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from fer_runtime.data import discover
 from fer_runtime.errors import OutputError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import atomic_write_text, check_output_dir
 from fer_train.checkpoint import load_checkpoint
 from fer_train.config import TrainConfig
+from fer_train.data_prep import not_classes
 from fer_train.metrics import plot_confusion_matrix
 from fer_train.run_config import InvocationFlags, merged_config, saved_config
 from fer_train.run_status import run_status
 
 FIGURES = ("accuracy", "macro_f1", "balanced_accuracy")
-PLACEMENT = ("fold", "threads", "device", "no_progress", "cache_dir")  # may differ when a cross-validation continues
+PLACEMENT = ("fold", "threads", "device", "no_progress", "cache_dir", "data_root", "out_dir", "name")  # may differ
 
 
-def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable) -> Path:
-    """Train (or continue) every fold's run, then write the summary; returns the cross-validation folder."""
-    top = _cv_folder(cfg, flags)
-    started = time.monotonic()
-    rows = []
-    for fold in range(1, cfg.folds + 1):
+def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable, only: int | None = None) -> Path:
+    """Train (or continue) every fold's run, or fold ``only``, then write the summary once every fold is finished;
+    returns the cross-validation folder. --stop-after counts the epochs of this sitting across folds."""
+    wanted = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT}
+    wanted.update(data_root=str(Path(cfg.data_root).resolve()), data=data_fingerprint(cfg))
+    top, fresh = _cv_folder(cfg, flags, wanted)
+
+    def start() -> None:  # when the first fold's data and model are known to work: a failed start leaves all as it was
+        if top.exists():
+            shutil.rmtree(top)
+        top.mkdir(parents=True)
+        atomic_write_text(top / "cv_config.json", json.dumps(wanted, indent=2))
+
+    left = flags.stop_after
+    for fold in [only] if only else range(1, cfg.folds + 1):
         fold_dir = top / f"fold{fold}"
-        status = run_status(fold_dir)
+        status = "new" if fresh else run_status(fold_dir)
         print(f"fer-train: cross-validation fold {fold}/{cfg.folds} ({status}) in {fold_dir}", flush=True)
-        if status == "started":
-            state = load_checkpoint(fold_dir / "last.pt")
-            train_run(merged_config({}, saved_config(state)), InvocationFlags(resume=str(fold_dir / "last.pt")), state)
-        elif status == "new":
-            train_run(replace(cfg, fold=fold, out_dir=str(top), name=f"fold{fold}"), InvocationFlags(), None)
-        rows.append(_fold_row(fold, fold_dir))
-    summary = summarise(rows, cfg, time.monotonic() - started)
+        if status == "finished":
+            continue
+        if left == 0:
+            break
+        t0 = time.monotonic()
+        try:
+            if status == "started":
+                state = load_checkpoint(fold_dir / "last.pt")
+                before = int(state.get("epoch", 0))
+                result = train_run(merged_config({}, saved_config(state)),
+                                   InvocationFlags(resume=str(fold_dir / "last.pt"), stop_after=left), state)
+            else:
+                before = 0
+                result = train_run(replace(cfg, fold=fold, out_dir=str(top), name=f"fold{fold}"),
+                                   InvocationFlags(stop_after=left, overwrite=fresh), None, start if fresh else None)
+                fresh = False
+        finally:
+            if top.is_dir():
+                _add_seconds(top, time.monotonic() - t0)
+        if left is not None:
+            left -= (result.history[-1]["epoch"] if result.history else before) - before
+        if not result.results.get("complete"):
+            break
+    unfinished = [k for k in range(1, cfg.folds + 1) if run_status(top / f"fold{k}") != "finished"]
+    if unfinished:
+        rest = " (without --fold: every fold)" if only else ""
+        print(f"fer-train: fold {', '.join(map(str, unfinished))} of {cfg.folds} not finished yet: the same command "
+              f"again goes on{rest}", flush=True)
+        return top
+    summary = summarise([_fold_row(k, top / f"fold{k}") for k in range(1, cfg.folds + 1)], cfg, _add_seconds(top, 0.0))
     write_summary(summary, top)
     mean, std = summary["mean"]["accuracy"], summary["std"]["accuracy"]
     print(f"fer-train: {cfg.folds}-fold cross-validation by {cfg.group_by!r}: test accuracy {mean:.4f} ± {std:.4f}, "
@@ -55,20 +92,44 @@ def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable
     return top
 
 
-def _cv_folder(cfg: TrainConfig, flags: InvocationFlags) -> Path:
-    """RUN: new, or one this same cross-validation started (its cv_config.json agrees), or replaced with --overwrite."""
+def data_fingerprint(cfg: TrainConfig) -> str:
+    """sha256 of the images and labels the folds are dealt from, found as fold 1's run finds them: a continued
+    cross-validation must deal the same people to the same folds. A grouping that cannot make the folds fails here,
+    before anything is written."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each fold's run gives them
+        manifest = discover(cfg.data_root, cfg.protocol, cfg.val_split, cfg.test_split, cfg.seed, cfg.label_mode,
+                            exclude=not_classes(cfg), grouping=replace(cfg, fold=1).grouping())
+    items = sorted(item for split in manifest.splits.values() for item in split)
+    return hashlib.sha256(json.dumps([manifest.classes, items]).encode()).hexdigest()
+
+
+def _cv_folder(cfg: TrainConfig, flags: InvocationFlags, wanted: dict) -> tuple[Path, bool]:
+    """RUN, and whether it starts afresh: new, or replaced with --overwrite (once the first fold starts), else one this
+    same cross-validation began on the same data (its cv_config.json agrees)."""
     check_output_dir(cfg.out_dir)
     top = Path(cfg.out_dir) / (cfg.name or f"cv-{time.strftime('%Y%m%d-%H%M%S')}")
-    wanted = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT}
-    saved = top / "cv_config.json"
-    if top.exists() and any(top.iterdir()) and not flags.overwrite:
-        if not saved.is_file() or json.loads(saved.read_text()) != json.loads(json.dumps(wanted)):
-            raise OutputError(f"{top} already holds another run: pick another --name, or replace it with --overwrite")
-    elif top.exists() and flags.overwrite:
-        shutil.rmtree(top)
-    top.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, json.dumps(wanted, indent=2))
-    return top
+    if not top.exists() or not any(top.iterdir()) or flags.overwrite:
+        return top, True
+    saved_file = top / "cv_config.json"
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    if saved is None:
+        raise OutputError(f"{top} already holds another run: pick another --name, or replace it with --overwrite")
+    wanted = json.loads(json.dumps(wanted))
+    differ = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
+    if differ:
+        what = ", ".join("the images or their labels" if k == "data" else f"--{k.replace('_', '-')}" for k in differ)
+        raise OutputError(f"{top} holds a cross-validation that differs in {what}: give its own options to continue "
+                          "it, pick another --name, or replace it with --overwrite")
+    return top, False
+
+
+def _add_seconds(top: Path, seconds: float) -> float:
+    """The cross-validation's wall time over all its sittings (cv_time.json), ``seconds`` more; returns the total."""
+    path = top / "cv_time.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    atomic_write_text(path, json.dumps({"seconds": round(total, 1)}))
+    return total
 
 
 def _fold_row(fold: int, fold_dir: Path) -> dict:

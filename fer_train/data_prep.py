@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fer_runtime.contract import ModelContract
-from fer_runtime.data import SplitManifest, default_cache_dir, discover, load_split
+from fer_runtime.data import DataError, SplitManifest, default_cache_dir, discover, load_split
 from fer_runtime.data.report import data_report
 from fer_train.augment import AugmentConfig
 from fer_train.checkpoint import CheckpointError, contract_of
@@ -59,6 +59,19 @@ def prepare_data(cfg: TrainConfig, resume_state: dict | None, placement: Placeme
     for w in (report or {}).get("warnings", []):
         print(f"fer-train: data: {w}", file=sys.stderr)
     return PreparedData(manifest, contract, decoded, tensors, report)
+
+
+def check_trainable(data: PreparedData) -> None:
+    """A classifier needs two classes at least, each with a training image that could be read."""
+    classes = data.manifest.classes
+    if len(classes) < 2:
+        raise DataError(f"training needs two classes at least; {data.manifest.root} has only {classes}")
+    counts = np.bincount(data.decoded["train"].labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DataError(f"no readable training image of {', '.join(map(repr, empty))}: nothing to learn "
+                        f"{'it' if len(empty) == 1 else 'them'} from (unreadable files are skipped; --strict stops at "
+                        "the first)")
 
 
 def split_manifest(cfg: TrainConfig, resume_state: dict | None, placement: Placement) -> SplitManifest:

@@ -61,7 +61,9 @@ def resolve_config(cfg: TrainConfig, saved_root: str | None = None) -> TrainConf
 
 
 def check_resumable(resume_state: dict | None, cfg: TrainConfig, flags: InvocationFlags) -> None:
-    """best.pt has no optimizer state: it evaluates (--epochs 0) but does not train on."""
+    """best.pt has no optimizer state: it evaluates (--epochs 0) but does not train on; and --epochs 0 needs a run."""
+    if resume_state is None and cfg.epochs == 0 and not flags.data_report_only:
+        raise OptionError("--epochs 0 only scores the run given with --resume RUN/best.pt: give --epochs N to train")
     if resume_state is not None and resume_state.get("optimizer") is None:
         start = int(resume_state.get("epoch", 0))
         if end_epoch_of(cfg.epochs, flags.stop_after, start) > start:
@@ -81,8 +83,12 @@ def _check_grouping(cfg: TrainConfig) -> None:
         raise OptionError("--folds needs at least 2 folds (0: no cross-validation)")
     if cfg.folds and cfg.group_by is None:
         raise OptionError("--folds deals whole groups to folds: give --group-by REGEX (e.g. '^(S\\d+)_' for CK+ subjects)")
-    if cfg.fold is not None and not (cfg.folds and 1 <= cfg.fold <= cfg.folds):
+    if cfg.fold is not None and not cfg.folds:
+        raise OptionError("--fold trains one fold of a cross-validation: give --folds K with it")
+    if cfg.fold is not None and not 1 <= cfg.fold <= cfg.folds:
         raise OptionError(f"--fold must be 1 to --folds ({cfg.folds}), got {cfg.fold}")
+    if cfg.folds and cfg.test_split:
+        raise OptionError("--test-split does not go with --folds: each fold in turn is the test split")
     if cfg.patience and cfg.monitor == "last":
         raise OptionError("--patience stops when val stops improving; --monitor last keeps every epoch: give "
                           "--monitor accuracy or macro_f1 with it")

@@ -26,7 +26,8 @@ from fer_train.run_config import InvocationFlags
 
 
 def run_dir_for(cfg: TrainConfig, flags: InvocationFlags) -> Path:
-    """The run folder, checked before any work: writable, and never an existing run unless --overwrite."""
+    """The run folder, checked before any work: writable, and never an existing run unless --overwrite, which replaces
+    it only once the new run's data and model are known to work (``replace_old_run``)."""
     if flags.resume:
         run_dir = Path(flags.resume).resolve().parent
         check_output_dir(run_dir, "the run folder")
@@ -38,8 +39,13 @@ def run_dir_for(cfg: TrainConfig, flags: InvocationFlags) -> Path:
         if not flags.overwrite:
             raise OutputError(f"{run_dir} already holds a run: pick another --name, continue it with --resume "
                               f"{run_dir / 'last.pt'}, or replace it with --overwrite")
-        shutil.rmtree(run_dir)
     return run_dir
+
+
+def replace_old_run(run_dir: Path, flags: InvocationFlags) -> None:
+    """--overwrite: the old run goes now, as the new one starts, not before: a mistyped command keeps it."""
+    if flags.overwrite and not flags.resume and run_dir.exists():
+        shutil.rmtree(run_dir)
 
 
 def make_run_folder(run_dir: Path, cfg: TrainConfig, flags: InvocationFlags, data: PreparedData, built: BuiltModel,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,13 +18,13 @@ import click
 import torch
 
 from fer_runtime.data.report import write_data_report
-from fer_runtime.errors import EXIT_INTERRUPTED, FerError, os_error, sigterm_as_interrupt
+from fer_runtime.errors import EXIT_INTERRUPTED, FerError, OutputError, os_error, sigterm_as_interrupt
 from fer_runtime.options import FerCommand, OptionError, config_options, given_options, load_recipe
 from fer_runtime.outputs import check_output_dir, version_option
 from fer_train.checkpoint import load_checkpoint
 from fer_train.config import TrainConfig
 from fer_train.cross_validation import cross_validate
-from fer_train.data_prep import PreparedData, prepare_data, train_batches
+from fer_train.data_prep import PreparedData, check_trainable, prepare_data, train_batches
 from fer_train.distill_setup import keep_teacher_targets, load_teachers, make_distillation
 from fer_train.engine import Distillation, epoch_indices, evaluate, train_one_epoch
 from fer_train.model_setup import BuiltModel, build_model
@@ -37,7 +38,7 @@ from fer_train.run_config import (
     resolve_config,
     saved_config,
 )
-from fer_train.run_folder import TensorBoard, final_report, make_run_folder, run_dir_for
+from fer_train.run_folder import TensorBoard, final_report, make_run_folder, replace_old_run, run_dir_for
 from fer_train.run_status import finished
 from fer_train.training_state import checkpoint_state, restore_state, save_epoch
 
@@ -85,11 +86,18 @@ def train_command(given: dict, flags: InvocationFlags) -> int:
             resume_state = load_checkpoint(flags.resume) if flags.resume else None
             cfg = merged_config(given, saved_config(resume_state))
             check_resumable(resume_state, cfg, flags)
-            train_run(cfg, flags, resume_state)
+            if cfg.folds and cfg.fold is not None and not (flags.data_report_only or flags.resume):  # in the folds' folder
+                CURRENT_RUN["cross_validation"] = True
+                cross_validate(replace(cfg, fold=None), flags, train_run, only=cfg.fold)
+            else:
+                train_run(cfg, flags, resume_state)
         return 0
     except KeyboardInterrupt:
         last = _last_checkpoint()
-        if last is not None:
+        if last is not None and CURRENT_RUN.get("cross_validation"):
+            print(f"fer-train: interrupted; {last} holds the last finished epoch (the same command again goes on)",
+                  file=sys.stderr)
+        elif last is not None:
             print(f"fer-train: interrupted; {last} holds the last finished epoch (continue with --resume {last})",
                   file=sys.stderr)
         else:
@@ -122,6 +130,9 @@ def _with_resume_hint(exc: Exception) -> FerError:
     last = _last_checkpoint()
     if last is None:
         return error
+    if CURRENT_RUN.get("cross_validation"):
+        return StoppedRun(f"{error}; {last} holds the last finished epoch (the same command again goes on)",
+                          error.exit_code)
     return StoppedRun(f"{error}; {last} holds the last finished epoch (continue with --resume {last})", error.exit_code)
 
 
@@ -140,26 +151,34 @@ class RunResult:
     history: list = field(default_factory=list)
 
 
-def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | None) -> RunResult:
-    """The stages of a run: placement, data, teachers, model, run folder, epochs, final report."""
+def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | None,
+              on_start: Callable[[], None] | None = None) -> RunResult:
+    """The stages of a run: placement, data, teachers, model, run folder, epochs, final report. ``on_start`` is called
+    once data and model are known to work, before the run folder is made (a cross-validation's own folder); by default
+    --overwrite removes the old run there."""
     if cfg.folds and cfg.fold is None and not flags.data_report_only:
         if flags.resume:
             raise OptionError("--resume continues one run: to continue a cross-validation, give its command again")
+        CURRENT_RUN["cross_validation"] = True
         return RunResult(cross_validate(cfg, flags, train_run))
     placement = place_process(cfg)
     if flags.data_report_only:
-        return report_data_only(cfg, resume_state, placement)
+        return report_data_only(cfg, resume_state, placement, flags.overwrite)
     run_dir = run_dir_for(cfg, flags)
-    CURRENT_RUN["run_dir"] = run_dir
+    CURRENT_RUN["run_dir"] = run_dir if flags.resume else None  # a run to point to once it is this one's
     data = prepare_data(cfg, resume_state, placement, decode_train=cfg.epochs > 0)
+    if cfg.epochs > 0:
+        check_trainable(data)
     teachers = load_teachers(cfg, data, placement)
     built = build_model(cfg, data, resume_state, placement)
     cfg = replace(cfg, arch=built.name)  # the checkpoint and config record the architecture actually trained
     distill = make_distillation(cfg, teachers, data, built.contract, placement)
-    new_folder = not run_dir.exists()
+    new_folder = not run_dir.exists() or (flags.overwrite and not flags.resume)
     try:
         if placement.is_main:  # made only now that data and model are known to work: a failed start leaves no folder
+            (on_start or (lambda: replace_old_run(run_dir, flags)))()
             make_run_folder(run_dir, cfg, flags, data, built, placement)
+            CURRENT_RUN["run_dir"] = run_dir
             keep_teacher_targets(run_dir, cfg, teachers, distill, data)
         result = train_epochs(cfg, flags.stop_after, data, built, distill, resume_state, placement, run_dir)
         if placement.is_main:
@@ -176,13 +195,17 @@ def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | Non
     return result
 
 
-def report_data_only(cfg: TrainConfig, resume_state: dict | None, placement: Placement) -> RunResult:
-    """--data-report-only: data_report.json/.md in --out-dir, and no run folder."""
-    check_output_dir(cfg.out_dir)
+def report_data_only(cfg: TrainConfig, resume_state: dict | None, placement: Placement, overwrite: bool) -> RunResult:
+    """--data-report-only: data_report.json/.md in --out-dir, and no run folder; an earlier report there is replaced
+    only with --overwrite."""
+    out = check_output_dir(cfg.out_dir)
     CURRENT_RUN["run_dir"] = None
+    earlier = [out / f"data_report.{ext}" for ext in ("json", "md") if (out / f"data_report.{ext}").exists()]
+    if earlier and not overwrite:
+        raise OutputError(f"{earlier[0]} already exists: pick another --out-dir, or replace it with --overwrite")
     data = prepare_data(cfg, resume_state, placement, decode_train=True)
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    written = write_data_report(data.report, Path(cfg.out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_data_report(data.report, out)
     print(f"fer-train: data report in {', '.join(map(str, written))}")
     return RunResult(None)
 

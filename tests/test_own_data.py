@@ -127,7 +127,93 @@ def test_cross_validation_reports_each_fold_and_their_mean_and_continues(recordi
     assert "fold 1/2 (finished)" in capsys.readouterr().out
     assert (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns == stamp
     assert train_main([*args[:-len(TINY)], *TINY, "--seed", "1"]) == 2  # another cross-validation under the name
-    assert "already holds another run" in capsys.readouterr().err
+    assert "differs in --seed" in capsys.readouterr().err
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_starts(recordings, tmp_path, capsys):
+    run = ["--data-root", str(recordings), "--epochs", "1", "--out-dir", str(tmp_path), *TINY]
+    cv = [*run, "--group-by", SUBJECT, "--folds", "2", "--val-split", "0.2", "--name", "cv"]
+    assert train_main([*run, "--name", "one"]) == 0 and train_main(cv) == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
+    capsys.readouterr()
+    for typo in (["--name", "one", "--data-root", str(tmp_path / "typo")], ["--name", "one", "--init", "no.onnx"],
+                 [*cv[len(run):], "--init", "no.onnx"], [*cv[len(run):], "--folds", "9"]):
+        assert train_main([*run, *typo, "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("fer-train: error:") and "last finished epoch" not in err[-1]  # not the old run's
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before and (tmp_path / "cv" / "cv.json").is_file()
+    assert train_main([*run, "--name", "one", "--overwrite", "--seed", "3"]) == 0
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["seed"] == 3
+
+
+def test_a_cross_validation_that_cannot_start_leaves_nothing_and_goes_on_only_over_the_same_images(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_recordings(data, subjects=4)
+    args = ["--data-root", str(data), "--group-by", SUBJECT, "--epochs", "1", "--val-split", "0.25", "--out-dir",
+            str(tmp_path / "runs"), "--name", "cv", *TINY]
+    assert train_main([*args, "--folds", "5"]) == 2  # 4 people cannot make 5 folds
+    assert "needs at least 5 groups" in capsys.readouterr().err and not (tmp_path / "runs" / "cv").exists()
+    assert train_main([*args, "--folds", "2", "--fold", "2"]) == 0  # one fold, in the folds' folder
+    out = capsys.readouterr().out
+    assert "fold 1 of 2 not finished yet" in out and (tmp_path / "runs" / "cv" / "fold2" / "best.pt").is_file()
+    write_recordings(data, subjects=5)  # a person more: the folds would be dealt anew
+    assert train_main([*args, "--folds", "2"]) == 2
+    assert "differs in the images or their labels" in capsys.readouterr().err
+    (data / "anger" / "S005_001_00000010.png").unlink()  # no: the data the folds were dealt from, less a person
+    for name in USER_CLASSES:
+        for extra in data.glob(f"{name}/S005_*"):
+            extra.unlink()
+    stamp = (tmp_path / "runs" / "cv" / "fold2" / "best.pt").stat().st_mtime_ns
+    assert train_main([*args, "--folds", "2"]) == 0
+    assert "fold 2/2 (finished)" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "cv" / "fold2" / "best.pt").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "runs" / "cv" / "cv.json").read_text())["seconds"] > 0
+
+
+def test_stop_after_ends_a_cross_validation_sitting_across_folds(recordings, tmp_path, capsys):
+    args = ["--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "2", "--epochs", "2", "--val-split",
+            "0.2", "--out-dir", str(tmp_path), "--name", "cv", *TINY]
+    assert train_main([*args, "--stop-after", "3"]) == 0  # fold 1's two epochs and one of fold 2's
+    assert "fold 2 of 2 not finished yet" in capsys.readouterr().out and not (tmp_path / "cv" / "cv.json").exists()
+    assert load_checkpoint(tmp_path / "cv" / "fold2" / "last.pt")["epoch"] == 1
+    assert train_main(args) == 0 and (tmp_path / "cv" / "cv.json").is_file()
+    seconds = json.loads((tmp_path / "cv" / "cv.json").read_text())["seconds"]
+    assert train_main(args) == 0  # a finished cross-validation again: its time is not reset
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["seconds"] >= seconds
+
+
+def test_what_cannot_train_is_refused_in_one_line(recordings, tmp_path, capsys):
+    one = tmp_path / "one"
+    write_recordings(one, classes=("anger",))
+    broken = tmp_path / "broken"
+    write_recordings(broken)
+    for image in (broken / "unicorn").iterdir():
+        image.write_bytes(b"not an image")
+    cases = {
+        ("--data-root", str(one)): "two classes at least",
+        ("--data-root", str(broken)): "no readable training image of 'unicorn'",
+        ("--data-root", str(recordings), "--epochs", "0"): "--epochs 0 only scores the run given with --resume",
+        ("--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "2", "--test-split", "0.2"):
+            "--test-split does not go with --folds",
+        ("--data-root", str(recordings), "--fold", "2"): "give --folds K with it",
+    }
+    for given, message in cases.items():
+        assert train_main([*given, "--out-dir", str(tmp_path / "runs"), "--name", "x", *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and not any("Traceback" in line for line in err)
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_a_data_report_is_not_silently_replaced_and_a_run_folder_is_not_a_checkpoint(recordings, tmp_path, capsys):
+    report = ["--data-root", str(recordings), "--data-report-only", "--out-dir", str(tmp_path)]
+    assert train_main(report) == 0
+    first = (tmp_path / "data_report.md").read_text()
+    assert train_main(report) == 2 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "data_report.md").read_text() == first and train_main([*report, "--overwrite"]) == 0
+    assert export_main(["--ckpt", str(tmp_path), "--out-dir", str(tmp_path / "e")]) == 2
+    assert f"{tmp_path} is a folder: give the file" in capsys.readouterr().err
+    with pytest.raises(Exception, match="is a folder: give its checkpoint"):
+        load_checkpoint(tmp_path)
 
 
 def test_the_summary_is_the_folds_mean_and_sample_deviation_and_pools_their_confusion():
