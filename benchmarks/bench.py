@@ -386,8 +386,10 @@ def _torch_row(ckpt: str, manifest: SplitManifest, split: str, scores: Scores) -
 
 def _pipeline(video: str, names: list[str], paths: list[Path], provider: ProviderChoice) -> dict:
     from benchmarks.pipeline import pipeline_report
+    from fer_runtime.cli import quiet_opencv
 
-    return {name: pipeline_report(path, video, provider) for name, path in zip(names, paths)}
+    with quiet_opencv():  # a damaged clip: fer-bench's own line, not FFmpeg's thousands
+        return {name: pipeline_report(path, video, provider) for name, path in zip(names, paths)}
 
 
 def _write(results: dict, out_dir: Path, scores: Scores, predictions: str | None, samples=None) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fer_runtime.data import PROTOCOLS
 from fer_runtime.decision import PRIOR_CHOICES
-from fer_runtime.options import option
+from fer_runtime.options import MAX_THREADS, option
 from fer_runtime.providers import PROVIDER_HELP
 
 DEFAULT_OUT_DIR = "runs/bench"  # runs/ is git-ignored: a benchmark from the repo root rewrites no tracked file
@@ -37,7 +37,7 @@ class BenchConfig:
     # how it runs
     calls: int = option(30, "timed calls per model per round (10 rounds)", bounds=(1, None))
     threads: int = option(0, "ONNX Runtime threads for scoring and the multi-thread timings (0: all cores); batch-1 "
-                          "latency is also timed at one thread", bounds=(0, None))
+                          "latency is also timed at one thread", bounds=(0, MAX_THREADS))
     prior: str = option("model", "decision rule: each model's own (fitted on validation), the training prior (raw "
                         "argmax), or a balanced prior", choices=PRIOR_CHOICES)
     provider: str = option("auto", PROVIDER_HELP)

@@ -20,7 +20,7 @@ from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_PERIOD, FaceEngine
 from fer_runtime.pipeline import run_pipeline
 from fer_runtime.providers import ProviderChoice
-from fer_runtime.sources import PREFETCH_FRAMES, SourceError, open_source
+from fer_runtime.sources import PREFETCH_FRAMES, SourceError, VideoSource, open_source
 from fer_runtime.track import iou
 
 MATCH_IOU = 0.5
@@ -51,6 +51,9 @@ def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | 
         source = open_source(source=video, prefetch=PREFETCH_FRAMES if background else 0)
     except SourceError as exc:
         raise DataError(str(exc)) from None
+    if not isinstance(source, VideoSource):
+        source.close()
+        raise DataError(f"--pipeline {video}: not a video file (photos and folders have no frame rate to follow)")
     engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
     if background:
         engine.detect_in_background(period)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fer_runtime.data import PROTOCOLS
-from fer_runtime.options import option
+from fer_runtime.options import MAX_THREADS, option
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -26,7 +26,7 @@ class ExportConfig:
     protocol: str | None = option(None, "for an ONNX model without a run manifest", choices=PROTOCOLS,
                                   none_means="the model's")
     threads: int = option(0, "torch and ONNX Runtime threads for training and scoring (0: all cores); latency is always "
-                          "timed at batch 1, one thread", bounds=(0, None))
+                          "timed at batch 1, one thread", bounds=(0, MAX_THREADS))
     no_progress: bool = option(False, "no per-batch progress in the training stages")
     seed: int = option(0, "for calibration sampling (training stages keep the source run's seed: it fixes its splits)")
     # distillation

@@ -51,6 +51,7 @@ def quiet_opencv() -> Iterator[None]:
         logging.setLogLevel(level)
 
 
+MAX_LISTED = 5  # outages named one by one in the summary
 OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
 
@@ -84,22 +85,26 @@ def summary(stats: dict, images: bool, rate: bool = True) -> str:
     if stats.get("unsupported"):
         names = ", ".join(stats["unsupported"][:5]) + (", ..." if len(stats["unsupported"]) > 5 else "")
         line += f"; {len(stats['unsupported'])} files in a format not read left out ({names}: convert them to PNG)"
-    line += _outages(stats.get("outages", []), stats["source_lost"])
+    line += _outages(stats.get("outages", []), stats["source_lost"], stats.get("down_for"))
     line += " (interrupted)" if stats["interrupted"] else ""
     return line
 
 
-def _outages(outages: list[float], lost: bool) -> str:
-    """'; the stream dropped 2 times (5.1 s, 0.8 s) and came back' and, when the last one did not end, how long it was
-    reopened before the run gave up."""
+def _outages(outages: list[float], lost: bool, down_for: float | None = None) -> str:
+    """'; the stream dropped 2 times (5.1 s, 0.8 s) and came back' (the first MAX_LISTED), and when the last one did
+    not end: how long it was reopened before the run gave up, or how long it had been down when the run ended."""
     back = outages[:-1] if lost else outages
     text = ""
     if back:
         times = "once" if len(back) == 1 else f"{len(back)} times"
-        text = f"; the source dropped {times} ({', '.join(f'{s:.1f} s' for s in back)}) and came back"
+        listed = ", ".join(f"{s:.1f} s" for s in back[:MAX_LISTED])
+        more = f", ...; {sum(back):.1f} s in all" if len(back) > MAX_LISTED else ""
+        text = f"; the source dropped {times} ({listed}{more}) and came back"
     if lost:
         gone = f" after {outages[-1]:.1f} s of reopening it" if outages else ""
         text += f"; the source was lost{gone} (--reconnect SECONDS to wait longer)"
+    elif down_for is not None:
+        text += f"; the source had been down for {down_for:.1f} s when the run ended"
     return text
 
 
@@ -245,6 +250,10 @@ def _report(stats: dict, src, profile: bool, display: bool) -> int:
         click.echo("fer-run: wrote " + ", ".join(str(Path(p)) for p in stats["written"]))
     if stats["interrupted"]:
         return EXIT_INTERRUPTED
+    if not stats["frames"] and (stats["corrupt"] or stats.get("unread_frames")):
+        what = "image" if independent else "frame"
+        click.echo(f"fer-run: error: not one {what} of the source could be read", err=True)
+        return 2
     return EXIT_INTERNAL if stats["source_lost"] else 0
 
 

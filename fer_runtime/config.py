@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fer_runtime.decision import PRIOR_CHOICES
 from fer_runtime.detect import DEFAULT_DETECT_WIDTH
 from fer_runtime.engine import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_PERIOD, DEFAULT_THREADS
-from fer_runtime.options import option
+from fer_runtime.options import MAX_THREADS, option
 from fer_runtime.providers import PROVIDER_HELP
 from fer_runtime.sources import DEFAULT_RECONNECT_S
 
@@ -40,7 +40,7 @@ class RunConfig:
     smoothing: float = option(0.7, "EMA weight of past probabilities (0 off)", bounds=(0, 1, "<"))
     # the model
     threads: int = option(DEFAULT_THREADS, "ONNX Runtime threads (0: all cores); more than 1 takes CPU from decoding and "
-                          "detection", bounds=(0, None))
+                          "detection", bounds=(0, MAX_THREADS))
     prior: str = option("model", "decision rule: the model's own (fitted on validation), the training prior (the raw "
                         "argmax), or a balanced prior (every expression equally likely: posed faces, balanced sets)",
                         choices=PRIOR_CHOICES)

@@ -140,6 +140,8 @@ class _SizedYuNet:
 
 def create_detector(name: str = "haar", model_path: str | Path | None = None, detect_width: int = DEFAULT_DETECT_WIDTH):
     if name == "haar":
+        if model_path is not None:
+            raise DetectorError("--detector-model is YuNet's file: give --detector yunet with it (haar is built in)")
         return HaarDetector(detect_width)
     if name == "yunet":
         if model_path is None:

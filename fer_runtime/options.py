@@ -23,6 +23,8 @@ from fer_runtime.errors import EXIT_INTERRUPTED, EXIT_USAGE, FerError, os_error,
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+# --threads: more than this is a typo (each thread is a pool worker with its own buffers; 100000 took 16 GB here)
+MAX_THREADS = 256
 
 
 class OptionError(FerError):

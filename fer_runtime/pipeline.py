@@ -60,6 +60,7 @@ class RunOutputs:
         self.writer = None
         self.video: PendingFile | None = None  # the video, under its temporary name until it is whole
         self.video_frames = 0
+        self.video_size: tuple[int, int] | None = None  # (width, height) of the first frame, which every frame keeps
         self.written: list[str] = []  # outputs that exist, whole, at the end
 
     def record(self, frame, faces: list[FaceResult], classes) -> None:
@@ -84,8 +85,11 @@ class RunOutputs:
             h, w = image.shape[:2]
             self.video = PendingFile(self.save)
             self.writer = open_video_writer(self.video.tmp, self.source.fps or 25.0, (w, h))
+            self.video_size = (w, h)
             if not self.writer.isOpened():
                 raise SourceError(f"cannot write video {self.save}")
+        if image.shape[1::-1] != self.video_size:  # a stream that came back at another size: the writer drops those
+            image = cv2.resize(image, self.video_size, interpolation=cv2.INTER_AREA)
         self.writer.write(image)
         self.video_frames += 1
 
@@ -240,6 +244,7 @@ class FrameLoop:
             "labels": self.labels, "unread_frames": int(getattr(source, "unread", 0)), "seconds": elapsed,
             "fps": self.frames / elapsed if elapsed > 0 else 0.0, "interrupted": interrupted,
             "source_lost": bool(getattr(source, "lost", False)), "outages": list(getattr(source, "outages", [])),
+            "down_for": source.outage_now() if hasattr(source, "outage_now") else None,  # an outage not over yet
             "stages": self.engine.timer.summary(),
             "written": self.outputs.written,
         }

@@ -225,6 +225,7 @@ class LiveSource:
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
         self.lost = False
         self.outages: list[float] = []  # seconds from the last frame before each outage to the first after it
+        self.down_since: float | None = None  # the last frame's time (perf_counter) while an outage goes on
         self._latest: np.ndarray | None = None
         self._seq = 0
         self._cond = threading.Condition()
@@ -240,25 +241,30 @@ class LiveSource:
         except Exception:  # noqa: BLE001 - a capture that raises as it is reopened is a source lost, not a hung run
             self.lost = True
         finally:
+            # released here, on the thread that reads it: a close() that gave up waiting must not release it mid-read
+            self.cap.release()
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
 
     def _read_until_lost(self) -> None:
-        last_frame, down, wait = time.perf_counter(), False, self.retry_wait
+        last_frame, wait = time.perf_counter(), self.retry_wait
+        length, read = _frame_count(self.cap), 0  # a video file served over HTTP ends; a live stream has no length
         while not self._stop.is_set():
             ok, img = self.cap.read()
             if ok and img is not None:
-                if down:
+                if self.down_since is not None:
                     self.outages.append(time.perf_counter() - last_frame)
-                down, wait, last_frame = False, self.retry_wait, time.perf_counter()
+                self.down_since, wait, last_frame, read = None, self.retry_wait, time.perf_counter(), read + 1
                 with self._cond:
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
                 continue
-            down = True
+            if length and read >= length:
+                return  # the end of a file, not an outage
+            self.down_since = last_frame
             if time.perf_counter() - last_frame >= self.reconnect:
-                self.lost = True
+                self.lost, self.down_since = True, None
                 self.outages.append(time.perf_counter() - last_frame)
                 break
             if self._stop.wait(min(wait, max(0.0, last_frame + self.reconnect - time.perf_counter()))):
@@ -266,6 +272,12 @@ class LiveSource:
             wait = min(wait * 2, MAX_BACKOFF_S)
             self.cap.release()
             self.cap = self.factory(self.target)
+            length, read = _frame_count(self.cap), 0
+
+    def outage_now(self) -> float | None:
+        """How long the outage going on has lasted (seconds since the last frame), or None."""
+        since = self.down_since
+        return None if since is None else time.perf_counter() - since
 
     def __iter__(self) -> Iterator[Frame]:
         """The newest frame each time; through an outage it waits (in short steps, so Ctrl-C gets through)."""
@@ -281,9 +293,27 @@ class LiveSource:
             index += 1
 
     def close(self) -> None:
+        """Stops the reader, which releases the capture; one blocked in a read does so once the read gives up."""
         self._stop.set()
         self._thread.join(timeout=2.0)
-        self.cap.release()
+
+
+def _frame_count(cap) -> int:
+    """The frames a capture says it holds: a file's count, 0 for a live stream (which reports none, or nonsense)."""
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
+    return int(count) if 0 < count < 1e9 else 0
+
+
+STREAM_STALL_S = 10.0  # a stream URL that sends nothing for this long (or --reconnect, when shorter) has dropped
+
+
+def stream_capture(reconnect: float) -> Callable[[str], object]:
+    """Opens a stream URL with FFmpeg, giving up an open or a read after STREAM_STALL_S or ``reconnect`` seconds (1 at
+    least) instead of OpenCV's 30: a stream that stalls without closing is reopened, and given up, as --reconnect
+    says."""
+    ms = int(1000 * min(STREAM_STALL_S, max(1.0, reconnect)))
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+    return lambda url: cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
 def _kinds(names: list[str]) -> str:
@@ -309,7 +339,8 @@ def open_source(camera: int | None = None, source: str | None = None,
     if camera is not None:
         return LiveSource(camera, capture_factory, reconnect)
     if "://" in source:
-        return LiveSource(source, capture_factory, reconnect)
+        factory = stream_capture(reconnect) if capture_factory is cv2.VideoCapture else capture_factory
+        return LiveSource(source, factory, reconnect)
     path = Path(source)
     if not path.exists():
         raise SourceError(f"source not found: {source}")

@@ -14,7 +14,7 @@ from fer_runtime.data.ferplus import LABEL_MODES
 from fer_runtime.data.groups import Grouping
 from fer_runtime.data.shifts import SHIFTS
 from fer_runtime.data.splits import PROTOCOLS
-from fer_runtime.options import checked_values, option
+from fer_runtime.options import MAX_THREADS, checked_values, option
 
 DEVICES = ["auto", "cpu", "cuda"]
 THREADS_HELP = "CPU threads for torch (0: all cores, torch's own default)"
@@ -117,7 +117,7 @@ class TrainConfig:
     out_dir: str = option("runs", "parent folder of the run folder")
     name: str | None = option(None, "run folder name; an existing run is refused", none_means="MODEL-TIME")
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
-    threads: int = option(0, THREADS_HELP, bounds=(0, None))
+    threads: int = option(0, THREADS_HELP, bounds=(0, MAX_THREADS))
     no_progress: bool = option(False, "no per-batch progress bars")
     # distillation (also what fer-export's distillation sets)
     teacher: list[str] | None = option(None, "teacher checkpoint (.pt) or exported model (.onnx) for knowledge "
@@ -167,4 +167,4 @@ class EvalConfig:
     strict: bool = option(False, "unreadable images are fatal")
     cache_dir: str | None = option(None, "decoded-image cache", none_means=CACHE)
     device: str = option("auto", "auto: CUDA when present", choices=DEVICES)
-    threads: int = option(0, THREADS_HELP, bounds=(0, None))
+    threads: int = option(0, THREADS_HELP, bounds=(0, MAX_THREADS))

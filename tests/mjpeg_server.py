@@ -20,8 +20,9 @@ import numpy as np
 BOUNDARY = b"frame"
 
 
-def face_frames() -> tuple[bytes, bytes]:
-    """Two JPEG frames, 640x480: the face on the left (before the outage) and on the right (after it)."""
+def face_frames(size_after: tuple[int, int] = (640, 480)) -> tuple[bytes, bytes]:
+    """Two JPEG frames, 640x480: the face on the left (before the outage) and on the right (after it, in a frame of
+    ``size_after``)."""
     from skimage import data
 
     face = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330], (160, 160))
@@ -29,17 +30,20 @@ def face_frames() -> tuple[bytes, bytes]:
     for x in (60, 420):
         canvas = np.full((480, 640, 3), 90, np.uint8)
         canvas[150:310, x : x + 160] = face
-        frames.append(cv2.imencode(".jpg", canvas)[1].tobytes())
-    return frames[0], frames[1]
+        frames.append(canvas)
+    frames[1] = cv2.resize(frames[1], size_after)
+    return tuple(cv2.imencode(".jpg", f)[1].tobytes() for f in frames)
 
 
 class DroppingStream(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, up: float, outage: float, fps: float = 25.0) -> None:
+    def __init__(self, up: float, outage: float, fps: float = 25.0, stall: bool = False,
+                 size_after: tuple[int, int] = (640, 480)) -> None:
+        """``stall``: the outage keeps the connection open and sends nothing, instead of closing it."""
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.up, self.outage, self.fps = up, outage, fps
-        self.frames = face_frames()
+        self.up, self.outage, self.fps, self.stall = up, outage, fps, stall
+        self.frames = face_frames(size_after)
         self.start = time.monotonic()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -78,6 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"--" + BOUNDARY + b"\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                 time.sleep(1 / self.server.fps)
+            if self.server.stall and which == 0:
+                time.sleep(self.server.outage)
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.close_connection = True

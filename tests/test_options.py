@@ -195,3 +195,20 @@ def test_an_interrupt_that_lands_inside_a_builtin_still_exits_130(capsys):
     assert capsys.readouterr().err.strip() == "z: interrupted"
     with pytest.raises(SystemError, match="a real one"):
         broken.main([], standalone_mode=False)
+
+
+
+def test_a_thread_count_no_machine_has_is_one_line_in_every_command():
+    from fer_runtime.cli import main as run_main
+    from fer_runtime.options import MAX_THREADS
+
+    configs = [RunConfig, BenchConfig, ExportConfig]
+    if importlib.util.find_spec("torch") is not None:
+        from fer_train.config import EvalConfig, TrainConfig
+
+        configs += [TrainConfig, EvalConfig]
+    for config in configs:  # --threads 100000 grew past 16 GB in ONNX Runtime's pool before it ran a frame
+        bounds = next(f.metadata["option"].get("bounds") for f in fields(config) if f.name == "threads")
+        assert bounds == (0, MAX_THREADS), config
+    result = CliRunner().invoke(run_main, ["--threads", "99999999999", "--demo", "--no-display"])
+    assert result.exit_code == 2 and "99999999999 is not in the range 0<=x<=256" in result.output

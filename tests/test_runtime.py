@@ -109,6 +109,13 @@ def test_folder_source_counts_corrupt_images(tiny_model, astronaut, tmp_path):
     result = CliRunner().invoke(run_cli, ["--source", str(folder), "--model", str(tiny_model), "--no-display"])
     assert result.exit_code == 0
     assert "fer-run: 1 images, 1 faces" in result.output and "2 unreadable images skipped (b.jpg, c.png)" in result.output
+    (folder / "a.png").unlink()  # nothing left that reads: an error, not a run of nothing
+    result = CliRunner().invoke(run_cli, ["--source", str(folder), "--model", str(tiny_model), "--no-display"])
+    assert result.exit_code == 2 and "error: not one image of the source could be read" in result.output
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(b"RIFF" + bytes(4000))
+    result = CliRunner().invoke(run_cli, ["--source", str(clip), "--model", str(tiny_model), "--no-display"])
+    assert result.exit_code == 2 and result.output.count("error") == 1, result.output
 
 
 class FakeCapture:
@@ -307,6 +314,15 @@ def test_faces_are_followed_between_detections_and_match_every_frame_detection(t
     assert len(xs) == 5 and all(b > a for a, b in zip(xs, xs[1:]))
     cmp = compare_boxes(every, followed)
     assert cmp["reference_faces"] >= 40 and cmp["recall"] >= 0.98 and cmp["mean_iou"] >= 0.8
+
+
+def test_the_pipeline_report_refuses_a_photo_or_a_folder(tiny_model, astronaut):
+    from benchmarks.pipeline import pipeline_report
+    from fer_runtime.data import DataError
+
+    for source in (astronaut, astronaut.parent):
+        with pytest.raises(DataError, match="not a video file"):
+            pipeline_report(tiny_model, str(source))
 
 
 def test_the_pipeline_report_reads_quality_at_full_speed_and_at_the_clips_own_frame_rate(tiny_model, moving_face_video):

@@ -199,6 +199,7 @@ def test_input_faults_share_one_error_format(model, tmp_path, monkeypatch):
     bad_yunet.write_bytes(b"not a model")
     cases = [
         (["--source", one, "--detector", "yunet", "--detector-model", bad_yunet], "is not a YuNet model OpenCV can load"),
+        (["--source", one, "--detector-model", bad_yunet], "give --detector yunet with it"),  # not silently unused
         (["--source", "rtsp://127.0.0.1:9/none"], "cannot open stream rtsp://127.0.0.1:9/none: check the URL"),
         (["--demo", "--source", one], "--demo runs on the bundled photo"),
         (["--source", tmp_path / "clip.mp4", "--crops"], "source not found"),
