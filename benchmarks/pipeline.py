@@ -53,7 +53,7 @@ def _run(model: Path, video: str, detect_every: int, provider: ProviderChoice | 
         raise DataError(str(exc)) from None
     if not isinstance(source, VideoSource):
         source.close()
-        raise DataError(f"--pipeline {video}: not a video file (photos and folders have no frame rate to follow)")
+        raise DataError(f"--pipeline {video}: not a video file (a photo, a folder or a stream cannot be replayed)")
     engine = FaceEngine(model, create_detector("haar", None, detect_width), detect_every=detect_every, provider=provider)
     if background:
         engine.detect_in_background(period)

@@ -249,7 +249,7 @@ class LiveSource:
 
     def _read_until_lost(self) -> None:
         last_frame, wait = time.perf_counter(), self.retry_wait
-        length, read = _frame_count(self.cap), 0  # a video file served over HTTP ends; a live stream has no length
+        length, read = self._length(), 0  # a video file served over HTTP ends; a live stream has no length
         while not self._stop.is_set():
             ok, img = self.cap.read()
             if ok and img is not None:
@@ -260,8 +260,8 @@ class LiveSource:
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
                 continue
-            if length and read >= length:
-                return  # the end of a file, not an outage
+            if length and read >= length - max(2, length // 100):
+                return  # the end of a file (its count may be an estimate a frame or two long), not an outage
             self.down_since = last_frame
             if time.perf_counter() - last_frame >= self.reconnect:
                 self.lost, self.down_since = True, None
@@ -272,7 +272,13 @@ class LiveSource:
             wait = min(wait * 2, MAX_BACKOFF_S)
             self.cap.release()
             self.cap = self.factory(self.target)
-            length, read = _frame_count(self.cap), 0
+            length = self._length()
+            if not (length and read and self.cap.set(cv2.CAP_PROP_POS_FRAMES, read)):
+                read = 0  # a file reopened goes on where it broke off, where it can; a live stream starts anew
+
+    def _length(self) -> int:
+        """The frames a URL's capture says it holds (a file's count); 0 for a camera or a live stream."""
+        return _frame_count(self.cap) if isinstance(self.target, str) else 0
 
     def outage_now(self) -> float | None:
         """How long the outage going on has lasted (seconds since the last frame), or None."""

@@ -35,30 +35,37 @@ from fer_train.run_status import run_status
 
 FIGURES = ("accuracy", "macro_f1", "balanced_accuracy")
 PLACEMENT = ("fold", "threads", "device", "no_progress", "cache_dir", "data_root", "out_dir", "name")  # may differ
+# (data_root: the files are compared by their names and labels, so a set that moved goes on)
 
 
-def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable, only: int | None = None) -> Path:
+def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable, only: int | None = None,
+                   again: str = "the same command") -> Path:
     """Train (or continue) every fold's run, or fold ``only``, then write the summary once every fold is finished;
-    returns the cross-validation folder. --stop-after counts the epochs of this sitting across folds."""
+    returns the cross-validation folder (``cfg.name`` under ``cfg.out_dir``). --stop-after counts the epochs of this
+    sitting across folds; ``again`` is the command that goes on, for the messages."""
     wanted = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT}
-    wanted.update(data_root=str(Path(cfg.data_root).resolve()), data=data_fingerprint(cfg))
-    top, fresh = _cv_folder(cfg, flags, wanted)
+    wanted["data"] = data_fingerprint(cfg)
+    top, fresh = _cv_folder(cfg, flags, wanted, only)
+    ours = not fresh  # the folder holds this cross-validation: its time and summary go there
 
     def start() -> None:  # when the first fold's data and model are known to work: a failed start leaves all as it was
+        nonlocal ours
         if top.exists():
             shutil.rmtree(top)
         top.mkdir(parents=True)
         atomic_write_text(top / "cv_config.json", json.dumps(wanted, indent=2))
+        ours = True
 
     left = flags.stop_after
     for fold in [only] if only else range(1, cfg.folds + 1):
         fold_dir = top / f"fold{fold}"
-        status = "new" if fresh else run_status(fold_dir)
+        anew = fresh or (only is not None and flags.overwrite)  # --fold N --overwrite: that fold alone, anew
+        status = "new" if anew else run_status(fold_dir)
+        if status != "finished" and left == 0:
+            break
         print(f"fer-train: cross-validation fold {fold}/{cfg.folds} ({status}) in {fold_dir}", flush=True)
         if status == "finished":
             continue
-        if left == 0:
-            break
         t0 = time.monotonic()
         try:
             if status == "started":
@@ -69,20 +76,23 @@ def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable
             else:
                 before = 0
                 result = train_run(replace(cfg, fold=fold, out_dir=str(top), name=f"fold{fold}"),
-                                   InvocationFlags(stop_after=left, overwrite=fresh), None, start if fresh else None)
+                                   InvocationFlags(stop_after=left, overwrite=anew), None, start if fresh else None)
                 fresh = False
         finally:
-            if top.is_dir():
+            if ours:
                 _add_seconds(top, time.monotonic() - t0)
         if left is not None:
             left -= (result.history[-1]["epoch"] if result.history else before) - before
         if not result.results.get("complete"):
             break
+    if not ours:
+        print(f"fer-train: no fold trained; {top} is as it was", flush=True)
+        return top
     unfinished = [k for k in range(1, cfg.folds + 1) if run_status(top / f"fold{k}") != "finished"]
     if unfinished:
         rest = " (without --fold: every fold)" if only else ""
-        print(f"fer-train: fold {', '.join(map(str, unfinished))} of {cfg.folds} not finished yet: the same command "
-              f"again goes on{rest}", flush=True)
+        print(f"fer-train: fold {', '.join(map(str, unfinished))} of {cfg.folds} not finished yet: {again} goes on"
+              f"{rest}", flush=True)
         return top
     summary = summarise([_fold_row(k, top / f"fold{k}") for k in range(1, cfg.folds + 1)], cfg, _add_seconds(top, 0.0))
     write_summary(summary, top)
@@ -93,9 +103,9 @@ def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable
 
 
 def data_fingerprint(cfg: TrainConfig) -> str:
-    """sha256 of the images and labels the folds are dealt from, found as fold 1's run finds them: a continued
-    cross-validation must deal the same people to the same folds. A grouping that cannot make the folds fails here,
-    before anything is written."""
+    """sha256 of the image files' names and labels the folds are dealt from, found as fold 1's run finds them: a
+    continued cross-validation must deal the same people to the same folds. A grouping that cannot make the folds
+    fails here, before anything is written."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each fold's run gives them
         manifest = discover(cfg.data_root, cfg.protocol, cfg.val_split, cfg.test_split, cfg.seed, cfg.label_mode,
@@ -104,23 +114,28 @@ def data_fingerprint(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps([manifest.classes, items]).encode()).hexdigest()
 
 
-def _cv_folder(cfg: TrainConfig, flags: InvocationFlags, wanted: dict) -> tuple[Path, bool]:
+def _cv_folder(cfg: TrainConfig, flags: InvocationFlags, wanted: dict, only: int | None) -> tuple[Path, bool]:
     """RUN, and whether it starts afresh: new, or replaced with --overwrite (once the first fold starts), else one this
-    same cross-validation began on the same data (its cv_config.json agrees)."""
+    same cross-validation began on the same files (its cv_config.json agrees); --fold N --overwrite replaces that fold
+    of this same cross-validation only."""
     check_output_dir(cfg.out_dir)
-    top = Path(cfg.out_dir) / (cfg.name or f"cv-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not top.exists() or not any(top.iterdir()) or flags.overwrite:
+    top = Path(cfg.out_dir) / cfg.name
+    if not top.exists() or not any(top.iterdir()) or (flags.overwrite and only is None):
         return top, True
     saved_file = top / "cv_config.json"
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    replace_it = "replace it with --overwrite" + (" (without --fold)" if only else "")
     if saved is None:
-        raise OutputError(f"{top} already holds another run: pick another --name, or replace it with --overwrite")
+        raise OutputError(f"{top} already holds another run: pick another --name, or {replace_it}")
+    if "data" not in saved:
+        raise OutputError(f"{top} holds a cross-validation of an earlier fer-train, which kept no record of its image "
+                          f"files: pick another --name, or {replace_it}")
     wanted = json.loads(json.dumps(wanted))
     differ = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
     if differ:
-        what = ", ".join("the images or their labels" if k == "data" else f"--{k.replace('_', '-')}" for k in differ)
+        what = ", ".join("its image files or their labels" if k == "data" else f"--{k.replace('_', '-')}" for k in differ)
         raise OutputError(f"{top} holds a cross-validation that differs in {what}: give its own options to continue "
-                          "it, pick another --name, or replace it with --overwrite")
+                          f"it, pick another --name, or {replace_it}")
     return top, False
 
 
@@ -128,7 +143,7 @@ def _add_seconds(top: Path, seconds: float) -> float:
     """The cross-validation's wall time over all its sittings (cv_time.json), ``seconds`` more; returns the total."""
     path = top / "cv_time.json"
     total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
-    atomic_write_text(path, json.dumps({"seconds": round(total, 1)}))
+    atomic_write_text(path, json.dumps({"seconds": round(total, 3)}))
     return total
 
 

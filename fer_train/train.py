@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,16 +88,15 @@ def train_command(given: dict, flags: InvocationFlags) -> int:
             cfg = merged_config(given, saved_config(resume_state))
             check_resumable(resume_state, cfg, flags)
             if cfg.folds and cfg.fold is not None and not (flags.data_report_only or flags.resume):  # in the folds' folder
-                CURRENT_RUN["cross_validation"] = True
-                cross_validate(replace(cfg, fold=None), flags, train_run, only=cfg.fold)
+                run_cross_validation(replace(cfg, fold=None), flags, only=cfg.fold)
             else:
                 train_run(cfg, flags, resume_state)
         return 0
     except KeyboardInterrupt:
         last = _last_checkpoint()
         if last is not None and CURRENT_RUN.get("cross_validation"):
-            print(f"fer-train: interrupted; {last} holds the last finished epoch (the same command again goes on)",
-                  file=sys.stderr)
+            print(f"fer-train: interrupted; {last} holds the last finished epoch ({CURRENT_RUN['cross_validation']} "
+                  "goes on)", file=sys.stderr)
         elif last is not None:
             print(f"fer-train: interrupted; {last} holds the last finished epoch (continue with --resume {last})",
                   file=sys.stderr)
@@ -131,8 +131,8 @@ def _with_resume_hint(exc: Exception) -> FerError:
     if last is None:
         return error
     if CURRENT_RUN.get("cross_validation"):
-        return StoppedRun(f"{error}; {last} holds the last finished epoch (the same command again goes on)",
-                          error.exit_code)
+        return StoppedRun(f"{error}; {last} holds the last finished epoch ({CURRENT_RUN['cross_validation']} goes "
+                          "on)", error.exit_code)
     return StoppedRun(f"{error}; {last} holds the last finished epoch (continue with --resume {last})", error.exit_code)
 
 
@@ -159,8 +159,7 @@ def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | Non
     if cfg.folds and cfg.fold is None and not flags.data_report_only:
         if flags.resume:
             raise OptionError("--resume continues one run: to continue a cross-validation, give its command again")
-        CURRENT_RUN["cross_validation"] = True
-        return RunResult(cross_validate(cfg, flags, train_run))
+        return RunResult(run_cross_validation(cfg, flags))
     placement = place_process(cfg)
     if flags.data_report_only:
         return report_data_only(cfg, resume_state, placement, flags.overwrite)
@@ -193,6 +192,16 @@ def train_run(cfg: TrainConfig, flags: InvocationFlags, resume_state: dict | Non
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return result
+
+
+def run_cross_validation(cfg: TrainConfig, flags: InvocationFlags, only: int | None = None) -> Path:
+    """``cross_validate`` under the name it goes on with (cv-DATE-TIME when none was given), which the messages about
+    going on name."""
+    named = replace(cfg, name=cfg.name or f"cv-{time.strftime('%Y%m%d-%H%M%S')}")
+    again = ("the same command" + ("" if cfg.name else f" with --name {named.name}")
+             + (" without --overwrite" if flags.overwrite else ""))
+    CURRENT_RUN["cross_validation"] = again
+    return cross_validate(named, flags, train_run, only, again)
 
 
 def report_data_only(cfg: TrainConfig, resume_state: dict | None, placement: Placement, overwrite: bool) -> RunResult:

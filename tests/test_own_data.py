@@ -135,13 +135,17 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(recordings, tmp_pa
     cv = [*run, "--group-by", SUBJECT, "--folds", "2", "--val-split", "0.2", "--name", "cv"]
     assert train_main([*run, "--name", "one"]) == 0 and train_main(cv) == 0
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")}
+    time_before = (tmp_path / "cv" / "cv_time.json").read_text()
     capsys.readouterr()
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")  # found, so refused only as the first fold's model is built
     for typo in (["--name", "one", "--data-root", str(tmp_path / "typo")], ["--name", "one", "--init", "no.onnx"],
-                 [*cv[len(run):], "--init", "no.onnx"], [*cv[len(run):], "--folds", "9"]):
+                 [*cv[len(run):], "--init", str(junk)], [*cv[len(run):], "--folds", "9"]):
         assert train_main([*run, *typo, "--overwrite"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("fer-train: error:") and "last finished epoch" not in err[-1]  # not the old run's
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before and (tmp_path / "cv" / "cv.json").is_file()
+    assert (tmp_path / "cv" / "cv_time.json").read_text() == time_before
     assert train_main([*run, "--name", "one", "--overwrite", "--seed", "3"]) == 0
     assert json.loads((tmp_path / "one" / "config.json").read_text())["seed"] == 3
 
@@ -158,7 +162,7 @@ def test_a_cross_validation_that_cannot_start_leaves_nothing_and_goes_on_only_ov
     assert "fold 1 of 2 not finished yet" in out and (tmp_path / "runs" / "cv" / "fold2" / "best.pt").is_file()
     write_recordings(data, subjects=5)  # a person more: the folds would be dealt anew
     assert train_main([*args, "--folds", "2"]) == 2
-    assert "differs in the images or their labels" in capsys.readouterr().err
+    assert "differs in its image files or their labels" in capsys.readouterr().err
     (data / "anger" / "S005_001_00000010.png").unlink()  # no: the data the folds were dealt from, less a person
     for name in USER_CLASSES:
         for extra in data.glob(f"{name}/S005_*"):
@@ -168,6 +172,24 @@ def test_a_cross_validation_that_cannot_start_leaves_nothing_and_goes_on_only_ov
     assert "fold 2/2 (finished)" in capsys.readouterr().out
     assert (tmp_path / "runs" / "cv" / "fold2" / "best.pt").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "runs" / "cv" / "cv.json").read_text())["seconds"] > 0
+
+
+def test_overwriting_one_fold_keeps_the_others_and_nothing_trained_leaves_the_folder_alone(recordings, tmp_path, capsys):
+    args = ["--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "2", "--epochs", "1", "--val-split",
+            "0.2", "--out-dir", str(tmp_path), "--name", "cv", *TINY]
+    assert train_main(args) == 0
+    summary = (tmp_path / "cv" / "cv.json").read_text()
+    stamps = {k: (tmp_path / "cv" / f"fold{k}" / "best.pt").stat().st_mtime_ns for k in (1, 2)}
+    assert train_main([*args, "--fold", "2", "--overwrite"]) == 0  # fold 2 again; fold 1 stays
+    assert (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns == stamps[1]
+    assert (tmp_path / "cv" / "fold2" / "best.pt").stat().st_mtime_ns != stamps[2]
+    summary = (tmp_path / "cv" / "cv.json").read_text()
+    capsys.readouterr()
+    assert train_main([*args, "--overwrite", "--stop-after", "0", "--seed", "5"]) == 0  # trains nothing: keeps all
+    assert "no fold trained" in capsys.readouterr().out and (tmp_path / "cv" / "cv.json").read_text() == summary
+    assert train_main([*args[:-len(TINY) - 2], *TINY, "--overwrite", "--stop-after", "1"]) == 0  # unnamed: cv-DATE
+    out = capsys.readouterr().out
+    assert "not finished yet: the same command with --name cv-" in out and "without --overwrite goes on" in out
 
 
 def test_stop_after_ends_a_cross_validation_sitting_across_folds(recordings, tmp_path, capsys):

@@ -38,14 +38,14 @@ def test_a_stream_that_drops_and_comes_back_is_followed_to_its_end(tmp_path):
 
 def test_a_stream_that_stalls_without_closing_is_given_up_as_reconnect_says(tmp_path):
     started = time.monotonic()
-    result = run_fer_run(DroppingStream(up=1.5, outage=60.0, stall=True), "--reconnect", "2")
+    result = run_fer_run(DroppingStream(up=2.5, outage=60.0, stall=True), "--reconnect", "2")
     assert result.returncode == 1 and "the source was lost after" in result.stdout, result.stdout + result.stderr
     assert time.monotonic() - started < 20  # OpenCV alone waits 30 s for a read
 
 
 def test_a_stream_that_comes_back_at_another_size_keeps_its_outputs(tmp_path):
     out, video = tmp_path / "faces.jsonl", tmp_path / "run.mp4"
-    server = DroppingStream(up=1.5, outage=1.0, size_after=(320, 240))
+    server = DroppingStream(up=2.5, outage=1.0, size_after=(320, 240))
     result = run_fer_run(server, "--reconnect", "2", "--json", str(out), "--save", str(video))
     assert result.returncode == 1 and "dropped once" in result.stdout, result.stdout + result.stderr
     import cv2
@@ -56,9 +56,9 @@ def test_a_stream_that_comes_back_at_another_size_keeps_its_outputs(tmp_path):
 
 
 def test_an_outage_the_run_ends_in_is_named(tmp_path):
-    server = DroppingStream(up=1.5, outage=60.0)
+    server = DroppingStream(up=2.5, outage=60.0)
     run = subprocess.Popen([*FER_RUN, "--source", server.url, "--reconnect", "60"], stdout=subprocess.PIPE, text=True)
-    time.sleep(6.0)
+    time.sleep(7.0)
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=60)
     assert run.returncode == 130 and "the source had been down for" in out and "(interrupted)" in out, out
@@ -92,7 +92,7 @@ def test_a_video_file_served_over_http_ends_instead_of_replaying(tmp_path):
                             text=True, timeout=120)
     server.shutdown()
     assert result.returncode == 0 and "dropped" not in result.stdout, result.stdout + result.stderr
-    assert len((tmp_path / "f.jsonl").read_text().splitlines()) <= 30
+    assert 0 < len((tmp_path / "f.jsonl").read_text().splitlines()) <= 30  # the newest frame each time: some go
 
 
 def test_a_full_disk_is_one_line_of_fer_run_s_and_no_opencv_log_line(tiny_model_factory, face_video_factory, tmp_path):
