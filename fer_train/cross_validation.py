@@ -83,7 +83,7 @@ def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable
                 _add_seconds(top, time.monotonic() - t0)
         if left is not None:
             left -= (result.history[-1]["epoch"] if result.history else before) - before
-        if not result.results.get("complete"):
+        if run_status(fold_dir) != "finished":  # --stop-after ended this sitting
             break
     if not ours:
         print(f"fer-train: no fold trained; {top} is as it was", flush=True)

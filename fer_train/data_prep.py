@@ -62,12 +62,14 @@ def prepare_data(cfg: TrainConfig, resume_state: dict | None, placement: Placeme
 
 
 def check_trainable(data: PreparedData) -> None:
-    """A classifier needs two classes at least, each with a training image that could be read."""
+    """A classifier needs two classes at least, and a class whose training images are all unreadable has nothing to
+    learn it from."""
     classes = data.manifest.classes
     if len(classes) < 2:
         raise DataError(f"training needs two classes at least; {data.manifest.root} has only {classes}")
-    counts = np.bincount(data.decoded["train"].labels, minlength=len(classes))
-    empty = [c for c, n in zip(classes, counts) if n == 0]
+    listed = np.bincount([label for _, label in data.manifest.splits["train"]], minlength=len(classes))
+    read = np.bincount(data.decoded["train"].labels, minlength=len(classes))
+    empty = [c for c, n, m in zip(classes, listed, read) if n and not m]
     if empty:
         raise DataError(f"no readable training image of {', '.join(map(repr, empty))}: nothing to learn "
                         f"{'it' if len(empty) == 1 else 'them'} from (unreadable files are skipped; --strict stops at "
