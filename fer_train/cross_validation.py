@@ -5,8 +5,8 @@ Every fold is an ordinary run in ``RUN/foldN/``: it trains on the other folds (b
 validation split carved from them) and is tested once on its own fold, whose people it never saw. ``RUN/cv.json``,
 ``cv.md`` and ``cv.png`` give each fold's test figures and their mean ± standard deviation (over folds, ddof 1) and the
 confusion matrix of all folds' test images pooled. The same command again continues: finished folds are kept, a
-started one resumes from its last.pt; the images must be the same. ``--fold N`` trains that fold's run alone, in the same
-folder.
+started one resumes from its last.pt, over the same image files (names and labels). ``--fold N`` trains that fold
+alone, in the same folder.
 """
 
 from __future__ import annotations
@@ -87,19 +87,24 @@ def cross_validate(cfg: TrainConfig, flags: InvocationFlags, train_run: Callable
             break
     if not ours:
         print(f"fer-train: no fold trained; {top} is as it was", flush=True)
-        return top
+    else:
+        _summary_once_finished(cfg, top, only, again)
+    return top
+
+
+def _summary_once_finished(cfg: TrainConfig, top: Path, only: int | None, again: str) -> None:
+    """cv.json/.md/.png once every fold is finished; else which are not, and how to go on."""
     unfinished = [k for k in range(1, cfg.folds + 1) if run_status(top / f"fold{k}") != "finished"]
     if unfinished:
         rest = " (without --fold: every fold)" if only else ""
         print(f"fer-train: fold {', '.join(map(str, unfinished))} of {cfg.folds} not finished yet: {again} goes on"
               f"{rest}", flush=True)
-        return top
+        return
     summary = summarise([_fold_row(k, top / f"fold{k}") for k in range(1, cfg.folds + 1)], cfg, _add_seconds(top, 0.0))
     write_summary(summary, top)
     mean, std = summary["mean"]["accuracy"], summary["std"]["accuracy"]
     print(f"fer-train: {cfg.folds}-fold cross-validation by {cfg.group_by!r}: test accuracy {mean:.4f} ± {std:.4f}, "
           f"macro-F1 {summary['mean']['macro_f1']:.4f} ± {summary['std']['macro_f1']:.4f}; {top / 'cv.md'}")
-    return top
 
 
 def data_fingerprint(cfg: TrainConfig) -> str:
