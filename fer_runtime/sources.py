@@ -194,6 +194,7 @@ class VideoSource:
 
 DEFAULT_RECONNECT_S = 30.0  # how long a dropped camera or stream is reopened before the run ends (--reconnect)
 MAX_BACKOFF_S = 2.0  # the longest wait between two attempts to reopen it
+STALL_FRAMES = 10  # a camera or stream silent for this many frame times (1 s at least) is down, for the summary
 
 
 class LiveSource:
@@ -226,6 +227,7 @@ class LiveSource:
         self.lost = False
         self.outages: list[float] = []  # seconds from the last frame before each outage to the first after it
         self.down_since: float | None = None  # the last frame's time (perf_counter) while an outage goes on
+        self.last_frame = time.perf_counter()  # when the reader last got a frame (or the source opened)
         self._latest: np.ndarray | None = None
         self._seq = 0
         self._cond = threading.Condition()
@@ -248,7 +250,7 @@ class LiveSource:
                 self._cond.notify_all()
 
     def _read_until_lost(self) -> None:
-        last_frame, wait = time.perf_counter(), self.retry_wait
+        last_frame, wait = self.last_frame, self.retry_wait
         length, read = self._length(), 0  # a video file served over HTTP ends; a live stream has no length
         while not self._stop.is_set():
             ok, img = self.cap.read()
@@ -256,6 +258,7 @@ class LiveSource:
                 if self.down_since is not None:
                     self.outages.append(time.perf_counter() - last_frame)
                 self.down_since, wait, last_frame, read = None, self.retry_wait, time.perf_counter(), read + 1
+                self.last_frame = last_frame
                 with self._cond:
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
@@ -281,9 +284,13 @@ class LiveSource:
         return _frame_count(self.cap) if isinstance(self.target, str) else 0
 
     def outage_now(self) -> float | None:
-        """How long the outage going on has lasted (seconds since the last frame), or None."""
+        """How long the outage going on has lasted (seconds since the last frame), or None: once a read has failed, or
+        when nothing has come for STALL_FRAMES frame times, a stall the read has not given up on yet."""
         since = self.down_since
-        return None if since is None else time.perf_counter() - since
+        if since is not None:
+            return time.perf_counter() - since
+        quiet = time.perf_counter() - self.last_frame
+        return quiet if quiet > max(1.0, STALL_FRAMES / self.fps) else None
 
     def __iter__(self) -> Iterator[Frame]:
         """The newest frame each time; through an outage it waits (in short steps, so Ctrl-C gets through)."""

@@ -55,8 +55,9 @@ def test_a_stream_that_comes_back_at_another_size_keeps_its_outputs(tmp_path):
     assert frames == len(out.read_text().splitlines()) > 0 and capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 640
 
 
-def test_an_outage_the_run_ends_in_is_named(tmp_path):
-    server = DroppingStream(up=2.5, outage=60.0)
+@pytest.mark.parametrize("stall", [False, True])  # closed, or open and silent (a read that has not given up yet)
+def test_an_outage_the_run_ends_in_is_named(tmp_path, stall):
+    server = DroppingStream(up=2.5, outage=60.0, stall=stall)
     run = subprocess.Popen([*FER_RUN, "--source", server.url, "--reconnect", "60"], stdout=subprocess.PIPE, text=True)
     time.sleep(7.0)
     run.send_signal(signal.SIGINT)
