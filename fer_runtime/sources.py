@@ -250,27 +250,26 @@ class LiveSource:
                 self._cond.notify_all()
 
     def _read_until_lost(self) -> None:
-        last_frame, wait = self.last_frame, self.retry_wait
+        wait = self.retry_wait
         length, read = self._length(), 0  # a video file served over HTTP ends; a live stream has no length
         while not self._stop.is_set():
             ok, img = self.cap.read()
             if ok and img is not None:
                 if self.down_since is not None:
-                    self.outages.append(time.perf_counter() - last_frame)
-                self.down_since, wait, last_frame, read = None, self.retry_wait, time.perf_counter(), read + 1
-                self.last_frame = last_frame
+                    self.outages.append(time.perf_counter() - self.last_frame)
+                self.down_since, wait, self.last_frame, read = None, self.retry_wait, time.perf_counter(), read + 1
                 with self._cond:
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
                 continue
             if length and read >= length - max(2, length // 100):
                 return  # the end of a file (its count may be an estimate a frame or two long), not an outage
-            self.down_since = last_frame
-            if time.perf_counter() - last_frame >= self.reconnect:
+            self.down_since = self.last_frame
+            if time.perf_counter() - self.last_frame >= self.reconnect:
                 self.lost, self.down_since = True, None
-                self.outages.append(time.perf_counter() - last_frame)
+                self.outages.append(time.perf_counter() - self.last_frame)
                 break
-            if self._stop.wait(min(wait, max(0.0, last_frame + self.reconnect - time.perf_counter()))):
+            if self._stop.wait(min(wait, max(0.0, self.last_frame + self.reconnect - time.perf_counter()))):
                 break
             wait = min(wait * 2, MAX_BACKOFF_S)
             self.cap.release()

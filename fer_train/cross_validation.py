@@ -15,20 +15,18 @@ import hashlib
 import json
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from fer_runtime.data import discover
 from fer_runtime.errors import OutputError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.outputs import atomic_write_text, check_output_dir
 from fer_train.checkpoint import load_checkpoint
 from fer_train.config import TrainConfig
-from fer_train.data_prep import not_classes
+from fer_train.data_prep import discover_splits
 from fer_train.metrics import plot_confusion_matrix
 from fer_train.run_config import InvocationFlags, merged_config, saved_config
 from fer_train.run_status import run_status
@@ -111,10 +109,7 @@ def data_fingerprint(cfg: TrainConfig) -> str:
     """sha256 of the image files' names and labels the folds are dealt from, found as fold 1's run finds them: a
     continued cross-validation must deal the same people to the same folds. A grouping that cannot make the folds
     fails here, before anything is written."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # each fold's run gives them
-        manifest = discover(cfg.data_root, cfg.protocol, cfg.val_split, cfg.test_split, cfg.seed, cfg.label_mode,
-                            exclude=not_classes(cfg), grouping=replace(cfg, fold=1).grouping())
+    manifest, _ = discover_splits(replace(cfg, fold=1))  # its warnings: each fold's run gives them
     items = sorted(item for split in manifest.splits.values() for item in split)
     return hashlib.sha256(json.dumps([manifest.classes, items]).encode()).hexdigest()
 

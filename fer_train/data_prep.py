@@ -80,13 +80,19 @@ def split_manifest(cfg: TrainConfig, resume_state: dict | None, placement: Place
     """The resumed run's own splits, or the data's discovered anew."""
     if resume_state is not None and "manifest" in resume_state:
         return SplitManifest.from_dict(resume_state["manifest"])
+    manifest, said = discover_splits(cfg)
+    for message in said:
+        placement.warn(message)
+    return manifest
+
+
+def discover_splits(cfg: TrainConfig) -> tuple[SplitManifest, list[str]]:
+    """The data's splits as the options deal them, and the warnings discovery gave (for the caller to pass on)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = discover(cfg.data_root, cfg.protocol, cfg.val_split, cfg.test_split, cfg.seed, cfg.label_mode,
                             exclude=not_classes(cfg), grouping=cfg.grouping())
-    for w in caught:
-        placement.warn(str(w.message))
-    return manifest
+    return manifest, [str(w.message) for w in caught]
 
 
 def not_classes(cfg: TrainConfig) -> dict[Path, str]:
