@@ -94,12 +94,8 @@ def train_command(given: dict, flags: InvocationFlags) -> int:
         return 0
     except KeyboardInterrupt:
         last = _last_checkpoint()
-        if last is not None and CURRENT_RUN.get("cross_validation"):
-            print(f"fer-train: interrupted; {last} holds the last finished epoch ({CURRENT_RUN['cross_validation']} "
-                  "goes on)", file=sys.stderr)
-        elif last is not None:
-            print(f"fer-train: interrupted; {last} holds the last finished epoch (continue with --resume {last})",
-                  file=sys.stderr)
+        if last is not None:
+            print(f"fer-train: interrupted; {_going_on(last)}", file=sys.stderr)
         else:
             print("fer-train: interrupted before the first epoch finished; nothing to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -130,10 +126,13 @@ def _with_resume_hint(exc: Exception) -> FerError:
     last = _last_checkpoint()
     if last is None:
         return error
-    if CURRENT_RUN.get("cross_validation"):
-        return StoppedRun(f"{error}; {last} holds the last finished epoch ({CURRENT_RUN['cross_validation']} goes "
-                          "on)", error.exit_code)
-    return StoppedRun(f"{error}; {last} holds the last finished epoch (continue with --resume {last})", error.exit_code)
+    return StoppedRun(f"{error}; {_going_on(last)}", error.exit_code)
+
+
+def _going_on(last: Path) -> str:
+    """How a stopped run goes on: --resume, or for a cross-validation the command that continues it."""
+    again = CURRENT_RUN.get("cross_validation")
+    return f"{last} holds the last finished epoch ({f'{again} goes on' if again else f'continue with --resume {last}'})"
 
 
 def _last_checkpoint() -> Path | None:
