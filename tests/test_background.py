@@ -90,6 +90,62 @@ def test_no_frame_waits_for_a_full_detection_and_a_new_face_is_adopted_where_it_
     assert all(len(s) == 2 for s in seen[20:]), seen
 
 
+def test_a_face_that_comes_in_while_a_detection_runs_is_found_where_the_frame_changed(tiny_model, face):
+    """Face B comes in on frame 10 while the background detection handed a frame before it is held: the frame loop
+    searches where the frame changed away from face A (changes.py) and follows B from the look after it came in, not
+    from when the held detection comes back. A's own movement is not taken for a new face."""
+    big = cv2.resize(face, (150, 150))  # Haar at 400 pixels wide finds it on every frame (the 100-pixel one not)
+
+    def scene(i: int) -> np.ndarray:
+        canvas = np.full((480, 640, 3), 90, np.uint8)
+        for x, y in [(40 + 4 * i, 40)] + ([(440 - 4 * i, 300)] if i >= 10 else []):
+            canvas[y : y + 150, x : x + 150] = big
+        return np.clip(canvas + np.random.default_rng(i).normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
+    held = HeldDetector()  # the thread's detector; engine.detector (Haar) takes the first frame and the looks
+    engine._background.detector = held
+    seen = []
+    try:
+        for i in range(20):
+            image = scene(i)
+            held.knows(image, [d.box for d in engine.detector(image)])  # Haar's boxes, as the looks find them
+            seen.append(sorted(r.box[0] for r in engine.process_frame(image)))
+    finally:
+        held.release.set()
+        engine.close()
+    assert not held.timed_out and len(held.calls) == 2, held.calls  # the second, handed before B came in, is held
+    assert all(len(s) == 1 for s in seen[:10]), seen
+    assert all(len(s) == 2 for s in seen[11:]), seen
+    assert all(440 - 4 * i <= s[1] <= 440 - 4 * i + 75 for i, s in enumerate(seen[11:], 11)), seen
+    assert engine.timer.samples["changes"].count <= 3  # searched on the frames where B came in, not on A's movement
+
+
+def test_what_changed_away_from_the_followed_faces_is_where_a_new_face_is_looked_for():
+    from fer_runtime.changes import ChangeWatch
+
+    def noisy(seed, light=90):
+        return np.clip(np.full((480, 640), light) + np.random.default_rng(seed).normal(0, 6, (480, 640)), 0, 255
+                       ).astype(np.uint8)
+
+    watch = ChangeWatch(look_every=1)
+    followed = [(100.0, 100.0, 80.0, 80.0)]
+    assert watch.regions(noisy(0), followed) == []  # nothing to compare with yet
+    assert watch.regions(noisy(1), followed) == []  # sensor noise
+    moved = noisy(2)
+    moved[110:190, 130:210] = 200  # the followed face's own movement, beside its box
+    assert watch.regions(moved, [(120.0, 100.0, 80.0, 80.0)]) == []
+    watch.regions(noisy(3), followed)
+    came = noisy(4)
+    came[300:380, 400:480] = 200  # something new, away from the followed face
+    (x0, y0, x1, y1), = watch.regions(came, followed)
+    assert x0 <= 400 and y0 <= 300 and x1 >= 480 and y1 >= 380 and (x1 - x0) * (y1 - y0) < 640 * 480 / 4
+    assert watch.regions(noisy(5, light=160), followed) == []  # the light changed: left to full detection
+    every_other = ChangeWatch(look_every=2)
+    assert [every_other.regions(im, followed) for im in (noisy(6), noisy(7), noisy(8), came)][3]
+    assert every_other.regions(came, followed) == []  # looked at on every second frame only
+
+
 @pytest.mark.parametrize("period, handed_on", [(0.0, []), (0.05, [3, 7, 11, 15, 19, 23])])
 def test_background_detection_also_runs_detect_period_seconds_after_the_last(tiny_model, face, monkeypatch, period,
                                                                               handed_on):
@@ -244,3 +300,20 @@ def test_opencv_keeps_its_thread_count_for_photos_and_gets_it_back_when_a_stream
     cv2.imwrite(str(tmp_path / "face.png"), face)
     r = CliRunner().invoke(run_main, ["--model", str(tiny_model), "--source", str(tmp_path / "face.png"), "--no-display"])
     assert r.exit_code == 0 and not seen, r.output  # a photo: detection on the call, OpenCV untouched
+
+
+@pytest.mark.parametrize("step", [6, 40])
+def test_a_followed_face_is_looked_for_near_its_box_first_and_in_the_whole_window_when_it_moved_far(face, step):
+    """A 100-pixel face moved 6 px (inside the near window) or 40 px (outside it, inside the whole one) is found where
+    it went."""
+    from fer_runtime.follow import NEAR_SEARCH, FaceFollower
+
+    def at(x: int) -> np.ndarray:
+        gray = np.full((480, 640), 90, np.uint8)
+        gray[150:250, x : x + 100] = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+        return gray
+
+    follower = FaceFollower(at(200), (200.0, 150.0, 100.0, 100.0))
+    assert (step > 100 * NEAR_SEARCH) == (step == 40)
+    box = follower.follow(at(200 + step))
+    assert box is not None and abs(box[0] - (200 + step)) <= 3 and abs(box[1] - 150) <= 3, box
