@@ -502,8 +502,8 @@ def _at_clip_rate(p: dict) -> str:
                 + (f", {run['background_detections']} detections" if run.get("background_detections") else "")
                 + (f", {run['cores_busy']:.0%} of a core" if "cores_busy" in run else ""))
     before = p.get("before_issue_48", {}).get("at_clip_rate")
-    frames_only = p.get("at_clip_rate_detect_period_0")
-    return (cell(p["at_clip_rate"]) + (f" (--detect-period 0: {cell(frames_only)})" if frames_only else "")
+    other = p.get("at_clip_rate_other_period")
+    return (cell(p["at_clip_rate"]) + (f" (--detect-period {other['detect_period_s']:g}: {cell(other)})" if other else "")
             + (f" (before issue 48: {cell(before)})" if before else ""))
 
 

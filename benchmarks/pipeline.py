@@ -3,8 +3,8 @@ between detections match detection on every frame (recall, box IoU, frames until
 p50 and p95; the same with detection on the frame (``--no-background-detection``, how fer-run ran before) beside it.
 
 Frames go as fast as they are processed (the speed a slower CPU would have at a camera's rate), and then again at the
-clip's own frame rate, as a camera gives them: a background detection spans 19 to 30 frames at full speed here, less
-than one at 30 FPS, so how soon a new face is picked up is read at the clip's rate."""
+clip's own frame rate, as a camera gives them: a background detection spans 30 to 60 frames at full speed here, less
+than one at 30 FPS (a face coming in is searched for on the frame loop meanwhile, where the frame changed)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from fer_runtime.sources import PREFETCH_FRAMES, SourceError, VideoSource, open_
 from fer_runtime.track import iou
 
 MATCH_IOU = 0.5
+# at the clip's frame rate the defaults are also run with this --detect-period beside them (the other choice)
+OTHER_PERIOD = 0.03 if DEFAULT_DETECT_PERIOD == 0 else 0.0
 
 
 class Paced:
@@ -132,14 +134,15 @@ def pipeline_report(model: Path, video: str, provider: ProviderChoice | str = "c
     stats, boxes = _run(model, video, DEFAULT_DETECT_EVERY, provider)
     paced_inline = _run(model, video, DEFAULT_DETECT_EVERY, provider, background=False, detect_width=320, paced=True)
     paced = _run(model, video, DEFAULT_DETECT_EVERY, provider, paced=True)
-    paced_frames_only = _run(model, video, DEFAULT_DETECT_EVERY, provider, paced=True, period=0.0)
+    paced_other = _run(model, video, DEFAULT_DETECT_EVERY, provider, paced=True, period=OTHER_PERIOD)
     return {
         **_summary(stats, every_boxes, boxes),
         "settings": {"detector": "haar", "detect_width": DEFAULT_DETECT_WIDTH, "detect_every": DEFAULT_DETECT_EVERY,
                      "detect_period_s": DEFAULT_DETECT_PERIOD,
                      "flags": "defaults"},
         "at_clip_rate": _summary(paced[0], every_boxes, paced[1]),
-        "at_clip_rate_detect_period_0": _summary(paced_frames_only[0], every_boxes, paced_frames_only[1]),
+        "at_clip_rate_other_period": {**_summary(paced_other[0], every_boxes, paced_other[1]),
+                                      "detect_period_s": OTHER_PERIOD},
         "before_issue_48": {**_summary(inline_stats, before_every, inline_boxes),
                             "settings": {"detect_width": 320, "flags": "--no-background-detection --detect-width 320",
                                          "video": "decoded on the frame loop"},

@@ -31,9 +31,8 @@ class RunConfig:
                                "every k-th frame) and at once when a face is lost; faces are followed in between (1: "
                                "detect on every frame)", bounds=(1, None))
     detect_period: float = option(DEFAULT_DETECT_PERIOD, "background detection also runs again this many seconds after "
-                                  "the last came back, when that is sooner than --detect-every frames (0: frames only, "
-                                  "about half the CPU at a camera's 30 FPS; above --detect-every / period frames/s the "
-                                  "frame count comes first anyway)",
+                                  "the last came back, when that is sooner than --detect-every frames (0: frames only; "
+                                  "0.03 at a camera's 30 FPS: every other frame, about twice the CPU)",
                                   metavar="SECONDS", bounds=(0, None))
     background_detection: bool = option(True, "video and cameras: full detection on a thread of its own, its faces "
                                         "adopted when it finishes, so that no frame waits for it (off: on the frame)")

@@ -28,11 +28,11 @@ SHIPPED_MODELS = {"ferplus": "ferplus.int8.onnx", "fer2013": "fer2013.int8.onnx"
 DEFAULT_MODEL = "ferplus"
 # full-frame detection on one frame in this many (and whenever a followed face is lost)
 DEFAULT_DETECT_EVERY = 8
-# background detection also runs again this many seconds after the last came back, when that comes first: at a
-# camera's 30 FPS every other frame, on the core the frame loop leaves to helpers, so faces are as fresh as detection on
-# the frame made them before issue 48 (two_faces.mp4: recall 0.998, IoU 0.890, a new face within 2 frames; frames only:
-# 0.995, 0.880, 4) for half a core in all (frames only: a quarter); above 8 / 0.03 = 267 FPS the frame count comes first
-DEFAULT_DETECT_PERIOD = 0.03
+# background detection may also run again this many seconds after the last came back, when that comes first (0: frames
+# only). A face coming in is found where the frame changed (changes.py), so at a camera's 30 FPS detecting every 0.03 s
+# instead of every 8 frames gains nothing for twice the CPU (fer-bench --pipeline, medians of six runs, two_faces.mp4:
+# recall 1.000, IoU 0.891, a new face within 0 frames, half a core; frames only: 1.000, 0.896, 0, a quarter)
+DEFAULT_DETECT_PERIOD = 0.0
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3
