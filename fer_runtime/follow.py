@@ -15,6 +15,7 @@ TEMPLATE_SIDE = 32  # faces are matched at this width, whatever their size in th
 # face growing or shrinking (fer-bench --pipeline at full speed, IoU with every-frame detection: two_faces.mp4
 # 0.867 -> 0.89, moving_face.mp4 0.90 -> 0.925 at 0.95; at the clips' 30 FPS 0.89 and 0.91 either way)
 RESCALE_BELOW = 0.95
+FAR_BELOW = 0.8  # a weaker match near the last box than this: the face is looked for in the whole window
 RESCALE_FACTORS = (0.9, 1.1)
 # the face is looked for this close to its last box first (box sides per side), and in the whole ``search`` window
 # only when the match there is weak: faces move little from frame to frame, and matching in the small window costs a
@@ -45,17 +46,19 @@ class FaceFollower:
     def follow(self, gray: np.ndarray) -> tuple[float, float, float, float] | None:
         """The face's box in this frame, or None when it is no longer found (detect again).
 
-        Matched at the template's scale near the last box first, then in the whole ``search`` window; when that match
-        is weak the face may have grown or shrunk, so the neighbouring scales are tried too and the box takes the size
-        of the best one.
+        Matched at the template's scale near the last box first, and in the whole ``search`` window when that match is
+        weak; when the best is not close, the face may have grown or shrunk, so the neighbouring scales are tried too
+        (in the window it was found in) and the box takes the size of the best one.
         """
         if self.template is None:
             return None
-        best = self._match(gray, 1.0, min(NEAR_SEARCH, self.search))
-        if best[0] < RESCALE_BELOW and self.search > NEAR_SEARCH:
-            best = max(best, self._match(gray, 1.0, self.search), key=lambda m: m[0])
+        reach = min(NEAR_SEARCH, self.search)
+        best = self._match(gray, 1.0, reach)
+        if best[0] < FAR_BELOW and self.search > reach:
+            reach = self.search
+            best = max(best, self._match(gray, 1.0, reach), key=lambda m: m[0])
         if best[0] < RESCALE_BELOW:
-            best = max([best, *(self._match(gray, f, self.search) for f in RESCALE_FACTORS)], key=lambda m: m[0])
+            best = max([best, *(self._match(gray, f, reach) for f in RESCALE_FACTORS)], key=lambda m: m[0])
         self.score, box = best
         if box is None or self.score < self.min_score:
             return None
