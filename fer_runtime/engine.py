@@ -254,7 +254,9 @@ class FaceEngine:
                 if all(iou(box, d.box) <= SAME_FACE_IOU for d in self._last_detections):
                     self._followers.append(FaceFollower(gray, box))
                     self._last_detections.append(_moved(det, box))
-        self.timer.samples["changes"].append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._changes.searched(seconds)
+        self.timer.samples["changes"].append(seconds)
 
     def _adopt(self, gray_then: np.ndarray, then: list, detections: list[Detection], gray: np.ndarray) -> None:
         """The faces a detection found on an earlier frame (``gray_then``, where the followed faces had the boxes
@@ -273,11 +275,12 @@ class FaceEngine:
             elif gray_then is not gray and not all(follower.follow(g) is not None for g in self._since):
                 continue  # a new face that has left since
             found.append((follower, _moved(det, follower.box)))
-        kept = []
+        kept, followed_then = [], {id(f) for f, _ in then}
         for follower, det in zip(self._followers, self._last_detections):
             if id(follower) in replaced or any(iou(det.box, d.box) > SAME_FACE_IOU for _, d in found):
                 continue
-            follower.missed_detections += 1
+            if id(follower) in followed_then:  # else found since (changes.py): this detection could not have seen it
+                follower.missed_detections += 1
             if follower.missed_detections <= MAX_MISSED_DETECTIONS:
                 kept.append((follower, det))
         self._followers = [f for f, _ in found + kept]
