@@ -4,7 +4,7 @@ At full speed a background detection spans 30 frames or more, so a face that ste
 twice that when a detection was already running. Comparing the frame with an earlier one in 8x8-pixel cells costs a
 few hundredths of a millisecond; only the regions that changed away from the followed faces (and the hair, shoulders
 and body that move with them) are then searched, on the frame loop, which happens on the few frames where something
-new came in (two_faces.mp4: 1 or 2 searches of about 9 ms in 600 frames). Searches take at most a tenth of the time.
+new came in (two_faces.mp4: 2 searches of about 5 ms in 600 frames). Searches take at most a tenth of the time.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ DEFAULT_DETECT_EVERY = 8
 # background detection may also run again this many seconds after the last came back, when that comes first (0: frames
 # only). A face coming in is found where the frame changed (changes.py), so at a camera's 30 FPS detecting every 0.03 s
 # instead of every 8 frames gains nothing for twice the CPU (fer-bench --pipeline, medians of six runs, two_faces.mp4:
-# recall 1.000, IoU 0.892, a new face within 0 frames, half a core; frames only: 1.000, 0.896, 0, a quarter)
+# recall 1.000, IoU 0.893, a new face within 0 frames, half a core; frames only: 1.000, 0.894, 0, a quarter)
 DEFAULT_DETECT_PERIOD = 0.0
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
