@@ -75,9 +75,9 @@ class ChangeWatch:
 def _cells(gray: np.ndarray) -> np.ndarray:
     """The frame's mean in CELL x CELL cells, halved step by step (OpenCV's fast path; one step of 8 is not)."""
     cells = gray
-    side = 1
-    while side < CELL and min(cells.shape[:2]) >= 2:
+    for _ in range(CELL.bit_length() - 1):
         h, w = cells.shape[0] // 2, cells.shape[1] // 2
+        if min(h, w) < 1:
+            break
         cells = cv2.resize(cells[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
-        side *= 2
     return cells

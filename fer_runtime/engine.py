@@ -36,6 +36,7 @@ DEFAULT_DETECT_PERIOD = 0.0
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3
+BLANK_MARGIN = 0.2  # box sides around a followed face painted flat before a change search: found already, and costly
 # A photo is searched on a copy this wide (a 640x480 one at full size): it finds a 40-pixel face; video at --detect-width
 PHOTO_DETECT_WIDTH = 640
 # One ONNX Runtime thread for the frame loop: with more, ORT's idle workers spin on the core that OpenCV
@@ -247,8 +248,9 @@ class FaceEngine:
         for x0, y0, x1, y1 in regions:
             part = frame[y0:y1, x0:x1].copy()
             for x, y, w, h in (d.box for d in self._last_detections):
-                part[max(0, int(y - 0.2 * h) - y0):max(0, int(y + 1.2 * h) - y0),
-                     max(0, int(x - 0.2 * w) - x0):max(0, int(x + 1.2 * w) - x0)] = 128
+                m = BLANK_MARGIN
+                part[max(0, int(y - m * h) - y0):max(0, int(y + (1 + m) * h) - y0),
+                     max(0, int(x - m * w) - x0):max(0, int(x + (1 + m) * w) - x0)] = 128
             for det in detect(part, max(1, round((x1 - x0) * scale))):
                 box = (det.box[0] + x0, det.box[1] + y0, det.box[2], det.box[3])
                 if all(iou(box, d.box) <= SAME_FACE_IOU for d in self._last_detections):
