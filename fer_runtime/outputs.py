@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import numpy as np
 
-from fer_runtime.errors import OutputError
+from fer_runtime.errors import OutputError, signals_deferred
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -56,6 +57,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         pending.commit()
     finally:
         pending.discard()
+
+
+def atomic_write_npz(path: str | Path, *, compress: bool = False, **arrays) -> None:
+    """``arrays`` as one .npz file, whole or not at all. A Ctrl-C or SIGTERM during the write is held until the file is
+    whole and then raised: cut inside numpy's zip writer, the zip cannot be closed and the interrupt becomes a
+    traceback."""
+    save = np.savez_compressed if compress else np.savez
+    with signals_deferred() as late:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            save(f, **arrays)
+    if late:
+        raise KeyboardInterrupt
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DataError
-from fer_runtime.outputs import atomic_path
+from fer_runtime.outputs import atomic_path, atomic_write_npz
 from fer_train.augment import normalize
 from fer_train.engine import Teacher
 
@@ -158,9 +158,9 @@ def images_digest(images_u8: np.ndarray) -> str:
 def save_targets(path: str | Path, targets: torch.Tensor, images_u8: np.ndarray, classes: list[str], teachers: list[str],
                  tta: str) -> None:
     """The teachers' log-probabilities for every training image (float16), with what they were scored on and by."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, log_probs=targets.numpy().astype(np.float16), images_sha1=np.array(images_digest(images_u8)),
-                            classes=np.array(classes), teachers=np.array(teachers), tta=np.array(tta))
+    atomic_write_npz(path, compress=True, log_probs=targets.numpy().astype(np.float16),
+                     images_sha1=np.array(images_digest(images_u8)), classes=np.array(classes),
+                     teachers=np.array(teachers), tta=np.array(tta))
 
 
 def load_targets(path: str | Path, images_u8: np.ndarray, classes: list[str]) -> tuple[torch.Tensor, str]:

@@ -19,7 +19,7 @@ from fer_runtime.data import fer_csv
 from fer_runtime.data.images import image_format, read_image
 from fer_runtime.data.splits import CSV_ROW, SplitManifest
 from fer_runtime.errors import DataError
-from fer_runtime.outputs import atomic_path, atomic_write_text
+from fer_runtime.outputs import atomic_write_npz, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,8 @@ def _write_cache(cache_file: Path, decoded: DecodedSplit, items) -> None:
     keep = np.asarray([rel in kept for rel, _ in items])
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file) as tmp:
-            np.savez(tmp, images=decoded.images, labels=decoded.labels, keep=keep, skipped=json.dumps(decoded.skipped),
-                     formats=json.dumps(decoded.formats))
+        atomic_write_npz(cache_file, images=decoded.images, labels=decoded.labels, keep=keep,
+                         skipped=json.dumps(decoded.skipped), formats=json.dumps(decoded.formats))
     except OSError as exc:
         log.warning("could not write decode cache %s: %s", cache_file, exc)
 
