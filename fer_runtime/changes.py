@@ -22,12 +22,15 @@ MIN_CELLS = 6  # fewer changed cells than this cannot hold a face worth a search
 WHOLE_FRAME = 0.3  # regions larger than this share of the frame (the camera moved): left to full detection
 REGION_PAD = 0.25  # a changed region is searched with this share of its size and 2 cells added on each side
 SEARCH_SHARE = 0.1  # after a search, no look for 1 / SEARCH_SHARE - 1 times its length
+# a search that finds nothing is made once more on the next look, before the rest: the cascade misses a face on one
+# frame that it finds on the next, and the rest then cost it 20 to 30 frames (two_faces.mp4, 1 run in 4)
+RETRIES = 1
 
 
 class ChangeWatch:
     """``regions(gray, boxes)`` on every frame: the rectangles (x0, y0, x1, y1), frame pixels, that changed since the
     last comparison away from the followed faces' boxes, on every LOOK_EVERY-th frame; else an empty list. Call
-    ``searched(seconds)`` after searching them."""
+    ``searched(seconds, found)`` after searching them."""
 
     def __init__(self, look_every: int = LOOK_EVERY) -> None:
         self.look_every = look_every
@@ -35,16 +38,27 @@ class ChangeWatch:
         self._cells: np.ndarray | None = None  # the last compared frame in cells
         self._boxes: list[tuple] = []  # and its followed faces' boxes
         self._rest_until = 0.0  # time.perf_counter() before which there is no look
+        self._compared: tuple[np.ndarray | None, list[tuple]] = (None, [])  # what the last look compared with
+        self._retries = 0  # searches made again since the last rest
+        self._spent = 0.0  # seconds searched since the last rest
 
-    def searched(self, seconds: float) -> None:
-        self._rest_until = time.perf_counter() + seconds * (1 / SEARCH_SHARE - 1)
+    def searched(self, seconds: float, found: bool = True) -> None:
+        """After the regions were searched for ``seconds``: a rest of 1 / SEARCH_SHARE - 1 times the time searched,
+        or, when nothing was ``found``, up to RETRIES more searches of the same change first."""
+        self._spent += seconds
+        if not found and self._retries < RETRIES:
+            self._retries += 1
+            self._cells, self._boxes = self._compared  # the next look sees the same change again
+            return
+        self._rest_until = time.perf_counter() + self._spent * (1 / SEARCH_SHARE - 1)
+        self._retries, self._spent = 0, 0.0
 
     def regions(self, gray: np.ndarray, boxes: list[tuple]) -> list[tuple[int, int, int, int]]:
         self._frames += 1
         if self._frames % self.look_every or time.perf_counter() < self._rest_until:
             return []
         cells = _cells(gray)
-        before, before_boxes = self._cells, self._boxes
+        before, before_boxes = self._compared = self._cells, self._boxes
         self._cells, self._boxes = cells, list(boxes)
         if before is None or before.shape != cells.shape:
             return []

@@ -244,7 +244,7 @@ class FaceEngine:
         regions = self._changes.regions(gray, [d.box for d in self._last_detections]) if detect and width else []
         if not regions:
             return
-        t0, scale = time.perf_counter(), min(1.0, width / frame.shape[1])
+        t0, scale, followed = time.perf_counter(), min(1.0, width / frame.shape[1]), len(self._followers)
         for x0, y0, x1, y1 in regions:
             part = frame[y0:y1, x0:x1].copy()
             for x, y, w, h in (d.box for d in self._last_detections):
@@ -257,7 +257,7 @@ class FaceEngine:
                     self._followers.append(FaceFollower(gray, box))
                     self._last_detections.append(_moved(det, box))
         seconds = time.perf_counter() - t0
-        self._changes.searched(seconds)
+        self._changes.searched(seconds, found=len(self._followers) > followed)
         self.timer.samples["changes"].append(seconds)
 
     def _adopt(self, gray_then: np.ndarray, then: list, detections: list[Detection], gray: np.ndarray) -> None:

@@ -129,6 +129,51 @@ def test_a_face_that_comes_in_while_a_detection_runs_is_found_where_the_frame_ch
     assert held.calls[1:] and len(seen[21]) == 2
 
 
+class MissesOnce:
+    """Haar, but the first search where the frame changed finds nothing and takes ``seconds``: the cascade missing a
+    face on one frame that it finds on the next."""
+
+    def __init__(self, haar, seconds: float) -> None:
+        self.haar, self.seconds, self.detect_width, self.missed = haar, seconds, haar.detect_width, False
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        return self.haar(image)
+
+    def detect(self, image: np.ndarray, width: int) -> list[Detection]:
+        if not self.missed:
+            self.missed = True
+            time.sleep(self.seconds)
+            return []
+        return self.haar.detect(image, width)
+
+
+def test_a_search_where_the_frame_changed_that_finds_nothing_is_made_again_on_the_next_look(tiny_model, face):
+    """Face B comes in on frame 10 and the search there misses it (and took 0.3 s): it is searched for again on the
+    next look, two frames later, not after the rest of 9 times that search's length, and followed from there."""
+    big = cv2.resize(face, (150, 150))
+
+    def scene(i: int) -> np.ndarray:
+        canvas = np.full((480, 640, 3), 90, np.uint8)
+        for x, y in [(40 + 4 * i, 40)] + ([(440 - 4 * i, 300)] if i >= 10 else []):
+            canvas[y : y + 150, x : x + 150] = big
+        return np.clip(canvas + np.random.default_rng(i).normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
+    engine.detector = MissesOnce(engine.detector, seconds=0.3)
+    held = HeldDetector()  # full detections never come back: only the searches where the frame changed find B
+    engine._background.detector = held
+    seen = []
+    try:
+        for i in range(16):
+            image = scene(i)
+            held.knows(image, [])
+            seen.append(len(engine.process_frame(image)))
+    finally:
+        held.release.set()
+        engine.close()
+    assert engine.detector.missed and seen[:12] == [1] * 12 and seen[12:] == [2] * 4, seen
+
+
 def test_what_changed_away_from_the_followed_faces_is_where_a_new_face_is_looked_for():
     from fer_runtime.changes import ChangeWatch
 
@@ -162,8 +207,17 @@ def test_what_changed_away_from_the_followed_faces_is_where_a_new_face_is_looked
     below[250:330, 100:180] = 200  # the followed person's body, below the face
     assert watch.regions(below, followed) == []
     watch.regions(noisy(10), followed)
-    watch.searched(10.0)  # a search that took 10 s: no look for 90 s
+    watch.searched(10.0)  # a search that took 10 s and found a face: no look for 90 s
     assert watch.regions(came, followed) == []
+    again = ChangeWatch(look_every=1)
+    again.regions(noisy(12), followed)
+    assert again.regions(came, followed)
+    again.searched(10.0, found=False)  # it found nothing: the same change is searched once more on the next look
+    still = noisy(13)
+    still[300:380, 400:480] = 200
+    assert again.regions(still, followed)
+    again.searched(10.0, found=False)  # nothing again: a rest of 9 times both searches
+    assert again.regions(still, followed) == []
     every_other = ChangeWatch(look_every=2)
     assert [every_other.regions(im, followed) for im in (noisy(6), noisy(7), noisy(8), came)][3]
     assert every_other.regions(came, followed) == []  # looked at on every second frame only
