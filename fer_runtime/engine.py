@@ -33,6 +33,11 @@ DEFAULT_DETECT_EVERY = 8
 # instead of every 8 frames gains nothing for twice the CPU (fer-bench --pipeline, medians of six runs, two_faces.mp4:
 # recall 1.000, IoU 0.893, a new face within 0 frames, half a core; frames only: 1.000, 0.894, 0, a quarter)
 DEFAULT_DETECT_PERIOD = 0.0
+# after a background detection comes back the next waits at least this many times as long as it took, so detection
+# takes at most a third of the helper core, where the video is decoded: at full speed, detections back to back slowed
+# the decoder that the frame loop waits on (fer-bench --pipeline, 2-core EPYC, docs/runtime.md). At a camera's 30 FPS a
+# 25 ms detection's rest ends long before --detect-every's 8 frames; a lost face is looked for at once all the same.
+DETECT_REST = 2.0
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
 SAME_FACE_IOU = 0.3
@@ -98,6 +103,12 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
     return Detection(box, det.score, eyes)
 
 
+def _gray(frame: np.ndarray, gray: np.ndarray | None) -> np.ndarray:
+    if gray is not None:
+        return gray
+    return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+
 def _carried(found: tuple, then: tuple, now: tuple) -> tuple[float, float, float, float]:
     """The box a detection ``found`` on an earlier frame, carried to this one as the followed face it corrects moved
     from ``then`` to ``now``: its offset from the followed box and its size scaled as the face grew or shrank."""
@@ -140,6 +151,7 @@ class FaceEngine:
         self._background: BackgroundDetector | None = None  # detect_in_background()
         self._submitted = 0  # the frame the running background detection was handed, or the last one was adopted on
         self._submitted_at = 0.0  # and when (time.perf_counter())
+        self._rested_at = 0.0  # and when the rest after the last one ends (DETECT_REST)
         self._since: list[np.ndarray] = []  # the gray frames since it was handed one, to follow a face it finds to now
         self._opencv_threads: int | None = None  # OpenCV's thread count before detect_in_background, given back on close
         self._changes = ChangeWatch()  # where a face may have come in since, searched on the frame loop (changes.py)
@@ -175,10 +187,10 @@ class FaceEngine:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.model.probabilities(self.contract.preprocess(crops))
 
-    def _detect_or_follow(self, frame: np.ndarray) -> list[Detection]:
+    def _detect_or_follow(self, frame: np.ndarray, gray: np.ndarray | None) -> list[Detection]:
         """Full detection every ``detect_every`` frames and whenever a face is lost; in between, each face is
         followed by template matching around its last box, so boxes move with the face on every frame."""
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        gray = _gray(frame, gray)
         if self._frame_index % self.detect_every != 0 and self._followers and not self._detect_next:
             moved = []
             for follower, det in zip(self._followers, self._last_detections):
@@ -200,12 +212,12 @@ class FaceEngine:
         self._last_detections = detections + [d for _, d in kept]
         return self._last_detections
 
-    def _follow_and_adopt(self, frame: np.ndarray) -> list[Detection]:
+    def _follow_and_adopt(self, frame: np.ndarray, gray: np.ndarray | None) -> list[Detection]:
         """Every face followed on every frame, the full detection running beside the frame loop: handed a frame
-        ``detect_every`` frames or ``detect_period`` seconds after the last one came back, whichever comes first (at once
-        when a face was lost or none is followed), its faces adopted on the frame where it finishes. Only the first
-        frame, with nothing to follow yet, waits for one."""
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        ``detect_every`` frames or ``detect_period`` seconds after the last one came back, whichever comes first, and
+        no sooner than DETECT_REST times its length (at once when a face was lost or none is followed), its faces
+        adopted on the frame where it finishes. Only the first frame, with nothing to follow yet, waits for one."""
+        gray = _gray(frame, gray)
         if self._frame_index == 0:
             self._adopt(gray, [], self.detector(frame), gray)
             self._submitted_at = time.perf_counter()
@@ -226,8 +238,9 @@ class FaceEngine:
             self.timer.samples["background"].append(done.seconds)
             self._adopt(*done.tag, done.detections, gray)
             self._submitted, self._submitted_at = self._frame_index, now  # counted from here
-        due = (self._frame_index - self._submitted >= self.detect_every
-               or 0 < self.detect_period <= now - self._submitted_at)
+            self._rested_at = now + DETECT_REST * done.seconds
+        due = now >= self._rested_at and (self._frame_index - self._submitted >= self.detect_every
+                                          or 0 < self.detect_period <= now - self._submitted_at)
         if not background.busy and (lost or not self._followers or due):
             background.submit((gray, list(zip(self._followers, [d.box for d in self._last_detections]))), frame)
             self._submitted, self._submitted_at, self._since = self._frame_index, now, []
@@ -342,10 +355,13 @@ class FaceEngine:
         found = detect(image, width) if detect is not None else self.detector(image)
         return sorted(found, key=lambda d: d.box[0])
 
-    def process_frame(self, frame: np.ndarray) -> list[FaceResult]:
+    def process_frame(self, frame: np.ndarray, gray: np.ndarray | None = None) -> list[FaceResult]:
+        """A stream's next frame: its faces followed and tracked, classified and smoothed. ``gray``: the frame in gray,
+        when the source made it already (``Frame.gray``)."""
         timer = self.timer
         with timer("detect"):
-            detections = self._detect_or_follow(frame) if self._background is None else self._follow_and_adopt(frame)
+            follow = self._detect_or_follow if self._background is None else self._follow_and_adopt
+            detections = follow(frame, gray)
         self._frame_index += 1
         with timer("preprocess"):
             crops = [crop_face(frame, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]

@@ -208,7 +208,8 @@ class FrameLoop:
             return False
         t0 = time.perf_counter()
         engine = self.engine
-        faces = engine.process_image(frame.image, self.crops) if self.independent else engine.process_frame(frame.image)
+        faces = (engine.process_image(frame.image, self.crops) if self.independent
+                 else engine.process_frame(frame.image, frame.gray))
         self._count(frame, faces)
         if self.window is not None or self.outputs.save:
             with engine.timer("draw"):

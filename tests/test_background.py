@@ -252,6 +252,51 @@ def test_background_detection_also_runs_detect_period_seconds_after_the_last(tin
     assert handed == handed_on
 
 
+def test_after_a_background_detection_the_next_waits_twice_as_long_as_it_took(tiny_model, face, monkeypatch):
+    """Frames 20 ms apart by the engine's clock, each detection taking 60 ms of real time: with --detect-every 2 the
+    next is handed over no sooner than twice its length (six frames) after the last came back, so detection takes at
+    most a third of the helper core's time. A face lost (gone from frame 30) is looked for at once all the same."""
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    engine = FaceEngine(tiny_model, detect_every=2).detect_in_background(period=0)
+    held = HeldDetector()
+    held.release.set()
+
+    def slow(image):
+        time.sleep(0.06)
+        return held(image)
+
+    engine.detector, engine._background.detector = held, slow
+    take, took = engine._background.take, []
+
+    def timed_take(wait=False):
+        done = take(wait)
+        if done is not None:
+            took.append(done.seconds)
+        return done
+
+    engine._background.take = timed_take
+    handed = []
+    try:
+        for i in range(34):
+            image, truth = frame(face, i, with_b=False) if i < 30 else (np.full((480, 640, 3), 90, np.uint8), [])
+            clock[0] = 100.0 + 0.02 * i
+            held.knows(image, truth)
+            engine.process_frame(image)
+            background = engine._background
+            if engine._submitted == i and background.busy:
+                handed.append(i)
+                with background._cond:
+                    assert background._cond.wait_for(lambda b=background: b._done is not None, timeout=5.0)
+    finally:
+        engine.close()
+    assert len(handed) >= 4 and handed[0] == 2 and 30 in handed, handed
+    for last, nxt, seconds in zip(handed, handed[1:], took):
+        if nxt < 30:  # taken on the frame after it was handed over, and rested from there
+            rest = 2 * seconds / 0.02
+            assert rest <= nxt - (last + 1) <= max(engine.detect_every, rest + 1), (handed, took)
+
+
 def test_background_detection_is_for_streams_only_and_an_error_in_it_reaches_the_frame_loop(tiny_model, face):
     engine = FaceEngine(tiny_model).detect_in_background()
 
@@ -394,3 +439,33 @@ def test_a_followed_face_is_looked_for_near_its_box_first_and_in_the_whole_windo
     assert (step > 100 * NEAR_SEARCH) == (step == 40)
     box = follower.follow(at(200 + step))
     assert box is not None and abs(box[0] - (200 + step)) <= 3 and abs(box[1] - 150) <= 3, box
+
+
+def test_a_videos_frames_come_gray_from_the_decoding_thread_and_the_frame_loop_converts_none(tiny_model, tmp_path,
+                                                                                            monkeypatch):
+    """Every frame is followed in gray: the decoding thread makes it (the helper core), so the frame loop converts no
+    whole frame but the first, which the first detection takes on the frame loop."""
+    from fer_runtime.pipeline import run_pipeline
+    from fer_runtime.sources import VideoSource
+
+    path = numbered_video(tmp_path / "v.mp4", 12)
+    convert, on_loop = cv2.cvtColor, []
+
+    def counted(image, code, *args, **kwargs):
+        if code == cv2.COLOR_BGR2GRAY and image.shape[:2] == (120, 160):
+            on_loop.append(threading.current_thread() is threading.main_thread())
+        return convert(image, code, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "cvtColor", counted)
+    source = VideoSource(str(path))
+    frames = list(source)
+    source.close()
+    assert len(frames) == 12 and not any(on_loop)
+    assert all(np.array_equal(f.gray, convert(f.image, cv2.COLOR_BGR2GRAY)) for f in frames)
+    on_loop.clear()
+    engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
+    try:
+        stats = run_pipeline(engine, VideoSource(str(path)))
+    finally:
+        engine.close()
+    assert stats["frames"] == 12 and on_loop.count(True) <= 1, on_loop

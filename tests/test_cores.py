@@ -129,8 +129,11 @@ def test_opencv_still_counts_every_core_when_a_helper_thread_is_the_first_to_ask
 
 
 @pinnable
-def test_the_threads_ffmpeg_starts_as_a_video_opens_keep_off_the_frame_loops_core(tmp_path):
+def test_the_threads_ffmpeg_starts_as_a_video_opens_keep_off_the_frame_loops_core(tmp_path, monkeypatch):
+    from fer_runtime import sources
     from fer_runtime.sources import VideoSource
+
+    monkeypatch.setattr(sources, "decoding_threads", lambda: 2)  # threads to pin even where one helper core gets one
 
     path = str(tmp_path / "v.mkv")  # VP9: FFmpeg starts its frame threads when the decoder opens
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"VP90"), 30, (160, 120))
@@ -147,6 +150,24 @@ def test_the_threads_ffmpeg_starts_as_a_video_opens_keep_off_the_frame_loops_cor
         assert all(cores_seen == helper_cores() for cores_seen in decoders.values()), decoders
     finally:
         source.close()
+
+
+def test_a_video_decodes_on_one_ffmpeg_thread_per_helper_core(tmp_path, monkeypatch):
+    """FFmpeg starts a decoding thread per core of the machine; all of them share the helper cores, so it gets one per
+    helper core (two on one core cost 15% more CPU a frame), and its own choice where helpers are not pinned."""
+    from fer_runtime.sources import VideoSource, decoding_threads
+
+    path = numbered_video(tmp_path / "v.mp4", 3)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cores.os, "sched_setaffinity", lambda pid, cpus: None, raising=False)
+    assert decoding_threads() == 3
+    source = VideoSource(str(path))
+    try:
+        assert source.cap.get(cv2.CAP_PROP_N_THREADS) == 3 and len(list(source)) == 3
+    finally:
+        source.close()
+    monkeypatch.setenv("FER_HELPER_CORES", "all")
+    assert decoding_threads() is None
 
 
 def test_fer_helper_cores_all_leaves_every_thread_on_every_core(monkeypatch):
