@@ -50,6 +50,9 @@ class ChangeWatch:
             self._retries += 1
             self._cells, self._boxes = self._compared  # the next look sees the same change again
             return
+        self._rest()
+
+    def _rest(self) -> None:
         self._rest_until = time.perf_counter() + self._spent * (1 / SEARCH_SHARE - 1)
         self._retries, self._spent = 0, 0.0
 
@@ -57,6 +60,12 @@ class ChangeWatch:
         self._frames += 1
         if self._frames % self.look_every or time.perf_counter() < self._rest_until:
             return []
+        found = self._changed(gray, boxes)
+        if self._retries and not found:  # the change to search again has gone (or a detection found it meanwhile)
+            self._rest()
+        return found
+
+    def _changed(self, gray: np.ndarray, boxes: list[tuple]) -> list[tuple[int, int, int, int]]:
         cells = _cells(gray)
         before, before_boxes = self._compared = self._cells, self._boxes
         self._cells, self._boxes = cells, list(boxes)

@@ -27,9 +27,9 @@ class RunConfig:
     detector_model: str | None = option(None, "YuNet .onnx file for --detector yunet", metavar="FILE")
     detect_width: int = option(DEFAULT_DETECT_WIDTH, "video and cameras: detect on a copy of the frame this wide (photos: "
                                "640 at least)", bounds=(32, None))
-    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection k frames after the last one came back (on the frame: "
-                               "every k-th frame) and at once when a face is lost; faces are followed in between (1: "
-                               "detect on every frame)", bounds=(1, None))
+    detect_every: int = option(DEFAULT_DETECT_EVERY, "full detection k frames after the last one came back, and no sooner "
+                               "than twice as long as it took (on the frame: every k-th frame), and at once when a face "
+                               "is lost; faces are followed in between (1: detect on every frame)", bounds=(1, None))
     detect_period: float = option(DEFAULT_DETECT_PERIOD, "background detection also runs again this many seconds after "
                                   "the last came back, when that is sooner than --detect-every frames (0: frames only; "
                                   "0.03 at a camera's 30 FPS: every other frame, about twice the CPU)",

@@ -33,10 +33,11 @@ DEFAULT_DETECT_EVERY = 8
 # instead of every 8 frames gains nothing for twice the CPU (fer-bench --pipeline, medians of six runs, two_faces.mp4:
 # recall 1.000, IoU 0.893, a new face within 0 frames, half a core; frames only: 1.000, 0.894, 0, a quarter)
 DEFAULT_DETECT_PERIOD = 0.0
-# after a background detection comes back the next waits at least this many times as long as it took, so detection
-# takes at most a third of the helper core, where the video is decoded: at full speed, detections back to back slowed
-# the decoder that the frame loop waits on (fer-bench --pipeline, 2-core EPYC, docs/runtime.md). At a camera's 30 FPS a
-# 25 ms detection's rest ends long before --detect-every's 8 frames; a lost face is looked for at once all the same.
+# after a background detection comes back, the next one due by --detect-every waits at least this many times as long
+# as it took, so while faces are followed detection takes at most a third of the helper core, where the video is
+# decoded: at full speed, detections back to back slowed the decoder that the frame loop waits on (fer-bench --pipeline,
+# 2-core EPYC, docs/runtime.md). At a camera's 30 FPS a 25 ms detection's rest ends long before 8 frames have passed. A
+# lost face, a frame with none followed and --detect-period (a time asked for) do not wait.
 DETECT_REST = 2.0
 # a followed face that full detection misses is kept while its template still matches, for this many detections
 MAX_MISSED_DETECTIONS = 2
@@ -104,7 +105,7 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
 
 
 def _gray(frame: np.ndarray, gray: np.ndarray | None) -> np.ndarray:
-    if gray is not None:
+    if gray is not None and gray.shape == frame.shape[:2]:
         return gray
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
@@ -158,9 +159,9 @@ class FaceEngine:
 
     def detect_in_background(self, period: float = DEFAULT_DETECT_PERIOD) -> FaceEngine:
         """Video and cameras: full detection on a thread of its own (fer-run's default), so that no frame but the first
-        waits for it (``_follow_and_adopt``), run again ``detect_every`` frames or ``period`` seconds (0: frames only)
-        after the last, whichever comes first; with ``detect_every=1`` detection stays on every frame. Returns the
-        engine."""
+        waits for it (``_follow_and_adopt``), run again ``detect_every`` frames (and DETECT_REST times its length) or
+        ``period`` seconds (0: frames only) after the last, whichever comes first; with ``detect_every=1`` detection
+        stays on every frame. Returns the engine."""
         if not period >= 0:
             raise ValueError("--detect-period must be at least 0")
         self.detect_period = period
@@ -214,8 +215,8 @@ class FaceEngine:
 
     def _follow_and_adopt(self, frame: np.ndarray, gray: np.ndarray | None) -> list[Detection]:
         """Every face followed on every frame, the full detection running beside the frame loop: handed a frame
-        ``detect_every`` frames or ``detect_period`` seconds after the last one came back, whichever comes first, and
-        no sooner than DETECT_REST times its length (at once when a face was lost or none is followed), its faces
+        ``detect_every`` frames (and no sooner than DETECT_REST times its length) or ``detect_period`` seconds after the
+        last one came back, whichever comes first (at once when a face was lost or none is followed), its faces
         adopted on the frame where it finishes. Only the first frame, with nothing to follow yet, waits for one."""
         gray = _gray(frame, gray)
         if self._frame_index == 0:
@@ -239,8 +240,8 @@ class FaceEngine:
             self._adopt(*done.tag, done.detections, gray)
             self._submitted, self._submitted_at = self._frame_index, now  # counted from here
             self._rested_at = now + DETECT_REST * done.seconds
-        due = now >= self._rested_at and (self._frame_index - self._submitted >= self.detect_every
-                                          or 0 < self.detect_period <= now - self._submitted_at)
+        due = (self._frame_index - self._submitted >= self.detect_every and now >= self._rested_at
+               or 0 < self.detect_period <= now - self._submitted_at)
         if not background.busy and (lost or not self._followers or due):
             background.submit((gray, list(zip(self._followers, [d.box for d in self._last_detections]))), frame)
             self._submitted, self._submitted_at, self._since = self._frame_index, now, []

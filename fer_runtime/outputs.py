@@ -64,11 +64,13 @@ def atomic_write_npz(path: str | Path, *, compress: bool = False, **arrays) -> N
     whole and then raised: cut inside numpy's zip writer, the zip cannot be closed and the interrupt becomes a
     traceback."""
     save = np.savez_compressed if compress else np.savez
-    with signals_deferred() as late:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    late: list[int] = []
+    try:
+        with signals_deferred() as late, atomic_path(path) as tmp, open(tmp, "wb") as f:
             save(f, **arrays)
-    if late:
-        raise KeyboardInterrupt
+    finally:
+        if late:  # also when the write failed (a full disk): the interrupt is what the user asked for
+            raise KeyboardInterrupt
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

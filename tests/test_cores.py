@@ -152,6 +152,7 @@ def test_the_threads_ffmpeg_starts_as_a_video_opens_keep_off_the_frame_loops_cor
         source.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helper threads are pinned on Linux only")
 def test_a_video_decodes_on_one_ffmpeg_thread_per_helper_core(tmp_path, monkeypatch):
     """FFmpeg starts a decoding thread per core of the machine; all of them share the helper cores, so it gets one per
     helper core (two on one core cost 15% more CPU a frame), and its own choice where helpers are not pinned."""

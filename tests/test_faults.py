@@ -329,11 +329,11 @@ def test_a_second_sigterm_while_finalising_still_gives_the_summary(model, video,
     real_frame, real_close = FaceEngine.process_frame, pipeline.RunOutputs.close
     seen = {"n": 0}
 
-    def frame_then_sigterm(self, image):
+    def frame_then_sigterm(self, image, gray=None):
         seen["n"] += 1
         if seen["n"] == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_frame(self, image)
+        return real_frame(self, image, gray)
 
     def close_under_a_second_sigterm(self):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -777,3 +777,23 @@ def test_an_interrupt_while_an_npz_is_written_waits_for_the_whole_file_and_is_ra
     with np.load(out, allow_pickle=False) as z:
         assert np.array_equal(z["images"], images) and np.array_equal(z["labels"], np.arange(40))
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+
+
+def test_an_interrupt_held_while_an_npz_write_fails_is_still_raised(tmp_path, monkeypatch):
+    """A Ctrl-C held during the write is raised even when the write then fails (a full disk), and no file is left."""
+    import errno
+
+    from fer_runtime.outputs import atomic_write_npz
+
+    close = zipfile._ZipWriteFile.close
+
+    def interrupted_then_full(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        close(self)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", interrupted_then_full)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_npz(tmp_path / "cache.npz", images=np.zeros((4, 8, 8), np.uint8))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
