@@ -39,6 +39,14 @@ def frame(face: np.ndarray, i: int, with_b: bool) -> tuple[np.ndarray, list[tupl
     return np.clip(canvas + noise, 0, 255).astype(np.uint8), boxes
 
 
+def big_faces(big: np.ndarray, i: int) -> np.ndarray:
+    """Face A moving right 4 px a frame; from frame 10 face B, moving left below it."""
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    for x, y in [(40 + 4 * i, 40)] + ([(440 - 4 * i, 300)] if i >= 10 else []):
+        canvas[y : y + 150, x : x + 150] = big
+    return np.clip(canvas + np.random.default_rng(i).normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
+
+
 class HeldDetector:
     """The true boxes of the frame it is given; a detection off the first frame waits until ``release`` (at most 5 s,
     noted in ``timed_out``): a frame loop that waited for it would stall here."""
@@ -97,19 +105,13 @@ def test_a_face_that_comes_in_while_a_detection_runs_is_found_where_the_frame_ch
     for a new face."""
     big = cv2.resize(face, (150, 150))  # Haar at 400 pixels wide finds it on every frame (the 100-pixel one not)
 
-    def scene(i: int) -> np.ndarray:
-        canvas = np.full((480, 640, 3), 90, np.uint8)
-        for x, y in [(40 + 4 * i, 40)] + ([(440 - 4 * i, 300)] if i >= 10 else []):
-            canvas[y : y + 150, x : x + 150] = big
-        return np.clip(canvas + np.random.default_rng(i).normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
-
     engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
     held = HeldDetector()  # the thread's detector; engine.detector (Haar) takes the first frame and the looks
     engine._background.detector = held
     seen = []
     try:
         for i in range(24):
-            image = scene(i)
+            image = big_faces(big, i)
             held.knows(image, [d.box for d in engine.detector(image)])  # Haar's boxes, as the looks find them
             if i == 20:
                 held.release.set()
@@ -152,12 +154,6 @@ def test_a_search_where_the_frame_changed_that_finds_nothing_is_made_again_on_th
     next look, two frames later, not after the rest of 9 times that search's length, and followed from there."""
     big = cv2.resize(face, (150, 150))
 
-    def scene(i: int) -> np.ndarray:
-        canvas = np.full((480, 640, 3), 90, np.uint8)
-        for x, y in [(40 + 4 * i, 40)] + ([(440 - 4 * i, 300)] if i >= 10 else []):
-            canvas[y : y + 150, x : x + 150] = big
-        return np.clip(canvas + np.random.default_rng(i).normal(0, 4, canvas.shape), 0, 255).astype(np.uint8)
-
     engine = FaceEngine(tiny_model, detect_every=4).detect_in_background(period=0)
     engine.detector = MissesOnce(engine.detector, seconds=0.3)
     held = HeldDetector()  # full detections never come back: only the searches where the frame changed find B
@@ -165,7 +161,7 @@ def test_a_search_where_the_frame_changed_that_finds_nothing_is_made_again_on_th
     seen = []
     try:
         for i in range(16):
-            image = scene(i)
+            image = big_faces(big, i)
             held.knows(image, [])
             seen.append(len(engine.process_frame(image)))
     finally:
