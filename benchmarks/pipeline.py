@@ -3,7 +3,7 @@ between detections match detection on every frame (recall, box IoU, frames until
 p50 and p95; the same with detection on the frame (``--no-background-detection``, how fer-run ran before) beside it.
 
 Frames go as fast as they are processed (the speed a slower CPU would have at a camera's rate), and then again at the
-clip's own frame rate, as a camera gives them: a background detection spans 30 to 60 frames at full speed here, less
+clip's own frame rate, as a camera gives them: a background detection spans 20 to 45 frames at full speed here, less
 than one at 30 FPS (a face coming in is searched for on the frame loop meanwhile, where the frame changed)."""
 
 from __future__ import annotations

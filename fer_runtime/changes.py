@@ -1,10 +1,10 @@
 """Where a new face may have come into a stream: what changed in the frame away from the faces already followed.
 
-At full speed a background detection spans 30 frames or more, so a face that steps in waits that long, and up to
-twice that when a detection was already running. Comparing the frame with an earlier one in 8x8-pixel cells costs a
+At full speed a background detection spans 20 frames or more and rests twice that before the next, so a face that steps
+in waits up to 60 frames for one. Comparing the frame with an earlier one in 8x8-pixel cells costs a
 few hundredths of a millisecond; only the regions that changed away from the followed faces (and the hair, shoulders
 and body that move with them) are then searched, on the frame loop, which happens on the few frames where something
-new came in (two_faces.mp4: 2 searches of about 5 ms in 600 frames). Searches take at most a tenth of the time.
+new came in (two_faces.mp4: 2 or 3 searches of 1 to 7 ms in 600 frames). Searches take at most a tenth of the time.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ DEFAULT_DETECT_EVERY = 8
 # background detection may also run again this many seconds after the last came back, when that comes first (0: frames
 # only). A face coming in is found where the frame changed (changes.py), so at a camera's 30 FPS detecting every 0.03 s
 # instead of every 8 frames gains nothing for twice the CPU (fer-bench --pipeline, medians of six runs, two_faces.mp4:
-# recall 1.000, IoU 0.893, a new face within 0 frames, half a core; frames only: 1.000, 0.894, 0, a quarter)
+# recall 1.000, IoU 0.892, a new face within 0 frames, half a core; frames only: 1.000, 0.896, 0, a quarter)
 DEFAULT_DETECT_PERIOD = 0.0
 # after a background detection comes back, the next one due by --detect-every waits at least this many times as long
 # as it took, so while faces are followed detection takes at most a third of the helper core, where the video is
@@ -251,18 +251,19 @@ class FaceEngine:
     def _look_where_it_changed(self, frame: np.ndarray, gray: np.ndarray) -> None:
         """A face that came in since the last look, searched for where the frame changed away from the followed faces
         (``changes.py``) and followed from this frame on, instead of from when a background detection handed a later
-        frame comes back (at full speed 30 to 60 frames). The followed faces are blanked in the regions searched: they
-        are found already and are where a cascade spends longest. Detectors without ``detect(image, width)``: none."""
+        frame comes back (at full speed 20 to 60 frames, with its rest). The followed faces are blanked in the regions
+        searched: they are found already and are where a cascade spends longest. Detectors without
+        ``detect(image, width)``: none."""
         detect = getattr(self.detector, "detect", None)
         width = getattr(self.detector, "detect_width", 0)
         regions = self._changes.regions(gray, [d.box for d in self._last_detections]) if detect and width else []
         if not regions:
             return
         t0, scale, followed = time.perf_counter(), min(1.0, width / frame.shape[1]), len(self._followers)
+        m = BLANK_MARGIN
         for x0, y0, x1, y1 in regions:
             part = frame[y0:y1, x0:x1].copy()
             for x, y, w, h in (d.box for d in self._last_detections):
-                m = BLANK_MARGIN
                 part[max(0, int(y - m * h) - y0):max(0, int(y + (1 + m) * h) - y0),
                      max(0, int(x - m * w) - x0):max(0, int(x + (1 + m) * w) - x0)] = 128
             for det in detect(part, max(1, round((x1 - x0) * scale))):
