@@ -366,7 +366,10 @@ class FaceEngine:
             detections = follow(frame, gray)
         self._frame_index += 1
         with timer("preprocess"):
-            crops = [crop_face(frame, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]
+            # a gray model's faces are cut from the gray frame the source made: the pixels converting each crop gives
+            # (to a grey level where eye landmarks rotate it), without converting them on the frame loop
+            image = gray if self.contract.channels == 1 and gray is not None and gray.shape == frame.shape[:2] else frame
+            crops = [crop_face(image, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]
             batch = self.contract.preprocess(crops) if crops else None
         with timer("classify"):
             probs = self.model.probabilities(batch) if batch is not None else np.zeros((0, len(self.classes)))

@@ -21,6 +21,9 @@ RESCALE_FACTORS = (0.9, 1.1)
 # only when the match there is weak: faces move little from frame to frame, and matching in the small window costs a
 # fifth (two_faces.mp4: following two faces 0.66 -> 0.35 ms a frame, the same IoU with every-frame detection)
 NEAR_SEARCH = 0.3
+# the window is shrunk to the template's scale bilinearly: a quarter cheaper a follow than by area (0.16 -> 0.12 ms,
+# two_faces.mp4) for the same IoU with every-frame detection; the template itself is made by area, once a detection
+WINDOW_INTERPOLATION = cv2.INTER_LINEAR
 
 
 class FaceFollower:
@@ -79,9 +82,25 @@ class FaceFollower:
         th, tw = self.template.shape
         if window.size == 0 or window.shape[0] * scale < th or window.shape[1] * scale < tw:
             return 0.0, None
-        small = cv2.resize(window, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        small = cv2.resize(window, None, fx=scale, fy=scale, interpolation=WINDOW_INTERPOLATION)
         if small.shape[0] < th or small.shape[1] < tw:
             return 0.0, None
         result = cv2.matchTemplate(small, self.template, cv2.TM_CCOEFF_NORMED)
         _, score, _, (mx, my) = cv2.minMaxLoc(result)
-        return float(score), (wx0 + mx / scale, wy0 + my / scale, w, h)
+        fx, fy = peak_offset(result, mx, my)
+        return float(score), (wx0 + (mx + fx) / scale, wy0 + (my + fy) / scale, w, h)
+
+
+def peak_offset(result: np.ndarray, mx: int, my: int) -> tuple[float, float]:
+    """Where the match peaks between cells, from its best cell (mx, my): the vertex of a parabola through that cell and
+    its two neighbours, in x and in y, within half a cell. A template pixel is a face width / TEMPLATE_SIDE of frame
+    pixels (3 at 100 px, 7 at 220 px), the step a box moved in before."""
+    rows, cols = result.shape
+    fx = _vertex(*result[my, mx - 1:mx + 2]) if 0 < mx < cols - 1 else 0.0
+    fy = _vertex(*result[my - 1:my + 2, mx]) if 0 < my < rows - 1 else 0.0
+    return fx, fy
+
+
+def _vertex(before: float, peak: float, after: float) -> float:
+    curve = before - 2.0 * peak + after
+    return max(-0.5, min(0.5, 0.5 * float(before - after) / float(curve))) if curve < 0 else 0.0

@@ -432,6 +432,59 @@ def test_a_followed_face_is_looked_for_near_its_box_first_and_in_the_whole_windo
     assert box is not None and abs(box[0] - (200 + step)) <= 3 and abs(box[1] - 150) <= 3, box
 
 
+def test_a_followed_box_lands_between_template_pixels_where_the_face_went(face):
+    """A 150-pixel face is matched as a 32-pixel template, so a template pixel is 4.7 frame pixels: moved by steps that
+    are not whole template pixels, the box follows it to within a pixel (the match's peak between cells), not to the
+    nearest cell (up to 2.3 px off)."""
+    from fer_runtime.follow import FaceFollower
+
+    big = cv2.cvtColor(cv2.resize(face, (150, 150)), cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+    def at(x: float, y: float) -> np.ndarray:
+        canvas = np.full((480, 640), 90, np.float32)
+        canvas[100:250, 200:350] = big
+        moved = cv2.warpAffine(canvas, np.float32([[1, 0, x - 200], [0, 1, y - 100]]), (640, 480),
+                               flags=cv2.INTER_LINEAR, borderValue=90)
+        return np.clip(moved, 0, 255).astype(np.uint8)
+
+    errors = []
+    for step in (1.6, 3.1, 6.9, 8.4, 11.7, -2.3, -7.6, -10.2):
+        follower = FaceFollower(at(200, 100), (200.0, 100.0, 150.0, 150.0))
+        box = follower.follow(at(200 + step, 100 - step / 2))
+        assert box is not None
+        errors.append(max(abs(box[0] - (200 + step)), abs(box[1] - (100 - step / 2))))
+    assert max(errors) < 1.0 and np.mean(errors) < 0.6, errors
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_gray_models_faces_are_cut_from_the_sources_gray_frame_with_the_same_probabilities(tiny_model_factory, face,
+                                                                                             channels, monkeypatch):
+    """A gray model's faces come from the gray frame the source made, not converted crop by crop on the frame loop, and
+    are classified exactly as before; a colour model's come from the colour frame."""
+    model = tiny_model_factory(CLASSES, channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    image, boxes = frame(face, 3, True)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    detections = [Detection(box) for box in boxes]
+    convert, crops_converted = cv2.cvtColor, []
+
+    def counted(picture, code, *args, **kwargs):
+        crops_converted.append(picture.shape[:2] != image.shape[:2])
+        return convert(picture, code, *args, **kwargs)
+
+    runs = []
+    for given in (None, gray):
+        engine = FaceEngine(model, lambda _: detections, detect_every=1)
+        monkeypatch.setattr(cv2, "cvtColor", counted)
+        crops_converted.clear()
+        runs.append(engine.process_frame(image, given))
+        monkeypatch.setattr(cv2, "cvtColor", convert)
+        engine.close()
+    assert any(crops_converted) == (channels == 3)  # with the source's gray, a gray model converts no crop
+    assert len(runs[0]) == len(runs[1]) == 2 and [r.box for r in runs[0]] == [r.box for r in runs[1]]
+    for before, now in zip(*runs):
+        np.testing.assert_array_equal(before.raw_probs, now.raw_probs)
+
+
 def test_a_videos_frames_come_gray_from_the_decoding_thread_and_the_frame_loop_converts_none(tiny_model, tmp_path,
                                                                                             monkeypatch):
     """Every frame is followed in gray: the decoding thread makes it (the helper core), so the frame loop converts no
