@@ -432,28 +432,57 @@ def test_a_followed_face_is_looked_for_near_its_box_first_and_in_the_whole_windo
     assert box is not None and abs(box[0] - (200 + step)) <= 3 and abs(box[1] - 150) <= 3, box
 
 
-def test_a_followed_box_lands_between_template_pixels_where_the_face_went(face):
-    """A 150-pixel face is matched as a 32-pixel template, so a template pixel is 4.7 frame pixels: moved by steps that
-    are not whole template pixels, the box follows it to within a pixel (the match's peak between cells), not to the
-    nearest cell (up to 2.3 px off)."""
+def _face_at(face: np.ndarray, side: int, x: float, y: float, seed: int) -> np.ndarray:
+    """A gray 640x480 frame with the face ``side`` pixels wide at (x, y), fractions of a pixel and beyond the frame's
+    edges included, and a little camera noise."""
+    canvas = np.full((480, 640), 90, np.float32)
+    canvas[:side, :side] = cv2.cvtColor(cv2.resize(face, (side, side)), cv2.COLOR_BGR2GRAY)
+    moved = cv2.warpAffine(canvas, np.float32([[1, 0, x], [0, 1, y]]), (640, 480), flags=cv2.INTER_LINEAR,
+                           borderValue=90)
+    return np.clip(moved + np.random.default_rng(seed).normal(0, 3, moved.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("side", [150, 220])
+def test_a_followed_box_lands_between_template_pixels_where_the_face_went(face, side):
+    """A face is matched as a 32-pixel template, so a template pixel is 4.7 frame pixels at 150 px and 6.9 at 220:
+    moved by steps that are not whole template pixels, from a box at fractions of a pixel, the box follows it to within
+    a pixel (the match's peak between cells), not to the nearest cell (up to 3.4 px off)."""
     from fer_runtime.follow import FaceFollower
 
-    big = cv2.cvtColor(cv2.resize(face, (150, 150)), cv2.COLOR_BGR2GRAY).astype(np.float32)
-
-    def at(x: float, y: float) -> np.ndarray:
-        canvas = np.full((480, 640), 90, np.float32)
-        canvas[100:250, 200:350] = big
-        moved = cv2.warpAffine(canvas, np.float32([[1, 0, x - 200], [0, 1, y - 100]]), (640, 480),
-                               flags=cv2.INTER_LINEAR, borderValue=90)
-        return np.clip(moved, 0, 255).astype(np.uint8)
-
     errors = []
-    for step in (1.6, 3.1, 6.9, 8.4, 11.7, -2.3, -7.6, -10.2):
-        follower = FaceFollower(at(200, 100), (200.0, 100.0, 150.0, 150.0))
-        box = follower.follow(at(200 + step, 100 - step / 2))
+    for i, step in enumerate((1.6, 3.1, 6.9, 8.4, 11.7, -2.3, -7.6, -10.2)):
+        x, y = 200.4, 100.7
+        follower = FaceFollower(_face_at(face, side, x, y, i), (x, y, float(side), float(side)))
+        box = follower.follow(_face_at(face, side, x + step, y - step / 2, 100 + i))
         assert box is not None
-        errors.append(max(abs(box[0] - (200 + step)), abs(box[1] - (100 - step / 2))))
+        errors.append(max(abs(box[0] - (x + step)), abs(box[1] - (y - step / 2))))
     assert max(errors) < 1.0 and np.mean(errors) < 0.6, errors
+
+
+@pytest.mark.parametrize("scale", [0.7, 0.3, 0.15, 1.4])
+def test_the_followers_shrink_says_where_each_pixel_came_from(scale):
+    """Shrunk by pyrDown steps and a bilinear rest, a ramp whose value is the column's position keeps it: the result's
+    column j holds (j + 0.5) / scale - lead, the position shrink reports (away from the borders)."""
+    from fer_runtime.follow import shrink
+
+    ramp = np.tile(np.arange(400, dtype=np.float32), (60, 1))
+    small, lead = shrink(ramp, scale)
+    assert abs(small.shape[1] - 400 * scale) <= 1.5
+    inner = slice(4, small.shape[1] - 4)
+    expected = (np.arange(small.shape[1], dtype=np.float32) + 0.5) / scale - lead
+    np.testing.assert_allclose(small[small.shape[0] // 2, inner], expected[inner], atol=0.05)
+
+
+def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is():
+    """A face whose box starts 40 px left of and 30 px above the frame: its template holds only the part in the frame,
+    and the box is still placed by the whole face, not by that part's corner."""
+    from fer_runtime.follow import FaceFollower
+
+    skimage_data = pytest.importorskip("skimage.data")
+    big = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330]
+    follower = FaceFollower(_face_at(big, 150, -40, -30, 0), (-40.0, -30.0, 150.0, 150.0))
+    box = follower.follow(_face_at(big, 150, -34, -27, 1))
+    assert box is not None and abs(box[0] - -34) < 1.0 and abs(box[1] - -27) < 1.0, box
 
 
 @pytest.mark.parametrize("channels", [1, 3])
