@@ -21,6 +21,7 @@ RESCALE_FACTORS = (0.9, 1.1)
 # only when the match there is weak: faces move little from frame to frame, and matching in the small window costs a
 # fifth (two_faces.mp4: following two faces 0.66 -> 0.35 ms a frame, the same IoU with every-frame detection)
 NEAR_SEARCH = 0.3
+SURROUND = 3  # template pixels of the frame around a face shrunk with it: pyrDown's 5 taps and the bilinear rest
 
 
 class FaceFollower:
@@ -37,16 +38,22 @@ class FaceFollower:
         self.missed_detections = 0  # full detections in a row that did not find this face while it was followed
 
     def _patch(self, gray: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray | None:
-        """The face's pixels at the template's scale, cut at whole pixels inside the frame: ``origin`` keeps where their
-        grid starts from the box's corner (a fraction of a pixel, the part of a face beyond the frame's edge)."""
+        """The face's pixels at the template's scale, those inside the frame: shrunk with their surroundings (else
+        pyrDown's reflected border pulls a large face's match down and right, 1 px at 300 px) and cut out after;
+        ``origin`` keeps where the template's grid starts from the box's corner (a fraction of a pixel, the part of a
+        face beyond the frame's edge)."""
         x, y, w, h = (int(round(v)) for v in box)
         x0, y0 = max(0, x), max(0, y)
         x1, y1 = min(gray.shape[1], x + w), min(gray.shape[0], y + h)
-        if x1 - x0 < 4 or y1 - y0 < 4:
+        if min(x1 - x0, y1 - y0) * self.scale < 4:  # under 4 template pixels: nothing to match
             return None
-        template, lead = shrink(gray[y0:y1, x0:x1], self.scale)
-        self.origin = (x0 - lead - box[0], y0 - lead - box[1])
-        return template
+        pad = int(np.ceil(SURROUND / self.scale))
+        px0, py0 = max(0, x0 - pad), max(0, y0 - pad)
+        small, lead = shrink(gray[py0:min(gray.shape[0], y1 + pad), px0:min(gray.shape[1], x1 + pad)], self.scale)
+        jx, jy = int(round((x0 - px0) * self.scale)), int(round((y0 - py0) * self.scale))
+        tw, th = int(round((x1 - x0) * self.scale)), int(round((y1 - y0) * self.scale))
+        self.origin = (px0 + jx / self.scale - lead - box[0], py0 + jy / self.scale - lead - box[1])
+        return small[jy:jy + th, jx:jx + tw]
 
     def follow(self, gray: np.ndarray) -> tuple[float, float, float, float] | None:
         """The face's box in this frame, or None when it is no longer found (detect again).
@@ -90,8 +97,10 @@ class FaceFollower:
         result = cv2.matchTemplate(small, self.template, cv2.TM_CCOEFF_NORMED)
         _, score, _, (mx, my) = cv2.minMaxLoc(result)
         fx, fy = peak_offset(result, mx, my)
-        ox, oy = self.origin  # where the template's grid landed, less where it starts in the face (grown by factor)
-        return float(score), (wx0 + (mx + fx) / scale - lead - ox * factor, wy0 + (my + fy) / scale - lead - oy * factor,
+        # where the template's grid landed, less where it starts in the face, the face as wide now as it is matched
+        grown = self.scale / scale  # (the box's width may have changed since the template was cut)
+        ox, oy = self.origin
+        return float(score), (wx0 + (mx + fx) / scale - lead - ox * grown, wy0 + (my + fy) / scale - lead - oy * grown,
                               w, h)
 
 

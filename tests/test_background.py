@@ -473,9 +473,10 @@ def test_the_followers_shrink_says_where_each_pixel_came_from(scale):
     np.testing.assert_allclose(small[small.shape[0] // 2, inner], expected[inner], atol=0.05)
 
 
-def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is():
+def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is_also_once_its_box_grew():
     """A face whose box starts 40 px left of and 30 px above the frame: its template holds only the part in the frame,
-    and the box is still placed by the whole face, not by that part's corner."""
+    and the box is still placed by the whole face, not by that part's corner; also once the face has grown and its box
+    with it (as a detection's correction carries it), the template being cut from the smaller face."""
     from fer_runtime.follow import FaceFollower
 
     skimage_data = pytest.importorskip("skimage.data")
@@ -483,6 +484,34 @@ def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is():
     follower = FaceFollower(_face_at(big, 150, -40, -30, 0), (-40.0, -30.0, 150.0, 150.0))
     box = follower.follow(_face_at(big, 150, -34, -27, 1))
     assert box is not None and abs(box[0] - -34) < 1.0 and abs(box[1] - -27) < 1.0, box
+    follower.box = (-44.0, -33.0, 165.0, 165.0)
+    box = follower.follow(_face_at(big, 165, -44, -33, 2))
+    assert box is not None and abs(box[0] - -44) < 1.5 and abs(box[1] - -33) < 1.5, box
+
+
+def test_a_large_face_with_a_sliver_in_the_frame_is_not_followed():
+    """A 400 px box with 4 rows inside the frame would be a template under one pixel high: no template, so the face
+    is detected again, where shrinking it failed in OpenCV."""
+    from fer_runtime.follow import FaceFollower
+
+    follower = FaceFollower(np.full((480, 640), 90, np.uint8), (100.0, 476.0, 400.0, 400.0))
+    assert follower.template is None and follower.follow(np.full((480, 640), 90, np.uint8)) is None
+
+
+@pytest.mark.parametrize("side", [150, 300])
+def test_a_still_face_keeps_its_box(face, side):
+    """A face that does not move is followed where it is, to a tenth of a template pixel (0.5 px at 150 px, 0.9 at
+    300), large ones too: the template is shrunk with the face's surroundings, as the window is, so pyrDown's reflected
+    border does not pull the match aside (1.3 px at 300)."""
+    from fer_runtime.follow import TEMPLATE_SIDE, FaceFollower
+
+    follower = FaceFollower(_face_at(face, side, 120.3, 90.6, 0), (120.3, 90.6, float(side), float(side)))
+    errors = []
+    for i in range(1, 4):
+        box = follower.follow(_face_at(face, side, 120.3, 90.6, i))
+        assert box is not None
+        errors.append(max(abs(box[0] - 120.3), abs(box[1] - 90.6)))
+    assert max(errors) < 0.1 * side / TEMPLATE_SIDE, errors
 
 
 @pytest.mark.parametrize("channels", [1, 3])
