@@ -105,7 +105,7 @@ def _moved(det: Detection, box: tuple[float, float, float, float]) -> Detection:
 
 
 def _gray(frame: np.ndarray, gray: np.ndarray | None) -> np.ndarray:
-    if gray is not None and gray.shape == frame.shape[:2]:
+    if gray is not None:
         return gray
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
@@ -361,6 +361,8 @@ class FaceEngine:
         """A stream's next frame: its faces followed and tracked, classified and smoothed. ``gray``: the frame in gray,
         when the source made it already (``Frame.gray``)."""
         timer = self.timer
+        if gray is not None and gray.shape != frame.shape[:2]:
+            gray = None  # not this frame's
         with timer("detect"):
             follow = self._detect_or_follow if self._background is None else self._follow_and_adopt
             detections = follow(frame, gray)
@@ -368,7 +370,7 @@ class FaceEngine:
         with timer("preprocess"):
             # a gray model's faces are cut from the gray frame the source made: the pixels converting each crop gives
             # (to a grey level where eye landmarks rotate it), without converting them on the frame loop
-            image = gray if self.contract.channels == 1 and gray is not None and gray.shape == frame.shape[:2] else frame
+            image = gray if self.contract.channels == 1 and gray is not None else frame
             crops = [crop_face(image, d, self.contract.crop_margin, self.contract.crop_offset) for d in detections]
             batch = self.contract.preprocess(crops) if crops else None
         with timer("classify"):

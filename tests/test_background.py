@@ -24,9 +24,15 @@ def tiny_model(tiny_model_factory):
 
 
 @pytest.fixture(scope="module")
-def face():
+def full_face():
+    """The astronaut's face, 200 px."""
     skimage_data = pytest.importorskip("skimage.data")
-    return cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330], (100, 100))
+    return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330]
+
+
+@pytest.fixture(scope="module")
+def face(full_face):
+    return cv2.resize(full_face, (100, 100))
 
 
 def frame(face: np.ndarray, i: int, with_b: bool) -> tuple[np.ndarray, list[tuple]]:
@@ -473,14 +479,13 @@ def test_the_followers_shrink_says_where_each_pixel_came_from(scale):
     np.testing.assert_allclose(small[small.shape[0] // 2, inner], expected[inner], atol=0.05)
 
 
-def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is_also_once_its_box_grew():
+def test_a_face_partly_beyond_the_frames_edge_is_followed_where_it_is_also_once_its_box_grew(full_face):
     """A face whose box starts 40 px left of and 30 px above the frame: its template holds only the part in the frame,
     and the box is still placed by the whole face, not by that part's corner; also once the face has grown and its box
     with it (as a detection's correction carries it), the template being cut from the smaller face."""
     from fer_runtime.follow import FaceFollower
 
-    skimage_data = pytest.importorskip("skimage.data")
-    big = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[30:230, 130:330]
+    big = full_face
     follower = FaceFollower(_face_at(big, 150, -40, -30, 0), (-40.0, -30.0, 150.0, 150.0))
     box = follower.follow(_face_at(big, 150, -34, -27, 1))
     assert box is not None and abs(box[0] - -34) < 1.0 and abs(box[1] - -27) < 1.0, box
@@ -539,6 +544,20 @@ def test_a_gray_models_faces_are_cut_from_the_sources_gray_frame_with_the_same_p
         engine.close()
     assert any(crops_converted) == (channels == 3)  # with the source's gray, a gray model converts no crop
     assert len(runs[0]) == len(runs[1]) == 2 and [r.box for r in runs[0]] == [r.box for r in runs[1]]
+    for before, now in zip(*runs):
+        np.testing.assert_array_equal(before.raw_probs, now.raw_probs)
+
+
+def test_a_gray_of_another_size_than_the_frame_is_not_used(tiny_model, face):
+    """A source's gray that is not the frame's own (another size) is ignored: the frame is converted instead."""
+    image, boxes = frame(face, 3, True)
+    detections = [Detection(box) for box in boxes]
+    runs = []
+    for given in (None, np.zeros((240, 320), np.uint8)):
+        engine = FaceEngine(tiny_model, lambda _: detections, detect_every=1)
+        runs.append(engine.process_frame(image, given))
+        engine.close()
+    assert len(runs[0]) == len(runs[1]) == 2
     for before, now in zip(*runs):
         np.testing.assert_array_equal(before.raw_probs, now.raw_probs)
 
