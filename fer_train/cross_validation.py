@@ -11,6 +11,7 @@ alone, in the same folder.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -29,6 +30,7 @@ from fer_train.config import TrainConfig
 from fer_train.data_prep import discover_splits
 from fer_train.metrics import plot_confusion_matrix
 from fer_train.run_config import InvocationFlags, merged_config, saved_config
+from fer_train.run_folder import PREDICTION_FIELDS, PREDICTIONS, write_predictions
 from fer_train.run_status import run_status
 
 FIGURES = ("accuracy", "macro_f1", "balanced_accuracy")
@@ -99,6 +101,10 @@ def _summary_once_finished(cfg: TrainConfig, top: Path, only: int | None, again:
               f"{rest}", flush=True)
         return
     summary = summarise([_fold_row(k, top / f"fold{k}") for k in range(1, cfg.folds + 1)], cfg, _add_seconds(top, 0.0))
+    predictions = held_out_predictions(top, cfg.folds)
+    if predictions is not None:
+        write_predictions(top / PREDICTIONS, predictions, ["fold", *PREDICTION_FIELDS[1:]])
+        summary["confident_mistakes"] = confident_mistakes(predictions)
     write_summary(summary, top)
     mean, std = summary["mean"]["accuracy"], summary["std"]["accuracy"]
     print(f"fer-train: {cfg.folds}-fold cross-validation by {cfg.group_by!r}: test accuracy {mean:.4f} ± {std:.4f}, "
@@ -155,6 +161,28 @@ def _fold_row(fold: int, fold_dir: Path) -> dict:
             "confusion_matrix": test["confusion_matrix"]}
 
 
+def held_out_predictions(top: Path, folds: int) -> list[dict] | None:
+    """Every image's prediction by the fold that held it out (its fold's test split), or None when a fold's run
+    kept no predictions.csv (a fer-train before it wrote one)."""
+    rows = []
+    for fold in range(1, folds + 1):
+        path = top / f"fold{fold}" / PREDICTIONS
+        if not path.is_file():
+            print(f"fer-train: {path} is missing (an earlier fer-train trained that fold): no {PREDICTIONS} for the "
+                  "cross-validation", flush=True)
+            return None
+        with path.open(newline="") as fh:
+            rows += [{"fold": fold, **{k: r[k] for k in PREDICTION_FIELDS[1:]}} for r in csv.DictReader(fh)
+                     if r["split"] == "test"]
+    return rows
+
+
+def confident_mistakes(rows: list[dict], top: int = 10) -> list[dict]:
+    """The held-out images the models got wrong most confidently: where a label is most worth a second look."""
+    wrong = [r for r in rows if r["predicted"] != r["label"]]
+    return sorted(wrong, key=lambda r: -float(r["p_predicted"]))[:top]
+
+
 def summarise(rows: list[dict], cfg: TrainConfig, seconds: float) -> dict:
     """Each fold's figures, their mean and standard deviation, and the pooled test confusion matrix's metrics."""
     figures = (*FIGURES, "val_accuracy")
@@ -197,4 +225,9 @@ def summary_markdown(s: dict) -> str:
                  f"{m['val_accuracy']:.4f} ± {d['val_accuracy']:.4f} |")
     lines += ["", f"All folds' test images pooled: accuracy {s['pooled']['accuracy']:.4f}, macro-F1 "
               f"{s['pooled']['macro_f1']:.4f} (confusion matrix: cv.png)."]
+    if "confident_mistakes" in s:
+        lines += ["", f"Every image's held-out prediction: {PREDICTIONS}. The most confident mistakes, whose labels are "
+                  "worth a second look:", "", "| fold | file | label | predicted | p(predicted) |", "|---:|---|---|---|---:|"]
+        lines += [f"| {r['fold']} | {r['file']} | {r['label']} | {r['predicted']} | {r['p_predicted']} |"
+                  for r in s["confident_mistakes"]]
     return "\n".join(lines) + "\n"

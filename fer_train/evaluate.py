@@ -26,6 +26,7 @@ from fer_train.config import EvalConfig, TrainConfig
 from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix
 from fer_train.placement import choose_device
+from fer_train.run_folder import prediction_rows, write_predictions
 
 
 @dataclass
@@ -62,8 +63,11 @@ def evaluate_checkpoints(cfg: EvalConfig) -> int:
     images = torch.from_numpy(np.ascontiguousarray(data.images))
     # the ensemble averages the members' probabilities
     probs = torch.stack([predict_logits(m.to(device), images, c, device, tta=cfg.tta).softmax(1) for m, c in members.models])
-    metrics = score(cfg, probs.mean(0).clamp_min(1e-12).log(), data, train, members)
+    log_probs = probs.mean(0).clamp_min(1e-12).log()
+    metrics = score(cfg, log_probs, data, train, members)
     stem = write_metrics(cfg, metrics, len(members.models))
+    write_predictions(out_dir_of(cfg) / f"{stem}_predictions.csv", prediction_rows(
+        cfg.split, data.paths, torch.from_numpy(data.labels), log_probs, members.contract.classes))
     print_summary(cfg, metrics, len(members.models), out_dir_of(cfg) / f"{stem}.json")
     return 0
 
@@ -124,7 +128,8 @@ def score(cfg: EvalConfig, log_probs: torch.Tensor, data: DecodedSplit, train: D
 
 
 def write_metrics(cfg: EvalConfig, metrics: dict, n_members: int) -> str:
-    """eval_SPLIT[_TTA][_ensembleN].json/.md and the confusion matrix; each file whole or absent (atomic writes)."""
+    """eval_SPLIT[_TTA][_ensembleN].json/.md and the confusion matrix (the command writes the per-image
+    ..._predictions.csv beside them); each file whole or absent (atomic writes)."""
     out_dir = out_dir_of(cfg)
     stem = f"eval_{cfg.split}" + ("" if cfg.tta == "none" else f"_{cfg.tta}")
     stem += f"_ensemble{n_members}" if n_members > 1 else ""

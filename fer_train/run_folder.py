@@ -4,11 +4,15 @@ epoch, and the final report (metrics.json/.md and the plots)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from fer_runtime.data import write_skipped_log
 from fer_runtime.data.report import write_data_report
@@ -17,7 +21,7 @@ from fer_runtime.outputs import atomic_write_text, check_output_dir
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import TrainConfig
 from fer_train.data_prep import PreparedData
-from fer_train.engine import evaluate
+from fer_train.engine import predict_logits, score_logits
 from fer_train.metrics import metrics_table, plot_confusion_matrix, plot_curves
 from fer_train.model_setup import BuiltModel
 from fer_train.placement import Placement
@@ -106,18 +110,44 @@ def final_report(run_dir: Path, data: PreparedData, built: BuiltModel, placement
         prepare_qat(best_model)  # scored as it was selected: with the INT8 rounding
     best_model.to(placement.device)
     results = {"checkpoint": str(final_path) if final_path else None, **results, "notes": data.manifest.notes}
+    rows: list[dict] = []
     for split in ("val", "test"):
         if split in data.tensors:
             # in fp32, as fer-eval and fer-export score it and the exported files run: the per-epoch validation in
             # the training precision (bf16 autocast on a CPU with native bf16) differs by a few images
-            results[split], _ = evaluate(best_model, *data.tensors[split], built.contract, placement.device, amp="off")
+            images, labels = data.tensors[split]
+            logits = predict_logits(best_model, images, built.contract, placement.device, amp="off")
+            results[split], _ = score_logits(logits, labels, list(built.contract.classes))
+            rows += prediction_rows(split, data.decoded[split].paths, labels, logits, built.contract.classes)
     write_reports(run_dir, results, history)
+    write_predictions(run_dir / PREDICTIONS, rows)
     for split in ("val", "test"):
         if split in results:
             print(f"{split}: accuracy {results[split]['accuracy']:.4f} macro-F1 {results[split]['macro_f1']:.4f} "
                   f"({results[split]['num_samples']} images)")
     print(f"fer-train: results in {run_dir}")
     return results
+
+
+PREDICTIONS = "predictions.csv"
+PREDICTION_FIELDS = ["split", "file", "label", "predicted", "p_label", "p_predicted"]
+
+
+def prediction_rows(split: str, files: list[str], labels: torch.Tensor, logits: torch.Tensor,
+                    classes: tuple[str, ...]) -> list[dict]:
+    """One row an image: its file (below the data root), label, predicted class and the model's probability of each."""
+    probs = torch.softmax(logits.float(), 1).numpy()
+    pred = probs.argmax(1)
+    return [{"split": split, "file": f, "label": classes[y], "predicted": classes[p], "p_label": f"{pr[y]:.4f}",
+             "p_predicted": f"{pr[p]:.4f}"} for f, y, p, pr in zip(files, labels.tolist(), pred, probs)]
+
+
+def write_predictions(path: Path, rows: list[dict], fields: list[str] = PREDICTION_FIELDS) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
 
 
 def write_reports(run_dir: Path, results: dict, history: list[dict]) -> None:

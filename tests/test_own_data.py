@@ -53,6 +53,13 @@ def recordings(tmp_path_factory):
     return root
 
 
+def read_csv(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def subject_of(source: str, _label: int) -> str:
     return source.split("/")[-1].split("_")[0]
 
@@ -122,10 +129,25 @@ def test_cross_validation_reports_each_fold_and_their_mean_and_continues(recordi
     assert cv["std"]["accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
     assert sum(f["test_images"] for f in cv["per_fold"]) == 54 and (tmp_path / "cv" / "cv.png").stat().st_size > 0
     assert "mean ± std" in (tmp_path / "cv" / "cv.md").read_text()
+    held_out = read_csv(tmp_path / "cv" / "predictions.csv")  # every image once, predicted by the fold that held it out
+    fold_rows = {k: read_csv(tmp_path / "cv" / f"fold{k}" / "predictions.csv") for k in (1, 2)}
+    assert sorted(r["file"] for r in held_out) == sorted(str(p.relative_to(recordings)) for p in recordings.rglob("*.png"))
+    assert held_out == [{"fold": str(k), **{c: r[c] for c in r if c != "split"}}
+                        for k in (1, 2) for r in fold_rows[k] if r["split"] == "test"]
+    assert {r["split"] for r in fold_rows[1]} == {"val", "test"}
+    right = [r["label"] == r["predicted"] for r in held_out]
+    assert np.mean(right) == pytest.approx(cv["pooled"]["accuracy"])
+    assert all((r["p_label"] == r["p_predicted"]) == ok for r, ok in zip(held_out, right))
+    mistakes = sorted((r for r, ok in zip(held_out, right) if not ok), key=lambda r: -float(r["p_predicted"]))[:10]
+    assert cv["confident_mistakes"] == [{**r, "fold": int(r["fold"])} for r in mistakes]
     stamp = (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns
     assert train_main(args) == 0  # the same command again: both folds are finished and kept
     assert "fold 1/2 (finished)" in capsys.readouterr().out
     assert (tmp_path / "cv" / "fold1" / "best.pt").stat().st_mtime_ns == stamp
+    for path in (tmp_path / "cv" / "fold1" / "predictions.csv", tmp_path / "cv" / "predictions.csv"):
+        path.unlink()  # as a fold trained by an earlier fer-train: said, and the summary without them
+    assert train_main(args) == 0 and "predictions.csv is missing" in capsys.readouterr().out
+    assert "confident_mistakes" not in json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert train_main([*args[:-len(TINY)], *TINY, "--seed", "1"]) == 2  # another cross-validation under the name
     assert "differs in --seed" in capsys.readouterr().err
 

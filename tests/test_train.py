@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -59,14 +60,15 @@ def test_the_final_report_scores_best_pt_in_fp32(tree_factory, tmp_path, monkeyp
     from fer_train import train as train_module
 
     amps = []
-    real = train_module.evaluate
 
-    def spy(*args, **kwargs):
-        amps.append(kwargs.get("amp"))
-        return real(*args, **kwargs)
+    def spy(real):
+        def recorded(*args, **kwargs):
+            amps.append(kwargs.get("amp"))
+            return real(*args, **kwargs)
+        return recorded
 
-    monkeypatch.setattr(train_module, "evaluate", spy)  # each epoch's validation
-    monkeypatch.setattr(run_folder, "evaluate", spy)  # the final report's
+    monkeypatch.setattr(train_module, "evaluate", spy(train_module.evaluate))  # each epoch's validation
+    monkeypatch.setattr(run_folder, "predict_logits", spy(run_folder.predict_logits))  # the final report's
     args = ["--data-root", str(tree_factory("train-val-test", per_class=4)), "--out-dir", str(tmp_path), "--name", "a",
             *[a if a != "off" else "bf16" for a in TINY], "--epochs", "1"]
     assert train_main(args) == 0
@@ -330,6 +332,12 @@ def test_fer_eval_ensemble_averages_member_probabilities(tree_factory, tmp_path,
     expected_loss = torch.nn.functional.nll_loss(mean.log(), torch.from_numpy(data.labels)).item()
     assert out["loss"] == pytest.approx(expected_loss, rel=1e-4)
     assert not torch.allclose(probs[0], probs[1])  # two different members, so the mean is a real ensemble
+    with open(runs[0] / "eval_test_flip_ensemble2_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = list(members[0][1].classes)
+    assert [r["file"] for r in rows] == data.paths
+    assert [classes.index(r["predicted"]) for r in rows] == mean.argmax(1).tolist()
+    assert [float(r["p_label"]) for r in rows] == pytest.approx(mean[range(len(rows)), data.labels].tolist(), abs=1e-4)
 
     from tests.conftest import write_class_tree
 
