@@ -152,6 +152,21 @@ def test_cross_validation_reports_each_fold_and_their_mean_and_continues(recordi
     assert "differs in --seed" in capsys.readouterr().err
 
 
+def test_cross_validations_agree_on_the_images_every_one_gets_wrong():
+    from benchmarks.scripts.cv_agreement import agreement
+
+    files = ["a/S1_001_01.png", "a/S1_001_02.png", "b/S2_001_01.png", "b/S3_001_01.png"]
+    labels = ["a", "a", "b", "b"]
+    predicted = [["b", "a", "b", "b"], ["b", "c", "a", "b"], ["c", "a", "c", "a"]]
+    runs = [{f: (y, p) for f, y, p in zip(files, labels, run)} for run in predicted]
+    result = agreement(runs)
+    assert result["accuracy"] == [0.75, 0.25, 0.25]
+    assert result["wrong_in_every_run"] == ["a/S1_001_01.png"] and result["their_sequences"] == ["a/S1_001"]
+    assert result["majority_vote_accuracy"] == 0.5  # a 2-1 vote counts, a three-way tie does not
+    with pytest.raises(ValueError, match="not over the same images"):
+        agreement([runs[0], {f: runs[1][f] for f in files[:3]}])
+
+
 def test_overwrite_keeps_the_old_run_until_the_new_one_starts(recordings, tmp_path, capsys):
     run = ["--data-root", str(recordings), "--epochs", "1", "--out-dir", str(tmp_path), *TINY]
     cv = [*run, "--group-by", SUBJECT, "--folds", "2", "--val-split", "0.2", "--name", "cv"]
