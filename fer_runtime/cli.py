@@ -148,19 +148,41 @@ def check_outputs_apart(source: str | None, outputs: dict[str, str | None]) -> N
             raise OutputError(f"{flag} {path} {where} the input {source}: write the output somewhere else")
 
 
-def check_save_target(save: str, source) -> None:
-    """--save: an image file for one image, a folder for a folder of images, a video file otherwise."""
+def check_new_output(path: str | Path, flag: str, overwrite: bool) -> None:
+    """An output file that is not there yet, or one the user lets the run replace (--overwrite); never a device, a
+    pipe or anything else that is not a plain file, which a failed run would remove."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_file():
+        raise OutputError(f"{flag} {path} exists and is not a plain file: give the name of a new file")
+    if not overwrite:
+        raise OutputError(f"{flag} {path} exists: give another name, or --overwrite to replace it")
+
+
+def check_save_target(save: str, source, overwrite: bool = False) -> None:
+    """--save: an image file for one image, a folder for a folder of images, a video file otherwise; nothing in the
+    way that the run would replace, unless --overwrite."""
     suffix = Path(save).suffix.lower()
-    if getattr(source, "independent", False) and len(source.paths) > 1:
-        if suffix:
+    independent = getattr(source, "independent", False)
+    if independent and getattr(source, "root", None) is not None:
+        if suffix in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS and not Path(save).is_dir():
             raise OutputError(f"--save {save}: a folder of images is saved as a folder of images; give a folder name")
         check_output_dir(save, "--save")
+        there = [Path(save) / source.name(p) for p in source.paths]
+        there = [t for t in there if t.exists() or t.is_symlink()]
+        for target in there:
+            check_new_output(target, "--save", True)
+        if there and not overwrite:
+            raise OutputError(f"--save {save} already holds {len(there)} of the annotated images (e.g. "
+                              f"{there[0].relative_to(save)}): give another folder, or --overwrite to replace them")
         return
-    if getattr(source, "independent", False) and suffix not in IMAGE_EXTENSIONS:
+    if independent and suffix not in IMAGE_EXTENSIONS:
         raise OutputError(f"--save {save}: an image is saved as an image; use a name ending in .png or .jpg")
-    if not getattr(source, "independent", False) and suffix not in VIDEO_EXTENSIONS:
+    if not independent and suffix not in VIDEO_EXTENSIONS:
         raise OutputError(f"--save {save}: a video is saved as a video; use a name ending in .mp4 or .avi")
     check_output_file(save, "--save")
+    check_new_output(save, "--save", overwrite)
 
 
 @click.command("fer-run", cls=FerCommand)
@@ -185,6 +207,7 @@ def _run(cfg: RunConfig) -> int:
     check_outputs_apart(source, {"--save": cfg.save, "--json": cfg.json})
     if cfg.json:
         check_output_file(cfg.json, "--json")
+        check_new_output(cfg.json, "--json", cfg.overwrite)
     engine = FaceEngine(cfg.model, create_detector(cfg.detector, cfg.detector_model, cfg.detect_width),
                         detect_every=cfg.detect_every, smoothing=cfg.smoothing, threads=cfg.threads, provider=cfg.provider,
                         prior=cfg.prior)
@@ -232,7 +255,7 @@ def _check_source(src, cfg: RunConfig) -> None:
         if cfg.crops and not getattr(src, "independent", False):
             raise OutputError("--crops is for images or folders of face crops, not video or cameras")
         if cfg.save:
-            check_save_target(cfg.save, src)
+            check_save_target(cfg.save, src, cfg.overwrite)
     except OutputError:
         src.close()
         raise

@@ -51,5 +51,6 @@ class RunConfig:
     save: str | None = option(None, "annotated output: out.mp4 for video or a camera, out.png for an image, a folder for "
                               "a folder of images", metavar="PATH")
     json: str | None = option(None, "write one JSON record per frame (JSONL)", metavar="FILE")
+    overwrite: bool = option(False, "replace a --json or --save output that exists (else refused)")
     max_frames: int | None = option(None, "stop after this many frames", bounds=(1, None), none_means="all")
     profile: bool = option(False, "print per-stage latency p50/p95 and FPS at the end")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -50,12 +51,16 @@ class RunOutputs:
 
     The JSONL is written as the run goes (it can be followed live); the video goes to a temporary name and becomes
     ``save`` only once it has been finalised and reads back whole. A write that fails (a full disk) removes what the
-    run wrote and raises ``OutputError``: no output is left half-written under its name.
+    run wrote and raises ``OutputError``: no output is left half-written under its name. The paths were checked
+    (fer-run's cli): each is new, or a file the user let the run replace.
     """
 
     def __init__(self, source, save: str | None, json_path: str | None):
         self.source, self.save, self.json_path = source, save, json_path
         self.independent = bool(getattr(source, "independent", False))
+        self.folder = self.independent and getattr(source, "root", None) is not None  # a folder of images: one
+        self.new_folder = Path(save) if save and self.folder and not Path(save).exists() else None
+        self.images: list[Path] = []  # annotated images written, for a folder
         self.jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in close()
         self.writer = None
         self.video: PendingFile | None = None  # the video, under its temporary name until it is whole
@@ -77,7 +82,7 @@ class RunOutputs:
         if not self.save:
             return
         if self.independent:
-            _save_image(image, self.save, frame.name, len(self.source.paths) > 1)
+            self.images.append(_save_image(image, self.save, frame.name, self.folder))
             if self.save not in self.written:
                 self.written.append(self.save)
             return
@@ -111,7 +116,7 @@ class RunOutputs:
             raise write_error(exc, exc.filename or self.json_path) from None
 
     def abort(self) -> None:
-        """A write failed: close and remove the JSONL and the unfinished video, whatever state they are in."""
+        """A write failed, or the run read nothing: close and remove what it wrote, whatever state it is in."""
         if self.writer is not None:
             self.writer.release()
         if self.jsonl is not None:
@@ -119,12 +124,15 @@ class RunOutputs:
                 self.jsonl.close()
             except OSError:
                 pass  # the buffered rest cannot be written either; the file goes
-        self.jsonl = self.writer = None
-        if self.json_path:
             Path(self.json_path).unlink(missing_ok=True)
+        self.jsonl = self.writer = None
         if self.video is not None:
             self.video.discard()
-        self.written = [p for p in self.written if p != self.json_path]
+        for image in self.images:
+            image.unlink(missing_ok=True)
+        if self.new_folder is not None and self.new_folder.is_dir():
+            shutil.rmtree(self.new_folder, ignore_errors=True)  # made by this run for its images alone
+        self.images, self.written = [], []
 
 
 def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
@@ -158,24 +166,35 @@ def run_pipeline(
     """
     outputs = RunOutputs(source, save, json_path)
     loop = FrameLoop(engine, source, outputs, Window(source) if display else None, echo=echo, crops=crops)
-    interrupted = False
+    interrupted = ended = False
     try:
         loop.run(max_frames)
+        ended = True
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = ended = True
     except OSError as exc:
         outputs.abort()
         raise write_error(exc) from None
     finally:
         with signals_deferred() as caught:
             try:
-                outputs.close()
+                loop.frames_read.close()  # the source's reader ends here, under the deferred signals
+                if ended and loop.frames:
+                    outputs.close()
+                else:  # a run that failed, or read not one frame, leaves nothing
+                    outputs.abort()
             finally:
                 source.close()
                 if loop.window is not None:
                     loop.window.close()
         interrupted = interrupted or bool(caught)
     return loop.stats(interrupted)
+
+
+def _closable(frames):
+    """The source's frames as a generator whose ``close`` also closes the source's own reader, running its ``finally``
+    then rather than whenever the reader is collected (a late signal there was a traceback)."""
+    yield from frames
 
 
 class FrameLoop:
@@ -190,9 +209,10 @@ class FrameLoop:
         self.labels: dict[str, int] = {}
         self.start = time.perf_counter()
         self.fps, self.next_line = 0.0, 1.0
+        self.frames_read = _closable(iter(source))
 
     def run(self, max_frames: int | None) -> None:
-        it = iter(self.source)
+        it = self.frames_read
         while max_frames is None or self.frames < max_frames:
             with self.engine.timer("capture"):
                 frame = next(it, None)
@@ -304,15 +324,19 @@ class Window:
         cv2.waitKey(1)  # lets the GUI backend take the window down before the process goes on or exits
 
 
-def _save_image(image: np.ndarray, save: str, name: str, many: bool) -> None:
-    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images.
+def _save_image(image: np.ndarray, save: str, name: str, folder: bool) -> Path:
+    """An annotated photo in the format of its extension: ``save`` itself, or ``save/<name>`` for a folder of images;
+    returns where. A PGM holds grey only, so its boxes are drawn in grey.
 
     Encoded in memory and written by Python, so a full disk is an OSError rather than a silently short file."""
-    target = Path(save) / name if many else Path(save)
-    if many:
+    target = Path(save) / name if folder else Path(save)
+    if folder:
         target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix.lower() == ".pgm" and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     ok, encoded = cv2.imencode(target.suffix or ".png", image)
     if not ok:
         raise SourceError(f"cannot write image {target}: use a file name ending in .png or .jpg")
     with atomic_path(target) as tmp:
         tmp.write_bytes(encoded.tobytes())
+    return target

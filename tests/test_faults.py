@@ -117,6 +117,48 @@ def test_an_output_that_is_or_is_inside_an_input_or_another_output_is_refused(mo
     assert not (tmp_path / "same.mp4").exists() and not (folder / "out.jsonl").exists()
 
 
+def test_an_output_that_exists_is_refused_unless_overwrite_and_a_device_or_pipe_never(model, video, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(DEMO_IMAGE.read_bytes())
+    old = tmp_path / "old.jsonl"
+    old.write_text("precious\n")
+    for flag, path in (("--json", old), ("--save", tmp_path / "old.png")):
+        path.write_bytes(b"precious\n")
+        code, lines = _run("--source", photo, "--model", model, flag, path)
+        _one_error(code, lines, flag, "exists", "--overwrite")
+        assert path.read_bytes() == b"precious\n"
+        code, lines = _run("--source", photo, "--model", model, flag, path, "--overwrite")
+        assert code == 0 and path.read_bytes() != b"precious\n", lines
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    code, lines = _run("--source", photo, "--model", model, "--json", pipe, "--overwrite")
+    _one_error(code, lines, "is not a plain file")
+    assert pipe.is_fifo()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(DEMO_IMAGE.read_bytes())
+    saved = tmp_path / "run.v2"  # a folder of one image is saved as a folder, whatever dots its name has
+    assert _run("--source", folder, "--model", model, "--save", saved)[0] == 0 and (saved / "a.jpg").is_file()
+    code, lines = _run("--source", folder, "--model", model, "--save", saved)
+    _one_error(code, lines, "already holds 1 of the annotated images (e.g. a.jpg)", "--overwrite")
+    assert _run("--source", folder, "--model", model, "--save", saved, "--overwrite")[0] == 0
+
+
+def test_a_run_that_reads_nothing_leaves_no_output_and_a_pgm_is_saved_grey(model, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "x.jpg").write_bytes(b"not an image")
+    code, lines = _run("--source", folder, "--model", model, "--json", tmp_path / "x.jsonl", "--save", tmp_path / "x")
+    assert code == 2 and not any(line.startswith("fer-run: wrote") for line in lines), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+    pgm = tmp_path / "pgm"
+    pgm.mkdir()
+    cv2.imwrite(str(pgm / "a.png"), cv2.imread(str(DEMO_IMAGE)))
+    cv2.imwrite(str(pgm / "b.pgm"), cv2.imread(str(DEMO_IMAGE), cv2.IMREAD_GRAYSCALE))
+    assert _run("--source", pgm, "--model", model, "--save", tmp_path / "out")[0] == 0
+    assert cv2.imread(str(tmp_path / "out" / "b.pgm"), cv2.IMREAD_UNCHANGED).ndim == 2
+
+
 # --------------------------------------------------------------------------- 2. a full disk
 
 
