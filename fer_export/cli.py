@@ -12,7 +12,6 @@ from fer_export.config import ExportConfig
 from fer_export.formats import check_formats
 from fer_export.pipeline import export
 from fer_export.prune import PruneError
-from fer_export.quantize import QuantizationError
 from fer_export.training import train_options
 from fer_runtime.contract import ContractError, ModelContract
 from fer_runtime.options import FerCommand, OptionError, config_of, config_options
@@ -77,8 +76,10 @@ def check_config(cfg: ExportConfig) -> None:
         raise OptionError("an ONNX model can only be quantized (--int8): pruning and distillation need --ckpt")
     if cfg.prune is not None and not 0.0 < cfg.prune < 1.0:
         raise PruneError(f"--prune must be in (0, 1), got {cfg.prune}")
-    if cfg.calib_size < 1:
-        raise QuantizationError("--calib-size must be at least 1")
+    if cfg.prune_flops is not None and cfg.prune_flops <= 1.0:
+        raise PruneError(f"--prune-flops is the FLOPs drop to reach, above 1: got {cfg.prune_flops}")
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name):
+        raise OptionError(f"--name {cfg.name!r}: give a plain folder name (no '/', not '.' or '..'); --out-dir says where")
     if cfg.resume and not cfg.name:
         raise OptionError("--resume needs the --name of the interrupted export")
     if cfg.train_option and not (cfg.distill_from or cfg.pruning and cfg.finetune_epochs > 0):

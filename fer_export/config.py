@@ -36,14 +36,14 @@ class ExportConfig:
     kd_alpha: float = option(0.7, "weight of the distillation term")
     kd_temperature: float = option(4.0, "softmax temperature of the KD term")
     compare_baseline: bool = option(False, "also train the student alone, same recipe")
-    epochs: int = option(30, "student training epochs")
+    epochs: int = option(30, "student training epochs", bounds=(1, None))
     train_option: list[str] = option([], "a fer-train option (TrainConfig name) for student and fine-tune runs, e.g. "
                                      "batch_size=64 (repeat the flag for more)", metavar="KEY=VALUE", multiple=True)
     # pruning
     prune: float | None = option(None, "fraction of channels to remove", metavar="RATIO")
     prune_flops: float | None = option(None, "prune until FLOPs drop X-fold", metavar="X")
-    prune_steps: int = option(1, "iterative pruning steps")
-    finetune_epochs: int = option(10, "epochs after pruning")
+    prune_steps: int = option(1, "iterative pruning steps", bounds=(1, None))
+    finetune_epochs: int = option(10, "epochs after pruning", bounds=(0, None))
     finetune_lr: float = option(5e-4, "peak learning rate after pruning")
     # the crop fer-run takes around a detector box (benchmarks/scripts/measure_framing.py measures it)
     crop_margin: float | None = option(None, "face-box margin per side to record in the contract",
@@ -54,14 +54,15 @@ class ExportConfig:
     format: str = option("onnx", "comma list of onnx, openvino, tflite: each format's fp32 file and, with --int8, its INT8 "
                          "file, each checked against the ONNX file of the same precision (ONNX is always written)",
                          metavar="LIST")
-    opset: int = option(17, "ONNX opset")
+    opset: int = option(17, "ONNX opset (13, the first with per-channel INT8, to 20, torch's exporter's last)",
+                        bounds=(13, 20))
     int8: bool = option(False, "also write an INT8 (QDQ) model")
-    calib_size: int = option(512, "stratified training images for calibration")
+    calib_size: int = option(512, "stratified training images for calibration", bounds=(1, None))
     calib_method: str = option("entropy", "INT8 activation range calibration", choices=CALIBRATION_METHODS)
     # ORT's CPU kernels run a 1-channel QLinearConv and QLinearAveragePool slower than their float versions
     keep_float: str = option("first_conv,avg_pool", "comma list kept in float: first_conv, classifier, avg_pool, node names; "
                              "'none' quantizes all")
-    max_drop: float = option(1.0, "max INT8 accuracy drop on val, in points")
+    max_drop: float = option(1.0, "max INT8 accuracy drop on val, in points", bounds=(0, None))
     force: bool = option(False, "keep the INT8 model even past --max-drop")
 
     @property

@@ -74,21 +74,23 @@ def run_stages(cfg: ExportConfig, source: Path | None, out: Path, name: str, fin
     if source is not None and source.suffix == ".onnx":
         code = quantize_only(cfg, source, out, report)
     else:
-        code = from_checkpoint(cfg, source, out, report)
+        code = from_checkpoint(cfg, source, out, report, final_dir)
     reliability_plot(report, out)
     write_report(out, report, final_dir)
     print_summary(report)
     return code
 
 
-def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: dict) -> int:
-    """checkpoint (or a student distilled here) -> [prune + fine-tune] -> ONNX, checked -> [INT8]."""
+def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: dict, final_dir: Path | None = None) -> int:
+    """checkpoint (or a student distilled here) -> [prune + fine-tune] -> ONNX, checked -> [INT8]. A checkpoint made
+    here is named in the contract where it will be, under ``final_dir``."""
     ckpt = distill(cfg, out, report) if cfg.distill_from and source is None else source
     state = load_checkpoint(ckpt)
     model, contract = model_from_checkpoint(state)
     # the run's splits, found under --data-root, then FER_DATA_ROOT, then the run's own root
     saved = TrainConfig.from_saved(state.get("train_args", {}))
     manifest = run_manifest(state.get("manifest"), cfg.data_root, saved.split_rules())
+    manifest.check_classes(contract.classes)  # a class folder renamed or added since training: refused, not misread
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)
             for s in ("train", "val", "test") if s in manifest.splits}
     report["artefacts"].append(torch_row("student (pytorch)" if cfg.distill_from else "pytorch", model, contract, data))
@@ -96,7 +98,9 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
         ckpt, state = prune_and_finetune(cfg, state, model, contract, data, out, report)
         model, contract = model_from_checkpoint(state)
         saved = TrainConfig.from_saved(state.get("train_args", {}))  # the fine-tune's own sampler gives the prior
-    contract = _export_contract(cfg, Path(ckpt), state, contract, report, data["train"], saved.sampler)
+    made_here = final_dir is not None and out.resolve() in Path(ckpt).resolve().parents
+    shown = final_dir.resolve() / Path(ckpt).resolve().relative_to(out.resolve()) if made_here else Path(ckpt)
+    contract = _export_contract(cfg, shown, state, contract, report, data["train"], saved.sampler)
     fp32_path = export_onnx(model, contract, out / "model.onnx", opset=cfg.opset)
     report["decision_rule"] = {"onnx fp32": calibrate_onnx(fp32_path, data["val"], cfg.threads)}
     _check_parity(model, fp32_path, data["val"], report)

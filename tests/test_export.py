@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -253,6 +254,16 @@ def test_fer_export_prune_and_distill(trained_run, tmp_path):
                         "--train-option", "threads=1", "--train-option", "batch_size=8"]) == 0
     report = json.loads((tmp_path / "d" / "export_report.json").read_text())
     assert set(report["distillation"]["test"]) == {"kd", "alone"}
+    renamed = tmp_path / "renamed"  # a class folder renamed since training: refused, not calibrated on wrong labels
+    shutil.copytree(root, renamed)
+    first = sorted(p for p in (renamed / "train").iterdir() if p.is_dir())[0]
+    first.rename(first.parent / "zz_renamed")
+    for split in ("val", "test"):
+        if (renamed / split / first.name).is_dir():
+            (renamed / split / first.name).rename(renamed / split / "zz_renamed")
+    assert export_main(["--ckpt", str(run / "best.pt"), "--data-root", str(renamed), "--out-dir", str(tmp_path),
+                        "--name", "r"]) == 2
+    assert not (tmp_path / "r").exists()
 
 
 def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_path):
@@ -271,6 +282,7 @@ def test_fer_export_full_chain_distils_through_the_fine_tune(trained_run, tmp_pa
     exported = report["artefacts"][2]
     assert contract.provenance["metrics"]["test"]["accuracy"] == exported["test"]["accuracy"]
     assert contract.provenance["teacher_checkpoint"] == str((run / "best.pt").resolve())
+    assert contract.provenance["source_checkpoint"] == str((out / "pruned_finetune" / "best.pt").resolve())  # where it is
 
 
 def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_path):
@@ -290,7 +302,13 @@ def test_teacher_guides_the_fine_tune_of_a_pruned_checkpoint(trained_run, tmp_pa
         (["--ckpt", "{tmp}/nothing.pt"], "not found"),
         (["--ckpt", "{tmp}/text.pt"], "not a fer-train checkpoint"),
         (["--ckpt", "{ckpt}", "--prune", "1.5"], "must be in (0, 1)"),
-        (["--ckpt", "{ckpt}", "--calib-size", "0"], "at least 1"),
+        (["--ckpt", "{ckpt}", "--calib-size", "0"], "0 is not in the range x>=1"),
+        (["--ckpt", "{ckpt}", "--prune", "0.5", "--prune-steps", "0"], "--prune-steps"),
+        (["--ckpt", "{ckpt}", "--opset", "5"], "13<=x<=20"),
+        (["--ckpt", "{ckpt}", "--int8", "--max-drop", "-5"], "--max-drop"),
+        (["--ckpt", "{ckpt}", "--prune-flops", "0.5"], "above 1"),
+        (["--ckpt", "{ckpt}", "--name", "."], "plain folder name"),
+        (["--ckpt", "{ckpt}", "--name", "../escaped"], "plain folder name"),
         (["--distill-from", "{ckpt}"], "needs --arch"),
         (["--ckpt", "{ckpt}", "--distill-from", "{ckpt}"], "add --prune"),
         (["--model", "{tmp}/text.onnx", "--int8"], "not a readable ONNX"),
@@ -322,10 +340,14 @@ def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys):
+def test_int8_gate_fails_but_keeps_report_and_fp32(trained_run, tmp_path, capsys, monkeypatch):
+    from fer_export import pipeline
+
     run, _ = trained_run
+    gate = pipeline._int8_gate
+    monkeypatch.setattr(pipeline, "_int8_gate", lambda cfg, drop, path, report: gate(cfg, drop + 150.0, path, report))
     code = export_main(["--ckpt", str(run / "best.pt"), "--int8", "--out-dir", str(tmp_path), "--name", "g", "--calib-size", "24",
-                        "--max-drop", "-100"])
+                        "--max-drop", "100"])
     assert code == 3
     assert "INT8 loses" in capsys.readouterr().err
     out = tmp_path / "g"
