@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_runtime.data import read_image
+from fer_runtime.data import read_photo
+from fer_runtime.data.images import composite_alpha
 from fer_runtime.detect import DEFAULT_DETECT_WIDTH, create_detector
 from fer_runtime.engine import DEFAULT_MODEL, FaceEngine, FaceResult
 
@@ -79,13 +80,17 @@ class FaceExpressionRecognizer:
             the image, ``emotions`` (class -> calibrated probability, summing to 1), ``dominant_emotion`` (the label
             fer-run gives) and ``confidence`` (its probability). An image without a face gives ``[]``.
         """
-        bgr = _as_bgr(image, color)
-        return [_record(r, self._engine.classes) for r in self._engine.process_image(bgr, crops)]
+        bgr, scale = _as_bgr(image, color)
+        return self._analyze(bgr, crops, scale)
+
+    def _analyze(self, bgr: np.ndarray, crops: bool, scale: int = 1) -> list[dict]:
+        """``analyze`` of a decoded image; ``scale``: the file's pixels per image pixel (a photo decoded reduced)."""
+        return [_record(r.scaled(scale), self._engine.classes) for r in self._engine.process_image(bgr, crops)]
 
     def classify_crops(self, crops: Sequence[ImageLike], *, color: str = "bgr") -> list[dict]:
         """Face crops (paths or uint8 arrays of any size) classified in one batch: one record per crop, in order,
         each as ``analyze(crop, crops=True)[0]`` would give it."""
-        images = [_as_bgr(c, color) for c in crops]
+        images = [_as_bgr(c, color)[0] for c in crops]
         return [_record(r, self._engine.classes) for r in self._engine.process_crops(images)]
 
 
@@ -98,17 +103,18 @@ def _record(face: FaceResult, classes: tuple[str, ...]) -> dict:
     }
 
 
-def _as_bgr(image: ImageLike, color: str) -> np.ndarray:
-    """A path or array -> a gray or BGR uint8 array, the runtime's input."""
+def _as_bgr(image: ImageLike, color: str) -> tuple[np.ndarray, int]:
+    """A path or array -> a gray or BGR uint8 array, the runtime's input, and the file's pixels per array pixel (a
+    photo over the pixel limit is decoded reduced). An array's alpha is composited on black, as a file's is."""
     if color not in COLORS:
         raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise FileNotFoundError(f"no image file {image}")
-        img = read_image(image)
+        img, scale = read_photo(image)
         if img is None:
-            raise ValueError(f"{image} is not an image OpenCV can read")
-        return img
+            raise ValueError(f"{image} is not an image fer-run reads (JPEG, PNG, BMP, TIFF, WebP or PNM)")
+        return img, scale
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f"an image array must be uint8 (0-255), got {img.dtype}")
@@ -118,4 +124,6 @@ def _as_bgr(image: ImageLike, color: str) -> np.ndarray:
         raise ValueError(f"an image array must be H x W, H x W x 3 or H x W x 4, got shape {img.shape}")
     if img.ndim == 3 and color == "rgb":
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    return np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = composite_alpha(img)
+    return np.ascontiguousarray(img), 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -79,6 +79,10 @@ class FaceResult:
     probs: np.ndarray  # smoothed
     raw_label: str
     raw_probs: np.ndarray
+
+    def scaled(self, factor: float) -> FaceResult:
+        """The same face with its box in pixels ``factor`` times as large (a photo decoded reduced)."""
+        return self if factor == 1 else replace(self, box=tuple(v * factor for v in self.box))
 
     def to_dict(self, classes: tuple[str, ...]) -> dict:
         return {

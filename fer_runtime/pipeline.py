@@ -73,7 +73,7 @@ class RunOutputs:
             record = {"frame": frame.index}
             if frame.timestamp is not None:  # photos have no time: their records name the file instead
                 record["timestamp"] = round(frame.timestamp, 4)
-            record["faces"] = [f.to_dict(classes) for f in faces]
+            record["faces"] = [f.scaled(frame.scale).to_dict(classes) for f in faces]  # in the file's own pixels
             if frame.name:
                 record["file"] = frame.name
             self.jsonl.write(json.dumps(record) + "\n")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from fer_runtime.cores import helper_cores, keep_off_frame_core, made_off_frame_core
-from fer_runtime.data import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageTooLarge, read_image
+from fer_runtime.data import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageTooLarge, read_photo
 from fer_runtime.errors import FerError
 
 MAX_BAD_FRAMES = 25  # consecutive undecodable frames before a video counts as ended
@@ -32,6 +32,7 @@ class Frame:
     name: str = ""
     error: str = ""  # why ``image`` is None, when known
     gray: np.ndarray | None = None  # ``image`` in gray, where a decoding thread made it off the frame loop's core
+    scale: int = 1  # a photo decoded reduced: the file's pixels per ``image`` pixel
 
 
 class ImageSource:
@@ -58,10 +59,10 @@ class ImageSource:
     def __iter__(self) -> Iterator[Frame]:
         for i, p in enumerate(self.paths):
             try:
-                image, error = read_image(p), ""
+                (image, scale), error = read_photo(p), ""
             except ImageTooLarge as exc:
-                image, error = None, str(exc)
-            yield Frame(i, None, image, self.name(p), error)
+                image, scale, error = None, 1, str(exc)
+            yield Frame(i, None, image, self.name(p), error, scale=scale)
 
     def close(self) -> None:
         pass

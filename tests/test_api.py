@@ -93,7 +93,7 @@ def test_the_probabilities_are_the_readmes_formula(fer, model):
     assert got["dominant_emotion"] == CLASSES[int(expected.argmax())] and got["box"] == [0, 0, 48, 48]
 
 
-def test_an_array_is_bgr_unless_told_rgb(fer):
+def test_an_array_is_bgr_unless_told_rgb_and_its_alpha_read_as_a_files(fer, tmp_path):
     bgr = cv2.imread(str(DEMO_IMAGE))
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     from_path = fer.analyze(DEMO_IMAGE)
@@ -103,6 +103,12 @@ def test_an_array_is_bgr_unless_told_rgb(fer):
     assert swapped[0]["emotions"] != from_path[0]["emotions"]
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     assert fer.analyze(rgba, color="rgb") == from_path
+    clear = np.dstack([bgr, np.zeros(bgr.shape[:2], np.uint8)])  # fully transparent: black, as a file's alpha is read
+    assert cv2.imwrite(str(tmp_path / "clear.png"), clear)
+    assert fer.analyze(clear) == fer.analyze(tmp_path / "clear.png") == []
+    half = np.dstack([bgr, np.full(bgr.shape[:2], 128, np.uint8)])
+    assert cv2.imwrite(str(tmp_path / "half.png"), half)
+    assert fer.analyze(half) == fer.analyze(tmp_path / "half.png")
 
 
 def test_classify_crops_is_one_batch_in_order(fer, monkeypatch):

@@ -320,17 +320,42 @@ def test_a_photo_larger_than_any_camera_is_refused_from_its_header_in_bounded_me
     assert peak < 300, peak  # the import of cv2 and onnxruntime is about 150 MB; the decode would be 400 more
 
 
-def test_a_large_jpeg_is_decoded_reduced():
+def test_a_large_jpeg_is_decoded_reduced_and_its_faces_boxed_in_its_own_pixels(model, tmp_path):
+    from fer_runtime import FaceExpressionRecognizer
+
     side = int((MAX_IMAGE_PIXELS * 1.2) ** 0.5)
-    ok, jpeg = cv2.imencode(".jpg", np.zeros((side, side), np.uint8))
-    assert ok
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fer-big-{os.getpid()}.jpg"
-    try:
-        jpeg.tofile(str(path))
-        img = read_image(path)
-    finally:
-        path.unlink(missing_ok=True)
+    canvas = np.zeros((side, side), np.uint8)
+    face = cv2.resize(cv2.imread(str(DEMO_IMAGE), cv2.IMREAD_GRAYSCALE), (2600, 2600))  # a 760 px face
+    canvas[2500:5100, 4000:6600] = face
+    path = tmp_path / "big.jpg"
+    assert cv2.imwrite(str(path), canvas)
+    del canvas
+    img = read_image(path)
     assert img is not None and img.shape[0] == (side + 1) // 2
+    fer = FaceExpressionRecognizer(str(model))
+    in_reduced = fer.analyze(img)
+    in_file = fer.analyze(path)
+    assert len(in_file) == 1 and in_file[0]["box"] == pytest.approx([2 * v for v in in_reduced[0]["box"]], abs=1)
+    x, y, w, h = in_file[0]["box"]
+    assert 4700 < x + w / 2 < 6000 and 3100 < y + h / 2 < 4400 and w > 600  # where the face is in the file
+    code, lines = _run("--source", path, "--model", model, "--json", tmp_path / "big.jsonl")
+    record = json.loads((tmp_path / "big.jsonl").read_text())
+    assert code == 0 and record["faces"][0]["box"] == pytest.approx(in_file[0]["box"], abs=1)
+
+
+def test_a_phones_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    from PIL import Image, ImageOps
+
+    stored = Image.open(DEMO_IMAGE).convert("RGB").crop((0, 0, 320, 200))  # not square: a wrong turn shows in the shape
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        stored.save(path, exif=exif.tobytes(), quality=95)
+        seen = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))[:, :, ::-1]  # as viewers show it
+        read = read_image(path)
+        assert read.shape == seen.shape == ((200, 320, 3) if orientation < 5 else (320, 200, 3)), orientation
+        assert np.abs(read.astype(int) - seen).mean() < 1.0, orientation
 
 
 def test_timing_samples_stay_bounded_for_a_long_session():

@@ -80,6 +80,8 @@ def _limit_cases() -> list:
         ("an empty body", b"", {}, 415, "empty"),
         ("a damaged JPEG", DEMO_IMAGE.read_bytes()[:600], {}, 415, "not an image OpenCV can decode"),
         ("a form", _png(photo), {"Content-Type": "multipart/form-data; boundary=x"}, 415, "not a form"),
+        ("a GIF", b"GIF89a" + struct.pack("<HH", 64, 64) + bytes(60), {}, 415, "not an image fer-serve reads"),
+        ("a TIFF", b"II*\x00" + struct.pack("<I", 8) + bytes(60), {}, 415, "not an image fer-serve reads"),
     ]
 
 
@@ -87,6 +89,17 @@ def _limit_cases() -> list:
 def test_each_limit_has_its_status_and_one_line(server, what, body, headers, status, message):
     got, _, answer = server.request("POST", "/analyze", body, headers)
     assert got == status and message in answer["error"] and "\n" not in answer["error"], answer
+
+
+def test_a_jpeg_with_metadata_before_its_pixels_is_read(server):
+    """A phone's JPEG can carry hundreds of KB (a depth map) before its frame header."""
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(DEMO_IMAGE)))[1].tobytes()
+    app9 = b"\xff\xe9" + struct.pack(">H", 65535) + bytes(65533)
+    body = jpeg[:2] + app9 * 4 + jpeg[2:]  # the frame header past the first 256 KiB
+    assert len(body) < MAX_BYTES
+    got, _, answer = server.request("POST", "/analyze", body)
+    plain = server.request("POST", "/analyze", jpeg)[2]
+    assert got == 200 and answer == plain and answer, answer
 
 
 def test_a_body_streamed_past_the_limit_is_cut_at_413(server):

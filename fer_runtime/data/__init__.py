@@ -16,6 +16,7 @@ from fer_runtime.data.images import (
     ImageTooLarge,
     decode_image,
     read_image,
+    read_photo,
 )
 from fer_runtime.data.root import resolve_data_root
 from fer_runtime.data.splits import PROTOCOLS, SPLITS, SplitManifest, discover, run_manifest, stratified_split
@@ -24,5 +25,5 @@ from fer_runtime.errors import DataError
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "PROTOCOLS", "SPLITS", "UNSUPPORTED_IMAGE_EXTENSIONS", "DataError",
     "DecodedSplit", "ImageTooLarge", "SplitManifest", "decode_image", "default_cache_dir", "discover", "load_split",
-    "read_image", "resolve_data_root", "run_manifest", "stratified_split", "write_skipped_log",
+    "read_image", "read_photo", "resolve_data_root", "run_manifest", "stratified_split", "write_skipped_log",
 ]

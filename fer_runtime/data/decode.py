@@ -47,7 +47,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(root: Path, items: list[tuple[str, int]], channels: int, height: int, width: int) -> str:
-    h = hashlib.sha1(f"v2|{channels}|{height}|{width}|{root}".encode())
+    h = hashlib.sha1(f"v3|{channels}|{height}|{width}|{root}".encode())  # v3: JPEGs upright by EXIF
     stats: dict[str, str] = {}
     for rel, label in items:
         file = rel.split(CSV_ROW, 1)[0]

@@ -23,47 +23,121 @@ class ImageTooLarge(DataError):
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
-    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8.
+    """The one image reader: gray, BGR (alpha composited on black) or None when unreadable; 16-bit scaled to 8; turned
+    upright as a JPEG's EXIF orientation says (as viewers show a phone's photo).
 
-    An image over MAX_IMAGE_PIXELS is decoded reduced (JPEG) or refused with ``ImageTooLarge``."""
+    An image over MAX_IMAGE_PIXELS is decoded reduced (JPEG; ``read_photo`` says by how much) or refused with
+    ``ImageTooLarge``."""
+    return read_photo(path)[0]
+
+
+def read_photo(path: str | Path) -> tuple[np.ndarray | None, int]:
+    """``read_image`` and the factor a JPEG over MAX_IMAGE_PIXELS was decoded reduced by (1, 2, 4 or 8): a box found
+    in the image times it is a box in the file's own pixels."""
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
-        return None
-    return decode_image_bytes(buf, Path(path).name)
+        return None, 1
+    return decode_photo(buf, Path(path).name)
 
 
 def decode_image_bytes(buf: np.ndarray | bytes, name: str) -> np.ndarray | None:
-    """``read_image`` of a file's bytes already in memory (fer-serve's request bodies); ``name`` names it in errors."""
+    """``read_image`` of a file's bytes already in memory; ``name`` names it in errors."""
+    return decode_photo(buf, name)[0]
+
+
+def decode_photo(buf: np.ndarray | bytes, name: str) -> tuple[np.ndarray | None, int]:
+    """``read_photo`` of a file's bytes already in memory (fer-serve's request bodies). GIF is unreadable, whatever
+    this OpenCV can do (OpenCV 4 cannot, 5 can): the same files read everywhere."""
     buf = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes | bytearray) else buf
-    img = cv2.imdecode(buf, _decode_flags(buf, name)) if buf.size else None
+    if not buf.size or buf[:4].tobytes() == b"GIF8":
+        return None, 1
+    flags, factor = _decode_flags(buf, name)
+    img = cv2.imdecode(buf, flags)
     if img is None:
-        return None
+        return None, 1
+    if buf[:2].tobytes() == b"\xff\xd8":
+        img = _upright(img, _exif_orientation(buf))
     if img.dtype != np.uint8:
         top = 65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0)
         img = np.clip(img.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
     if img.ndim == 3 and img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = np.rint(img[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
+        img = composite_alpha(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    return img
+    return img, factor
 
 
-def _decode_flags(buf: np.ndarray, name: str) -> int:
-    size = image_header_size(buf[:262144].tobytes())
+def composite_alpha(bgra: np.ndarray) -> np.ndarray:
+    """A BGRA uint8 image composited on black: what a transparent pixel shows."""
+    alpha = bgra[:, :, 3:4].astype(np.float32) / 255.0
+    return np.rint(bgra[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
+
+
+def _decode_flags(buf: np.ndarray, name: str) -> tuple[int, int]:
+    """imdecode's flags, and the factor they reduce by. The size comes from the header, looked for in the whole file:
+    a JPEG's metadata (a phone's depth map) can come before it, and a TIFF's directory can come after the pixels."""
+    head = buf[:262144].tobytes()
+    size = image_header_size(head)
+    if size is None and buf.size > len(head) and (head[:2] == b"\xff\xd8" or head[:4] in (b"II*\x00", b"MM\x00*")):
+        size = image_header_size(buf.tobytes())
     if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
-        return cv2.IMREAD_UNCHANGED
+        return cv2.IMREAD_UNCHANGED, 1
     if buf[:2].tobytes() == b"\xff\xd8":
         for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
             if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
-                return flag
+                return flag | cv2.IMREAD_IGNORE_ORIENTATION, factor  # turned upright by _upright, as every JPEG
     raise ImageTooLarge(f"{name} is {size[0]}x{size[1]} pixels, over the {MAX_IMAGE_PIXELS // 1_000_000} "
                         "megapixels read: scale it down first")
 
 
+# EXIF orientation -> what turns the stored pixels upright (TIFF/EXIF tag 0x0112; 1 is upright already)
+_ORIENT = {
+    2: lambda im: cv2.flip(im, 1),
+    3: lambda im: cv2.rotate(im, cv2.ROTATE_180),
+    4: lambda im: cv2.flip(im, 0),
+    5: lambda im: cv2.transpose(im),
+    6: lambda im: cv2.rotate(im, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda im: cv2.rotate(cv2.transpose(im), cv2.ROTATE_180),
+    8: lambda im: cv2.rotate(im, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+
+def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    turn = _ORIENT.get(orientation)
+    return img if turn is None else np.ascontiguousarray(turn(img))
+
+
+def _exif_orientation(buf: np.ndarray) -> int:
+    """The orientation tag of a JPEG's EXIF segment (APP1 "Exif"), 1 when there is none or it cannot be read."""
+    import struct
+
+    head = buf[:262144].tobytes()
+    i = 2
+    try:
+        while i + 4 <= len(head) and head[i] == 0xFF:
+            marker, length = head[i + 1], int.from_bytes(head[i + 2 : i + 4], "big")
+            if marker == 0xE1 and head[i + 4 : i + 10] == b"Exif\x00\x00":
+                tiff = head[i + 10 : i + 2 + length]
+                order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+                (ifd,) = struct.unpack(order + "I", tiff[4:8])
+                (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+                for k in range(count):
+                    entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+                    tag, kind, _, value = struct.unpack(order + "HHI4s", entry)
+                    if tag == 0x0112 and kind == 3:
+                        return struct.unpack(order + "H", value[:2])[0]
+                return 1
+            if marker in (0xD9, 0xDA):  # the end, or the pixels: no EXIF before them
+                return 1
+            i += 2 + length
+    except (KeyError, struct.error, IndexError):
+        pass
+    return 1
+
+
 def image_header_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP, WebP, GIF or PNM header; None for other formats or a damaged header."""
+    """(width, height) from a PNG, JPEG, BMP, WebP, GIF, PNM or TIFF header; None for other formats or a damaged one."""
     import struct
 
     try:
@@ -82,6 +156,8 @@ def image_header_size(head: bytes) -> tuple[int, int] | None:
             return values[0], values[1]
         if head[:2] == b"\xff\xd8":
             return _jpeg_size(head)
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(head)
     except (struct.error, ValueError, IndexError):
         return None
     return None
@@ -97,6 +173,21 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     if chunk == b"VP8 ":
         return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
     return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength of a TIFF's first directory (wherever in the file it is)."""
+    import struct
+
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+    found = {}
+    for k in range(count):
+        tag, kind, _, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+        if tag in (256, 257):
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    return (found[256], found[257]) if len(found) == 2 else None
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
