@@ -100,6 +100,7 @@ class YuNetDetector:
         make = lambda: _SizedYuNet(cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 50))
         try:
             first = make()
+            first.detect(np.zeros((64, 64, 3), np.uint8))  # another ONNX file loads, and would fail only on a frame
         except cv2.error:
             raise DetectorError(
                 f"{model_path} is not a YuNet model OpenCV can load (get face_detection_yunet_2023mar.onnx "

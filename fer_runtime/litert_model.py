@@ -13,7 +13,7 @@ import numpy as np
 
 from fer_runtime.contract import METADATA_KEY, ContractError, ModelContract
 from fer_runtime.decision import prior_correction_for
-from fer_runtime.errors import first_line
+from fer_runtime.errors import FerError, first_line
 from fer_runtime.model import ModelBackend, cpu_runtime, import_runtime
 from fer_runtime.providers import ProviderChoice, captured_stderr
 
@@ -60,7 +60,15 @@ class LiteRtModel(ModelBackend):
     def __init__(self, path: str | Path, threads: int = 0, provider: str | ProviderChoice | None = None,
                  prior: str = "model") -> None:
         self.path = Path(path)
-        metadata = metadata_of(self.path.read_bytes())
+        buffer = self.path.read_bytes()
+        try:
+            if buffer[4:8] != b"TFL3":
+                raise ValueError("no TFL3 identifier")
+            metadata = metadata_of(buffer)
+        except FerError:
+            raise  # the runtime not installed: its own line
+        except Exception as exc:  # a damaged flatbuffer fails anywhere in the generated reader: struct, index, unicode
+            raise ContractError(f"{self.path} is not a readable TFLite model ({type(exc).__name__}: {exc})"[:300]) from None
         if METADATA_KEY not in metadata:
             raise ContractError(f"{self.path} has no '{METADATA_KEY}' metadata: export it with fer-export --format tflite")
         self.contract = ModelContract.from_json(metadata[METADATA_KEY].decode())

@@ -197,15 +197,19 @@ def test_input_faults_share_one_error_format(model, tmp_path, monkeypatch):
     one = DEMO_IMAGE
     bad_yunet = tmp_path / "yunet.onnx"
     bad_yunet.write_bytes(b"not a model")
+    junk_tflite = tmp_path / "junk.tflite"
+    junk_tflite.write_bytes(b"TFL3" * 40)
     cases = [
         (["--source", one, "--detector", "yunet", "--detector-model", bad_yunet], "is not a YuNet model OpenCV can load"),
         (["--source", one, "--detector-model", bad_yunet], "give --detector yunet with it"),  # not silently unused
+        (["--source", one, "--detector", "yunet", "--detector-model", model], "is not a YuNet model"),  # ONNX, not YuNet
+        (["--source", one, "--model", junk_tflite], "is not a readable TFLite model"),
         (["--source", "rtsp://127.0.0.1:9/none"], "cannot open stream rtsp://127.0.0.1:9/none: check the URL"),
         (["--demo", "--source", one], "--demo runs on the bundled photo"),
         (["--source", tmp_path / "clip.mp4", "--crops"], "source not found"),
     ]
     for args, message in cases:
-        r = _run(*args, "--model", model)
+        r = _run(*args) if "--model" in args else _run(*args, "--model", model)
         lines = r.output.strip().splitlines()
         assert r.exit_code == 2 and lines[-1].startswith("fer-run: error: ") and message in lines[-1], (args, r.output)
         if "rtsp" in message:
