@@ -4,13 +4,14 @@ contract; and the class prior of the training split behind it (under the sampler
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import onnx
 
 from fer_export.onnx_export import save_onnx_atomic, set_contract
 from fer_runtime.backends import load_model
-from fer_runtime.calibration import fit_prior_correction, fit_temperature, training_prior
+from fer_runtime.calibration import T_RANGE, fit_prior_correction, fit_temperature, training_prior
 from fer_runtime.contract import ModelContract
 from fer_runtime.data import DecodedSplit
 from fer_runtime.options import checked_values, load_recipe
@@ -26,6 +27,14 @@ def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0, contract: Mo
     c = contract or model.contract
     temperature = fit_temperature(raw, val.labels)
     fit = {"temperature": temperature}
+    if not T_RANGE[0] * 1.01 < temperature < T_RANGE[1] / 1.01:
+        # the NLL still falls at the end of the range: on a few val images all (or nearly all) right it would sharpen
+        # every probability to 1.00; nothing to calibrate on, so the model's own scale stays
+        wrong = int((raw.argmax(1) != val.labels).sum())
+        fit["note"] = (f"the temperature fit ran to the end of its range ({temperature:g}) on {len(val.labels)} val "
+                       f"images ({wrong} wrong): too few mistakes to calibrate on, temperature kept at 1")
+        print(f"fer-export: warning: {path.name}: {fit['note']}", file=sys.stderr)
+        temperature = fit["temperature"] = 1.0
     if c.class_prior:
         fit.update(fit_prior_correction(raw, val.labels, temperature, c.class_prior, c.output))
     write_contract(path, c.replace(temperature=temperature, prior_correction=fit.get("prior_correction", 0.0)))

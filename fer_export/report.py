@@ -17,6 +17,10 @@ def _ece(row: dict) -> str:
 def write_report(out_dir: Path, report: dict, final_dir: Path | None = None) -> tuple[Path, Path]:
     """export_report.json/.md in ``out_dir``; paths name ``final_dir``, where the staging folder will be moved."""
     json_path, md_path = out_dir / "export_report.json", out_dir / "export_report.md"
+    for name, fit in report.get("decision_rule", {}).items():
+        note = f"{name}: {fit['note']}" if "note" in fit else None
+        if note and note not in report.setdefault("notes", []):
+            report["notes"].append(note)
     if final_dir is not None:
         text = json.dumps(report)
         report = json.loads(text.replace(json.dumps(str(out_dir))[1:-1], json.dumps(str(final_dir))[1:-1]))

@@ -13,11 +13,17 @@ import torch
 from torch import nn
 
 from fer_runtime.data.classes import canonical_class
+from fer_runtime.errors import DataError
 from fer_train.checkpoint import CheckpointError
 
 
 def class_rows(model_classes: Sequence[str], data_classes: Sequence[str]) -> list[int | None]:
-    """Per data class, the model's row of the same meaning, or None for a class the model lacks."""
+    """Per data class, the model's row of the same meaning, or None for a class the model lacks. Two data classes of
+    one meaning (``anger`` and ``angry``) would start from one row as two outputs: refused."""
+    meanings: dict[str, str] = {}
+    for c in data_classes:
+        if (other := meanings.setdefault(canonical_class(c), c)) != c:
+            raise DataError(f"the classes {other!r} and {c!r} are one expression: merge their folders into one")
     keys = [canonical_class(c) for c in model_classes]
     return [keys.index(canonical_class(c)) if canonical_class(c) in keys else None for c in data_classes]
 

@@ -34,6 +34,24 @@ def test_ece_by_hand():
     assert sum(b["count"] for b in r["bins"]) == 4
 
 
+def test_a_fit_that_runs_to_the_end_of_its_range_keeps_the_models_own_scale(tiny_model_factory, capsys):
+    """A few val images, all right (a small own-data set): the NLL falls all the way to T = 0.05, which would show
+    every answer as 1.00. The export keeps T = 1 and says why."""
+    pytest.importorskip("torch")
+    from fer_export.calibrate import calibrate_onnx
+    from fer_runtime.contract import read_onnx_contract
+    from fer_runtime.data import DecodedSplit
+    from fer_runtime.session import OnnxModel
+
+    path = tiny_model_factory()
+    images = np.random.default_rng(0).integers(0, 256, (24, 1, 48, 48), dtype=np.uint8)
+    right = OnnxModel(path).raw_outputs(images).argmax(1)
+    fit = calibrate_onnx(path, DecodedSplit(images, right, [f"{i}.png" for i in range(24)], []))
+    assert fit["temperature"] == 1.0 and read_onnx_contract(path).temperature == 1.0
+    assert "ran to the end of its range (0.05) on 24 val images (0 wrong)" in fit["note"]
+    assert "fer-export: warning: tiny.onnx: the temperature fit ran to the end" in capsys.readouterr().err
+
+
 def test_probability_outputs_are_rescaled_by_the_temperature():
     logits = np.asarray([[2.0, 0.0, -1.0]])
     p = calibrated_probabilities(logits)

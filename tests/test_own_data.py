@@ -68,6 +68,8 @@ def test_classes_match_by_meaning_across_vocabularies():
     ferplus = read_onnx_contract(MODELS_DIR / "ferplus.onnx").classes
     rows = class_rows(ferplus, ["Anger", "happy", "unicorn", "sadness"])
     assert [None if r is None else ferplus[r] for r in rows] == ["angry", "happy", None, "sad"]
+    with pytest.raises(DataError, match="'anger' and 'angry' are one expression"):
+        class_rows(ferplus, ["anger", "happy", "angry"])  # two outputs from one row, never told apart
 
 
 @pytest.mark.parametrize("shipped", ["ferplus", "fer2013"])
