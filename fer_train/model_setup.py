@@ -89,15 +89,16 @@ def _initial_model(cfg: TrainConfig, data: PreparedData,
         spec = init_contract.provenance["model"]
         name, kwargs = spec["name"], dict(spec.get("kwargs", {}))
         init = {"file": path.name, "sha256": file_sha256(path), "classes": mapping}
-        contract = init_contract.replace(classes=tuple(data.manifest.classes),
-                                         provenance={**contract.provenance, "init": init})
+        contract = init_contract.replace(classes=tuple(data.manifest.classes), crop_margin=contract.crop_margin,
+                                         crop_offset=contract.crop_offset, provenance={**contract.provenance, "init": init})
         if "train" in data.tensors:
             refit_batchnorm(model, data.tensors["train"][0], contract)
     elif init_state is not None:
         model, init_contract = model_from_checkpoint(init_state)
         mapping = _map_classes(model, init_contract, data, cfg.seed)
         name, kwargs = init_state["model"]["name"], dict(init_state["model"].get("kwargs", {}))
-        contract = init_contract.replace(classes=tuple(data.manifest.classes),
+        contract = init_contract.replace(classes=tuple(data.manifest.classes), crop_margin=contract.crop_margin,
+                                         crop_offset=contract.crop_offset,
                                          provenance={**contract.provenance, "init": {"file": cfg.init, "classes": mapping}})
     else:
         pretrained = None if resume_state else cfg.pretrained

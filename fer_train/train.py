@@ -69,8 +69,15 @@ def command(ctx: click.Context, recipe: str | None, resume: str | None, stop_aft
 
     Options come from the defaults, then a resumed run's own (--resume), then a recipe (--config), then the flags typed.
     """
-    given = {**(load_recipe(recipe, TrainConfig, "train") if recipe else {}), **given_options(TrainConfig, ctx)}
+    typed = given_options(TrainConfig, ctx)
+    given = {**(load_recipe(recipe, TrainConfig, "train") if recipe else {}), **typed}
+    fixed = [f"--{k.replace('_', '-')}" for k in INIT_FIXES if k in typed]
+    if given.get("init") and fixed and not resume:  # a recipe's own (its base's arch) is the init's and stays quiet
+        raise OptionError(f"--init {given['init']} brings its architecture and input normalisation: drop {', '.join(fixed)}")
     return train_command(given, InvocationFlags(resume, stop_after, data_report_only, overwrite))
+
+
+INIT_FIXES = ("arch", "arch_arg", "pretrained", "mean", "std")  # what --init's model decides; refused when typed with it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,14 +73,17 @@ def test_classes_match_by_meaning_across_vocabularies():
 
 
 @pytest.mark.parametrize("shipped", ["ferplus", "fer2013"])
-def test_init_from_a_shipped_model_keeps_its_rows_adds_new_ones_and_the_export_names_it(shipped, recordings, tmp_path):
+def test_init_from_a_shipped_model_keeps_its_rows_adds_new_ones_and_the_export_names_it(shipped, recordings, tmp_path,
+                                                                                        capsys):
     args = ["--data-root", str(recordings), "--init", shipped, "--group-by", SUBJECT, "--out-dir", str(tmp_path),
             "--name", "ft", "--epochs", "1", "--lr", "0", "--batch-size", "8", "--no-progress", "--threads", "1",
-            "--amp", "off"]
+            "--amp", "off", "--crop-margin", "0.1"]
+    assert train_main([*args, "--arch", "mobile", "--std", "0.3"]) == 2  # the init's model and normalisation
+    assert "drop --arch, --std" in capsys.readouterr().err and not (tmp_path / "ft").exists()
     assert train_main(args) == 0
     state = load_checkpoint(tmp_path / "ft" / "best.pt")
     model, contract = model_from_checkpoint(state)
-    assert contract.classes == USER_CLASSES
+    assert contract.classes == USER_CLASSES and contract.crop_margin == 0.1  # how the user's crops frame a face
     source, source_contract, path = model_from_onnx(shipped)
     _, before = classifier_of(source, source_contract.num_classes)
     _, after = classifier_of(model, 3)
@@ -93,7 +96,8 @@ def test_init_from_a_shipped_model_keeps_its_rows_adds_new_ones_and_the_export_n
     if shipped == "ferplus":  # the exported file says which model it started from
         assert export_main(["--ckpt", str(tmp_path / "ft" / "best.pt"), "--out-dir", str(tmp_path / "ex"),
                             "--name", "mine"]) == 0
-        assert read_onnx_contract(tmp_path / "ex" / "mine" / "model.onnx").provenance["init"] == init
+        exported = read_onnx_contract(tmp_path / "ex" / "mine" / "model.onnx")
+        assert exported.provenance["init"] == init and exported.crop_margin == 0.1
 
 
 def test_group_splits_and_folds_keep_every_person_whole(recordings):
