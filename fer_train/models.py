@@ -57,9 +57,11 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         out_h, out_w = out_h or h, out_w or w
         if h % out_h == 0 and w % out_w == 0:
             return super().forward(x)
-        rows = [x[..., (i * h) // out_h : -(-((i + 1) * h) // out_h), :].mean(-2, keepdim=True) for i in range(out_h)]
+        # ceil as (a + b - 1) // b: the exporter writes // as ONNX's Div, which truncates, and -(-a // b) on a negative
+        # a then floors instead (bins [0:1], [3:4] where PyTorch takes [0:2], [3:5])
+        rows = [x[..., (i * h) // out_h : ((i + 1) * h + out_h - 1) // out_h, :].mean(-2, keepdim=True) for i in range(out_h)]
         x = torch.cat(rows, -2)
-        cols = [x[..., (j * w) // out_w : -(-((j + 1) * w) // out_w)].mean(-1, keepdim=True) for j in range(out_w)]
+        cols = [x[..., (j * w) // out_w : ((j + 1) * w + out_w - 1) // out_w].mean(-1, keepdim=True) for j in range(out_w)]
         return torch.cat(cols, -1)
 
 
