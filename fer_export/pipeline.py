@@ -197,7 +197,8 @@ def int8_stage(cfg: ExportConfig, fp32_path: Path, data: dict[str, DecodedSplit]
     fp32_row["latency_ms"], int8_row["latency_ms"] = latency_ms(fp32_path, int8_path)
     report["artefacts"].append(int8_row)
     report["paths"]["int8"] = str(int8_path)
-    report["calibration"] = {"images": int(len(sample)), "method": cfg.calib_method, "keep_float": keep}
+    report["calibration"] = {"images": reader.images, "sampled": int(len(sample)), "method": cfg.calib_method,
+                             "keep_float": keep}
     drop = 100 * (fp32_row["val"]["accuracy"] - int8_row["val"]["accuracy"])
     report["ratios"] = {
         "int8_size_reduction": fp32_row["file_kb"] / int8_row["file_kb"],

@@ -40,6 +40,7 @@ class FaceCalibrationReader(CalibrationDataReader):
         batch_size = min(batch_size, len(images_u8))
         usable = len(images_u8) // batch_size * batch_size
         self.batches = [contract.normalize(images_u8[i : i + batch_size]) for i in range(0, usable, batch_size)]
+        self.images = usable  # what calibrates: the rest of the last batch is left out
         self.input_name = input_name
         self._iter = iter(self.batches)
 

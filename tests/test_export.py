@@ -233,6 +233,8 @@ def test_fer_export_int8_everyday_path(trained_run, tmp_path):
     assert names == ["pytorch", "onnx fp32", "onnx int8"]
     assert report["parity"]["top1_agreement"] >= 0.999
     assert report["ratios"]["int8_size_reduction"] > 2.5
+    calibration = report["calibration"]  # the images that calibrated: whole batches of 32 of those sampled
+    assert calibration["sampled"] >= 48 and calibration["images"] == calibration["sampled"] // 32 * 32
     contract = read_onnx_contract(out / "model.int8.onnx")
     assert contract.provenance["source_checkpoint"].endswith("best.pt")
     assert (out / "export_report.md").read_text().count("| onnx") == 2
