@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import torch
+
+try:  # torch_pruning imports timm itself, under a bare except that would swallow a Ctrl-C arriving then (the export
+    import timm  # noqa: F401 - went on): imported here first, an interrupt stays one, and it costs nothing more
+except ImportError:
+    pass
 import torch_pruning as tp
 from torch import nn
 
