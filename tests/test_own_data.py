@@ -30,6 +30,7 @@ from tests.conftest import make_image  # noqa: E402
 USER_CLASSES = ("anger", "happy", "unicorn")  # CK+'s word for angry, a shared word, a class no shipped model has
 TINY = ["--arch", "vgg", "--arch-arg", "width=0.125", "--batch-size", "8", "--no-progress", "--threads", "1", "--amp", "off"]
 SUBJECT = r"^(S\d+)_"
+TINY_INIT = TINY[4:]  # with --init, whose model brings its own architecture
 
 
 def write_recordings(root, subjects: int = 6, frames: int = 3, classes=USER_CLASSES, seed: int = 0) -> None:
@@ -184,7 +185,8 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(recordings, tmp_pa
     junk.write_bytes(b"not a model")  # found, so refused only as the first fold's model is built
     for typo in (["--name", "one", "--data-root", str(tmp_path / "typo")], ["--name", "one", "--init", "no.onnx"],
                  [*cv[len(run):], "--init", str(junk)], [*cv[len(run):], "--folds", "9"]):
-        assert train_main([*run, *typo, "--overwrite"]) == 2
+        given = [*run[:-len(TINY)], *TINY_INIT] if "--init" in typo else run
+        assert train_main([*given, *typo, "--overwrite"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("fer-train: error:") and "last finished epoch" not in err[-1]  # not the old run's
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.pt")} == before and (tmp_path / "cv" / "cv.json").is_file()
@@ -344,12 +346,31 @@ def test_recordings_that_cross_split_folders_are_named(tmp_path):
     decoded = {s: load_split(manifest, s, 1, (48, 48)) for s in manifest.splits}
     warning = next(w for w in data_report(manifest, decoded)["warnings"] if "recordings" in w)
     assert "12 of 12 recordings" in warning and "anger/S001_001 (train 2, val 2)" in warning
+    assert discover(tmp_path, grouping=Grouping(SUBJECT)).group_by == SUBJECT
+    with pytest.raises(DataError, match="matches no group in 24 of 24 file paths"):  # the user's own split folders too
+        discover(tmp_path, grouping=Grouping(r"^(XX\d+)_"))
+
+
+def test_what_discovery_leaves_out_is_said_and_a_face_filed_twice_is_warned_of(tmp_path):
+    write_recordings(tmp_path, subjects=3)
+    (tmp_path / "stray.png").write_bytes((tmp_path / "happy" / "S001_002_00000010.png").read_bytes())
+    (tmp_path / "happy" / "S009_002_00000010").write_bytes(b"an image saved without its extension")
+    (tmp_path / "happy" / "Thumbs.db").write_bytes(b"a file manager's")
+    twice = tmp_path / "anger" / "S001_001_00000010.png"
+    (tmp_path / "happy" / "S007_002_00000099.png").write_bytes(twice.read_bytes())  # one face, two labels
+    with pytest.warns(UserWarning) as caught:
+        manifest = discover(tmp_path)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "1 images directly in" in said and "(e.g. stray.png) are in no class folder" in said
+    assert "1 files without an image extension left out (e.g. S009_002_00000010;" in said and "Thumbs" not in said
+    decoded = {"train": load_split(manifest, "train", 1, (48, 48))}
+    assert any("carry different labels" in w for w in data_report(manifest, decoded)["warnings"])
 
 
 def test_old_runs_resume_unfrozen_and_options_that_cannot_meet_are_refused(recordings, tmp_path, capsys):
     assert TrainConfig.from_saved({"init": "ferplus"}).freeze == 0  # a run saved before --freeze existed
     assert train_main(["--data-root", str(recordings), "--init", "ferplus", "--patience", "3", "--out-dir",
-                       str(tmp_path), *TINY]) == 2
+                       str(tmp_path), *TINY_INIT]) == 2
     assert "--monitor last keeps every epoch" in capsys.readouterr().err
     assert train_main(["--data-root", str(recordings), "--group-by", SUBJECT, "--folds", "3", "--data-report-only",
                        "--out-dir", str(tmp_path / "report")]) == 0  # a cross-validation's data, reported as one split

@@ -88,8 +88,8 @@ def load_split(
     if cached.skipped and strict:
         raise DataError(f"{len(cached.skipped)} unreadable images in split '{split}', e.g. {cached.skipped[0][0]}")
     if cached.skipped:
-        warnings.warn(f"skipped {len(cached.skipped)} unreadable images in split '{split}' "
-                      f"(listed in skipped_files.txt), e.g. {cached.skipped[0][0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(cached.skipped)} unreadable images in split '{split}', e.g. "
+                      f"{cached.skipped[0][0]}", stacklevel=2)  # fer-train lists them all in its run's skipped_files.txt
     return cached
 
 

@@ -189,6 +189,10 @@ def data_report(manifest: SplitManifest, decoded: dict[str, DecodedSplit]) -> di
                     f"{split} images are {ratio:.1f}x as sharp as train (median mean |Laplacian| "
                     f"{st['sharpness_median']:.1f} vs {base:.1f}): the splits do not look alike; check the data "
                     "(a blurred or resampled copy?) before trusting figures on it")
+    conflicting = report["duplicates"].get("train", {}).get("groups_with_conflicting_labels", 0)
+    if conflicting:
+        report["warnings"].append(f"{conflicting} groups of pixel-identical training images carry different labels: "
+                                  "one image filed under two classes (data_report.md, exact duplicates)")
     for split, dup in report["duplicates"].items():
         if split != "train" and dup["with_copy_in_train"]:
             report["warnings"].append(f"{dup['with_copy_in_train']} of {dup['images']} {split} images have a "

@@ -120,6 +120,9 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+SYSTEM_FILES = {"Thumbs.db", "desktop.ini"}  # what file managers leave in folders: never data
+
+
 def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None = None) -> dict[str, list[str]]:
     """class name -> sorted image paths relative to root. Errors on no classes or an empty class.
 
@@ -135,18 +138,27 @@ def scan_class_folders(folder: Path, root: Path, exclude: dict[Path, str] | None
             kept.append(d)
     if not kept:
         raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
+    loose = sorted(p.name for p in folder.iterdir() if _is_image(p))
+    if loose:
+        warnings.warn(f"{len(loose)} images directly in {folder} (e.g. {loose[0]}) are in no class folder: left out",
+                      stacklevel=4)
     found = {}
     for d in kept:
-        files, unsupported = [], 0
+        files, unsupported, other = [], 0, []
         for p in d.rglob("*"):
             if _is_image(p):
                 files.append(str(p.relative_to(root)))
             elif p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
                 unsupported += 1
+            elif p.is_file() and not p.name.startswith(".") and p.name not in SYSTEM_FILES:
+                other.append(p.relative_to(d).as_posix())
         files.sort()
         if unsupported:
             warnings.warn(f"class folder {d}: {unsupported} files in a format not read (GIF, HEIC, AVIF) left out; "
                           "convert them to PNG to use them", stacklevel=4)
+        if other:
+            warnings.warn(f"class folder {d}: {len(other)} files without an image extension left out (e.g. "
+                          f"{sorted(other)[0]}; images end in {', '.join(sorted(IMAGE_EXTENSIONS))})", stacklevel=4)
         if not files:
             raise DataError(f"class folder {d} has no images")
         found[d.name] = files
@@ -395,6 +407,9 @@ def _discover_split_folders(root: Path, has: dict[str, bool], val_split: float |
         raise DataError(f"{root}/train has no val/ or test/ beside it: pass --val-split F")
     if test_split:
         notes.append("--test-split ignored: the layout has folders per split")
+    if grouping is not None:  # the user's own splits: the pattern must still name every file's group (the report
+        for items in splits.values():  # then names the groups that cross them)
+            group_keys(items, classes, grouping.pattern)
     _warn_thin_splits(splits, classes, val_split)
     return SplitManifest(str(root.resolve()), classes, layout, splits, notes, "folders",
                          group_by=grouping.pattern if grouping else None)
