@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +254,9 @@ class LiveSource:
         self.last_frame = time.perf_counter()  # when the reader last got a frame (or the source opened)
         self._latest: np.ndarray | None = None
         self._seq = 0
+        # a video file at a URL (its capture gives a length) is read whole, every frame in order, as a local file is;
+        # a camera or a live stream gives its newest frame
+        self._queue: deque | None = deque() if isinstance(target, str) and self._length() else None
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._done = False
@@ -282,6 +286,10 @@ class LiveSource:
                     self.outages.append(time.perf_counter() - self.last_frame)
                 self.down_since, wait, self.last_frame, read = None, self.retry_wait, time.perf_counter(), read + 1
                 with self._cond:
+                    while self._queue is not None and len(self._queue) >= FILE_AHEAD and not self._stop.is_set():
+                        self._cond.wait(timeout=0.1)
+                    if self._queue is not None:
+                        self._queue.append(img)
                     self._latest, self._seq = img, self._seq + 1
                     self._cond.notify_all()
                 continue
@@ -315,15 +323,24 @@ class LiveSource:
         return quiet if quiet > max(1.0, STALL_FRAMES / self.fps) else None
 
     def __iter__(self) -> Iterator[Frame]:
-        """The newest frame each time; through an outage it waits (in short steps, so Ctrl-C gets through)."""
+        """The newest frame each time (a file at a URL: every frame); through an outage it waits (in short steps, so
+        Ctrl-C gets through)."""
         start, seen, index = time.perf_counter(), 0, 0
         while True:
             with self._cond:
-                while self._seq == seen and not self._done:
-                    self._cond.wait(timeout=0.1)
-                if self._seq == seen:
-                    return
-                img, seen = self._latest, self._seq
+                if self._queue is not None:  # a file at a URL: the next frame
+                    while not self._queue and not self._done:
+                        self._cond.wait(timeout=0.1)
+                    if not self._queue:
+                        return
+                    img = self._queue.popleft()
+                    self._cond.notify_all()
+                else:
+                    while self._seq == seen and not self._done:
+                        self._cond.wait(timeout=0.1)
+                    if self._seq == seen:
+                        return
+                    img, seen = self._latest, self._seq
             yield Frame(index, time.perf_counter() - start, img)
             index += 1
 
@@ -364,6 +381,9 @@ def folder_images(folder: Path, extensions=IMAGE_EXTENSIONS) -> list[Path]:
         if p.suffix.lower() in extensions and not any(part.startswith(".") for part in rel) and p.is_file():
             files.append(p)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+FILE_AHEAD = 8  # frames of a video file at a URL read ahead of the frame loop
 
 
 def open_source(camera: int | None = None, source: str | None = None,
