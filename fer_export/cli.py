@@ -69,7 +69,11 @@ def check_config(cfg: ExportConfig) -> None:
     _check_source(cfg)
     check_formats(cfg.format)
     if cfg.source and Path(cfg.source).is_dir():
-        raise OptionError(f"{cfg.source} is a folder: give the file, e.g. {Path(cfg.source) / 'best.pt'}")
+        folder = Path(cfg.source)
+        if (folder / "cv_config.json").is_file():
+            raise OptionError(f"{folder} is a cross-validation: its models are one per fold ({folder / 'fold1' / 'best.pt'}"
+                              " ...); to ship one, train on all the data with fer-train (no --folds) and export that")
+        raise OptionError(f"{folder} is a folder: give the file, e.g. {folder / 'best.pt'}")
     if cfg.source and not Path(cfg.source).is_file():
         raise OptionError(f"not found: {cfg.source}")
     if cfg.model and cfg.pruning:

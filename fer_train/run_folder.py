@@ -40,6 +40,9 @@ def run_dir_for(cfg: TrainConfig, flags: InvocationFlags) -> Path:
     name = cfg.name or f"{cfg.arch.replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.out_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
+        if not flags.overwrite and (run_dir / "cv_config.json").is_file():
+            raise OutputError(f"{run_dir} holds a cross-validation (its runs are {run_dir}/fold1 ...): pick another "
+                              "--name, or replace it with --overwrite")
         if not flags.overwrite:
             raise OutputError(f"{run_dir} already holds a run: pick another --name, continue it with --resume "
                               f"{run_dir / 'last.pt'}, or replace it with --overwrite")

@@ -157,6 +157,10 @@ def test_cross_validation_reports_each_fold_and_their_mean_and_continues(recordi
     assert "confident_mistakes" not in json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert train_main([*args[:-len(TINY)], *TINY, "--seed", "1"]) == 2  # another cross-validation under the name
     assert "differs in --seed" in capsys.readouterr().err
+    single = [a for a in args if a not in ("--folds", "2")]
+    assert train_main(single) == 2 and "holds a cross-validation" in capsys.readouterr().err  # not "--resume"
+    assert export_main(["--ckpt", str(tmp_path / "cv")]) == 2
+    assert "is a cross-validation: its models are one per fold" in capsys.readouterr().err
 
 
 def test_cross_validations_agree_on_the_images_every_one_gets_wrong():

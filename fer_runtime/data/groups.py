@@ -91,7 +91,8 @@ def assign_groups(keys: list[str], labels: list[int], shares: list[float], seed:
     empty = sorted(set(range(len(shares))) - set(bin_of.tolist()))
     if empty:
         raise DataError(f"{len(names)} groups of --group-by cannot fill {len(shares)} splits or folds by whole groups "
-                        "(one is left empty): give fewer folds or a larger split fraction")
+                        "(one is left empty): give fewer folds, or a split fraction nearer 0.5 (a tiny one gets no group, "
+                        "a huge one leaves none)")
     return [int(bin_of[index[k]]) for k in keys]
 
 
