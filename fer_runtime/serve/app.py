@@ -157,6 +157,12 @@ def create_app(recognizers: dict[str, FaceExpressionRecognizer], default_prior: 
         yield
         service.pool.shutdown(wait=False, cancel_futures=True)
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def not_routed(request: Request, exc: Exception) -> JSONResponse:  # 404, 405: JSON like every other answer
+        status = getattr(exc, "status_code", 404)
+        allowed = {"Allow": exc.headers["Allow"]} if getattr(exc, "headers", None) and "Allow" in exc.headers else None
+        what = "no such path" if status == 404 else f"{request.method} is not taken here"
+        return error(status, f"{what}: POST /analyze, GET /health, GET /", allowed)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
     app.state.service = service
     return app

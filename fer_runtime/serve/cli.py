@@ -6,6 +6,7 @@ import socket
 
 import click
 
+from fer_runtime.cli import quiet_opencv
 from fer_runtime.contract import ContractError
 from fer_runtime.errors import FerError
 from fer_runtime.options import FerCommand, config_of, config_options
@@ -81,7 +82,8 @@ def serve(cfg: ServeConfig) -> int:
                f"{limits.workers} workers, {limits.admitted} requests at once, bodies up to {limits.max_bytes} bytes)",
                err=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    server.run(sockets=[sock])
+    with quiet_opencv():  # YuNet's "[ WARN:0@...]" lines, as fer-run keeps them off
+        server.run(sockets=[sock])
     return 0
 
 
