@@ -19,10 +19,12 @@ EXIT_INTERNAL, EXIT_USAGE, EXIT_GATE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """What an exception says, in one line for the user: its first line, cut at ``limit`` characters (converters and
-    runtimes put whole graphs in their messages), or its type where it says nothing."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    """What an exception says, in one line for the user: its first line that says something (not a bare "Exception
+    from core.cpp:84:" location, as OpenVINO stacks them), cut at ``limit`` characters (converters and runtimes put
+    whole graphs in their messages), or its type where it says nothing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.endswith(":")] or lines
+    return (said[0] if said else type(exc).__name__)[:limit]
 
 
 class FerError(Exception):

@@ -154,3 +154,12 @@ def test_an_interrupt_in_the_first_epoch_says_there_is_nothing_to_resume(setup, 
                                                  "i", "--epochs", "1", "--no-progress", "--arch-arg", "width=0.125"],
                                     capsys)
     assert code == 130 and lines[-1] == "fer-train: interrupted before the first epoch finished; nothing to resume"
+
+
+def test_an_errors_first_line_is_one_that_says_something():
+    from fer_runtime.errors import first_line
+
+    stacked = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nException from model_reader.cpp:148:\n"
+                           "Unable to read the model: \"m.xml\"\n\n")
+    assert first_line(stacked) == 'Unable to read the model: "m.xml"'
+    assert first_line(ValueError("one line\nand a graph")) == "one line" and first_line(KeyError()) == "KeyError"
