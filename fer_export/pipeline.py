@@ -32,6 +32,7 @@ from fer_runtime.errors import EXIT_GATE, OutputError
 from fer_runtime.outputs import atomic_dir, check_output_dir, missing_dirs, remove_empty_dirs, staging_dir
 from fer_train.checkpoint import load_checkpoint, model_from_checkpoint
 from fer_train.config import TrainConfig
+from fer_train.run_status import run_status
 
 PARITY_IMAGES = 2000  # val images ONNX Runtime is checked on against PyTorch
 
@@ -89,6 +90,11 @@ def from_checkpoint(cfg: ExportConfig, source: Path | None, out: Path, report: d
     model, contract = model_from_checkpoint(state)
     # the run's splits, found under --data-root, then FER_DATA_ROOT, then the run's own root
     saved = TrainConfig.from_saved(state.get("train_args", {}))
+    if source is not None and run_status(Path(source).parent) == "started":  # a run folder, its run not finished
+        note = (f"{source} is from a run that has not finished (epoch {state.get('epoch', '?')} of {saved.epochs}): "
+                f"fer-train --resume {Path(source).parent / 'last.pt'} goes on")
+        report["notes"].append(note)
+        print(f"fer-export: warning: {note}", file=sys.stderr)
     manifest = run_manifest(state.get("manifest"), cfg.data_root, saved.split_rules())
     manifest.check_classes(contract.classes)  # a class folder renamed or added since training: refused, not misread
     data = {s: load_split(manifest, s, contract.channels, contract.input_size)

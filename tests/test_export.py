@@ -327,6 +327,18 @@ def test_export_bad_input(trained_run, tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()  # the --out-dir it would have made is gone too
 
 
+def test_a_checkpoint_of_an_unfinished_run_exports_with_a_note(tree_factory, tmp_path, capsys):
+    root = tree_factory("train-val-test", per_class=6, seed=7)
+    assert train_main(["--data-root", str(root), "--out-dir", str(tmp_path), "--name", "u", "--arch", "vgg", "--arch-arg",
+                       "width=0.125", "--epochs", "3", "--stop-after", "1", "--batch-size", "8", "--no-progress",
+                       "--threads", "1", "--amp", "off"]) == 0
+    capsys.readouterr()
+    assert export_main(["--ckpt", str(tmp_path / "u" / "last.pt"), "--out-dir", str(tmp_path), "--name", "e"]) == 0
+    assert "has not finished (epoch 1 of 3)" in capsys.readouterr().err
+    notes = json.loads((tmp_path / "e" / "export_report.json").read_text())["notes"]
+    assert any("has not finished (epoch 1 of 3)" in n for n in notes)
+
+
 def test_distill_class_mismatch(trained_run, tree_factory, tmp_path, capsys):
     run, _ = trained_run
     other = tree_factory("class-folders", per_class=6)
