@@ -36,10 +36,11 @@ def _scores(cm: np.ndarray, actual: np.ndarray, classes: list[str]) -> dict:
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(k), where=denom > 0)
     total = actual.sum()
     present = actual > 0
+    scored = present | (predicted > 0)  # as scikit-learn: a class neither in the split nor predicted has no F1 to count
     return {
         "num_samples": int(total),
         "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(f1[scored].mean()) if scored.any() else 0.0,
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "per_class": {
             c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}

@@ -30,3 +30,12 @@ def test_per_class_rows_follow_class_order():
     table = metrics_table(m).splitlines()
     assert table[2].startswith("| b_second") and "1.000 |" in table[2]  # recall of class 0
     assert table[3].startswith("| a_first") and "| 0.000 | 0.000 | 0.000 | 1 |" in table[3]
+
+
+def test_macro_f1_counts_the_classes_a_split_has_or_a_model_predicted():
+    """A fold without a class (a small user's set) is not marked down for it; a class predicted but absent is."""
+    classes = ["a", "b", "c"]
+    for y_pred in ([0, 0, 1, 1], [0, 0, 1, 2]):  # "c" absent; then predicted once although absent
+        m = classification_metrics(np.array([0, 0, 1, 1]), np.array(y_pred), classes)
+        assert np.isclose(m["macro_f1"], f1_score([0, 0, 1, 1], y_pred, average="macro", zero_division=0))
+    assert classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), classes)["macro_f1"] == 1.0
