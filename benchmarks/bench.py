@@ -36,7 +36,7 @@ from fer_runtime.engine import SHIPPED_MODELS, resolve_model
 from fer_runtime.errors import FerError
 from fer_runtime.metrics import classification_metrics
 from fer_runtime.model import ModelBackend
-from fer_runtime.options import FerCommand, config_of, config_options
+from fer_runtime.options import FerCommand, OptionError, config_of, config_options
 from fer_runtime.outputs import (
     atomic_dir,
     atomic_path,
@@ -178,6 +178,9 @@ def bench(cfg: BenchConfig) -> dict:
     check_output_dir(cfg.out_dir)
     if cfg.predictions:
         check_output_file(cfg.predictions, "--predictions")
+    if cfg.manifest and cfg.split == "all":
+        raise OptionError("--split all reads every image of a set kept for evaluation; a run's manifest (--manifest) "
+                          "holds its training images too: give --split val or test")
     provider = resolve_provider(cfg.provider)
     data = bench_manifest(cfg.data_root, cfg.protocol, cfg.manifest)
     models = [str(resolve_model(m)) for m in cfg.model] or default_models(data.classes)

@@ -184,6 +184,12 @@ def test_bench_bad_inputs(pair, tmp_path, tree_factory):
                                         str(tmp_path / "missing.mp4"), "--out-dir", str(tmp_path / "o"),
                                         "--calls", "1", "--no-incumbent"])
     assert r.exit_code == 2 and "source not found" in r.output
+    from fer_runtime.data import discover
+
+    discover(root).save(tmp_path / "split_manifest.json")  # a run's manifest: --split all would score its training images
+    r = CliRunner().invoke(bench_main, ["--model", str(pair[0]), "--manifest", str(tmp_path), "--split", "all",
+                                        "--out-dir", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "give --split val or test" in r.output and not (tmp_path / "m").exists()
 
 
 def test_peak_memory_is_the_child_process_not_the_benchmark(pair):
