@@ -7,12 +7,12 @@ python -m benchmarks.scripts.cv_agreement CV_RUN CV_RUN [...] [--out FILE.json] 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from collections import Counter
 from pathlib import Path
+
+import click
 
 
 def held_out(run: Path) -> dict[str, tuple[str, str]]:
@@ -40,24 +40,21 @@ def agreement(runs: list[dict[str, tuple[str, str]]]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    missing = [str(r) for r in args.runs if not (r / "predictions.csv").is_file()]
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the result as JSON here")
+def main(runs: tuple[Path, ...], out: Path | None) -> None:
+    """The images several fer-train --folds runs of one data set all get wrong, and their majority vote."""
+    missing = [str(r) for r in runs if not (r / "predictions.csv").is_file()]
     if missing:
-        print(f"cv_agreement: no predictions.csv in {', '.join(missing)}", file=sys.stderr)
-        return 2
-    result = agreement([held_out(r) for r in args.runs])
-    text = json.dumps({"runs_given": [str(r) for r in args.runs], **result}, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(f"{result['runs']} cross-validations of {result['images']} images: accuracy "
-          f"{', '.join(f'{a:.4f}' for a in result['accuracy'])}; majority vote {result['majority_vote_accuracy']:.4f}; "
-          f"{len(result['wrong_in_every_run'])} images ({len(result['their_sequences'])} sequences) wrong in every one")
-    return 0
+        raise click.UsageError(f"no predictions.csv in {', '.join(missing)}")
+    result = agreement([held_out(r) for r in runs])
+    if out:
+        out.write_text(json.dumps({"runs_given": [str(r) for r in runs], **result}, indent=2) + "\n")
+    click.echo(f"{result['runs']} cross-validations of {result['images']} images: accuracy "
+               f"{', '.join(f'{a:.4f}' for a in result['accuracy'])}; majority vote {result['majority_vote_accuracy']:.4f}; "
+               f"{len(result['wrong_in_every_run'])} images ({len(result['their_sequences'])} sequences) wrong in every one")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
