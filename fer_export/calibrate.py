@@ -27,9 +27,9 @@ def calibrate_onnx(path: Path, val: DecodedSplit, threads: int = 0, contract: Mo
     c = contract or model.contract
     temperature = fit_temperature(raw, val.labels)
     fit = {"temperature": temperature}
-    if not T_RANGE[0] * 1.01 < temperature < T_RANGE[1] / 1.01:
-        # the NLL still falls at the end of the range: on a few val images all (or nearly all) right it would sharpen
-        # every probability to 1.00; nothing to calibrate on, so the model's own scale stays
+    if temperature <= T_RANGE[0] * 1.01:
+        # the NLL still falls at the low end of the range: on a few val images all (or nearly all) right it would
+        # sharpen every probability to 1.00; nothing to calibrate on, so the model's own scale stays
         wrong = int((raw.argmax(1) != val.labels).sum())
         fit["note"] = (f"the temperature fit ran to the end of its range ({temperature:g}) on {len(val.labels)} val "
                        f"images ({wrong} wrong): too few mistakes to calibrate on, temperature kept at 1")

@@ -90,8 +90,8 @@ class FaceExpressionRecognizer:
     def classify_crops(self, crops: Sequence[ImageLike], *, color: str = "bgr") -> list[dict]:
         """Face crops (paths or uint8 arrays of any size) classified in one batch: one record per crop, in order,
         each as ``analyze(crop, crops=True)[0]`` would give it."""
-        images = [_as_bgr(c, color)[0] for c in crops]
-        return [_record(r, self._engine.classes) for r in self._engine.process_crops(images)]
+        images, scales = zip(*(_as_bgr(c, color) for c in crops)) if crops else ((), ())
+        return [_record(r.scaled(s), self._engine.classes) for r, s in zip(self._engine.process_crops(list(images)), scales)]
 
 
 def _record(face: FaceResult, classes: tuple[str, ...]) -> dict:

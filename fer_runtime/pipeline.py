@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -59,8 +59,8 @@ class RunOutputs:
         self.source, self.save, self.json_path = source, save, json_path
         self.independent = bool(getattr(source, "independent", False))
         self.folder = self.independent and getattr(source, "root", None) is not None  # a folder of images: one
-        self.new_folder = Path(save) if save and self.folder and not Path(save).exists() else None
-        self.images: list[Path] = []  # annotated images written, for a folder
+        self.images: list[Path] = []  # annotated images written
+        self.made: list[Path] = []  # folders this run made for them
         self.jsonl = open(json_path, "w") if json_path else None  # noqa: SIM115 - closed in close()
         self.writer = None
         self.video: PendingFile | None = None  # the video, under its temporary name until it is whole
@@ -82,6 +82,9 @@ class RunOutputs:
         if not self.save:
             return
         if self.independent:
+            if self.folder:
+                parent = (Path(self.save) / frame.name).parent
+                self.made += [d for d in (parent, *parent.parents) if not d.exists()]
             self.images.append(_save_image(image, self.save, frame.name, self.folder))
             if self.save not in self.written:
                 self.written.append(self.save)
@@ -130,9 +133,10 @@ class RunOutputs:
             self.video.discard()
         for image in self.images:
             image.unlink(missing_ok=True)
-        if self.new_folder is not None and self.new_folder.is_dir():
-            shutil.rmtree(self.new_folder, ignore_errors=True)  # made by this run for its images alone
-        self.images, self.written = [], []
+        for folder in sorted(set(self.made), key=lambda d: len(d.parts), reverse=True):  # the deepest first
+            with contextlib.suppress(OSError):  # one that holds anything the run did not write stays
+                folder.rmdir()
+        self.images, self.made, self.written = [], [], []
 
 
 def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
@@ -178,11 +182,13 @@ def run_pipeline(
     finally:
         with signals_deferred() as caught:
             try:
-                loop.frames_read.close()  # the source's reader ends here, under the deferred signals
-                if ended and loop.frames:
-                    outputs.close()
-                else:  # a run that failed, or read not one frame, leaves nothing
-                    outputs.abort()
+                try:
+                    loop.frames_read.close()  # the source's reader ends here, under the deferred signals
+                finally:
+                    if ended and loop.frames:
+                        outputs.close()
+                    else:  # a run that failed, or read not one frame, leaves nothing
+                        outputs.abort()
             finally:
                 source.close()
                 if loop.window is not None:

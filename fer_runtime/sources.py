@@ -257,6 +257,7 @@ class LiveSource:
         # a video file at a URL (its capture gives a length) is read whole, every frame in order, as a local file is;
         # a camera or a live stream gives its newest frame
         self._queue: deque | None = deque() if isinstance(target, str) and self._length() else None
+        self.timeline = self._queue is not None  # a file's frames carry their place in it, and play at its rate
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._done = False
@@ -307,6 +308,11 @@ class LiveSource:
             self.cap = self.factory(self.target)
             length = self._length()
             if not (length and read and self.cap.set(cv2.CAP_PROP_POS_FRAMES, read)):
+                if self._queue is not None and read:  # a file read whole that cannot go on where it broke off: not
+                    self.lost = True  # played again from its start (its frames were all kept)
+                    self.outages.append(time.perf_counter() - self.last_frame)
+                    self.down_since = None
+                    break
                 read = 0  # a file reopened goes on where it broke off, where it can; a live stream starts anew
 
     def _length(self) -> int:
@@ -316,6 +322,8 @@ class LiveSource:
     def outage_now(self) -> float | None:
         """How long the outage going on has lasted (seconds since the last frame), or None: once a read has failed, or
         when nothing has come for STALL_FRAMES frame times, a stall the read has not given up on yet."""
+        if self._done and not self.lost:
+            return None  # a file that ended: the frames still queued are no outage
         since = self.down_since
         if since is not None:
             return time.perf_counter() - since
@@ -328,20 +336,20 @@ class LiveSource:
         start, seen, index = time.perf_counter(), 0, 0
         while True:
             with self._cond:
-                if self._queue is not None:  # a file at a URL: the next frame
+                if self._queue is not None:  # a file at a URL: the next frame, at its place in the file
                     while not self._queue and not self._done:
                         self._cond.wait(timeout=0.1)
                     if not self._queue:
                         return
-                    img = self._queue.popleft()
+                    img, timestamp = self._queue.popleft(), index / self.fps
                     self._cond.notify_all()
                 else:
                     while self._seq == seen and not self._done:
                         self._cond.wait(timeout=0.1)
                     if self._seq == seen:
                         return
-                    img, seen = self._latest, self._seq
-            yield Frame(index, time.perf_counter() - start, img)
+                    img, seen, timestamp = self._latest, self._seq, time.perf_counter() - start
+            yield Frame(index, timestamp, img)
             index += 1
 
     def close(self) -> None:

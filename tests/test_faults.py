@@ -144,6 +144,28 @@ def test_an_output_that_exists_is_refused_unless_overwrite_and_a_device_or_pipe_
     assert _run("--source", folder, "--model", model, "--save", saved, "--overwrite")[0] == 0
 
 
+def test_a_failed_folder_save_removes_what_it_wrote_and_made_and_nothing_else(tmp_path):
+    from fer_runtime.sources import Frame, ImageSource
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "sub" / "x.png").write_bytes(DEMO_IMAGE.read_bytes())
+    source = ImageSource([photos / "sub" / "x.png"], root=photos)
+    image = cv2.imread(str(DEMO_IMAGE))
+    outputs = pipeline.RunOutputs(source, str(tmp_path / "a" / "b"), None)
+    outputs.annotated(Frame(0, None, image, "sub/x.png"), image)
+    assert (tmp_path / "a" / "b" / "sub" / "x.png").is_file()
+    outputs.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # a/, a/b/, a/b/sub/: all made by the run
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("the user's")
+    outputs = pipeline.RunOutputs(source, str(kept), None)
+    outputs.annotated(Frame(0, None, image, "sub/x.png"), image)
+    outputs.abort()
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
+
+
 def test_a_run_that_reads_nothing_leaves_no_output_and_a_pgm_is_saved_grey(model, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -338,6 +360,8 @@ def test_a_large_jpeg_is_decoded_reduced_and_its_faces_boxed_in_its_own_pixels(m
     assert len(in_file) == 1 and in_file[0]["box"] == pytest.approx([2 * v for v in in_reduced[0]["box"]], abs=1)
     x, y, w, h = in_file[0]["box"]
     assert 4700 < x + w / 2 < 6000 and 3100 < y + h / 2 < 4400 and w > 600  # where the face is in the file
+    whole = fer.analyze(path, crops=True)[0]["box"]  # the reduced image's side, times 2: within a pixel
+    assert fer.classify_crops([path])[0]["box"] == whole == pytest.approx([0, 0, side, side], abs=2)
     code, lines = _run("--source", path, "--model", model, "--json", tmp_path / "big.jsonl")
     record = json.loads((tmp_path / "big.jsonl").read_text())
     assert code == 0 and record["faces"][0]["box"] == pytest.approx(in_file[0]["box"], abs=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -184,6 +185,25 @@ def test_a_camera_is_reopened_past_the_frame_count_it_reports_and_a_file_over_a_
     stats = run_pipeline(FaceEngine(tiny_model), LiveSource("http://x/clip.avi", factory, reconnect=5.0))
     assert not stats["source_lost"] and not stats["outages"] and len(created) == 1  # ended at its end
     assert stats["frames"] == 40  # every frame of a file at a URL, as of a local file (the newest only: most dropped)
+
+
+def test_a_file_at_a_url_keeps_its_place_in_time_ends_without_an_outage_and_is_never_replayed(tiny_model):
+    source = LiveSource("http://x/clip.avi", lambda _target: FakeCapture(30), reconnect=5.0)
+    frames = iter(source)
+    seen = [next(frames) for _ in range(23)]  # the reader has read all 30: 7 or 8 still queued when it ends
+    time.sleep(1.3)  # a slow frame loop working through them is no outage
+    assert source.outage_now() is None
+    seen += list(frames)
+    assert [f.timestamp for f in seen] == pytest.approx([i / 30.0 for i in range(30)]) and source.timeline
+    source.close()
+    created = []
+
+    def short(_target):  # says 30 frames, holds 20, and cannot seek: played again from the start, it never ended
+        created.append(FakeCapture(20))
+        return created[-1]
+
+    stats = run_pipeline(FaceEngine(tiny_model), LiveSource("http://x/clip.avi", short, reconnect=5.0, retry_wait=0.01))
+    assert stats["frames"] == 20 and stats["source_lost"] and len(created) == 2
 
 
 def test_ctrl_c_flushes_outputs(tiny_model, astronaut, tmp_path):

@@ -16,9 +16,13 @@ import click
 
 
 def held_out(run: Path) -> dict[str, tuple[str, str]]:
-    """file -> (label, predicted) from a cross-validation's predictions.csv."""
+    """file -> (label, predicted) from a cross-validation's predictions.csv (a plain run's, with val and test rows
+    and no fold, is refused)."""
     with (run / "predictions.csv").open(newline="") as fh:
-        return {r["file"]: (r["label"], r["predicted"]) for r in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        if "fold" not in (reader.fieldnames or []):
+            raise click.UsageError(f"{run} is not a cross-validation (fer-train --folds): its predictions.csv has no fold")
+        return {r["file"]: (r["label"], r["predicted"]) for r in reader}
 
 
 def agreement(runs: list[dict[str, tuple[str, str]]]) -> dict:
@@ -36,7 +40,7 @@ def agreement(runs: list[dict[str, tuple[str, str]]]) -> dict:
         "accuracy": [sum(r[f][1] == label[f] for f in files) / len(files) for r in runs],
         "majority_vote_accuracy": vote_right / len(files),
         "wrong_in_every_run": always,
-        "their_sequences": sorted({f.rsplit("_", 1)[0] for f in always}),
+        "their_sequences": sorted({f.split("/")[-1].rsplit("_", 1)[0] for f in always}),  # CK+'s S010_004_0017
     }
 
 
