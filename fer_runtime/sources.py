@@ -258,6 +258,7 @@ class LiveSource:
         # a camera or a live stream gives its newest frame
         self._queue: deque | None = deque() if isinstance(target, str) and self._length() else None
         self.timeline = self._queue is not None  # a file's frames carry their place in it, and play at its rate
+        self._at_end = False  # the reader reached a file's end
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._done = False
@@ -295,6 +296,7 @@ class LiveSource:
                     self._cond.notify_all()
                 continue
             if length and read >= length - max(2, length // 100):
+                self._at_end = True
                 return  # the end of a file (its count may be an estimate a frame or two long), not an outage
             self.down_since = self.last_frame
             if time.perf_counter() - self.last_frame >= self.reconnect:
@@ -308,8 +310,10 @@ class LiveSource:
             self.cap = self.factory(self.target)
             length = self._length()
             if not (length and read and self.cap.set(cv2.CAP_PROP_POS_FRAMES, read)):
-                if self._queue is not None and read:  # a file read whole that cannot go on where it broke off: not
-                    self.lost = True  # played again from its start (its frames were all kept)
+                if self._queue is not None and read:  # a file read whole: on where it broke off, or not at all
+                    if not self.cap.isOpened():
+                        continue  # still down: tried again, its place kept
+                    self.lost = True  # open but cannot seek: not played again from its start (its frames were kept)
                     self.outages.append(time.perf_counter() - self.last_frame)
                     self.down_since = None
                     break
@@ -322,7 +326,7 @@ class LiveSource:
     def outage_now(self) -> float | None:
         """How long the outage going on has lasted (seconds since the last frame), or None: once a read has failed, or
         when nothing has come for STALL_FRAMES frame times, a stall the read has not given up on yet."""
-        if self._done and not self.lost:
+        if self._at_end:
             return None  # a file that ended: the frames still queued are no outage
         since = self.down_since
         if since is not None:
