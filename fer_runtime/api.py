@@ -90,8 +90,9 @@ class FaceExpressionRecognizer:
     def classify_crops(self, crops: Sequence[ImageLike], *, color: str = "bgr") -> list[dict]:
         """Face crops (paths or uint8 arrays of any size) classified in one batch: one record per crop, in order,
         each as ``analyze(crop, crops=True)[0]`` would give it."""
-        images, scales = zip(*(_as_bgr(c, color) for c in crops)) if crops else ((), ())
-        return [_record(r.scaled(s), self._engine.classes) for r, s in zip(self._engine.process_crops(list(images)), scales)]
+        decoded = [_as_bgr(c, color) for c in crops]
+        results = self._engine.process_crops([image for image, _ in decoded])
+        return [_record(r.scaled(scale), self._engine.classes) for r, (_, scale) in zip(results, decoded)]
 
 
 def _record(face: FaceResult, classes: tuple[str, ...]) -> dict:

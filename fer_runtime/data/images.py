@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,8 @@ UNSUPPORTED_IMAGE_EXTENSIONS = {".gif", ".heic", ".heif", ".avif"}
 # Larger than any camera's photo; a 20000 x 20000 PNG would take 1.2 GB decoded. JPEGs over it are decoded
 # reduced (libjpeg scales while decoding), other formats are refused from their header, before any decode.
 MAX_IMAGE_PIXELS = 50_000_000
+HEAD_BYTES = 262144  # where a file's header is looked for first
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
 
 class ImageTooLarge(DataError):
@@ -41,23 +44,19 @@ def read_photo(path: str | Path) -> tuple[np.ndarray | None, int]:
     return decode_photo(buf, Path(path).name)
 
 
-def decode_image_bytes(buf: np.ndarray | bytes, name: str) -> np.ndarray | None:
-    """``read_image`` of a file's bytes already in memory; ``name`` names it in errors."""
-    return decode_photo(buf, name)[0]
-
-
 def decode_photo(buf: np.ndarray | bytes, name: str) -> tuple[np.ndarray | None, int]:
     """``read_photo`` of a file's bytes already in memory (fer-serve's request bodies). GIF is unreadable, whatever
     this OpenCV can do (OpenCV 4 cannot, 5 can): the same files read everywhere."""
     buf = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes | bytearray) else buf
     if not buf.size or buf[:4].tobytes() == b"GIF8":
         return None, 1
-    flags, factor = _decode_flags(buf, name)
+    head = buf[:HEAD_BYTES].tobytes()
+    flags, factor = _decode_flags(buf, head, name)
     img = cv2.imdecode(buf, flags)
     if img is None:
         return None, 1
-    if buf[:2].tobytes() == b"\xff\xd8":
-        img = _upright(img, _exif_orientation(buf))
+    if head[:2] == b"\xff\xd8":
+        img = _upright(img, _exif_orientation(head))
     if img.dtype != np.uint8:
         top = 65535.0 if img.dtype == np.uint16 else max(float(img.max()), 1.0)
         img = np.clip(img.astype(np.float64) * (255.0 / top), 0, 255).astype(np.uint8)
@@ -74,16 +73,16 @@ def composite_alpha(bgra: np.ndarray) -> np.ndarray:
     return np.rint(bgra[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
 
 
-def _decode_flags(buf: np.ndarray, name: str) -> tuple[int, int]:
-    """imdecode's flags, and the factor they reduce by. The size comes from the header, looked for in the whole file:
-    a JPEG's metadata (a phone's depth map) can come before it, and a TIFF's directory can come after the pixels."""
-    head = buf[:262144].tobytes()
+def _decode_flags(buf: np.ndarray, head: bytes, name: str) -> tuple[int, int]:
+    """imdecode's flags, and the factor they reduce by. The size comes from the header (``head``: the file's first
+    HEAD_BYTES), else from the whole file: a JPEG's metadata (a phone's depth map) can come before its frame header,
+    and a TIFF's directory after the pixels."""
     size = image_header_size(head)
-    if size is None and buf.size > len(head) and (head[:2] == b"\xff\xd8" or head[:4] in (b"II*\x00", b"MM\x00*")):
+    if size is None and buf.size > len(head) and (head[:2] == b"\xff\xd8" or head[:4] in TIFF_MAGIC):
         size = image_header_size(buf.tobytes())
     if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
         return cv2.IMREAD_UNCHANGED, 1
-    if buf[:2].tobytes() == b"\xff\xd8":
+    if head[:2] == b"\xff\xd8":
         for factor, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
             if size[0] * size[1] / factor**2 <= MAX_IMAGE_PIXELS:
                 return flag | cv2.IMREAD_IGNORE_ORIENTATION, factor  # turned upright by _upright, as every JPEG
@@ -108,26 +107,15 @@ def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
     return img if turn is None else np.ascontiguousarray(turn(img))
 
 
-def _exif_orientation(buf: np.ndarray) -> int:
-    """The orientation tag of a JPEG's EXIF segment (APP1 "Exif"), 1 when there is none or it cannot be read."""
-    import struct
-
-    head = buf[:262144].tobytes()
+def _exif_orientation(head: bytes) -> int:
+    """The orientation tag of a JPEG's EXIF segment (APP1 "Exif", a TIFF directory), 1 when there is none or it cannot
+    be read."""
     i = 2
     try:
         while i + 4 <= len(head) and head[i] == 0xFF:
             marker, length = head[i + 1], int.from_bytes(head[i + 2 : i + 4], "big")
             if marker == 0xE1 and head[i + 4 : i + 10] == b"Exif\x00\x00":
-                tiff = head[i + 10 : i + 2 + length]
-                order = {b"II": "<", b"MM": ">"}[tiff[:2]]
-                (ifd,) = struct.unpack(order + "I", tiff[4:8])
-                (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
-                for k in range(count):
-                    entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
-                    tag, kind, _, value = struct.unpack(order + "HHI4s", entry)
-                    if tag == 0x0112 and kind == 3:
-                        return struct.unpack(order + "H", value[:2])[0]
-                return 1
+                return _tiff_tags(head[i + 10 : i + 2 + length], (0x0112,)).get(0x0112, 1)
             if marker in (0xD9, 0xDA):  # the end, or the pixels: no EXIF before them
                 return 1
             i += 2 + length
@@ -138,8 +126,6 @@ def _exif_orientation(buf: np.ndarray) -> int:
 
 def image_header_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, BMP, WebP, GIF, PNM or TIFF header; None for other formats or a damaged one."""
-    import struct
-
     try:
         if head[:8] == b"\x89PNG\r\n\x1a\n":
             return struct.unpack(">II", head[16:24])
@@ -156,9 +142,9 @@ def image_header_size(head: bytes) -> tuple[int, int] | None:
             return values[0], values[1]
         if head[:2] == b"\xff\xd8":
             return _jpeg_size(head)
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[:4] in TIFF_MAGIC:
             return _tiff_size(head)
-    except (struct.error, ValueError, IndexError):
+    except (struct.error, ValueError, IndexError, KeyError):
         return None
     return None
 
@@ -177,17 +163,22 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
     """ImageWidth and ImageLength of a TIFF's first directory (wherever in the file it is)."""
-    import struct
+    found = _tiff_tags(data, (256, 257))
+    return (found[256], found[257]) if len(found) == 2 else None
 
-    order = "<" if data[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(order + "I", data[4:8])
-    (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+
+def _tiff_tags(tiff: bytes, tags: tuple[int, ...]) -> dict[int, int]:
+    """The SHORT or LONG values of ``tags`` in the first directory of a TIFF structure (a file, or a JPEG's EXIF);
+    KeyError, struct.error or IndexError where it is damaged."""
+    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
     found = {}
     for k in range(count):
-        tag, kind, _, value = struct.unpack(order + "HHI4s", data[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
-        if tag in (256, 257):
+        tag, kind, _, value = struct.unpack(order + "HHI4s", tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+        if tag in tags and kind in (3, 4):
             found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
-    return (found[256], found[257]) if len(found) == 2 else None
+    return found
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:

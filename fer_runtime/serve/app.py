@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from fer_runtime.api import FaceExpressionRecognizer
 from fer_runtime.data import MAX_IMAGE_PIXELS, ImageTooLarge
-from fer_runtime.data.images import decode_photo, image_header_size
+from fer_runtime.data.images import TIFF_MAGIC, decode_photo, image_header_size
 
 log = logging.getLogger("fer-serve")
 # the page's own files, served from memory: the page needs nothing from another host
@@ -136,7 +136,7 @@ class Service:
 
 def analyze_bytes(fer: FaceExpressionRecognizer, body: bytes, crops: bool) -> list[dict]:
     """An image file's bytes -> the API's records; 415 for what is not an image, 413 for one over the pixel limit."""
-    if body[:4] in (b"GIF8", b"II*\x00", b"MM\x00*") or image_header_size(body) is None:
+    if body[:4] in (b"GIF8", *TIFF_MAGIC) or image_header_size(body) is None:
         raise HttpError(415, "not an image fer-serve reads: send JPEG, PNG, BMP, WebP or PNM bytes")
     try:
         image, scale = decode_photo(body, "the image")
