@@ -367,6 +367,15 @@ def test_a_large_jpeg_is_decoded_reduced_and_its_faces_boxed_in_its_own_pixels(m
     assert code == 0 and record["faces"][0]["box"] == pytest.approx(in_file[0]["box"], abs=1)
 
 
+def test_a_tiff_over_the_limit_is_refused_from_its_directory(tmp_path):
+    import struct
+
+    entries = struct.pack("<HHI4s", 256, 4, 1, struct.pack("<I", 10000)) + struct.pack("<HHI4s", 257, 3, 1, b"\x70\x17\0\0")
+    (tmp_path / "big.tif").write_bytes(b"II*\x00" + struct.pack("<IH", 8, 2) + entries + bytes(4))  # 10000 x 6000
+    with pytest.raises(ImageTooLarge, match="10000x6000 pixels"):
+        read_image(tmp_path / "big.tif")
+
+
 def test_a_phones_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
     from PIL import Image, ImageOps
 
